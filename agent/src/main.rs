@@ -1,0 +1,211 @@
+//! `vigil-agent`: parse arguments, load configuration, run. Everything else is in the library.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use clap::{Parser, Subcommand, ValueEnum};
+use tokio_util::sync::CancellationToken;
+use vigil_agent::config::AgentConfig;
+use vigil_agent::simulate::{self, SimulateOptions};
+
+#[derive(Parser)]
+#[command(
+    name = "vigil-agent",
+    version,
+    about = "Vigil agent: host metrics and checks, streamed to a Vigil collector over QUIC"
+)]
+struct Cli {
+    /// Log line format on stderr.
+    #[arg(long, value_enum, default_value_t = LogFormat::Text, global = true)]
+    log_format: LogFormat,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the agent: enroll on first start, then sample and stream to the collector.
+    Run {
+        /// Agent configuration file (TOML). Flags given as well override it.
+        #[arg(long)]
+        config: Option<PathBuf>,
+        /// Collector address, HOST:PORT.
+        #[arg(long)]
+        collector: Option<String>,
+        /// Enrollment token from `vigil-collector token create` (first run only).
+        #[arg(long, env = "VIGIL_TOKEN", hide_env_values = true)]
+        token: Option<String>,
+        /// Where the agent keeps its key, certificate and spool.
+        #[arg(long)]
+        data_dir: Option<PathBuf>,
+        /// Sampling interval (e.g. 10s; at least 1s).
+        #[arg(long, value_parser = parse_duration)]
+        interval: Option<Duration>,
+    },
+    /// Load generator: N simulated agents over real mutually authenticated QUIC connections.
+    Simulate {
+        #[arg(long, default_value_t = 10)]
+        agents: usize,
+        #[arg(long)]
+        collector: String,
+        /// Enrollment token (not needed when --data-dir holds identities from an earlier run).
+        #[arg(long, env = "VIGIL_TOKEN", hide_env_values = true)]
+        token: Option<String>,
+        /// Time between batches of one agent; 0s sends as fast as acknowledgements allow.
+        #[arg(long, default_value = "10s", value_parser = parse_duration)]
+        interval: Duration,
+        #[arg(long, default_value_t = 100)]
+        metrics_per_agent: usize,
+        #[arg(long, default_value = "60s", value_parser = parse_duration)]
+        duration: Duration,
+        /// Keep the simulated agents' identities here and reuse them on later runs.
+        #[arg(long)]
+        data_dir: Option<PathBuf>,
+        /// Unacknowledged batches one simulated agent may have in flight.
+        #[arg(long, default_value_t = 32)]
+        window: u64,
+        /// Print the report as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+fn parse_duration(s: &str) -> Result<Duration, String> {
+    vigil_shared::config::parse_duration(s)
+}
+
+fn init_logging(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("VIGIL_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,quinn=warn"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().init(),
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_logging(cli.log_format);
+    match real_main(cli.command) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("vigil-agent: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn real_main(command: Command) -> Result<()> {
+    match command {
+        Command::Run {
+            config,
+            collector,
+            token,
+            data_dir,
+            interval,
+        } => {
+            let mut cfg = match &config {
+                Some(path) => {
+                    vigil_agent::config::load(path).map_err(|e| anyhow::anyhow!("{e}"))?
+                }
+                None => {
+                    let collector = collector
+                        .clone()
+                        .context("give --config FILE or --collector HOST:PORT")?;
+                    AgentConfig::from_flags(&collector, token.clone(), data_dir.clone())
+                        .map_err(|e| anyhow::anyhow!("{e}"))?
+                }
+            };
+            if let Some(c) = collector {
+                cfg.collector = c;
+            }
+            if token.is_some() {
+                cfg.token = token;
+            }
+            if let Some(d) = data_dir {
+                cfg.data_dir = d;
+            }
+            if let Some(i) = interval {
+                anyhow::ensure!(
+                    i >= Duration::from_secs(1),
+                    "--interval must be at least 1s"
+                );
+                cfg.metrics_interval = i;
+            }
+            // The agent is small: one thread is plenty and keeps its memory low.
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()?;
+            rt.block_on(async {
+                let shutdown = CancellationToken::new();
+                let agent = tokio::spawn(vigil_agent::run::run(cfg, shutdown.clone()));
+                tokio::pin!(agent);
+                tokio::select! {
+                    res = &mut agent => return res?,
+                    _ = wait_for_signal() => {}
+                }
+                shutdown.cancel();
+                match tokio::time::timeout(Duration::from_secs(10), agent).await {
+                    Ok(res) => res?,
+                    Err(_) => anyhow::bail!("agent did not stop within 10 s"),
+                }
+            })
+        }
+        Command::Simulate {
+            agents,
+            collector,
+            token,
+            interval,
+            metrics_per_agent,
+            duration,
+            data_dir,
+            window,
+            json,
+        } => {
+            let rt = tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()?;
+            let report = rt.block_on(simulate::simulate(SimulateOptions {
+                agents,
+                collector,
+                token,
+                interval,
+                metrics_per_agent,
+                duration,
+                data_dir,
+                window,
+            }))?;
+            if json {
+                println!("{}", serde_json::to_string(&report)?);
+            } else {
+                println!("{report}");
+            }
+            Ok(())
+        }
+    }
+}
+
+async fn wait_for_signal() {
+    let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+        Ok(t) => t,
+        Err(_) => {
+            let _ = tokio::signal::ctrl_c().await;
+            return;
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
+}

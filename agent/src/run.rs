@@ -1,0 +1,344 @@
+//! `vigil-agent run`: enroll if needed, then sample every interval into the spool and stream
+//! the spool to the collector, reconnecting with exponential backoff and jitter.
+//!
+//! Two tasks: the sampler (never blocked by the network: it only appends to the spool) and the
+//! sender (replays the spool oldest first, trims it on every ack). Nothing here exits on a
+//! network error; only a refusal that retrying cannot fix (revoked, enrollment refused) ends
+//! the agent.
+
+use std::path::Path;
+use std::str::FromStr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, SystemTime};
+
+use anyhow::{bail, Context, Result};
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, info, warn};
+use vigil_shared::backoff::Backoff;
+use vigil_shared::codec::FrameDecoder;
+use vigil_shared::identity::EnrollToken;
+use vigil_shared::proto::{self, Hello, Message};
+
+use crate::checks;
+use crate::client::{self, ClientError, Identity, Session};
+use crate::config::AgentConfig;
+use crate::sampler::{self, Sampler};
+use crate::spool::Spool;
+
+/// Batches written to the stream but not yet acknowledged; the sender waits beyond this.
+const MAX_IN_FLIGHT: u64 = 256;
+/// Batches read from the spool per refill.
+const REFILL: usize = 64;
+
+pub fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
+fn lock(spool: &Mutex<Spool>) -> MutexGuard<'_, Spool> {
+    spool.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// Loads the identity, enrolling first when there is none.
+pub async fn ensure_identity(
+    config: &AgentConfig,
+    hostname: &str,
+    shutdown: &CancellationToken,
+) -> Result<Identity> {
+    if let Some(identity) = Identity::load(&config.data_dir)? {
+        return Ok(identity);
+    }
+    let Some(token) = config.token.as_deref() else {
+        bail!(
+            "this agent is not enrolled yet: give it an enrollment token (--token or `token =` in the config); \
+             create one with `vigil-collector token create`"
+        );
+    };
+    let token = EnrollToken::from_str(token.trim()).context("bad enrollment token")?;
+    let mut backoff = Backoff::new(Duration::from_millis(500), Duration::from_secs(30));
+    loop {
+        let attempt = async {
+            let addr = client::resolve(&config.collector).await?;
+            let endpoint = client::client_endpoint(addr)?;
+            let res = client::enroll(&endpoint, addr, &token, hostname).await;
+            endpoint.wait_idle().await;
+            res
+        };
+        match attempt.await {
+            Ok(identity) => {
+                identity.save(&config.data_dir)?;
+                info!(agent = %identity.agent_id, "enrolled with the collector");
+                return Ok(identity);
+            }
+            Err(e) if e.is_fatal() => return Err(e).context("enrollment failed"),
+            Err(e) => {
+                let delay = backoff.next_delay(rand::random::<f64>());
+                client::log_failure(&e, delay);
+                tokio::select! {
+                    _ = tokio::time::sleep(delay) => {}
+                    _ = shutdown.cancelled() => bail!("stopped before enrollment completed"),
+                }
+            }
+        }
+    }
+}
+
+/// Runs the agent until `shutdown` is cancelled or the collector refuses it for good.
+pub async fn run(config: AgentConfig, shutdown: CancellationToken) -> Result<()> {
+    client::create_private_dir(&config.data_dir)?;
+    let hostname = config.hostname.clone().unwrap_or_else(sampler::hostname);
+    let identity = ensure_identity(&config, &hostname, &shutdown).await?;
+    let spool = Spool::open(&config.data_dir.join("spool"), config.spool_max_size)
+        .with_context(|| format!("cannot open the spool in {}", config.data_dir.display()))?;
+    let spool = Arc::new(Mutex::new(spool));
+    let wake = Arc::new(Notify::new());
+    let interval_ms = Arc::new(AtomicU64::new(config.metrics_interval.as_millis() as u64));
+    info!(agent = %identity.agent_id, host = %hostname, collector = %config.collector, "agent starting");
+
+    let sampling = tokio::spawn(sample_loop(
+        config.checks.clone(),
+        spool.clone(),
+        wake.clone(),
+        interval_ms.clone(),
+        shutdown.clone(),
+    ));
+    let result = send_loop(
+        &config,
+        &identity,
+        &hostname,
+        spool.clone(),
+        wake,
+        interval_ms,
+        shutdown.clone(),
+    )
+    .await;
+    shutdown.cancel();
+    let _ = sampling.await;
+    if let Ok(spool) = Arc::try_unwrap(spool) {
+        if let Err(e) = spool
+            .into_inner()
+            .unwrap_or_else(|p| p.into_inner())
+            .close()
+        {
+            warn!(error = %e, "cannot close the spool cleanly");
+        }
+    }
+    result
+}
+
+async fn sample_loop(
+    checks: Vec<crate::config::CheckSpec>,
+    spool: Arc<Mutex<Spool>>,
+    wake: Arc<Notify>,
+    interval_ms: Arc<AtomicU64>,
+    shutdown: CancellationToken,
+) {
+    let mut sampler = match Sampler::new() {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::error!(error = %e, "cannot start sampling");
+            return;
+        }
+    };
+    let mut dropped_seen = 0;
+    loop {
+        let started = tokio::time::Instant::now();
+        let now = now_ms();
+        let mut samples = sampler.sample(now);
+        samples.extend(checks::run_checks(&checks, now).await);
+        {
+            let mut spool = lock(&spool);
+            match spool.push(samples) {
+                Ok(seq) => debug!(seq, "sampled"),
+                Err(e) => warn!(error = %e, "cannot spool samples"),
+            }
+            let dropped = spool.dropped_total();
+            if dropped > dropped_seen {
+                warn!(
+                    dropped = dropped - dropped_seen,
+                    "spool full: dropped the oldest batches"
+                );
+                dropped_seen = dropped;
+            }
+        }
+        wake.notify_one();
+        let interval = Duration::from_millis(interval_ms.load(Ordering::Relaxed).max(1000));
+        tokio::select! {
+            _ = tokio::time::sleep_until(started + interval) => {}
+            _ = shutdown.cancelled() => return,
+        }
+    }
+}
+
+async fn send_loop(
+    config: &AgentConfig,
+    identity: &Identity,
+    hostname: &str,
+    spool: Arc<Mutex<Spool>>,
+    wake: Arc<Notify>,
+    interval_ms: Arc<AtomicU64>,
+    shutdown: CancellationToken,
+) -> Result<()> {
+    let client_config = identity.client_config()?;
+    let mut backoff = Backoff::new(Duration::from_millis(500), Duration::from_secs(30));
+    while !shutdown.is_cancelled() {
+        let attempt = async {
+            let addr = client::resolve(&config.collector).await?;
+            let endpoint = client::client_endpoint(addr)?;
+            let hello = Hello {
+                agent_id: identity.agent_id.clone(),
+                hostname: hostname.to_string(),
+                version: env!("CARGO_PKG_VERSION").to_string(),
+                capabilities: proto::CAPABILITIES.iter().map(|c| c.to_string()).collect(),
+                interval_ms: interval_ms.load(Ordering::Relaxed),
+            };
+            let session =
+                client::open_session(&endpoint, client_config.clone(), addr, hello).await?;
+            Ok::<_, ClientError>((endpoint, session))
+        };
+        let (endpoint, session) = match attempt.await {
+            Ok(v) => v,
+            Err(e) => {
+                if e.is_fatal() {
+                    client::log_failure(&e, Duration::ZERO);
+                    return Err(e.into());
+                }
+                let delay = backoff.next_delay(rand::random::<f64>());
+                client::log_failure(&e, delay);
+                tokio::select! {
+                    _ = tokio::time::sleep(delay) => continue,
+                    _ = shutdown.cancelled() => break,
+                }
+            }
+        };
+        backoff.reset();
+        info!("connected to collector");
+        if let Some(ms) = session
+            .welcome
+            .settings
+            .interval_ms
+            .filter(|ms| *ms >= 1000)
+        {
+            interval_ms.store(ms, Ordering::Relaxed);
+        }
+        if let Some(seq) = session.welcome.last_seq {
+            if let Err(e) = lock(&spool).observe_remote_last_seq(seq) {
+                warn!(error = %e, "cannot update the spool");
+            }
+        }
+        let result = stream_spool(&session, &spool, &wake, &shutdown).await;
+        match result {
+            Ok(()) => {
+                session.goodbye("agent stopping").await;
+                endpoint.wait_idle().await;
+                break;
+            }
+            Err(e) if e.is_fatal() => {
+                client::log_failure(&e, Duration::ZERO);
+                return Err(e.into());
+            }
+            Err(e) => {
+                let delay = backoff.next_delay(rand::random::<f64>());
+                client::log_failure(&e, delay);
+                tokio::select! {
+                    _ = tokio::time::sleep(delay) => {}
+                    _ = shutdown.cancelled() => break,
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Streams the spool on one batch stream until the connection fails (`Err`) or shutdown (`Ok`).
+async fn stream_spool(
+    session: &Session,
+    spool: &Arc<Mutex<Spool>>,
+    wake: &Arc<Notify>,
+    shutdown: &CancellationToken,
+) -> Result<(), ClientError> {
+    let (mut send, mut recv) = session
+        .conn
+        .open_bi()
+        .await
+        .map_err(ClientError::Connection)?;
+    let acked = Arc::new(AtomicU64::new(lock(spool).acked()));
+    let ack_wake = Arc::new(Notify::new());
+    let reader = {
+        let (spool, acked, ack_wake) = (spool.clone(), acked.clone(), ack_wake.clone());
+        async move {
+            let mut dec = FrameDecoder::new(64 * 1024);
+            loop {
+                match client::read_message(&mut recv, &mut dec).await? {
+                    Some(Message::Ack(ack)) => {
+                        if let Err(e) = lock(&spool).ack(ack.seq) {
+                            warn!(error = %e, "cannot trim the spool");
+                        }
+                        acked.fetch_max(ack.seq, Ordering::SeqCst);
+                        ack_wake.notify_waiters();
+                    }
+                    Some(other) => debug!(kind = other.kind(), "ignoring message on batch stream"),
+                    None => {
+                        return Err(ClientError::Protocol(
+                            "collector closed the batch stream".into(),
+                        ))
+                    }
+                }
+            }
+        }
+    };
+    tokio::pin!(reader);
+    let mut sent = acked.load(Ordering::SeqCst);
+    loop {
+        // Fill the window from the spool.
+        let in_flight = sent.saturating_sub(acked.load(Ordering::SeqCst));
+        let batches = if in_flight < MAX_IN_FLIGHT {
+            lock(spool)
+                .pending(sent, REFILL)
+                .map_err(|e| ClientError::Protocol(format!("spool: {e}")))?
+        } else {
+            Vec::new()
+        };
+        if batches.is_empty() {
+            let acks = ack_wake.notified();
+            tokio::select! {
+                res = &mut reader => return res,
+                _ = wake.notified() => {}
+                _ = acks => {}
+                _ = shutdown.cancelled() => {
+                    // Give in-flight batches a moment to be acknowledged, then leave.
+                    let _ = send.finish();
+                    let deadline = tokio::time::sleep(Duration::from_secs(2));
+                    tokio::pin!(deadline);
+                    while acked.load(Ordering::SeqCst) < sent {
+                        let acks = ack_wake.notified();
+                        tokio::select! {
+                            _ = &mut deadline => break,
+                            _ = acks => {}
+                            res = &mut reader => { res?; break; }
+                        }
+                    }
+                    return Ok(());
+                }
+            }
+            continue;
+        }
+        for (seq, frame) in batches {
+            tokio::select! {
+                res = client::write_bytes(&mut send, &frame) => res?,
+                res = &mut reader => return res,
+            }
+            sent = seq;
+        }
+    }
+}
+
+/// For `vigil-agent run` without a config file: a data dir must exist or be creatable.
+pub fn check_data_dir(dir: &Path) -> Result<()> {
+    client::create_private_dir(dir)
+        .with_context(|| format!("cannot use data dir {}", dir.display()))
+}

@@ -1,0 +1,329 @@
+//! `vigil-agent simulate`: a load generator. N simulated agents, each enrolled once (or reusing
+//! a certificate saved in `--data-dir`), each on its own mutually authenticated QUIC connection,
+//! each streaming a synthetic batch of M samples every interval, with real sequence numbers and
+//! acknowledgements. Prints what was sent and acknowledged.
+//!
+//! It measures the collector, not itself: batches are encoded once per tick and nothing is
+//! spooled to disk.
+
+use std::path::PathBuf;
+use std::str::FromStr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result};
+use tokio::sync::{Notify, Semaphore};
+use tokio_util::sync::CancellationToken;
+use tracing::warn;
+use vigil_shared::codec::{self, FrameDecoder, DEFAULT_MAX_FRAME};
+use vigil_shared::identity::EnrollToken;
+use vigil_shared::metric_names as m;
+use vigil_shared::proto::{self, Batch, Hello, Message, Sample};
+
+use crate::client::{self, Identity};
+use crate::run::now_ms;
+
+/// Agents per client endpoint (UDP socket).
+const AGENTS_PER_ENDPOINT: usize = 100;
+/// Concurrent enrollments / handshakes while ramping up.
+const RAMP_CONCURRENCY: usize = 64;
+
+pub struct SimulateOptions {
+    pub agents: usize,
+    pub collector: String,
+    pub token: Option<String>,
+    /// Zero means "as fast as acknowledgements allow".
+    pub interval: Duration,
+    pub metrics_per_agent: usize,
+    pub duration: Duration,
+    /// Where simulated identities are kept between runs (enroll once, reuse after).
+    pub data_dir: Option<PathBuf>,
+    /// Batches a simulated agent may have unacknowledged.
+    pub window: u64,
+}
+
+#[derive(Default)]
+struct Counters {
+    connected: AtomicU64,
+    batches_sent: AtomicU64,
+    samples_sent: AtomicU64,
+    samples_acked: AtomicU64,
+    errors: AtomicU64,
+}
+
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Report {
+    pub agents: usize,
+    pub connected: u64,
+    pub batches_sent: u64,
+    pub samples_sent: u64,
+    pub samples_acked: u64,
+    pub errors: u64,
+    pub seconds: f64,
+    pub acked_per_second: f64,
+}
+
+impl std::fmt::Display for Report {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "agents {} (connected {}), batches sent {}, samples sent {}, samples acked {}, errors {}, \
+             {:.1} s, {:.0} samples/s acknowledged",
+            self.agents,
+            self.connected,
+            self.batches_sent,
+            self.samples_sent,
+            self.samples_acked,
+            self.errors,
+            self.seconds,
+            self.acked_per_second
+        )
+    }
+}
+
+/// The synthetic series of one simulated host: the real host metric names, then as many
+/// filesystems as it takes to reach `count`.
+fn synthetic_series(count: usize) -> Vec<(String, Vec<(String, String)>)> {
+    let base = [
+        m::CPU_USAGE_RATIO,
+        m::LOAD1,
+        m::LOAD5,
+        m::LOAD15,
+        m::MEMORY_USED_BYTES,
+        m::MEMORY_TOTAL_BYTES,
+        m::SWAP_USED_BYTES,
+        m::UPTIME_SECONDS,
+    ];
+    let mut out: Vec<_> = base
+        .iter()
+        .take(count)
+        .map(|n| (n.to_string(), Vec::new()))
+        .collect();
+    let mut k = 0;
+    while out.len() < count {
+        let name = if k % 2 == 0 {
+            m::FILESYSTEM_USED_RATIO
+        } else {
+            m::FILESYSTEM_SIZE_BYTES
+        };
+        out.push((
+            name.to_string(),
+            vec![
+                ("device".into(), format!("/dev/sim{}", k / 2)),
+                ("mountpoint".into(), format!("/data{}", k / 2)),
+            ],
+        ));
+        k += 1;
+    }
+    out
+}
+
+pub async fn simulate(opts: SimulateOptions) -> Result<Report> {
+    let addr = client::resolve(&opts.collector).await?;
+    let token = opts
+        .token
+        .as_deref()
+        .map(|t| EnrollToken::from_str(t.trim()))
+        .transpose()
+        .context("bad enrollment token")?;
+    let endpoints: Vec<_> = (0..opts.agents.div_ceil(AGENTS_PER_ENDPOINT).max(1))
+        .map(|_| client::client_endpoint(addr))
+        .collect::<Result<_, _>>()?;
+    let counters = Arc::new(Counters::default());
+    let stop = CancellationToken::new();
+    let ramp = Arc::new(Semaphore::new(RAMP_CONCURRENCY));
+    let series = Arc::new(synthetic_series(opts.metrics_per_agent));
+    let started = Instant::now();
+    let mut tasks = tokio::task::JoinSet::new();
+    for i in 0..opts.agents {
+        let endpoint = endpoints[i / AGENTS_PER_ENDPOINT].clone();
+        let (token, counters, stop, ramp, series) = (
+            token.clone(),
+            counters.clone(),
+            stop.clone(),
+            ramp.clone(),
+            series.clone(),
+        );
+        let dir = opts.data_dir.as_ref().map(|d| d.join(format!("sim-{i}")));
+        let (interval, window) = (opts.interval, opts.window.max(1));
+        tasks.spawn(async move {
+            let hostname = format!("sim-{i:05}");
+            let res = sim_agent(
+                &endpoint,
+                addr,
+                token.as_ref(),
+                dir,
+                &hostname,
+                interval,
+                window,
+                &series,
+                &counters,
+                &ramp,
+                &stop,
+            )
+            .await;
+            if let Err(e) = res {
+                counters.errors.fetch_add(1, Ordering::Relaxed);
+                warn!(host = %hostname, error = %e, "simulated agent failed");
+            }
+        });
+    }
+    tokio::select! {
+        _ = tokio::time::sleep(opts.duration) => {}
+        _ = tokio::signal::ctrl_c() => {}
+    }
+    stop.cancel();
+    let seconds = started.elapsed().as_secs_f64();
+    let acked_at_stop = counters.samples_acked.load(Ordering::Relaxed);
+    while tasks.join_next().await.is_some() {}
+    for e in &endpoints {
+        e.close(
+            quinn::VarInt::from_u32(proto::codes::OK),
+            b"simulation over",
+        );
+    }
+    let c = &counters;
+    Ok(Report {
+        agents: opts.agents,
+        connected: c.connected.load(Ordering::Relaxed),
+        batches_sent: c.batches_sent.load(Ordering::Relaxed),
+        samples_sent: c.samples_sent.load(Ordering::Relaxed),
+        samples_acked: c.samples_acked.load(Ordering::Relaxed),
+        errors: c.errors.load(Ordering::Relaxed),
+        seconds,
+        acked_per_second: acked_at_stop as f64 / seconds.max(1e-9),
+    })
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn sim_agent(
+    endpoint: &quinn::Endpoint,
+    addr: std::net::SocketAddr,
+    token: Option<&EnrollToken>,
+    dir: Option<PathBuf>,
+    hostname: &str,
+    interval: Duration,
+    window: u64,
+    series: &[(String, Vec<(String, String)>)],
+    counters: &Counters,
+    ramp: &Semaphore,
+    stop: &CancellationToken,
+) -> Result<()> {
+    let permit = ramp.acquire().await?;
+    let identity = match dir.as_deref().map(Identity::load).transpose()?.flatten() {
+        Some(identity) => identity,
+        None => {
+            let token = token.context("no saved identity and no --token to enroll with")?;
+            let identity = client::enroll(endpoint, addr, token, hostname).await?;
+            if let Some(dir) = &dir {
+                identity.save(dir)?;
+            }
+            identity
+        }
+    };
+    let hello = Hello {
+        agent_id: identity.agent_id.clone(),
+        hostname: hostname.to_string(),
+        version: env!("CARGO_PKG_VERSION").to_string(),
+        capabilities: proto::CAPABILITIES.iter().map(|c| c.to_string()).collect(),
+        interval_ms: interval.as_millis().max(1000) as u64,
+    };
+    let session = client::open_session(endpoint, identity.client_config()?, addr, hello).await?;
+    drop(permit);
+    counters.connected.fetch_add(1, Ordering::Relaxed);
+    let mut seq = session.welcome.last_seq.unwrap_or(0);
+    let first_seq = seq;
+    let (mut send, mut recv) = session.conn.open_bi().await?;
+    let acked = Arc::new(AtomicU64::new(seq));
+    let ack_wake = Arc::new(Notify::new());
+    let per_batch = series.len() as u64;
+    let reader = {
+        let (acked, ack_wake) = (acked.clone(), ack_wake.clone());
+        async move {
+            let mut dec = FrameDecoder::new(64 * 1024);
+            while let Some(msg) = client::read_message(&mut recv, &mut dec).await? {
+                if let Message::Ack(a) = msg {
+                    let prev = acked.fetch_max(a.seq, Ordering::SeqCst);
+                    if a.seq > prev {
+                        counters
+                            .samples_acked
+                            .fetch_add((a.seq - prev) * per_batch, Ordering::Relaxed);
+                    }
+                    ack_wake.notify_waiters();
+                }
+            }
+            Ok::<_, client::ClientError>(())
+        }
+    };
+    tokio::pin!(reader);
+    let mut tick = tokio::time::interval(if interval.is_zero() {
+        Duration::from_millis(1)
+    } else {
+        interval
+    });
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut buf = Vec::new();
+    let mut value = 0.0f64;
+    loop {
+        if !interval.is_zero() {
+            tokio::select! {
+                _ = tick.tick() => {}
+                _ = stop.cancelled() => break,
+                res = &mut reader => { res?; break; }
+            }
+        }
+        while seq - acked.load(Ordering::SeqCst) >= window {
+            let acks = ack_wake.notified();
+            tokio::select! {
+                _ = acks => {}
+                _ = stop.cancelled() => break,
+                res = &mut reader => { res?; break; }
+            }
+        }
+        if stop.is_cancelled() {
+            break;
+        }
+        seq += 1;
+        let ts = now_ms();
+        value += 0.001;
+        let samples = series
+            .iter()
+            .map(|(name, labels)| Sample {
+                ts_ms: ts,
+                name: name.clone(),
+                labels: labels.clone(),
+                value: value % 1.0,
+            })
+            .collect();
+        buf.clear();
+        codec::encode_into(
+            &Message::Batch(Batch { seq, samples }),
+            &mut buf,
+            DEFAULT_MAX_FRAME,
+        )?;
+        tokio::select! {
+            res = client::write_bytes(&mut send, &buf) => res?,
+            res = &mut reader => { res?; break; }
+        }
+        counters.batches_sent.fetch_add(1, Ordering::Relaxed);
+        counters
+            .samples_sent
+            .fetch_add(per_batch, Ordering::Relaxed);
+    }
+    // Wait briefly for the last acknowledgements, then leave politely.
+    let _ = send.finish();
+    let deadline = tokio::time::sleep(Duration::from_secs(5));
+    tokio::pin!(deadline);
+    while acked.load(Ordering::SeqCst) < seq {
+        let acks = ack_wake.notified();
+        tokio::select! {
+            _ = &mut deadline => break,
+            _ = acks => {}
+            _ = &mut reader => break,
+        }
+    }
+    let _ = first_seq;
+    session.goodbye("simulation over").await;
+    Ok(())
+}

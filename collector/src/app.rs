@@ -1,0 +1,200 @@
+//! Building and running a collector: bind the sockets, open the store, spawn the QUIC ingest
+//! server, the HTTP server and the housekeeping tasks, and stop them all within a deadline.
+//!
+//! `main` parses arguments and loads the configuration; everything that binds or opens lives
+//! here, so tests and `quickstart` start a collector the same way `serve` does.
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use anyhow::{Context, Result};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use vigil_shared::identity::{self, Pin};
+
+use crate::ca;
+use crate::config::CollectorConfig;
+use crate::http::{self, HttpState};
+use crate::latest::LatestTable;
+use crate::metrics::Metrics;
+use crate::server::{now_ms, Ingest};
+use crate::store::{Db, Writer};
+
+/// How long a stopping collector waits for connections to drain before it closes them.
+const DRAIN_DEADLINE: Duration = Duration::from_secs(10);
+/// How often raw batches past the retention period are pruned.
+const PRUNE_EVERY: Duration = Duration::from_secs(3600);
+
+/// A running collector.
+pub struct Running {
+    pub quic_addr: SocketAddr,
+    pub http_addr: SocketAddr,
+    pub ca_pin: Pin,
+    shutdown: CancellationToken,
+    tracker: TaskTracker,
+    endpoint: quinn::Endpoint,
+    writer_join: crate::store::WriterJoin,
+}
+
+/// Binds, opens and spawns everything `config` describes.
+pub async fn start(config: &CollectorConfig) -> Result<Running> {
+    let data_dir = config.data_dir.clone();
+    let identity = ca::load_or_create(&data_dir, &config.quic.server_names, SystemTime::now())
+        .context("cannot set up the collector CA")?;
+    let db = Db::open(&data_dir).context("cannot open the store")?;
+    db.mark_all_disconnected()
+        .context("cannot open the store")?;
+    let (writer, writer_join) =
+        Writer::spawn(&data_dir).context("cannot start the store writer")?;
+
+    let table = Arc::new(LatestTable::new(config.agents.down_after_intervals));
+    let metrics =
+        Arc::new(Metrics::new(table.clone(), Arc::new(now_ms)).context("cannot register metrics")?);
+
+    let tls = identity::server_config(
+        &identity.ca.cert_pem,
+        &identity.server_cert_pem,
+        &identity.server_key_pem,
+    )?;
+    let quic_tls =
+        quinn::crypto::rustls::QuicServerConfig::try_from(tls).context("TLS 1.3 configuration")?;
+    let mut server_config = quinn::ServerConfig::with_crypto(Arc::new(quic_tls));
+    let mut transport = quinn::TransportConfig::default();
+    transport
+        .max_idle_timeout(Some(
+            Duration::from_secs(30).try_into().context("idle timeout")?,
+        ))
+        .max_concurrent_bidi_streams(16u32.into())
+        .max_concurrent_uni_streams(0u32.into());
+    server_config.transport_config(Arc::new(transport));
+    let endpoint = quinn::Endpoint::server(server_config, config.quic.listen)
+        .with_context(|| format!("cannot listen for QUIC on {}", config.quic.listen))?;
+    let quic_addr = endpoint.local_addr()?;
+    let http_listener = tokio::net::TcpListener::bind(config.http.listen)
+        .await
+        .with_context(|| format!("cannot listen for HTTP on {}", config.http.listen))?;
+    let http_addr = http_listener.local_addr()?;
+
+    let shutdown = CancellationToken::new();
+    let tracker = TaskTracker::new();
+    let ready = Arc::new(AtomicBool::new(false));
+    let ingest = Arc::new(Ingest::new(
+        data_dir.clone(),
+        db,
+        writer.clone(),
+        table,
+        metrics.clone(),
+        Arc::new(identity.clone()),
+        vigil_shared::codec::DEFAULT_MAX_FRAME,
+    ));
+    tracker.spawn(ingest.run(endpoint.clone(), shutdown.clone()));
+
+    let metrics_text = {
+        let metrics = metrics.clone();
+        Arc::new(move || metrics.encode()) as Arc<dyn Fn() -> String + Send + Sync>
+    };
+    let router = http::router(HttpState::new(
+        data_dir.clone(),
+        metrics_text,
+        ready.clone(),
+    )?);
+    let http_shutdown = shutdown.clone();
+    tracker.spawn(async move {
+        if let Err(e) = http::serve(http_listener, router, http_shutdown.cancelled_owned()).await {
+            tracing::error!(error = %e, "HTTP server failed");
+        }
+    });
+
+    let retention = config.store.retention;
+    let prune_shutdown = shutdown.clone();
+    let prune_dir = data_dir.clone();
+    tracker.spawn(async move {
+        let mut tick = tokio::time::interval(PRUNE_EVERY);
+        loop {
+            tokio::select! {
+                _ = tick.tick() => {}
+                _ = prune_shutdown.cancelled() => return,
+            }
+            let dir = prune_dir.clone();
+            let cutoff = now_ms() - retention.as_millis() as i64;
+            let res = tokio::task::spawn_blocking(move || {
+                Db::open(&dir).and_then(|db| db.prune_batches(cutoff))
+            })
+            .await;
+            match res {
+                Ok(Ok(n)) if n > 0 => tracing::info!(batches = n, "pruned batches past retention"),
+                Ok(Ok(_)) => {}
+                Ok(Err(e)) => tracing::warn!(error = %e, "pruning failed"),
+                Err(e) => tracing::warn!(error = %e, "pruning task failed"),
+            }
+        }
+    });
+    ready.store(true, Ordering::SeqCst);
+    tracing::info!(quic = %quic_addr, http = %http_addr, data_dir = %data_dir.display(), "collector started");
+    Ok(Running {
+        quic_addr,
+        http_addr,
+        ca_pin: identity.pin,
+        shutdown,
+        tracker,
+        endpoint,
+        writer_join,
+    })
+}
+
+impl Running {
+    /// A token that stops the collector when cancelled (for `select!` with signals).
+    pub fn shutdown_token(&self) -> CancellationToken {
+        self.shutdown.clone()
+    }
+
+    /// Stops accepting, lets connections acknowledge what they read, flushes the store.
+    pub async fn stop(self) -> Result<()> {
+        tracing::info!("collector stopping");
+        self.shutdown.cancel();
+        self.tracker.close();
+        if tokio::time::timeout(DRAIN_DEADLINE, self.tracker.wait())
+            .await
+            .is_err()
+        {
+            tracing::warn!("connections did not drain within {DRAIN_DEADLINE:?}; closing them");
+        }
+        self.endpoint.close(
+            quinn::VarInt::from_u32(vigil_shared::proto::codes::SHUTDOWN),
+            b"collector shutting down",
+        );
+        let flushed = tokio::task::spawn_blocking(move || self.writer_join.shutdown()).await;
+        let _ = tokio::time::timeout(Duration::from_secs(2), self.endpoint.wait_idle()).await;
+        match flushed {
+            Ok(Ok(())) => {
+                tracing::info!("collector stopped");
+                Ok(())
+            }
+            Ok(Err(e)) => Err(e).context("store flush failed"),
+            Err(e) => Err(e).context("store flush task failed"),
+        }
+    }
+}
+
+/// Resolves after SIGINT or SIGTERM.
+pub async fn wait_for_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = ctrl_c => {}
+                    _ = term.recv() => {}
+                }
+            }
+            Err(_) => {
+                let _ = ctrl_c.await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = ctrl_c.await;
+}

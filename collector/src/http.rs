@@ -1,0 +1,214 @@
+//! The collector's HTTP side: Prometheus `/metrics`, `/healthz`, `/readyz` and the JSON API under
+//! `/api/v1` (bearer tokens, roles viewer < operator < admin).
+//!
+//! Handlers stay thin: authenticate with [`Auth`], read the store through [`DbPool`] (blocking
+//! work on tokio's blocking pool), map rows to JSON views. Every API failure is an [`ApiError`].
+//!
+//! This module must never: answer an API request with anything but JSON, leak internal error
+//! detail (it is logged instead), echo or log a token, or block the runtime on SQLite.
+
+mod auth;
+mod error;
+
+use std::future::Future;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use axum::extract::State;
+use axum::http::{header, StatusCode, Uri};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::{Json, Router};
+use serde::Serialize;
+
+pub use auth::Auth;
+pub use error::{ApiError, ApiJson, ApiPath, ApiQuery};
+
+use crate::store::{AgentRow, ApiTokenRow, DbPool, Role, StoreError};
+
+/// `Content-Type` of the Prometheus text exposition format.
+pub const METRICS_CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
+/// Idle store connections kept for HTTP handlers.
+const POOL_IDLE: usize = 4;
+
+/// What the handlers share.
+#[derive(Clone)]
+pub struct HttpState {
+    pub db: DbPool,
+    /// Renders the Prometheus text (called on a blocking thread for each scrape).
+    pub metrics_text: Arc<dyn Fn() -> String + Send + Sync>,
+    /// `/readyz` answers 200 once this is true (store open, QUIC listening).
+    pub ready: Arc<AtomicBool>,
+}
+
+impl HttpState {
+    /// Opens a small connection pool on `<data_dir>/vigil.db`.
+    pub fn new(
+        data_dir: PathBuf,
+        metrics_text: Arc<dyn Fn() -> String + Send + Sync>,
+        ready: Arc<AtomicBool>,
+    ) -> Result<HttpState, StoreError> {
+        Ok(HttpState {
+            db: DbPool::open(&data_dir, POOL_IDLE)?,
+            metrics_text,
+            ready,
+        })
+    }
+}
+
+pub(crate) fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+}
+
+/// RFC 3339 (UTC, milliseconds) for a Unix time in ms; `None` before 1970.
+pub fn rfc3339_ms(ms: i64) -> Option<String> {
+    let ms = u64::try_from(ms).ok()?;
+    let t = UNIX_EPOCH.checked_add(Duration::from_millis(ms))?;
+    Some(humantime::format_rfc3339_millis(t).to_string())
+}
+
+/// The whole HTTP surface.
+pub fn router(state: HttpState) -> Router {
+    let api = Router::new()
+        .route("/agents", get(list_agents))
+        .route("/tokens", get(list_tokens));
+    Router::new()
+        .route("/metrics", get(metrics))
+        .route("/healthz", get(|| async { "ok" }))
+        .route("/readyz", get(readyz))
+        .nest("/api/v1", api)
+        .fallback(fallback)
+        .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed })
+        .with_state(state)
+}
+
+/// Serves `router` on `listener` until `shutdown` resolves, then lets in-flight requests finish.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    router: Router,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    axum::serve(listener, router)
+        .with_graceful_shutdown(shutdown)
+        .await
+}
+
+async fn metrics(State(state): State<HttpState>) -> Response {
+    let render = state.metrics_text.clone();
+    match tokio::task::spawn_blocking(move || render()).await {
+        Ok(body) => ([(header::CONTENT_TYPE, METRICS_CONTENT_TYPE)], body).into_response(),
+        Err(e) => {
+            tracing::error!(error = %e, "rendering metrics failed");
+            (StatusCode::INTERNAL_SERVER_ERROR, "internal error\n").into_response()
+        }
+    }
+}
+
+async fn readyz(State(state): State<HttpState>) -> (StatusCode, &'static str) {
+    if state.ready.load(Ordering::Acquire) {
+        (StatusCode::OK, "ready")
+    } else {
+        (StatusCode::SERVICE_UNAVAILABLE, "not ready")
+    }
+}
+
+async fn fallback(uri: Uri) -> Response {
+    let path = uri.path();
+    if path == "/api" || path.starts_with("/api/") {
+        ApiError::NotFound(format!("no such endpoint: {path}")).into_response()
+    } else {
+        (StatusCode::NOT_FOUND, "not found\n").into_response()
+    }
+}
+
+/// An agent as the API shows it.
+#[derive(Debug, Serialize)]
+pub struct AgentView {
+    pub id: String,
+    pub hostname: String,
+    pub version: String,
+    /// Last known peer address.
+    pub address: Option<String>,
+    pub connected: bool,
+    pub last_seen_ms: Option<i64>,
+    pub last_seen: Option<String>,
+    pub last_seq: Option<u64>,
+    pub enrolled_at_ms: i64,
+    pub enrolled_at: Option<String>,
+    pub revoked: bool,
+    pub revoked_at: Option<String>,
+}
+
+impl From<AgentRow> for AgentView {
+    fn from(a: AgentRow) -> Self {
+        AgentView {
+            revoked: a.is_revoked(),
+            revoked_at: a.revoked_at_ms.and_then(rfc3339_ms),
+            last_seen: a.last_seen_ms.and_then(rfc3339_ms),
+            enrolled_at: rfc3339_ms(a.enrolled_at_ms),
+            id: a.id,
+            hostname: a.hostname,
+            version: a.version,
+            address: a.last_addr,
+            connected: a.connected,
+            last_seen_ms: a.last_seen_ms,
+            last_seq: a.last_seq,
+            enrolled_at_ms: a.enrolled_at_ms,
+        }
+    }
+}
+
+/// An API token as the API shows it: never the secret nor its hash.
+#[derive(Debug, Serialize)]
+pub struct TokenView {
+    pub id: String,
+    pub name: String,
+    pub role: Role,
+    pub created_at_ms: i64,
+    pub created_at: Option<String>,
+    pub last_used_ms: Option<i64>,
+    pub last_used: Option<String>,
+    pub revoked: bool,
+    pub revoked_at: Option<String>,
+}
+
+impl From<ApiTokenRow> for TokenView {
+    fn from(t: ApiTokenRow) -> Self {
+        TokenView {
+            created_at: rfc3339_ms(t.created_at_ms),
+            last_used: t.last_used_ms.and_then(rfc3339_ms),
+            revoked: t.revoked_at_ms.is_some(),
+            revoked_at: t.revoked_at_ms.and_then(rfc3339_ms),
+            id: t.id,
+            name: t.name,
+            role: t.role,
+            created_at_ms: t.created_at_ms,
+            last_used_ms: t.last_used_ms,
+        }
+    }
+}
+
+async fn list_agents(
+    auth: Auth,
+    State(state): State<HttpState>,
+) -> Result<Json<Vec<AgentView>>, ApiError> {
+    auth.require(Role::Viewer)?;
+    let rows = state.db.run(|db| db.list_agents()).await?;
+    Ok(Json(rows.into_iter().map(AgentView::from).collect()))
+}
+
+async fn list_tokens(
+    auth: Auth,
+    State(state): State<HttpState>,
+) -> Result<Json<Vec<TokenView>>, ApiError> {
+    auth.require(Role::Admin)?;
+    let rows = state.db.run(|db| db.list_api_tokens()).await?;
+    Ok(Json(rows.into_iter().map(TokenView::from).collect()))
+}
+
+#[cfg(test)]
+mod tests;

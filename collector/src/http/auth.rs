@@ -1,0 +1,123 @@
+//! Bearer-token authentication for the JSON API.
+//!
+//! Put [`Auth`] in a handler's arguments, then call [`Auth::require`] with the weakest role the
+//! endpoint accepts. A missing, malformed, unknown or revoked token is a 401 before the handler
+//! runs; a known token with too weak a role is a 403 from `require`. The token text is never logged.
+
+use axum::extract::FromRequestParts;
+use axum::http::request::Parts;
+use axum::http::{header, HeaderMap};
+
+use super::{now_ms, ApiError, HttpState};
+use crate::store::Role;
+
+/// An authenticated API caller.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Auth {
+    /// The API token's id (for audit trails: "acknowledged by ...").
+    pub token_id: String,
+    pub role: Role,
+}
+
+impl Auth {
+    /// `Ok` if the caller's role is at least `needed`, else [`ApiError::Forbidden`].
+    pub fn require(&self, needed: Role) -> Result<(), ApiError> {
+        if self.role >= needed {
+            Ok(())
+        } else {
+            Err(ApiError::Forbidden { needed })
+        }
+    }
+}
+
+const MALFORMED: &str = "malformed Authorization header: expected Bearer <token>";
+
+/// The token in `Authorization: Bearer <token>` (scheme case-insensitive).
+fn bearer(headers: &HeaderMap) -> Result<&str, ApiError> {
+    let value = headers
+        .get(header::AUTHORIZATION)
+        .ok_or(ApiError::Unauthorized("missing bearer token"))?;
+    let text = value
+        .to_str()
+        .map_err(|_| ApiError::Unauthorized(MALFORMED))?;
+    match text.trim().split_once(' ') {
+        Some((scheme, token))
+            if scheme.eq_ignore_ascii_case("bearer") && !token.trim().is_empty() =>
+        {
+            Ok(token.trim())
+        }
+        _ => Err(ApiError::Unauthorized(MALFORMED)),
+    }
+}
+
+impl FromRequestParts<HttpState> for Auth {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(
+        parts: &mut Parts,
+        state: &HttpState,
+    ) -> Result<Self, Self::Rejection> {
+        let token = bearer(&parts.headers)?.to_owned();
+        let found = state
+            .db
+            .run(move |db| db.authenticate_api_token(&token, now_ms()))
+            .await?;
+        match found {
+            Some((token_id, role)) => Ok(Auth { token_id, role }),
+            None => Err(ApiError::Unauthorized("unknown or revoked token")),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use axum::http::HeaderValue;
+
+    fn check(header: Option<&str>, expected: Result<&str, &str>) {
+        let mut headers = HeaderMap::new();
+        if let Some(h) = header {
+            headers.insert(
+                header::AUTHORIZATION,
+                HeaderValue::from_str(h).expect("header"),
+            );
+        }
+        let got = bearer(&headers).map_err(|e| match e {
+            ApiError::Unauthorized(m) => m,
+            _ => "other",
+        });
+        let expected = expected.map_err(|m| match m {
+            "missing" => "missing bearer token",
+            _ => MALFORMED,
+        });
+        assert_eq!(got, expected, "{header:?}");
+    }
+
+    #[test]
+    fn bearer_parsing() {
+        check(None, Err("missing"));
+        check(Some("Bearer vgl_a_b"), Ok("vgl_a_b"));
+        check(Some("bearer  vgl_a_b "), Ok("vgl_a_b"));
+        check(Some("Basic dXNlcjpwYXNz"), Err("malformed"));
+        check(Some("Bearer"), Err("malformed"));
+        check(Some("Bearer "), Err("malformed"));
+        check(Some("vgl_a_b"), Err("malformed"));
+    }
+
+    #[test]
+    fn require_orders_roles() {
+        let auth = |role| Auth {
+            token_id: "t".into(),
+            role,
+        };
+        assert!(auth(Role::Viewer).require(Role::Viewer).is_ok());
+        assert!(auth(Role::Admin).require(Role::Operator).is_ok());
+        assert!(matches!(
+            auth(Role::Operator).require(Role::Admin),
+            Err(ApiError::Forbidden {
+                needed: Role::Admin
+            })
+        ));
+        assert!(auth(Role::Viewer).require(Role::Operator).is_err());
+    }
+}

@@ -1,0 +1,304 @@
+//! End-to-end tests of the router over real loopback TCP (HTTP/1.1 by hand, `Connection: close`).
+
+use std::path::Path;
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::sync::oneshot;
+
+use super::*;
+use crate::store::{Db, NewAgent};
+
+struct Server {
+    addr: std::net::SocketAddr,
+    ready: Arc<AtomicBool>,
+    stop: Option<oneshot::Sender<()>>,
+    task: tokio::task::JoinHandle<std::io::Result<()>>,
+}
+
+impl Server {
+    async fn start(data_dir: &Path) -> Server {
+        let ready = Arc::new(AtomicBool::new(false));
+        let metrics_text: Arc<dyn Fn() -> String + Send + Sync> =
+            Arc::new(|| "# TYPE vigil_agents_connected gauge\nvigil_agents_connected 2\n".into());
+        let state =
+            HttpState::new(data_dir.to_owned(), metrics_text, ready.clone()).expect("state");
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let (stop, stopped) = oneshot::channel::<()>();
+        let task = tokio::spawn(serve(listener, router(state), async {
+            let _ = stopped.await;
+        }));
+        Server {
+            addr,
+            ready,
+            stop: Some(stop),
+            task,
+        }
+    }
+
+    /// `(status, content-type, body)`.
+    async fn get(&self, path: &str, token: Option<&str>) -> (u16, String, String) {
+        self.request("GET", path, token).await
+    }
+
+    async fn request(&self, method: &str, path: &str, auth: Option<&str>) -> (u16, String, String) {
+        let mut stream = tokio::net::TcpStream::connect(self.addr)
+            .await
+            .expect("connect");
+        let auth = auth
+            .map(|a| format!("Authorization: {a}\r\n"))
+            .unwrap_or_default();
+        let req =
+            format!("{method} {path} HTTP/1.1\r\nHost: test\r\n{auth}Connection: close\r\n\r\n");
+        stream.write_all(req.as_bytes()).await.expect("write");
+        let mut raw = Vec::new();
+        stream.read_to_end(&mut raw).await.expect("read");
+        let text = String::from_utf8(raw).expect("utf8");
+        let (head, body) = text.split_once("\r\n\r\n").expect("head/body");
+        let status = head
+            .split(' ')
+            .nth(1)
+            .and_then(|s| s.parse().ok())
+            .expect("status");
+        let content_type = head
+            .lines()
+            .find_map(|l| {
+                let (k, v) = l.split_once(':')?;
+                k.eq_ignore_ascii_case("content-type")
+                    .then(|| v.trim().to_owned())
+            })
+            .unwrap_or_default();
+        assert!(
+            !head
+                .to_ascii_lowercase()
+                .contains("transfer-encoding: chunked"),
+            "test client reads only sized bodies"
+        );
+        (status, content_type, body.to_owned())
+    }
+
+    async fn stop(mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        tokio::time::timeout(Duration::from_secs(5), self.task)
+            .await
+            .expect("graceful shutdown within 5 s")
+            .expect("join")
+            .expect("serve");
+    }
+}
+
+fn bearer(token: &str) -> String {
+    format!("Bearer {token}")
+}
+
+/// Asserts a JSON API error: status, `code`, and that `error` is a string.
+fn check_error(got: (u16, String, String), status: u16, code: &str) {
+    let (s, ct, body) = got;
+    assert_eq!(s, status, "{body}");
+    assert!(ct.starts_with("application/json"), "{ct}");
+    let v: serde_json::Value = serde_json::from_str(&body).expect("json body");
+    assert_eq!(v["code"], code, "{body}");
+    assert!(v["error"].is_string(), "{body}");
+    assert_eq!(v.as_object().map(|o| o.len()), Some(2), "{body}");
+}
+
+struct Fixture {
+    _tmp: tempfile::TempDir,
+    server: Server,
+    viewer: String,
+    admin: String,
+    revoked: String,
+}
+
+async fn fixture() -> Fixture {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let db = Db::open(tmp.path()).expect("open");
+    let (_, viewer) = db
+        .create_api_token(Role::Viewer, "grafana", 1_000)
+        .expect("viewer");
+    let (_, admin) = db
+        .create_api_token(Role::Admin, "root", 1_000)
+        .expect("admin");
+    let (rid, revoked) = db.create_api_token(Role::Admin, "old", 1_000).expect("old");
+    db.revoke_api_token(&rid, 2_000).expect("revoke");
+    db.register_agent(
+        &NewAgent {
+            id: "a1b2".into(),
+            hostname: "web1".into(),
+            version: "0.1.0".into(),
+            cert_pin: "00".repeat(32),
+            token_id: "tok".into(),
+        },
+        1_700_000_000_000,
+    )
+    .expect("agent");
+    db.set_connected(
+        "a1b2",
+        true,
+        Some("10.0.0.7:40000"),
+        None,
+        1_700_000_001_000,
+    )
+    .expect("connected");
+    let server = Server::start(tmp.path()).await;
+    Fixture {
+        _tmp: tmp,
+        server,
+        viewer,
+        admin,
+        revoked,
+    }
+}
+
+#[tokio::test]
+async fn auth_failures_are_json_401_and_403() {
+    let f = fixture().await;
+    let s = &f.server;
+    check_error(s.get("/api/v1/agents", None).await, 401, "unauthorized");
+    check_error(
+        s.get("/api/v1/agents", Some("Basic dXNlcjpwYXNz")).await,
+        401,
+        "unauthorized",
+    );
+    check_error(
+        s.get("/api/v1/agents", Some("Bearer")).await,
+        401,
+        "unauthorized",
+    );
+    let unknown = bearer("vgl_000000000000_AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA");
+    check_error(
+        s.get("/api/v1/agents", Some(&unknown)).await,
+        401,
+        "unauthorized",
+    );
+    let wrong_secret = format!("{}x", bearer(&f.viewer));
+    check_error(
+        s.get("/api/v1/agents", Some(&wrong_secret)).await,
+        401,
+        "unauthorized",
+    );
+    check_error(
+        s.get("/api/v1/agents", Some(&bearer(&f.revoked))).await,
+        401,
+        "unauthorized",
+    );
+    check_error(
+        s.get("/api/v1/tokens", Some(&bearer(&f.viewer))).await,
+        403,
+        "forbidden",
+    );
+    // The message never echoes the token.
+    let (_, _, body) = s.get("/api/v1/agents", Some(&wrong_secret)).await;
+    assert!(!body.contains(&f.viewer), "{body}");
+    f.server.stop().await;
+}
+
+#[tokio::test]
+async fn agents_list_for_viewer() {
+    let f = fixture().await;
+    let (status, ct, body) = f
+        .server
+        .get("/api/v1/agents", Some(&bearer(&f.viewer)))
+        .await;
+    assert_eq!(status, 200, "{body}");
+    assert!(ct.starts_with("application/json"), "{ct}");
+    let v: serde_json::Value = serde_json::from_str(&body).expect("json");
+    let expected = serde_json::json!([{
+        "id": "a1b2",
+        "hostname": "web1",
+        "version": "0.1.0",
+        "address": "10.0.0.7:40000",
+        "connected": true,
+        "last_seen_ms": 1_700_000_001_000i64,
+        "last_seen": "2023-11-14T22:13:21.000Z",
+        "last_seq": null,
+        "enrolled_at_ms": 1_700_000_000_000i64,
+        "enrolled_at": "2023-11-14T22:13:20.000Z",
+        "revoked": false,
+        "revoked_at": null,
+    }]);
+    assert_eq!(v, expected);
+    f.server.stop().await;
+}
+
+#[tokio::test]
+async fn tokens_list_for_admin_has_no_secrets() {
+    let f = fixture().await;
+    let (status, _, body) = f
+        .server
+        .get("/api/v1/tokens", Some(&bearer(&f.admin)))
+        .await;
+    assert_eq!(status, 200, "{body}");
+    let v: serde_json::Value = serde_json::from_str(&body).expect("json");
+    let names: Vec<(&str, &str, bool)> = v
+        .as_array()
+        .expect("array")
+        .iter()
+        .map(|t| {
+            (
+                t["name"].as_str().unwrap_or_default(),
+                t["role"].as_str().unwrap_or_default(),
+                t["revoked"].as_bool().unwrap_or_default(),
+            )
+        })
+        .collect();
+    let mut names = names;
+    names.sort();
+    assert_eq!(
+        names,
+        [
+            ("grafana", "viewer", false),
+            ("old", "admin", true),
+            ("root", "admin", false)
+        ]
+    );
+    for token in [&f.viewer, &f.admin, &f.revoked] {
+        let secret = token.rsplit('_').next().expect("secret");
+        assert!(!body.contains(secret), "secret leaked: {body}");
+    }
+    assert!(!body.contains("hash"), "{body}");
+    f.server.stop().await;
+}
+
+#[tokio::test]
+async fn probes_metrics_and_fallbacks() {
+    let f = fixture().await;
+    let s = &f.server;
+    assert_eq!(s.get("/healthz", None).await.2, "ok");
+    let (status, _, body) = s.get("/readyz", None).await;
+    assert_eq!((status, body.as_str()), (503, "not ready"));
+    s.ready.store(true, Ordering::Release);
+    let (status, _, body) = s.get("/readyz", None).await;
+    assert_eq!((status, body.as_str()), (200, "ready"));
+
+    let (status, ct, body) = s.get("/metrics", None).await;
+    assert_eq!(status, 200);
+    assert_eq!(ct, METRICS_CONTENT_TYPE);
+    assert!(body.contains("vigil_agents_connected 2"), "{body}");
+
+    check_error(s.get("/api/v1/nope", None).await, 404, "not_found");
+    check_error(s.get("/api/v2/agents", None).await, 404, "not_found");
+    check_error(
+        s.request("POST", "/api/v1/agents", None).await,
+        405,
+        "method_not_allowed",
+    );
+    let (status, ct, _) = s.get("/nowhere", None).await;
+    assert_eq!(status, 404);
+    assert!(!ct.starts_with("application/json"), "{ct}");
+    f.server.stop().await;
+}
+
+#[test]
+fn rfc3339() {
+    fn check(ms: i64, expected: Option<&str>) {
+        assert_eq!(rfc3339_ms(ms).as_deref(), expected, "{ms}");
+    }
+    check(0, Some("1970-01-01T00:00:00.000Z"));
+    check(1_700_000_000_123, Some("2023-11-14T22:13:20.123Z"));
+    check(-1, None);
+}

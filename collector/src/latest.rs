@@ -1,0 +1,1114 @@
+//! The latest-value table behind `/metrics`: the newest value of every host metric of every
+//! agent, kept in memory, plus host liveness (`vigil_host_up`).
+//!
+//! Ingest calls [`LatestTable::apply`] once per batch; the table takes the agent's entry once per
+//! batch (a read lock on the agent map, then that agent's own mutex), so agents never contend
+//! with each other and a known series costs a hash and a compare, no allocation.
+//! [`LatestCollector`] turns the table into Prometheus metric families at scrape time.
+//!
+//! Liveness: an agent is up while it is connected and something (its connection, or a batch)
+//! arrived within `down_after_intervals` × its interval. A connection counts as "seen", so a
+//! freshly connected agent is up before its first sample and one that connects and then stays
+//! silent goes down after the same number of intervals.
+//!
+//! What gets exposed (and what is ignored, counted in
+//! `vigil_ingest_ignored_samples_total{reason}`): only metric names of
+//! [`vigil_shared::metric_names::HOST_METRICS`] plus `check_up` / `check_latency_seconds`
+//! (`unknown_metric`); only the label names each metric declares, other labels are dropped;
+//! values must be finite and label values at most [`MAX_LABEL_VALUE_BYTES`] (`invalid`); at most
+//! [`MAX_SERIES_PER_HOST`] series per agent (`series_limit`). Ignored samples are still stored by
+//! the store; they just have no latest value here.
+//!
+//! This module never reads the clock (time is passed in, or comes from the caller's [`Clock`]),
+//! never does I/O and never panics on agent data.
+
+use std::collections::hash_map::RandomState;
+use std::collections::{BTreeMap, HashMap};
+use std::hash::{BuildHasher, BuildHasherDefault, Hasher};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError, RwLock};
+
+use prometheus::core::{Collector, Desc};
+use prometheus::proto::{self, LabelPair, MetricFamily, MetricType};
+use vigil_shared::metric_names::{self, HOST_METRICS};
+use vigil_shared::proto::Sample;
+
+/// Most label names any exposed metric declares (checked at compile time below).
+const MAX_LABELS: usize = 4;
+const _: () = {
+    let mut i = 0;
+    while i < HOST_METRICS.len() {
+        assert!(HOST_METRICS[i].labels.len() <= MAX_LABELS);
+        i += 1;
+    }
+};
+
+/// Series an agent may have in the table; samples of further new series are ignored.
+pub const MAX_SERIES_PER_HOST: usize = 4096;
+/// Longest label value kept; samples with a longer one are ignored.
+pub const MAX_LABEL_VALUE_BYTES: usize = 1024;
+
+/// Family names exposed besides `vigil_host_<name>`.
+pub const HOST_UP: &str = "vigil_host_up";
+pub const CHECK_UP: &str = "vigil_check_up";
+pub const CHECK_LATENCY_SECONDS: &str = "vigil_check_latency_seconds";
+pub const INGEST_IGNORED_SAMPLES_TOTAL: &str = "vigil_ingest_ignored_samples_total";
+
+/// Reasons of `vigil_ingest_ignored_samples_total{reason}`.
+pub const IGNORED_REASONS: [&str; 3] = ["invalid", "series_limit", "unknown_metric"];
+const INVALID: usize = 0;
+const SERIES_LIMIT: usize = 1;
+const UNKNOWN_METRIC: usize = 2;
+
+const CHECK_LABELS: &[&str] = &["check"];
+
+/// Milliseconds since the Unix epoch, as the caller's clock sees it.
+pub type Clock = Arc<dyn Fn() -> i64 + Send + Sync>;
+
+/// The wall clock, for production use (tests pass their own).
+pub fn system_clock() -> Clock {
+    Arc::new(|| {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+            .unwrap_or(0)
+    })
+}
+
+/// One metric the table keeps: its wire name, exposed family and declared labels.
+struct MetricDef {
+    wire: &'static str,
+    family: String,
+    help: &'static str,
+    counter: bool,
+    labels: &'static [&'static str],
+}
+
+fn metric_defs() -> Vec<MetricDef> {
+    let mut defs: Vec<MetricDef> = HOST_METRICS
+        .iter()
+        .map(|m| MetricDef {
+            wire: m.name,
+            family: format!("vigil_host_{}", m.name),
+            help: m.help,
+            counter: m.counter,
+            labels: m.labels,
+        })
+        .collect();
+    defs.push(MetricDef {
+        wire: metric_names::CHECK_UP,
+        family: CHECK_UP.to_owned(),
+        help: "1 if the check passed on its last run, else 0.",
+        counter: false,
+        labels: CHECK_LABELS,
+    });
+    defs.push(MetricDef {
+        wire: metric_names::CHECK_LATENCY_SECONDS,
+        family: CHECK_LATENCY_SECONDS.to_owned(),
+        help: "Duration of the check's last run, seconds.",
+        counter: false,
+        labels: CHECK_LABELS,
+    });
+    defs
+}
+
+/// The latest value of one series, as [`LatestTable::get`] returns it.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct LatestValue {
+    pub value: f64,
+    pub ts_ms: i64,
+}
+
+/// One agent as [`LatestTable::hosts`] reports it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HostStatus {
+    pub agent_id: String,
+    pub hostname: String,
+    pub connected: bool,
+    pub up: bool,
+    /// Last connection or batch, milliseconds since the epoch.
+    pub last_seen_ms: i64,
+    pub series: usize,
+}
+
+struct Series {
+    metric: u8,
+    /// Values of the metric's declared labels, in declaration order; "" = absent.
+    labels: Box<[Box<str>]>,
+    value: f64,
+    ts_ms: i64,
+}
+
+impl Series {
+    fn matches(&self, metric: u8, values: &[&str]) -> bool {
+        self.metric == metric
+            && self.labels.len() == values.len()
+            && self.labels.iter().zip(values).all(|(a, b)| &**a == *b)
+    }
+}
+
+/// Series sharing one 64-bit key hash (almost always exactly one).
+struct Slot {
+    first: Series,
+    more: Vec<Series>,
+}
+
+impl Slot {
+    fn find_mut(&mut self, metric: u8, values: &[&str]) -> Option<&mut Series> {
+        if self.first.matches(metric, values) {
+            return Some(&mut self.first);
+        }
+        self.more.iter_mut().find(|s| s.matches(metric, values))
+    }
+
+    fn find(&self, metric: u8, values: &[&str]) -> Option<&Series> {
+        std::iter::once(&self.first)
+            .chain(&self.more)
+            .find(|s| s.matches(metric, values))
+    }
+
+    fn iter(&self) -> impl Iterator<Item = &Series> {
+        std::iter::once(&self.first).chain(&self.more)
+    }
+}
+
+/// The map key is already a keyed SipHash of the series, so the map hashes it no further.
+#[derive(Default)]
+struct IdHasher(u64);
+
+impl Hasher for IdHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            self.0 = (self.0 << 8) | u64::from(b);
+        }
+    }
+    fn write_u64(&mut self, n: u64) {
+        self.0 = n;
+    }
+}
+
+struct HostEntry {
+    hostname: Arc<str>,
+    interval_ms: u64,
+    /// Open connections of this agent (a reconnect may overlap the old connection's end).
+    connections: u32,
+    /// Set by [`LatestTable::remove`]: a stale handle must not touch the counters any more.
+    removed: bool,
+    last_seen_ms: i64,
+    series: HashMap<u64, Slot, BuildHasherDefault<IdHasher>>,
+    series_count: usize,
+}
+
+impl HostEntry {
+    fn up(&self, now_ms: i64, down_after_intervals: u32) -> bool {
+        let window = self
+            .interval_ms
+            .max(1)
+            .saturating_mul(u64::from(down_after_intervals));
+        let window = i64::try_from(window).unwrap_or(i64::MAX);
+        self.connections > 0 && now_ms.saturating_sub(self.last_seen_ms) <= window
+    }
+}
+
+/// The in-memory latest-value table. Share it as `Arc<LatestTable>`.
+pub struct LatestTable {
+    down_after_intervals: u32,
+    defs: Vec<MetricDef>,
+    hasher: RandomState,
+    hosts: RwLock<HashMap<Arc<str>, Arc<Mutex<HostEntry>>>>,
+    connected: AtomicUsize,
+    ignored: [AtomicU64; 3],
+}
+
+fn lock(entry: &Mutex<HostEntry>) -> MutexGuard<'_, HostEntry> {
+    entry.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+impl LatestTable {
+    /// `down_after_intervals`: silent intervals after which a connected agent counts as down.
+    pub fn new(down_after_intervals: u32) -> Self {
+        LatestTable {
+            down_after_intervals,
+            defs: metric_defs(),
+            hasher: RandomState::new(),
+            hosts: RwLock::new(HashMap::new()),
+            connected: AtomicUsize::new(0),
+            ignored: Default::default(),
+        }
+    }
+
+    fn entry(&self, agent_id: &str) -> Option<Arc<Mutex<HostEntry>>> {
+        let hosts = self.hosts.read().unwrap_or_else(PoisonError::into_inner);
+        hosts.get(agent_id).cloned()
+    }
+
+    /// An agent said hello on a new connection. Every call must be matched by one
+    /// [`disconnected`](Self::disconnected) when that connection ends.
+    pub fn connected(&self, agent_id: &str, hostname: &str, interval_ms: u64, now_ms: i64) {
+        // Under the write lock, so a concurrent `remove` cannot strand the counter.
+        let mut hosts = self.hosts.write().unwrap_or_else(PoisonError::into_inner);
+        let entry = hosts.entry(Arc::from(agent_id)).or_insert_with(|| {
+            Arc::new(Mutex::new(HostEntry {
+                hostname: Arc::from(hostname),
+                interval_ms,
+                connections: 0,
+                removed: false,
+                last_seen_ms: now_ms,
+                series: HashMap::default(),
+                series_count: 0,
+            }))
+        });
+        let mut e = lock(entry);
+        if &*e.hostname != hostname {
+            e.hostname = Arc::from(hostname);
+        }
+        e.interval_ms = interval_ms;
+        e.last_seen_ms = e.last_seen_ms.max(now_ms);
+        if e.connections == 0 {
+            self.connected.fetch_add(1, Ordering::Relaxed);
+        }
+        e.connections = e.connections.saturating_add(1);
+    }
+
+    /// One connection of the agent ended (closed, lost or timed out).
+    pub fn disconnected(&self, agent_id: &str, now_ms: i64) {
+        let Some(entry) = self.entry(agent_id) else {
+            return;
+        };
+        let mut e = lock(&entry);
+        if e.removed || e.connections == 0 {
+            return;
+        }
+        e.connections -= 1;
+        if e.connections == 0 {
+            self.connected.fetch_sub(1, Ordering::Relaxed);
+            tracing::debug!(agent_id, now_ms, "agent disconnected");
+        }
+    }
+
+    /// The agent is revoked: forget it and its series.
+    pub fn remove(&self, agent_id: &str) {
+        let mut hosts = self.hosts.write().unwrap_or_else(PoisonError::into_inner);
+        if let Some(entry) = hosts.remove(agent_id) {
+            let mut e = lock(&entry);
+            if e.connections > 0 {
+                self.connected.fetch_sub(1, Ordering::Relaxed);
+            }
+            e.connections = 0;
+            e.removed = true;
+        }
+    }
+
+    /// Resolves a sample's name and labels to (metric id, label values); `Err(reason)` if ignored.
+    fn resolve<'a>(
+        &self,
+        name: &str,
+        labels: impl Iterator<Item = (&'a str, &'a str)> + Clone,
+        out: &mut [&'a str; MAX_LABELS],
+    ) -> Result<(u8, usize), usize> {
+        let Some(id) = self.defs.iter().position(|d| d.wire == name) else {
+            return Err(UNKNOWN_METRIC);
+        };
+        let def = &self.defs[id];
+        for (slot, want) in out.iter_mut().zip(def.labels) {
+            *slot = labels
+                .clone()
+                .find(|(k, _)| k == want)
+                .map_or("", |(_, v)| v);
+            if slot.len() > MAX_LABEL_VALUE_BYTES {
+                return Err(INVALID);
+            }
+        }
+        // `defs` has fewer than 256 entries, so the cast is lossless.
+        Ok((id as u8, def.labels.len()))
+    }
+
+    /// Applies one batch of the agent's samples received at `now_ms`. A sample older than the
+    /// stored value of its series (late spool replay) does not overwrite it. Records the agent
+    /// as seen. Returns how many samples updated the table (late and ignored ones do not
+    /// count); samples of an agent that never [`connected`](Self::connected) are dropped.
+    pub fn apply(&self, agent_id: &str, samples: &[Sample], now_ms: i64) -> usize {
+        let Some(entry) = self.entry(agent_id) else {
+            tracing::debug!(agent_id, "samples for an agent not in the table dropped");
+            return 0;
+        };
+        let mut e = lock(&entry);
+        if e.removed {
+            return 0;
+        }
+        e.last_seen_ms = e.last_seen_ms.max(now_ms);
+        let mut applied = 0;
+        let mut ignored = [0u64; 3];
+        let mut buf = [""; MAX_LABELS];
+        for s in samples {
+            let labels = s.labels.iter().map(|(k, v)| (k.as_str(), v.as_str()));
+            let (metric, n) = match self.resolve(&s.name, labels, &mut buf) {
+                Ok(r) => r,
+                Err(reason) => {
+                    ignored[reason] += 1;
+                    continue;
+                }
+            };
+            if !s.value.is_finite() {
+                ignored[INVALID] += 1;
+                continue;
+            }
+            let values = &buf[..n];
+            let hash = self.hasher.hash_one((metric, values));
+            let e = &mut *e;
+            if let Some(slot) = e.series.get_mut(&hash) {
+                if let Some(series) = slot.find_mut(metric, values) {
+                    if s.ts_ms >= series.ts_ms {
+                        series.value = s.value;
+                        series.ts_ms = s.ts_ms;
+                        applied += 1;
+                    }
+                    continue;
+                }
+            }
+            if e.series_count >= MAX_SERIES_PER_HOST {
+                ignored[SERIES_LIMIT] += 1;
+                continue;
+            }
+            let series = Series {
+                metric,
+                labels: values.iter().map(|v| Box::from(*v)).collect(),
+                value: s.value,
+                ts_ms: s.ts_ms,
+            };
+            match e.series.get_mut(&hash) {
+                Some(slot) => slot.more.push(series),
+                None => {
+                    e.series.insert(
+                        hash,
+                        Slot {
+                            first: series,
+                            more: Vec::new(),
+                        },
+                    );
+                }
+            }
+            e.series_count += 1;
+            applied += 1;
+        }
+        drop(e);
+        for (counter, n) in self.ignored.iter().zip(ignored) {
+            if n > 0 {
+                counter.fetch_add(n, Ordering::Relaxed);
+            }
+        }
+        applied
+    }
+
+    /// Is the agent connected and seen within `down_after_intervals` × its interval?
+    pub fn host_up(&self, agent_id: &str, now_ms: i64) -> bool {
+        self.entry(agent_id)
+            .is_some_and(|e| lock(&e).up(now_ms, self.down_after_intervals))
+    }
+
+    /// Agents with at least one open connection.
+    pub fn connected_count(&self) -> usize {
+        self.connected.load(Ordering::Relaxed)
+    }
+
+    /// Samples ignored so far, per reason of [`IGNORED_REASONS`].
+    pub fn ignored_counts(&self) -> [u64; 3] {
+        [0, 1, 2].map(|i| self.ignored[i].load(Ordering::Relaxed))
+    }
+
+    /// The latest value of one series (`name` as on the wire, labels as the agent sends them).
+    pub fn get(&self, agent_id: &str, name: &str, labels: &[(&str, &str)]) -> Option<LatestValue> {
+        let mut buf = [""; MAX_LABELS];
+        let (metric, n) = self.resolve(name, labels.iter().copied(), &mut buf).ok()?;
+        let values = &buf[..n];
+        let entry = self.entry(agent_id)?;
+        let e = lock(&entry);
+        let series = e
+            .series
+            .get(&self.hasher.hash_one((metric, values)))?
+            .find(metric, values)?;
+        Some(LatestValue {
+            value: series.value,
+            ts_ms: series.ts_ms,
+        })
+    }
+
+    /// Every agent in the table, sorted by agent id.
+    pub fn hosts(&self, now_ms: i64) -> Vec<HostStatus> {
+        let mut out: Vec<HostStatus> = self
+            .snapshot()
+            .into_iter()
+            .map(|(agent_id, entry)| {
+                let e = lock(&entry);
+                HostStatus {
+                    agent_id: agent_id.to_string(),
+                    hostname: e.hostname.to_string(),
+                    connected: e.connections > 0,
+                    up: e.up(now_ms, self.down_after_intervals),
+                    last_seen_ms: e.last_seen_ms,
+                    series: e.series_count,
+                }
+            })
+            .collect();
+        out.sort_by(|a, b| a.agent_id.cmp(&b.agent_id));
+        out
+    }
+
+    fn snapshot(&self) -> Vec<(Arc<str>, Arc<Mutex<HostEntry>>)> {
+        let hosts = self.hosts.read().unwrap_or_else(PoisonError::into_inner);
+        hosts
+            .iter()
+            .map(|(k, v)| (Arc::clone(k), Arc::clone(v)))
+            .collect()
+    }
+}
+
+/// Builds the host metric families from a [`LatestTable`] at scrape time.
+///
+/// Several agents may report the same hostname (a reinstalled host, a cloned VM); the host
+/// label must stay unique, so per hostname one agent is exposed: a connected one before a
+/// disconnected one, then the most recently seen, then the smallest agent id.
+pub struct LatestCollector {
+    table: Arc<LatestTable>,
+    clock: Clock,
+    descs: Vec<Desc>,
+    up_help: String,
+}
+
+fn label(name: &str, value: &str) -> LabelPair {
+    let mut pair = LabelPair::default();
+    pair.set_name(name.to_owned());
+    pair.set_value(value.to_owned());
+    pair
+}
+
+fn sample(labels: Vec<LabelPair>, value: f64, counter: bool) -> proto::Metric {
+    let mut m = proto::Metric::from_label(labels);
+    if counter {
+        let mut c = proto::Counter::default();
+        c.set_value(value);
+        m.set_counter(c);
+    } else {
+        let mut g = proto::Gauge::default();
+        g.set_value(value);
+        m.set_gauge(g);
+    }
+    m
+}
+
+fn family(name: &str, help: &str, counter: bool, metrics: Vec<proto::Metric>) -> MetricFamily {
+    let mut f = MetricFamily::default();
+    f.set_name(name.to_owned());
+    f.set_help(help.to_owned());
+    f.set_field_type(if counter {
+        MetricType::COUNTER
+    } else {
+        MetricType::GAUGE
+    });
+    f.set_metric(metrics);
+    f
+}
+
+impl LatestCollector {
+    pub fn new(table: Arc<LatestTable>, clock: Clock) -> Result<Self, prometheus::Error> {
+        let up_help = format!(
+            "1 if the host's agent is connected and was heard from within the last {} intervals, else 0.",
+            table.down_after_intervals
+        );
+        let strings = |l: &[&str]| l.iter().map(|s| (*s).to_owned()).collect::<Vec<_>>();
+        let mut descs = Vec::with_capacity(table.defs.len() + 2);
+        for d in &table.defs {
+            let mut labels = vec!["host".to_owned()];
+            labels.extend(strings(d.labels));
+            descs.push(Desc::new(
+                d.family.clone(),
+                d.help.to_owned(),
+                labels,
+                HashMap::new(),
+            )?);
+        }
+        descs.push(Desc::new(
+            HOST_UP.to_owned(),
+            up_help.clone(),
+            strings(&["host"]),
+            HashMap::new(),
+        )?);
+        descs.push(Desc::new(
+            INGEST_IGNORED_SAMPLES_TOTAL.to_owned(),
+            IGNORED_HELP.to_owned(),
+            strings(&["reason"]),
+            HashMap::new(),
+        )?);
+        Ok(LatestCollector {
+            table,
+            clock,
+            descs,
+            up_help,
+        })
+    }
+}
+
+/// An agent competing to be exposed under its hostname.
+struct Candidate {
+    connected: bool,
+    seen: i64,
+    agent_id: Arc<str>,
+    entry: Arc<Mutex<HostEntry>>,
+}
+
+impl Candidate {
+    fn rank(&self) -> (bool, i64, std::cmp::Reverse<&str>) {
+        (
+            self.connected,
+            self.seen,
+            std::cmp::Reverse(&*self.agent_id),
+        )
+    }
+}
+
+const IGNORED_HELP: &str = "Samples received but not kept as latest values (unknown metric name, \
+     invalid value or label, or the per-host series limit); they are still stored.";
+
+impl Collector for LatestCollector {
+    fn desc(&self) -> Vec<&Desc> {
+        self.descs.iter().collect()
+    }
+
+    fn collect(&self) -> Vec<MetricFamily> {
+        let now_ms = (self.clock)();
+        let table = &self.table;
+        let n = table.down_after_intervals;
+
+        // One agent per hostname: the best by (connected, last seen, smaller agent id).
+        let mut chosen: BTreeMap<Arc<str>, Candidate> = BTreeMap::new();
+        for (agent_id, entry) in table.snapshot() {
+            let (hostname, connected, seen) = {
+                let e = lock(&entry);
+                (Arc::clone(&e.hostname), e.connections > 0, e.last_seen_ms)
+            };
+            let candidate = Candidate {
+                connected,
+                seen,
+                agent_id,
+                entry,
+            };
+            if chosen
+                .get(&hostname)
+                .is_none_or(|best| candidate.rank() > best.rank())
+            {
+                chosen.insert(hostname, candidate);
+            }
+        }
+
+        let mut per_metric: Vec<Vec<proto::Metric>> =
+            table.defs.iter().map(|_| Vec::new()).collect();
+        let mut up = Vec::with_capacity(chosen.len());
+        for (hostname, candidate) in &chosen {
+            let e = lock(&candidate.entry);
+            let is_up = e.up(now_ms, n);
+            up.push(sample(
+                vec![label("host", hostname)],
+                f64::from(u8::from(is_up)),
+                false,
+            ));
+            let mut series: Vec<&Series> = e.series.values().flat_map(Slot::iter).collect();
+            series.sort_unstable_by(|a, b| (a.metric, &a.labels).cmp(&(b.metric, &b.labels)));
+            for s in &series {
+                let def = &table.defs[usize::from(s.metric)];
+                let mut labels = Vec::with_capacity(1 + def.labels.len());
+                labels.push(label("host", hostname));
+                for (name, value) in def.labels.iter().zip(s.labels.iter()) {
+                    if !value.is_empty() {
+                        labels.push(label(name, value));
+                    }
+                }
+                per_metric[usize::from(s.metric)].push(sample(labels, s.value, def.counter));
+            }
+        }
+
+        let mut out = Vec::with_capacity(table.defs.len() + 2);
+        for (def, metrics) in table.defs.iter().zip(per_metric) {
+            if !metrics.is_empty() {
+                out.push(family(&def.family, def.help, def.counter, metrics));
+            }
+        }
+        if !up.is_empty() {
+            out.push(family(HOST_UP, &self.up_help, false, up));
+        }
+        let ignored = IGNORED_REASONS
+            .iter()
+            .zip(table.ignored_counts())
+            .map(|(reason, count)| sample(vec![label("reason", reason)], count as f64, true))
+            .collect();
+        out.push(family(
+            INGEST_IGNORED_SAMPLES_TOTAL,
+            IGNORED_HELP,
+            true,
+            ignored,
+        ));
+        out.sort_by(|a, b| a.name().cmp(b.name()));
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Instant;
+
+    use prometheus::{Registry, TextEncoder};
+
+    pub(crate) fn s(name: &str, labels: &[(&str, &str)], ts_ms: i64, value: f64) -> Sample {
+        Sample {
+            ts_ms,
+            name: name.to_owned(),
+            labels: labels
+                .iter()
+                .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+                .collect(),
+            value,
+        }
+    }
+
+    const FS: &[(&str, &str)] = &[("device", "/dev/sda1"), ("mountpoint", "/")];
+
+    /// Applies `batches` (each at its own receive time) to a fresh connected agent, then
+    /// checks what `apply` returned per batch and the latest value of `probe`.
+    fn check_apply(
+        batches: &[(&[Sample], i64)],
+        probe: (&str, &[(&str, &str)]),
+        applied: &[usize],
+        expected: Option<(f64, i64)>,
+    ) {
+        let t = LatestTable::new(3);
+        t.connected("a1", "web1", 10_000, 0);
+        let got: Vec<usize> = batches
+            .iter()
+            .map(|(b, now)| t.apply("a1", b, *now))
+            .collect();
+        assert_eq!(got, applied, "applied per batch");
+        let latest = t.get("a1", probe.0, probe.1).map(|v| (v.value, v.ts_ms));
+        assert_eq!(latest, expected, "latest value of {probe:?}");
+    }
+
+    #[test]
+    fn apply_keeps_the_newest_value() {
+        let first = [s("load1", &[], 1_000, 1.0)];
+        let newer = [s("load1", &[], 2_000, 2.0)];
+        let older = [s("load1", &[], 500, 0.5)];
+        let same_ts = [s("load1", &[], 2_000, 3.0)];
+        // Newer overwrites.
+        check_apply(
+            &[(&first, 1), (&newer, 2)],
+            ("load1", &[]),
+            &[1, 1],
+            Some((2.0, 2_000)),
+        );
+        // A late (replayed) sample does not overwrite and does not count.
+        check_apply(
+            &[(&newer, 1), (&older, 2)],
+            ("load1", &[]),
+            &[1, 0],
+            Some((2.0, 2_000)),
+        );
+        // The same timestamp again: last one received wins.
+        check_apply(
+            &[(&newer, 1), (&same_ts, 2)],
+            ("load1", &[]),
+            &[1, 1],
+            Some((3.0, 2_000)),
+        );
+        // A late sample of a series never seen is still its latest value.
+        check_apply(&[(&older, 1)], ("load1", &[]), &[1], Some((0.5, 500)));
+        // Out of order inside one batch.
+        let mixed = [s("load1", &[], 2_000, 2.0), s("load1", &[], 1_000, 1.0)];
+        check_apply(&[(&mixed, 1)], ("load1", &[]), &[1], Some((2.0, 2_000)));
+    }
+
+    #[test]
+    fn apply_keys_series_by_declared_labels() {
+        let b = [
+            s("filesystem_used_ratio", FS, 1, 0.5),
+            s(
+                "filesystem_used_ratio",
+                &[("device", "/dev/sdb1"), ("mountpoint", "/data")],
+                1,
+                0.7,
+            ),
+            // Undeclared labels (and a forged `host`) are dropped: same series as the first.
+            s(
+                "filesystem_used_ratio",
+                &[
+                    ("device", "/dev/sda1"),
+                    ("host", "x"),
+                    ("mountpoint", "/"),
+                    ("zz", "1"),
+                ],
+                2,
+                0.6,
+            ),
+        ];
+        check_apply(
+            &[(&b, 1)],
+            ("filesystem_used_ratio", FS),
+            &[3],
+            Some((0.6, 2)),
+        );
+        check_apply(
+            &[(&b, 1)],
+            (
+                "filesystem_used_ratio",
+                &[("mountpoint", "/data"), ("device", "/dev/sdb1")],
+            ),
+            &[3],
+            Some((0.7, 1)),
+        );
+        check_apply(
+            &[(&b, 1)],
+            ("filesystem_used_ratio", &[("mountpoint", "/")]),
+            &[3],
+            None,
+        );
+        // Check metrics keep their `check` label.
+        let c = [
+            s("check_up", &[("check", "nginx")], 1, 1.0),
+            s("check_up", &[("check", "ssh")], 1, 0.0),
+        ];
+        check_apply(
+            &[(&c, 1)],
+            ("check_up", &[("check", "ssh")]),
+            &[2],
+            Some((0.0, 1)),
+        );
+    }
+
+    #[test]
+    fn apply_ignores_and_counts_bad_samples() {
+        let t = LatestTable::new(3);
+        t.connected("a1", "web1", 10_000, 0);
+        let long = "x".repeat(MAX_LABEL_VALUE_BYTES + 1);
+        let b = [
+            s("no_such_metric", &[], 1, 1.0),
+            s("load1", &[], 1, f64::NAN),
+            s("load1", &[], 1, f64::INFINITY),
+            s("filesystem_used_ratio", &[("mountpoint", &long)], 1, 0.1),
+            s("load1", &[], 1, 1.5),
+        ];
+        assert_eq!(t.apply("a1", &b, 1), 1);
+        // [invalid, series_limit, unknown_metric]
+        assert_eq!(t.ignored_counts(), [3, 0, 1]);
+
+        let many: Vec<Sample> = (0..MAX_SERIES_PER_HOST + 5)
+            .map(|i| s("check_up", &[("check", &format!("c{i}"))], 1, 1.0))
+            .collect();
+        // load1 already holds one series.
+        assert_eq!(t.apply("a1", &many, 2), MAX_SERIES_PER_HOST - 1);
+        assert_eq!(t.ignored_counts(), [3, 6, 1]);
+        // Known series still update at the limit.
+        assert_eq!(t.apply("a1", &[s("load1", &[], 5, 2.0)], 3), 1);
+        assert_eq!(t.hosts(3)[0].series, MAX_SERIES_PER_HOST);
+    }
+
+    #[test]
+    fn apply_for_unknown_or_removed_agent_is_dropped() {
+        let t = LatestTable::new(3);
+        assert_eq!(t.apply("ghost", &[s("load1", &[], 1, 1.0)], 1), 0);
+        t.connected("a1", "web1", 10_000, 0);
+        t.remove("a1");
+        assert_eq!(t.apply("a1", &[s("load1", &[], 1, 1.0)], 1), 0);
+        assert!(t.hosts(1).is_empty());
+        assert_eq!(t.get("a1", "load1", &[]), None);
+    }
+
+    enum Ev {
+        Connect(i64),
+        Disconnect(i64),
+        Batch(i64),
+        Remove,
+    }
+
+    /// Interval 10 s, down after 3 intervals: replays `events`, then checks `host_up` at
+    /// each `(now, expected)` and the connected count.
+    fn check_up(events: &[Ev], probes: &[(i64, bool)], connected: usize) {
+        let t = LatestTable::new(3);
+        for ev in events {
+            match *ev {
+                Ev::Connect(now) => t.connected("a1", "web1", 10_000, now),
+                Ev::Disconnect(now) => t.disconnected("a1", now),
+                Ev::Batch(now) => {
+                    t.apply("a1", &[s("load1", &[], 0, 1.0)], now);
+                }
+                Ev::Remove => t.remove("a1"),
+            }
+        }
+        for &(now, want) in probes {
+            assert_eq!(t.host_up("a1", now), want, "host_up at {now}");
+        }
+        assert_eq!(t.connected_count(), connected, "connected_count");
+    }
+
+    #[test]
+    fn host_up_timings() {
+        use Ev::*;
+        // Never connected.
+        check_up(&[], &[(0, false)], 0);
+        // Connected, no sample yet: up for 3 intervals (inclusive), then down.
+        check_up(
+            &[Connect(1_000)],
+            &[(1_000, true), (31_000, true), (31_001, false)],
+            1,
+        );
+        // Each batch moves last_seen; sample timestamps (here 0) do not matter.
+        check_up(
+            &[Connect(0), Batch(25_000)],
+            &[(55_000, true), (55_001, false)],
+            1,
+        );
+        // A batch received earlier than the connection does not move last_seen back.
+        check_up(
+            &[Connect(20_000), Batch(5_000)],
+            &[(50_000, true), (50_001, false)],
+            1,
+        );
+        // Disconnected is down at once, even with a fresh batch.
+        check_up(
+            &[Connect(0), Batch(1_000), Disconnect(2_000)],
+            &[(2_000, false)],
+            0,
+        );
+        // Reconnect overlapping the old connection's end: still connected.
+        check_up(
+            &[Connect(0), Connect(5_000), Disconnect(6_000)],
+            &[(6_000, true)],
+            1,
+        );
+        check_up(
+            &[
+                Connect(0),
+                Connect(5_000),
+                Disconnect(6_000),
+                Disconnect(7_000),
+            ],
+            &[(7_000, false)],
+            0,
+        );
+        // Unmatched disconnects do nothing.
+        check_up(
+            &[Disconnect(0), Connect(1), Disconnect(2), Disconnect(3)],
+            &[(3, false)],
+            0,
+        );
+        // Reconnect after a drop comes back up.
+        check_up(
+            &[Connect(0), Disconnect(1_000), Connect(100_000)],
+            &[(100_000, true)],
+            1,
+        );
+        // Revoked: gone.
+        check_up(
+            &[Connect(0), Connect(1), Remove, Disconnect(2)],
+            &[(2, false)],
+            0,
+        );
+    }
+
+    #[test]
+    fn host_up_window_saturates() {
+        let t = LatestTable::new(u32::MAX);
+        t.connected("a1", "web1", u64::MAX, i64::MIN);
+        assert!(t.host_up("a1", i64::MAX));
+        // A zero interval counts as 1 ms.
+        let t = LatestTable::new(3);
+        t.connected("a1", "web1", 0, 0);
+        assert!(t.host_up("a1", 3));
+        assert!(!t.host_up("a1", 4));
+    }
+
+    fn collect_text(t: &Arc<LatestTable>, now_ms: i64) -> String {
+        let c = LatestCollector::new(Arc::clone(t), Arc::new(move || now_ms)).expect("collector");
+        let mut out = String::new();
+        TextEncoder::new()
+            .encode_utf8(&c.collect(), &mut out)
+            .expect("encode");
+        out
+    }
+
+    #[test]
+    fn one_agent_per_hostname_is_exposed() {
+        let t = Arc::new(LatestTable::new(3));
+        // The old install of web1 disconnected; the new one is connected.
+        t.connected("old", "web1", 10_000, 0);
+        t.apply("old", &[s("load1", &[], 1, 9.0)], 1);
+        t.disconnected("old", 2);
+        t.connected("new", "web1", 10_000, 5);
+        t.apply("new", &[s("load1", &[], 6, 1.0)], 6);
+        let text = collect_text(&t, 10);
+        assert!(
+            text.contains("vigil_host_load1{host=\"web1\"} 1\n"),
+            "{text}"
+        );
+        assert!(text.contains("vigil_host_up{host=\"web1\"} 1\n"), "{text}");
+        assert_eq!(text.matches("host=\"web1\"").count(), 2, "{text}");
+    }
+
+    #[test]
+    fn collect_is_deterministic_and_sorted() {
+        let t = Arc::new(LatestTable::new(3));
+        for (id, host) in [("b", "zeta"), ("a", "alpha"), ("c", "mid")] {
+            t.connected(id, host, 10_000, 0);
+            let b = [
+                s("filesystem_used_ratio", &[("mountpoint", "/var")], 1, 0.2),
+                s("filesystem_used_ratio", &[("mountpoint", "/")], 1, 0.1),
+                s("load1", &[], 1, 1.0),
+            ];
+            t.apply(id, &b, 1);
+        }
+        let text = collect_text(&t, 1);
+        assert_eq!(text, collect_text(&t, 1));
+        let fs: Vec<&str> = text
+            .lines()
+            .filter(|l| l.starts_with("vigil_host_filesystem_used_ratio{"))
+            .collect();
+        assert_eq!(
+            fs,
+            [
+                "vigil_host_filesystem_used_ratio{host=\"alpha\",mountpoint=\"/\"} 0.1",
+                "vigil_host_filesystem_used_ratio{host=\"alpha\",mountpoint=\"/var\"} 0.2",
+                "vigil_host_filesystem_used_ratio{host=\"mid\",mountpoint=\"/\"} 0.1",
+                "vigil_host_filesystem_used_ratio{host=\"mid\",mountpoint=\"/var\"} 0.2",
+                "vigil_host_filesystem_used_ratio{host=\"zeta\",mountpoint=\"/\"} 0.1",
+                "vigil_host_filesystem_used_ratio{host=\"zeta\",mountpoint=\"/var\"} 0.2",
+            ]
+        );
+        let families: Vec<&str> = text
+            .lines()
+            .filter_map(|l| l.strip_prefix("# TYPE "))
+            .collect();
+        let mut sorted = families.clone();
+        sorted.sort_unstable();
+        assert_eq!(families, sorted);
+    }
+
+    /// 100 series per agent, as a real host might have them.
+    fn host_batch(round: i64) -> Vec<Sample> {
+        let mut b = Vec::with_capacity(100);
+        let v = round as f64;
+        for name in [
+            "cpu_usage_ratio",
+            "load1",
+            "load5",
+            "load15",
+            "memory_used_bytes",
+            "memory_total_bytes",
+            "swap_used_bytes",
+            "uptime_seconds",
+        ] {
+            b.push(s(name, &[], round, v));
+        }
+        for i in 0..20 {
+            let mp = format!("/mnt/disk{i}");
+            let dev = format!("/dev/sd{i}");
+            let l = [("device", dev.as_str()), ("mountpoint", mp.as_str())];
+            b.push(s("filesystem_used_ratio", &l, round, v));
+            b.push(s("filesystem_size_bytes", &l, round, v));
+        }
+        for i in 0..20 {
+            let nic = format!("eth{i}");
+            b.push(s(
+                "network_receive_bytes_total",
+                &[("interface", &nic)],
+                round,
+                v,
+            ));
+            b.push(s(
+                "network_transmit_bytes_total",
+                &[("interface", &nic)],
+                round,
+                v,
+            ));
+        }
+        for i in 0..6 {
+            let c = format!("check{i}");
+            b.push(s("check_up", &[("check", &c)], round, 1.0));
+            b.push(s("check_latency_seconds", &[("check", &c)], round, 0.01));
+        }
+        assert_eq!(b.len(), 100);
+        b
+    }
+
+    #[test]
+    fn apply_throughput_smoke() {
+        const AGENTS: usize = 1_000;
+        const ROUNDS: i64 = 5;
+        let t = Arc::new(LatestTable::new(3));
+        let ids: Vec<String> = (0..AGENTS).map(|i| format!("agent-{i:04}")).collect();
+        for (i, id) in ids.iter().enumerate() {
+            t.connected(id, &format!("host-{i:04}"), 10_000, 0);
+        }
+        // Round 0 creates the series; later rounds are the steady state being measured.
+        let batches: Vec<Vec<Sample>> = (0..=ROUNDS).map(host_batch).collect();
+        for id in &ids {
+            assert_eq!(t.apply(id, &batches[0], 0), 100);
+        }
+        let start = Instant::now();
+        std::thread::scope(|scope| {
+            for half in ids.chunks(AGENTS / 2) {
+                let (t, batches) = (&t, &batches);
+                scope.spawn(move || {
+                    for round in 1..=ROUNDS {
+                        for id in half {
+                            assert_eq!(t.apply(id, &batches[round as usize], round), 100);
+                        }
+                    }
+                });
+            }
+        });
+        let elapsed = start.elapsed();
+        let total = AGENTS as f64 * ROUNDS as f64 * 100.0;
+        println!(
+            "apply: {} samples in {:?} on 2 threads = {:.0} samples/s",
+            total,
+            elapsed,
+            total / elapsed.as_secs_f64()
+        );
+        let hosts = t.hosts(ROUNDS);
+        assert_eq!(hosts.len(), AGENTS);
+        assert!(hosts.iter().all(|h| h.series == 100 && h.up));
+        let probe = t.get(
+            "agent-0999",
+            "filesystem_size_bytes",
+            &[("device", "/dev/sd7"), ("mountpoint", "/mnt/disk7")],
+        );
+        assert_eq!(
+            probe,
+            Some(LatestValue {
+                value: ROUNDS as f64,
+                ts_ms: ROUNDS
+            })
+        );
+
+        let registry = Registry::new();
+        registry
+            .register(Box::new(
+                LatestCollector::new(Arc::clone(&t), Arc::new(|| ROUNDS)).expect("collector"),
+            ))
+            .expect("register");
+        let start = Instant::now();
+        let mut text = String::new();
+        TextEncoder::new()
+            .encode_utf8(&registry.gather(), &mut text)
+            .expect("encode");
+        println!(
+            "scrape: {} agents x 100 series -> {} bytes in {:?}",
+            AGENTS,
+            text.len(),
+            start.elapsed()
+        );
+        // 100k series + 1k host_up + 3 ignored + HELP/TYPE lines.
+        let samples = text.lines().filter(|l| !l.starts_with('#')).count();
+        assert_eq!(samples, AGENTS * 100 + AGENTS + 3);
+    }
+}

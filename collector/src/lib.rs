@@ -1,0 +1,13 @@
+//! vigil-collector: QUIC ingest with mutual TLS, SQLite store, latest-value table, HTTP API and
+//! Prometheus /metrics.
+
+pub mod admin;
+pub mod app;
+pub mod ca;
+pub mod config;
+pub mod http;
+pub mod latest;
+pub mod metrics;
+pub mod quickstart;
+pub mod server;
+pub mod store;

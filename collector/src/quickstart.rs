@@ -1,0 +1,120 @@
+//! `vigil-collector quickstart`: the main job in one command. A collector on embedded defaults
+//! (CA generated on first start, SQLite in the data dir), an admin API token, and an agent for
+//! this host running in the same process, enrolled automatically. Prints where everything is.
+//!
+//! Idempotent: a second start reuses the CA, the admin token and the local agent's identity.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use tokio_util::sync::CancellationToken;
+use vigil_agent::config::AgentConfig;
+
+use crate::admin;
+use crate::app;
+use crate::ca::write_file;
+use crate::config::CollectorConfig;
+use crate::store::{Db, Role};
+
+pub struct Options {
+    pub data_dir: PathBuf,
+    pub http: SocketAddr,
+    pub quic: SocketAddr,
+    pub agent: bool,
+}
+
+/// The admin API token quickstart prints, kept (0600) so later starts print the same one.
+const ADMIN_TOKEN_FILE: &str = "admin-token";
+
+pub async fn run(opts: Options) -> Result<()> {
+    let mut config = CollectorConfig::defaults_in(&opts.data_dir);
+    config.http.listen = opts.http;
+    config.quic.listen = opts.quic;
+    let running = app::start(&config).await?;
+
+    let dir = opts.data_dir.clone();
+    let (admin_token, agent_token) = tokio::task::spawn_blocking(move || -> Result<_> {
+        let db = Db::open(&dir)?;
+        let path = dir.join(ADMIN_TOKEN_FILE);
+        let admin_token = match std::fs::read_to_string(&path) {
+            Ok(t) if !t.trim().is_empty() => t.trim().to_string(),
+            _ => {
+                let (_, token) = db.create_api_token(Role::Admin, "quickstart", admin::now_ms())?;
+                write_file(&path, token.as_bytes(), true)?;
+                token
+            }
+        };
+        let agent_dir = dir.join("agent");
+        let agent_token = if agent_dir.join("agent-id").exists() {
+            None
+        } else {
+            Some(admin::create_enroll_token(&dir, &db, Duration::from_secs(600), true)?.to_string())
+        };
+        Ok((admin_token, agent_token))
+    })
+    .await??;
+
+    let shutdown = CancellationToken::new();
+    let agent = if opts.agent {
+        let mut cfg = AgentConfig::from_flags(
+            &running.quic_addr.to_string(),
+            agent_token,
+            Some(opts.data_dir.join("agent")),
+        )
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
+        cfg.metrics_interval = Duration::from_secs(10);
+        Some(tokio::spawn(vigil_agent::run::run(cfg, shutdown.clone())))
+    } else {
+        None
+    };
+
+    let quic = running.quic_addr;
+    let http = running.http_addr;
+    let data_dir = std::fs::canonicalize(&opts.data_dir).unwrap_or(opts.data_dir.clone());
+    println!("Vigil is running.");
+    println!("  Console:      http://{http}/");
+    println!("  Metrics:      http://{http}/metrics");
+    println!(
+        "  API (admin):  curl -H 'Authorization: Bearer {admin_token}' http://{http}/api/v1/agents"
+    );
+    println!("  Data:         {}", data_dir.display());
+    if opts.agent {
+        println!("  Local agent:  enrolled and streaming this host every 10s");
+    }
+    println!();
+    println!("Enroll another host (QUIC listens on {quic}; use --quic 0.0.0.0:4433 to accept other hosts):");
+    println!(
+        "  vigil-collector token create --data-dir {}",
+        data_dir.display()
+    );
+    println!("  vigil-agent run --collector <this-host>:{} --token <TOKEN> --data-dir /var/lib/vigil-agent", quic.port());
+    println!();
+    println!("Press Ctrl-C to stop.");
+
+    let agent_failed = async {
+        match agent {
+            Some(handle) => handle.await,
+            None => std::future::pending().await,
+        }
+    };
+    tokio::select! {
+        _ = app::wait_for_signal() => {}
+        res = agent_failed => {
+            match res {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => tracing::error!(error = %format!("{e:#}"), "local agent stopped"),
+                Err(e) => tracing::error!(error = %e, "local agent task failed"),
+            }
+            app::wait_for_signal().await;
+        }
+    }
+    shutdown.cancel();
+    // The agent says goodbye before the collector stops listening.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    running
+        .stop()
+        .await
+        .context("collector did not stop cleanly")
+}

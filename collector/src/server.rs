@@ -1,0 +1,696 @@
+//! The QUIC ingest server: accepts agent connections, enrolls new agents, authenticates known
+//! ones by their client certificate, and turns batch streams into durable rows and fresh values.
+//!
+//! One task per connection and per stream, all owned by a [`TaskTracker`] and stopped by a
+//! [`CancellationToken`]. A misbehaving peer costs at most its own stream or connection: decode
+//! errors close that stream with an error code and are counted; nothing here panics on peer
+//! input, and the accept loop never ends because of one peer. A batch is acknowledged only once
+//! the store has committed it.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::str::FromStr;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime};
+
+use quinn::{Connection, ConnectionError, Incoming, RecvStream, SendStream, VarInt};
+use rustls::pki_types::CertificateDer;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::{debug, info, warn, Instrument};
+use vigil_shared::codec::{self, DecodeError, FrameDecoder, RawFrame};
+use vigil_shared::identity::{self, EnrollToken};
+use vigil_shared::proto::{self, codes, kind, Ack, ErrorMsg, Message, Welcome};
+
+use crate::ca::ServerIdentity;
+use crate::latest::LatestTable;
+use crate::metrics::Metrics;
+use crate::store::{AppendOutcome, Db, NewAgent, Writer};
+
+/// How long a fresh connection may take to open its control stream and say hello.
+const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
+/// How often the server re-reads the revocation list (admin commands write it from another
+/// process), so a revoked agent is cut off within this period.
+const REVOCATION_POLL: Duration = Duration::from_secs(1);
+/// Acknowledgements not yet sent on one stream; the reader waits when this many are queued.
+const MAX_UNACKED: usize = 1024;
+/// Validity of agent certificates.
+const AGENT_CERT_VALIDITY: Duration = Duration::from_secs(365 * 24 * 3600);
+
+/// Everything the ingest tasks share.
+pub struct Ingest {
+    pub data_dir: PathBuf,
+    pub db: Arc<Mutex<Db>>,
+    pub writer: Writer,
+    pub table: Arc<LatestTable>,
+    pub metrics: Arc<Metrics>,
+    pub identity: Arc<ServerIdentity>,
+    pub max_frame: usize,
+    /// Live connections by agent id, to close them on revocation.
+    conns: Mutex<HashMap<String, Connection>>,
+}
+
+pub fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
+#[derive(Debug, thiserror::Error)]
+enum StreamError {
+    #[error(transparent)]
+    Decode(#[from] DecodeError),
+    #[error("stream read failed: {0}")]
+    Read(#[from] quinn::ReadError),
+    #[error("stream write failed: {0}")]
+    Write(#[from] quinn::WriteError),
+    #[error("unexpected message kind {0} here")]
+    Unexpected(u8),
+}
+
+/// Reads the next frame, `Ok(None)` at a clean end of stream.
+async fn read_frame(
+    recv: &mut RecvStream,
+    dec: &mut FrameDecoder,
+) -> Result<Option<RawFrame>, StreamError> {
+    loop {
+        if let Some(frame) = dec.next_frame()? {
+            return Ok(Some(frame));
+        }
+        match recv.read_chunk(64 * 1024, true).await? {
+            Some(chunk) => dec.push(&chunk.bytes),
+            None => {
+                dec.finish()?;
+                return Ok(None);
+            }
+        }
+    }
+}
+
+async fn write_msg(send: &mut SendStream, msg: &Message) -> Result<(), StreamError> {
+    let bytes = codec::encode(msg).map_err(|e| DecodeError::Malformed(e.to_string()))?;
+    send.write_all(&bytes).await?;
+    Ok(())
+}
+
+impl Ingest {
+    pub fn new(
+        data_dir: PathBuf,
+        db: Db,
+        writer: Writer,
+        table: Arc<LatestTable>,
+        metrics: Arc<Metrics>,
+        identity: Arc<ServerIdentity>,
+        max_frame: usize,
+    ) -> Self {
+        Ingest {
+            data_dir,
+            db: Arc::new(Mutex::new(db)),
+            writer,
+            table,
+            metrics,
+            identity,
+            max_frame,
+            conns: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// Runs a closure on the store connection off the async runtime.
+    async fn with_db<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&mut Db) -> T + Send + 'static,
+    ) -> anyhow::Result<T> {
+        let db = self.db.clone();
+        tokio::task::spawn_blocking(move || {
+            let mut guard = db
+                .lock()
+                .map_err(|_| anyhow::anyhow!("store connection poisoned"))?;
+            Ok(f(&mut guard))
+        })
+        .await?
+    }
+
+    /// Accepts connections until `shutdown`, then waits for every connection task to finish.
+    pub async fn run(self: Arc<Self>, endpoint: quinn::Endpoint, shutdown: CancellationToken) {
+        let tracker = TaskTracker::new();
+        tracker.spawn(self.clone().watch_revocations(shutdown.clone()));
+        loop {
+            let incoming = tokio::select! {
+                incoming = endpoint.accept() => match incoming {
+                    Some(incoming) => incoming,
+                    None => break,
+                },
+                _ = shutdown.cancelled() => break,
+            };
+            let remote = incoming.remote_address();
+            let span = tracing::info_span!("peer", %remote);
+            tracker.spawn(
+                self.clone()
+                    .handle(incoming, shutdown.clone())
+                    .instrument(span),
+            );
+        }
+        tracker.close();
+        tracker.wait().await;
+    }
+
+    async fn handle(self: Arc<Self>, incoming: Incoming, shutdown: CancellationToken) {
+        let remote = incoming.remote_address();
+        let conn = match incoming.await {
+            Ok(conn) => conn,
+            Err(e) => {
+                warn!(error = %e, "connection refused during TLS handshake");
+                self.metrics.reject("unauthenticated");
+                return;
+            }
+        };
+        let certs = conn
+            .peer_identity()
+            .and_then(|id| id.downcast::<Vec<CertificateDer<'static>>>().ok())
+            .filter(|certs| !certs.is_empty());
+        match certs {
+            Some(certs) => self.serve_agent(conn, &certs, remote, shutdown).await,
+            None => self.serve_enrollment(conn).await,
+        }
+    }
+
+    fn refuse(&self, conn: &Connection, code: u32, reason: &'static str, message: &str) {
+        self.metrics.reject(reason);
+        conn.close(VarInt::from_u32(code), message.as_bytes());
+    }
+
+    /// A connection without a client certificate may do one thing: enroll.
+    async fn serve_enrollment(self: Arc<Self>, conn: Connection) {
+        let result = tokio::time::timeout(HELLO_TIMEOUT, self.enroll(&conn)).await;
+        let (mut send, outcome) = match result {
+            Ok(Ok(v)) => v,
+            Ok(Err((send, e))) => (send, Err(e)),
+            Err(_) => {
+                warn!("enrollment refused: no request within {HELLO_TIMEOUT:?}");
+                self.refuse(
+                    &conn,
+                    codes::ENROLL_REFUSED,
+                    "enroll_refused",
+                    "enrollment timed out",
+                );
+                return;
+            }
+        };
+        match outcome {
+            Ok(enrolled) => {
+                info!(agent = %enrolled.agent_id, "agent enrolled");
+                self.metrics.enrollment(true);
+                if let Some(send) = send.as_mut() {
+                    let _ = write_msg(send, &Message::Enrolled(enrolled)).await;
+                    let _ = send.finish();
+                }
+                // Let the agent read the certificate and close; don't wait forever.
+                let _ = tokio::time::timeout(Duration::from_secs(5), conn.closed()).await;
+            }
+            Err(refusal) => {
+                warn!(reason = %refusal.message, "enrollment refused");
+                self.metrics.enrollment(false);
+                if let Some(send) = send.as_mut() {
+                    let _ = write_msg(send, &Message::Error(refusal.clone())).await;
+                    let _ = send.finish();
+                    let _ = tokio::time::timeout(Duration::from_secs(2), send.stopped()).await;
+                }
+                self.refuse(
+                    &conn,
+                    codes::ENROLL_REFUSED,
+                    "enroll_refused",
+                    &refusal.message,
+                );
+            }
+        }
+    }
+
+    #[allow(clippy::type_complexity)]
+    async fn enroll(
+        &self,
+        conn: &Connection,
+    ) -> Result<
+        (Option<SendStream>, Result<proto::Enrolled, ErrorMsg>),
+        (Option<SendStream>, ErrorMsg),
+    > {
+        let refused = |msg: String| ErrorMsg {
+            code: "enroll_refused".into(),
+            message: msg,
+        };
+        let (send, mut recv) = match conn.accept_bi().await {
+            Ok(s) => s,
+            Err(e) => return Err((None, refused(format!("no enrollment stream: {e}")))),
+        };
+        let mut dec = FrameDecoder::new(64 * 1024);
+        let req = match read_frame(&mut recv, &mut dec).await {
+            Ok(Some(frame)) => match frame.decode() {
+                Ok(Message::Enroll(req)) => req,
+                Ok(other) => {
+                    self.metrics.reject("unexpected");
+                    return Err((
+                        Some(send),
+                        refused(format!(
+                            "expected an enrollment request, got kind {}",
+                            other.kind()
+                        )),
+                    ));
+                }
+                Err(e) => {
+                    self.metrics.reject(e.reason());
+                    return Err((Some(send), refused(format!("bad enrollment request: {e}"))));
+                }
+            },
+            Ok(None) => {
+                return Err((
+                    Some(send),
+                    refused("stream ended before the request".into()),
+                ))
+            }
+            Err(e) => {
+                if let StreamError::Decode(d) = &e {
+                    self.metrics.reject(d.reason());
+                }
+                return Err((Some(send), refused(format!("bad enrollment request: {e}"))));
+            }
+        };
+        let token = match EnrollToken::from_str(req.token.trim()) {
+            Ok(t) => t,
+            Err(e) => return Ok((Some(send), Err(refused(format!("malformed token: {e}"))))),
+        };
+        if token.ca_pin != self.identity.pin {
+            return Ok((
+                Some(send),
+                Err(refused("token pins another collector's CA".into())),
+            ));
+        }
+        let agent_id = identity::new_agent_id();
+        let cert_pem = match identity::sign_agent_csr(
+            &self.identity.ca,
+            &req.csr_pem,
+            &agent_id,
+            AGENT_CERT_VALIDITY,
+            SystemTime::now(),
+        ) {
+            Ok(c) => c,
+            Err(e) => {
+                return Ok((
+                    Some(send),
+                    Err(refused(format!("bad certificate request: {e}"))),
+                ))
+            }
+        };
+        let cert_pin = match identity::pin_of_pem(&cert_pem) {
+            Ok(p) => identity::pin_to_hex(&p),
+            Err(e) => return Ok((Some(send), Err(refused(format!("internal error: {e}"))))),
+        };
+        let hostname: String = req.hostname.chars().take(255).collect();
+        let version: String = req.version.chars().take(64).collect();
+        let id = agent_id.clone();
+        let stored = self
+            .with_db(move |db| {
+                let agent = NewAgent {
+                    id,
+                    hostname,
+                    version,
+                    cert_pin,
+                    token_id: token.id.clone(),
+                };
+                // Token spent and agent recorded in one transaction: a refusal stores nothing.
+                db.enroll_agent(&token.id, &token.secret, &agent, now_ms())
+                    .map_err(|r| r.to_string())
+            })
+            .await;
+        match stored {
+            Ok(Ok(_)) => Ok((
+                Some(send),
+                Ok(proto::Enrolled {
+                    agent_id,
+                    cert_pem,
+                    ca_pem: self.identity.ca.cert_pem.clone(),
+                }),
+            )),
+            Ok(Err(reason)) => Ok((Some(send), Err(refused(reason)))),
+            Err(e) => Ok((Some(send), Err(refused(format!("internal error: {e}"))))),
+        }
+    }
+
+    /// A mutually authenticated agent: control stream first, then any number of batch streams.
+    async fn serve_agent(
+        self: Arc<Self>,
+        conn: Connection,
+        certs: &[CertificateDer<'static>],
+        remote: SocketAddr,
+        shutdown: CancellationToken,
+    ) {
+        let agent_id = match identity::peer_agent_id(certs) {
+            Ok(id) => id,
+            Err(e) => {
+                warn!(error = %e, "refused: client certificate names no agent");
+                return self.refuse(
+                    &conn,
+                    codes::REVOKED,
+                    "unauthenticated",
+                    "certificate names no agent",
+                );
+            }
+        };
+        let pin = identity::pin_to_hex(&identity::pin_of_der(certs[0].as_ref()));
+        let id = agent_id.clone();
+        let row = match self.with_db(move |db| db.agent(&id)).await {
+            Ok(Ok(row)) => row,
+            Ok(Err(e)) => {
+                warn!(agent = %agent_id, error = %e, "store error while authenticating");
+                return self.refuse(&conn, codes::INTERNAL, "store_error", "internal error");
+            }
+            Err(e) => {
+                warn!(agent = %agent_id, error = %e, "store error while authenticating");
+                return self.refuse(&conn, codes::INTERNAL, "store_error", "internal error");
+            }
+        };
+        let Some(row) = row else {
+            warn!(agent = %agent_id, "refused: unknown agent certificate");
+            return self.refuse(&conn, codes::REVOKED, "unauthenticated", "unknown agent");
+        };
+        if row.revoked_at_ms.is_some() {
+            warn!(agent = %agent_id, "refused: agent certificate revoked");
+            return self.refuse(&conn, codes::REVOKED, "revoked", "certificate revoked");
+        }
+        if row.cert_pin != pin {
+            warn!(agent = %agent_id, "refused: certificate is not the one issued to this agent");
+            return self.refuse(
+                &conn,
+                codes::REVOKED,
+                "unauthenticated",
+                "certificate superseded",
+            );
+        }
+        let span = tracing::info_span!("agent", id = %agent_id, host = %row.hostname);
+        self.clone()
+            .serve_authenticated(conn, agent_id, row.last_seq, remote, shutdown)
+            .instrument(span)
+            .await;
+    }
+
+    async fn serve_authenticated(
+        self: Arc<Self>,
+        conn: Connection,
+        agent_id: String,
+        last_seq: Option<u64>,
+        remote: SocketAddr,
+        shutdown: CancellationToken,
+    ) {
+        // Control stream: hello, then welcome.
+        let hello = tokio::time::timeout(HELLO_TIMEOUT, async {
+            let (mut send, mut recv) = conn.accept_bi().await.map_err(|e| e.to_string())?;
+            let mut dec = FrameDecoder::new(64 * 1024);
+            let frame = read_frame(&mut recv, &mut dec).await.map_err(|e| {
+                if let StreamError::Decode(d) = &e {
+                    self.metrics.reject(d.reason());
+                }
+                e.to_string()
+            })?;
+            let hello = match frame.map(|f| f.decode()) {
+                Some(Ok(Message::Hello(h))) => h,
+                Some(Ok(other)) => {
+                    self.metrics.reject("unexpected");
+                    recv.stop(VarInt::from_u32(codes::UNEXPECTED)).ok();
+                    return Err(format!("expected hello, got kind {}", other.kind()));
+                }
+                Some(Err(e)) => {
+                    self.metrics.reject(e.reason());
+                    recv.stop(VarInt::from_u32(e.code())).ok();
+                    return Err(format!("bad hello: {e}"));
+                }
+                None => return Err("control stream ended before hello".to_string()),
+            };
+            let welcome = Welcome {
+                version: env!("CARGO_PKG_VERSION").into(),
+                capabilities: proto::CAPABILITIES.iter().map(|c| c.to_string()).collect(),
+                last_seq,
+                settings: Default::default(),
+            };
+            write_msg(&mut send, &Message::Welcome(welcome))
+                .await
+                .map_err(|e| e.to_string())?;
+            Ok::<_, String>((hello, send, recv, dec))
+        })
+        .await;
+        let (hello, _control_send, mut control_recv, mut control_dec) = match hello {
+            Ok(Ok(v)) => v,
+            Ok(Err(e)) => {
+                warn!(error = %e, "closing connection: no valid hello");
+                conn.close(VarInt::from_u32(codes::UNEXPECTED), b"expected hello");
+                return;
+            }
+            Err(_) => {
+                warn!("closing connection: no hello within {HELLO_TIMEOUT:?}");
+                conn.close(VarInt::from_u32(codes::UNEXPECTED), b"hello timeout");
+                return;
+            }
+        };
+        let hostname = hello.hostname.chars().take(255).collect::<String>();
+        info!(%remote, version = %hello.version, interval_ms = hello.interval_ms, "agent connected");
+        if let Some(old) = self.lock_conns().insert(agent_id.clone(), conn.clone()) {
+            old.close(
+                VarInt::from_u32(codes::OK),
+                b"replaced by a newer connection",
+            );
+        }
+        let interval_ms = if hello.interval_ms == 0 {
+            10_000
+        } else {
+            hello.interval_ms
+        };
+        self.table
+            .connected(&agent_id, &hostname, interval_ms, now_ms());
+        self.metrics
+            .agents_connected
+            .set(self.table.connected_count() as i64);
+        let (id, addr) = (agent_id.clone(), remote.to_string());
+        let host = hostname.clone();
+        let version = hello.version.clone();
+        if let Err(e) = self
+            .with_db(move |db| {
+                db.set_connected(&id, true, Some(&addr), Some((&host, &version)), now_ms())
+            })
+            .await
+        {
+            warn!(error = %e, "cannot record connection");
+        }
+
+        let agent: Arc<str> = Arc::from(agent_id.as_str());
+        let streams = TaskTracker::new();
+        let mut goodbye = false;
+        loop {
+            tokio::select! {
+                stream = conn.accept_bi() => match stream {
+                    Ok((send, recv)) => {
+                        streams.spawn(self.clone().batch_stream(agent.clone(), send, recv, shutdown.clone()));
+                    }
+                    Err(e) => {
+                        log_conn_end(&e);
+                        break;
+                    }
+                },
+                frame = read_frame(&mut control_recv, &mut control_dec), if !goodbye => match frame {
+                    Ok(Some(f)) => match f.decode() {
+                        Ok(Message::Goodbye(g)) => {
+                            info!(reason = %g.reason, "agent said goodbye");
+                            goodbye = true;
+                        }
+                        Ok(other) => debug!(kind = other.kind(), "ignoring control message"),
+                        Err(e) => {
+                            self.metrics.reject(e.reason());
+                            warn!(error = %e, "bad control frame");
+                            control_recv.stop(VarInt::from_u32(e.code())).ok();
+                            goodbye = true;
+                        }
+                    },
+                    Ok(None) | Err(_) => goodbye = true,
+                },
+                _ = shutdown.cancelled() => break,
+            }
+        }
+        streams.close();
+        // Batch streams finish acknowledging what they read before the connection goes.
+        let _ = tokio::time::timeout(Duration::from_secs(5), streams.wait()).await;
+        if shutdown.is_cancelled() {
+            conn.close(
+                VarInt::from_u32(codes::SHUTDOWN),
+                b"collector shutting down",
+            );
+        }
+        {
+            let mut conns = self.lock_conns();
+            if conns
+                .get(&agent_id)
+                .is_some_and(|c| c.stable_id() == conn.stable_id())
+            {
+                conns.remove(&agent_id);
+            }
+        }
+        self.table.disconnected(&agent_id, now_ms());
+        self.metrics
+            .agents_connected
+            .set(self.table.connected_count() as i64);
+        let id = agent_id.clone();
+        let _ = self
+            .with_db(move |db| db.set_connected(&id, false, None, None, now_ms()))
+            .await;
+        info!("agent disconnected");
+    }
+
+    fn lock_conns(&self) -> std::sync::MutexGuard<'_, HashMap<String, Connection>> {
+        self.conns.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Reads batches, applies them to the latest-value table, hands them to the store writer and
+    /// acknowledges in order once committed.
+    async fn batch_stream(
+        self: Arc<Self>,
+        agent: Arc<str>,
+        mut send: SendStream,
+        mut recv: RecvStream,
+        shutdown: CancellationToken,
+    ) {
+        let (ack_tx, mut ack_rx) = mpsc::channel::<(u64, crate::store::Pending)>(MAX_UNACKED);
+        let metrics = self.metrics.clone();
+        let acker = tokio::spawn(async move {
+            while let Some((seq, pending)) = ack_rx.recv().await {
+                match pending.await {
+                    Ok(AppendOutcome::Stored) => {}
+                    Ok(AppendOutcome::Duplicate) => metrics.duplicate_batches.inc(),
+                    Err(e) => {
+                        warn!(seq, error = %e, "store failed: not acknowledging");
+                        metrics.reject("store_error");
+                        let _ = send.reset(VarInt::from_u32(codes::INTERNAL));
+                        return;
+                    }
+                }
+                // Acks are cumulative: when more batches are already waiting, the ack for the
+                // last of them covers this one too.
+                if ack_rx.is_empty()
+                    && write_msg(&mut send, &Message::Ack(Ack { seq }))
+                        .await
+                        .is_err()
+                {
+                    return;
+                }
+            }
+            let _ = send.finish();
+        });
+        let mut dec = FrameDecoder::new(self.max_frame);
+        loop {
+            let frame = tokio::select! {
+                f = read_frame(&mut recv, &mut dec) => f,
+                _ = shutdown.cancelled() => break,
+            };
+            let frame = match frame {
+                Ok(Some(f)) => f,
+                Ok(None) => break,
+                Err(StreamError::Decode(e)) => {
+                    self.metrics.reject(e.reason());
+                    warn!(error = %e, "closing batch stream");
+                    let _ = recv.stop(VarInt::from_u32(e.code()));
+                    break;
+                }
+                Err(e) => {
+                    debug!(error = %e, "batch stream ended");
+                    break;
+                }
+            };
+            if frame.kind != kind::BATCH {
+                let (reason, code) = if kind::is_known(frame.kind) {
+                    ("unexpected", codes::UNEXPECTED)
+                } else {
+                    ("unknown_kind", codes::UNKNOWN_KIND)
+                };
+                self.metrics.reject(reason);
+                warn!(error = %StreamError::Unexpected(frame.kind), "closing batch stream");
+                let _ = recv.stop(VarInt::from_u32(code));
+                break;
+            }
+            let batch = match frame.decode() {
+                Ok(Message::Batch(b)) => b,
+                Ok(_) => continue,
+                Err(e) => {
+                    self.metrics.reject(e.reason());
+                    warn!(error = %e, "closing batch stream");
+                    let _ = recv.stop(VarInt::from_u32(e.code()));
+                    break;
+                }
+            };
+            let now = now_ms();
+            let n = batch.samples.len();
+            let (first, last) = batch
+                .samples
+                .iter()
+                .fold((i64::MAX, i64::MIN), |(lo, hi), s| {
+                    (lo.min(s.ts_ms), hi.max(s.ts_ms))
+                });
+            let (first, last) = if n == 0 { (now, now) } else { (first, last) };
+            self.table.apply(&agent, &batch.samples, now);
+            self.metrics.samples.inc_by(n as u64);
+            self.metrics.batches.inc();
+            let pending = self.writer.submit_batch(
+                agent.clone(),
+                batch.seq,
+                first,
+                last,
+                n as u32,
+                frame.body.to_vec(),
+            );
+            if ack_tx.send((batch.seq, pending)).await.is_err() {
+                break;
+            }
+        }
+        drop(ack_tx);
+        let _ = acker.await;
+    }
+
+    /// Closes the connections of agents revoked by an admin command (possibly another process).
+    async fn watch_revocations(self: Arc<Self>, shutdown: CancellationToken) {
+        let mut tick = tokio::time::interval(REVOCATION_POLL);
+        loop {
+            tokio::select! {
+                _ = tick.tick() => {}
+                _ = shutdown.cancelled() => return,
+            }
+            let live: Vec<String> = self.lock_conns().keys().cloned().collect();
+            if live.is_empty() {
+                continue;
+            }
+            let revoked = match self.with_db(|db| db.revoked_agent_ids()).await {
+                Ok(Ok(r)) => r,
+                Ok(Err(e)) => {
+                    warn!(error = %e, "cannot read revocations");
+                    continue;
+                }
+                Err(e) => {
+                    warn!(error = %e, "cannot read revocations");
+                    continue;
+                }
+            };
+            for id in live.iter().filter(|id| revoked.contains(id.as_str())) {
+                if let Some(conn) = self.lock_conns().remove(id) {
+                    warn!(agent = %id, "agent revoked: closing its connection");
+                    self.metrics.reject("revoked");
+                    conn.close(VarInt::from_u32(codes::REVOKED), b"certificate revoked");
+                    self.table.remove(id);
+                }
+            }
+        }
+    }
+}
+
+fn log_conn_end(e: &ConnectionError) {
+    match e {
+        ConnectionError::ApplicationClosed(_) | ConnectionError::LocallyClosed => {
+            debug!("connection closed: {e}")
+        }
+        _ => info!("connection lost: {e}"),
+    }
+}

@@ -1,0 +1,521 @@
+//! The collector's SQLite store: agents, enrollment tokens, API tokens and received metric batches
+//! in `<data_dir>/vigil.db`.
+//!
+//! Two ways in:
+//! - [`Db`]: one synchronous connection for administrative reads and writes (CLI commands in
+//!   another process, HTTP handlers through [`DbPool`] / `spawn_blocking`).
+//! - [`Writer`]: the ingest path. One dedicated thread owns its own connection, drains whatever is
+//!   queued into one transaction and answers each caller only **after** the commit, so an ack sent
+//!   on the strength of [`AppendOutcome::Stored`] means the batch is on disk.
+//!
+//! Every connection runs in WAL mode with `synchronous=FULL`, a 5 s busy timeout and foreign keys
+//! on, so readers never block the writer and a second process can write while a collector runs.
+//!
+//! This module must never: panic on what it reads back from the file, store a token secret in
+//! clear (only SHA-256 hashes), block the async runtime (callers use the [`Writer`] channel or
+//! `spawn_blocking`), or report a batch stored before its transaction committed.
+
+mod tokens;
+mod writer;
+
+use std::collections::HashSet;
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use rusqlite::{params, Connection, OptionalExtension};
+use rusqlite_migration::{Migrations, M};
+
+pub use tokens::{ApiTokenRow, EnrollTokenRow, TokenRefusal, API_TOKEN_PREFIX};
+pub use writer::{
+    AppendOutcome, Pending, Writer, WriterJoin, MAX_OPS_PER_TX, QUEUE_CAPACITY, SHUTDOWN_DEADLINE,
+};
+
+/// File name of the database inside the data directory.
+pub const DB_FILE: &str = "vigil.db";
+
+/// How long a connection waits for another writer's lock before failing with "database is locked".
+pub const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Schema, oldest first. Never edit a released entry: append a new one.
+///
+/// `batches` is a rowid table with a `UNIQUE (agent_id, seq)` constraint rather than a
+/// `WITHOUT ROWID` table: payloads are kilobytes, and SQLite advises against WITHOUT ROWID for rows
+/// larger than ~1/20 of a page (each leaf would hold a handful of rows, every insert would split
+/// pages). Measured with 200 agents, 2,000-row transactions, WAL + synchronous=FULL: 66k vs 28k
+/// rows/s with 300-byte payloads, 16.5k vs 8.4k with 4 KB. The unique key is still the duplicate
+/// filter (`ON CONFLICT DO NOTHING` -> Duplicate).
+const MIGRATION_STEPS: &[M<'static>] = &[M::up(
+    "CREATE TABLE agents (
+        id             TEXT PRIMARY KEY NOT NULL,
+        hostname       TEXT NOT NULL,
+        version        TEXT NOT NULL,
+        cert_pin       TEXT NOT NULL,
+        enrolled_at_ms INTEGER NOT NULL,
+        token_id       TEXT,
+        last_seen_ms   INTEGER,
+        last_addr      TEXT,
+        last_seq       INTEGER,
+        connected      INTEGER NOT NULL DEFAULT 0,
+        revoked_at_ms  INTEGER
+    ) STRICT;
+    CREATE TABLE enroll_tokens (
+        id            TEXT PRIMARY KEY NOT NULL,
+        secret_hash   TEXT NOT NULL,
+        created_at_ms INTEGER NOT NULL,
+        expires_at_ms INTEGER NOT NULL,
+        single_use    INTEGER NOT NULL,
+        used_at_ms    INTEGER,
+        used_by       TEXT,
+        revoked_at_ms INTEGER
+    ) STRICT;
+    CREATE TABLE api_tokens (
+        id            TEXT PRIMARY KEY NOT NULL,
+        name          TEXT NOT NULL,
+        role          TEXT NOT NULL CHECK (role IN ('viewer', 'operator', 'admin')),
+        secret_hash   TEXT NOT NULL,
+        created_at_ms INTEGER NOT NULL,
+        last_used_ms  INTEGER,
+        revoked_at_ms INTEGER
+    ) STRICT;
+    CREATE TABLE batches (
+        agent_id    TEXT NOT NULL REFERENCES agents(id),
+        seq         INTEGER NOT NULL,
+        received_ms INTEGER NOT NULL,
+        first_ts_ms INTEGER NOT NULL,
+        last_ts_ms  INTEGER NOT NULL,
+        samples     INTEGER NOT NULL,
+        payload     BLOB NOT NULL,
+        UNIQUE (agent_id, seq)
+    ) STRICT;
+    CREATE INDEX batches_received ON batches(received_ms);",
+)];
+
+/// The migrations applied by every [`Db::open`] and [`Writer::spawn`].
+pub const MIGRATIONS: Migrations<'static> = Migrations::from_slice(MIGRATION_STEPS);
+
+/// Everything that can go wrong in the store.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("cannot create data directory {path}: {source}")]
+    CreateDir {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("sqlite: {0}")]
+    Sqlite(#[from] rusqlite::Error),
+    #[error("schema migration failed: {0}")]
+    Migration(#[from] rusqlite_migration::Error),
+    /// A write transaction failed; every operation batched into it failed with it.
+    #[error("write transaction failed: {0}")]
+    WriteFailed(Arc<rusqlite::Error>),
+    #[error("cannot start the store writer thread: {0}")]
+    Spawn(std::io::Error),
+    #[error("the store writer has stopped")]
+    WriterGone,
+    /// A blocking store task panicked or was cancelled.
+    #[error("store task failed: {0}")]
+    Task(String),
+    #[error("the store writer did not stop within {0:?}")]
+    ShutdownTimeout(Duration),
+    #[error("agent {0} already exists")]
+    AgentExists(String),
+    #[error("unknown agent {0}")]
+    UnknownAgent(String),
+    #[error("sequence number {0} is out of range")]
+    SeqOutOfRange(u64),
+    #[error("unexpected value in column {column}: {value}")]
+    Corrupt { column: &'static str, value: String },
+}
+
+/// What an API token may do; ordered `Viewer < Operator < Admin`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Role {
+    Viewer,
+    Operator,
+    Admin,
+}
+
+impl Role {
+    pub const ALL: [Role; 3] = [Role::Viewer, Role::Operator, Role::Admin];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::Viewer => "viewer",
+            Role::Operator => "operator",
+            Role::Admin => "admin",
+        }
+    }
+}
+
+impl fmt::Display for Role {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("unknown role {0:?} (expected viewer, operator or admin)")]
+pub struct UnknownRole(pub String);
+
+impl FromStr for Role {
+    type Err = UnknownRole;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Role::ALL
+            .into_iter()
+            .find(|r| r.as_str() == s)
+            .ok_or_else(|| UnknownRole(s.to_owned()))
+    }
+}
+
+impl serde::Serialize for Role {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(self.as_str())
+    }
+}
+
+/// An agent to record at enrollment.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NewAgent {
+    pub id: String,
+    pub hostname: String,
+    pub version: String,
+    /// SHA-256 (hex) of the agent's client certificate.
+    pub cert_pin: String,
+    /// The enrollment token it used.
+    pub token_id: String,
+}
+
+/// One row of `agents`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AgentRow {
+    pub id: String,
+    pub hostname: String,
+    pub version: String,
+    pub cert_pin: String,
+    pub enrolled_at_ms: i64,
+    pub token_id: Option<String>,
+    pub last_seen_ms: Option<i64>,
+    pub last_addr: Option<String>,
+    /// Highest batch sequence number stored for this agent.
+    pub last_seq: Option<u64>,
+    pub connected: bool,
+    pub revoked_at_ms: Option<i64>,
+}
+
+impl AgentRow {
+    pub fn is_revoked(&self) -> bool {
+        self.revoked_at_ms.is_some()
+    }
+}
+
+/// Metadata of one stored batch (the payload stays in the file).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BatchRow {
+    pub seq: u64,
+    pub received_ms: i64,
+    pub first_ts_ms: i64,
+    pub last_ts_ms: i64,
+    pub samples: u32,
+}
+
+/// Creates `data_dir` (mode 0700 when it is new) and returns the database path in it.
+pub fn db_path(data_dir: &Path) -> Result<PathBuf, StoreError> {
+    use std::os::unix::fs::DirBuilderExt;
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(data_dir)
+        .map_err(|source| StoreError::CreateDir {
+            path: data_dir.to_owned(),
+            source,
+        })?;
+    Ok(data_dir.join(DB_FILE))
+}
+
+/// Opens (creating if needed) the database in `data_dir`, sets the connection pragmas and brings
+/// the schema up to date.
+pub(crate) fn open_connection(data_dir: &Path) -> Result<Connection, StoreError> {
+    let path = db_path(data_dir)?;
+    let mut conn = Connection::open(&path)?;
+    conn.busy_timeout(BUSY_TIMEOUT)?;
+    let mode: String =
+        conn.pragma_update_and_check(None, "journal_mode", "WAL", |row| row.get(0))?;
+    if !mode.eq_ignore_ascii_case("wal") {
+        return Err(StoreError::Corrupt {
+            column: "journal_mode",
+            value: mode,
+        });
+    }
+    conn.pragma_update(None, "synchronous", "FULL")?;
+    conn.pragma_update(None, "foreign_keys", true)?;
+    MIGRATIONS.to_latest(&mut conn)?;
+    Ok(conn)
+}
+
+pub(crate) fn seq_to_sql(seq: u64) -> Result<i64, StoreError> {
+    i64::try_from(seq).map_err(|_| StoreError::SeqOutOfRange(seq))
+}
+
+fn is_constraint(e: &rusqlite::Error) -> bool {
+    matches!(
+        e.sqlite_error_code(),
+        Some(rusqlite::ErrorCode::ConstraintViolation)
+    )
+}
+
+/// A synchronous handle on the store (one connection). Not for the ingest hot path: use [`Writer`].
+pub struct Db {
+    conn: Connection,
+}
+
+impl fmt::Debug for Db {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Db")
+            .field("path", &self.conn.path())
+            .finish()
+    }
+}
+
+const AGENT_COLUMNS: &str = "id, hostname, version, cert_pin, enrolled_at_ms, token_id, \
+     last_seen_ms, last_addr, last_seq, connected, revoked_at_ms";
+
+/// Reads column `idx` as a `u64` (SQLite integers are `i64`; negative means a corrupt file).
+fn get_u64(row: &rusqlite::Row<'_>, idx: usize) -> rusqlite::Result<Option<u64>> {
+    let v: Option<i64> = row.get(idx)?;
+    v.map(|v| u64::try_from(v).map_err(|_| rusqlite::Error::IntegralValueOutOfRange(idx, v)))
+        .transpose()
+}
+
+fn agent_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<AgentRow> {
+    Ok(AgentRow {
+        id: row.get(0)?,
+        hostname: row.get(1)?,
+        version: row.get(2)?,
+        cert_pin: row.get(3)?,
+        enrolled_at_ms: row.get(4)?,
+        token_id: row.get(5)?,
+        last_seen_ms: row.get(6)?,
+        last_addr: row.get(7)?,
+        last_seq: get_u64(row, 8)?,
+        connected: row.get(9)?,
+        revoked_at_ms: row.get(10)?,
+    })
+}
+
+impl Db {
+    /// Opens `<data_dir>/vigil.db`, creating the directory (0700) and the schema as needed.
+    pub fn open(data_dir: &Path) -> Result<Db, StoreError> {
+        Ok(Db {
+            conn: open_connection(data_dir)?,
+        })
+    }
+
+    /// Records a newly enrolled agent. Fails with [`StoreError::AgentExists`] if the id is taken.
+    pub fn register_agent(&self, agent: &NewAgent, now_ms: i64) -> Result<(), StoreError> {
+        insert_agent(&self.conn, agent, now_ms)
+    }
+
+    pub fn agent(&self, id: &str) -> Result<Option<AgentRow>, StoreError> {
+        let sql = format!("SELECT {AGENT_COLUMNS} FROM agents WHERE id = ?1");
+        Ok(self
+            .conn
+            .prepare_cached(&sql)?
+            .query_row([id], agent_row)
+            .optional()?)
+    }
+
+    /// All agents, ordered by hostname then id.
+    pub fn list_agents(&self) -> Result<Vec<AgentRow>, StoreError> {
+        let sql = format!("SELECT {AGENT_COLUMNS} FROM agents ORDER BY hostname, id");
+        let mut stmt = self.conn.prepare_cached(&sql)?;
+        let rows = stmt
+            .query_map([], agent_row)?
+            .collect::<rusqlite::Result<Vec<_>>>()?;
+        Ok(rows)
+    }
+
+    /// Marks the agent revoked (keeping the first revocation time). Returns whether it exists.
+    pub fn revoke_agent(&self, id: &str, now_ms: i64) -> Result<bool, StoreError> {
+        let n = self.conn.execute(
+            "UPDATE agents SET revoked_at_ms = COALESCE(revoked_at_ms, ?2), connected = 0
+             WHERE id = ?1",
+            params![id, now_ms],
+        )?;
+        Ok(n > 0)
+    }
+
+    pub fn revoked_agent_ids(&self) -> Result<HashSet<String>, StoreError> {
+        let mut stmt = self
+            .conn
+            .prepare_cached("SELECT id FROM agents WHERE revoked_at_ms IS NOT NULL")?;
+        let ids = stmt
+            .query_map([], |row| row.get(0))?
+            .collect::<rusqlite::Result<HashSet<String>>>()?;
+        Ok(ids)
+    }
+
+    /// Records a connect or disconnect, the peer address when known, and the `(hostname,
+    /// version)` an agent announced in its hello when given. Returns whether the agent exists.
+    pub fn set_connected(
+        &self,
+        id: &str,
+        connected: bool,
+        addr: Option<&str>,
+        hello: Option<(&str, &str)>,
+        now_ms: i64,
+    ) -> Result<bool, StoreError> {
+        let (hostname, version) = hello.unzip();
+        let n = self
+            .conn
+            .prepare_cached(
+                "UPDATE agents SET connected = ?2, last_addr = COALESCE(?3, last_addr),
+                     hostname = COALESCE(?4, hostname), version = COALESCE(?5, version),
+                     last_seen_ms = MAX(COALESCE(last_seen_ms, ?6), ?6)
+                 WHERE id = ?1",
+            )?
+            .execute(params![id, connected, addr, hostname, version, now_ms])?;
+        Ok(n > 0)
+    }
+
+    /// Marks every agent disconnected (at collector start: nothing is connected yet).
+    pub fn mark_all_disconnected(&self) -> Result<usize, StoreError> {
+        Ok(self
+            .conn
+            .execute("UPDATE agents SET connected = 0 WHERE connected != 0", [])?)
+    }
+
+    /// Metadata of the batches stored for `agent_id`, by sequence number.
+    pub fn batches_for(&self, agent_id: &str) -> Result<Vec<BatchRow>, StoreError> {
+        let mut stmt = self.conn.prepare_cached(
+            "SELECT seq, received_ms, first_ts_ms, last_ts_ms, samples FROM batches
+             WHERE agent_id = ?1 ORDER BY seq",
+        )?;
+        let rows = stmt
+            .query_map([agent_id], |row| {
+                Ok(BatchRow {
+                    seq: get_u64(row, 0)?.unwrap_or_default(),
+                    received_ms: row.get(1)?,
+                    first_ts_ms: row.get(2)?,
+                    last_ts_ms: row.get(3)?,
+                    samples: row.get(4)?,
+                })
+            })?
+            .collect::<rusqlite::Result<Vec<_>>>()?;
+        Ok(rows)
+    }
+
+    /// Deletes batches received before `older_than_ms`, in chunks so the ingest writer never
+    /// waits long for the lock. Returns how many were deleted.
+    pub fn prune_batches(&self, older_than_ms: i64) -> Result<usize, StoreError> {
+        const CHUNK: i64 = 5_000;
+        let mut total = 0;
+        loop {
+            let n = self.conn.execute(
+                "DELETE FROM batches WHERE rowid IN
+                 (SELECT rowid FROM batches WHERE received_ms < ?1 LIMIT ?2)",
+                params![older_than_ms, CHUNK],
+            )?;
+            total += n;
+            if (n as i64) < CHUNK {
+                return Ok(total);
+            }
+        }
+    }
+}
+
+pub(crate) fn insert_agent(
+    conn: &Connection,
+    agent: &NewAgent,
+    now_ms: i64,
+) -> Result<(), StoreError> {
+    conn.execute(
+        "INSERT INTO agents (id, hostname, version, cert_pin, enrolled_at_ms, token_id)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+        params![
+            agent.id,
+            agent.hostname,
+            agent.version,
+            agent.cert_pin,
+            now_ms,
+            agent.token_id
+        ],
+    )
+    .map_err(|e| {
+        if is_constraint(&e) {
+            StoreError::AgentExists(agent.id.clone())
+        } else {
+            e.into()
+        }
+    })?;
+    Ok(())
+}
+
+/// A few [`Db`] connections for async callers: [`DbPool::run`] borrows one on a blocking thread.
+#[derive(Clone)]
+pub struct DbPool {
+    inner: Arc<PoolInner>,
+}
+
+struct PoolInner {
+    data_dir: PathBuf,
+    idle: Mutex<Vec<Db>>,
+    max_idle: usize,
+}
+
+impl fmt::Debug for DbPool {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("DbPool")
+            .field("data_dir", &self.inner.data_dir)
+            .finish()
+    }
+}
+
+impl DbPool {
+    /// Opens one connection now (so a bad data dir fails at startup) and keeps up to `max_idle`.
+    pub fn open(data_dir: &Path, max_idle: usize) -> Result<DbPool, StoreError> {
+        let first = Db::open(data_dir)?;
+        Ok(DbPool {
+            inner: Arc::new(PoolInner {
+                data_dir: data_dir.to_owned(),
+                idle: Mutex::new(vec![first]),
+                max_idle: max_idle.max(1),
+            }),
+        })
+    }
+
+    pub fn data_dir(&self) -> &Path {
+        &self.inner.data_dir
+    }
+
+    /// Runs `f` with a connection on tokio's blocking pool.
+    pub async fn run<T, F>(&self, f: F) -> Result<T, StoreError>
+    where
+        F: FnOnce(&Db) -> Result<T, StoreError> + Send + 'static,
+        T: Send + 'static,
+    {
+        let inner = Arc::clone(&self.inner);
+        let joined = tokio::task::spawn_blocking(move || {
+            let pooled = inner.idle.lock().map(|mut idle| idle.pop()).ok().flatten();
+            let db = match pooled {
+                Some(db) => db,
+                None => Db::open(&inner.data_dir)?,
+            };
+            let out = f(&db);
+            if let Ok(mut idle) = inner.idle.lock() {
+                if idle.len() < inner.max_idle {
+                    idle.push(db);
+                }
+            }
+            out
+        })
+        .await;
+        // Err: the closure panicked or the runtime is shutting down.
+        joined.unwrap_or_else(|e| Err(StoreError::Task(e.to_string())))
+    }
+}
+
+#[cfg(test)]
+pub(crate) mod tests;

@@ -1,0 +1,367 @@
+//! Test harness: starts the real `vigil-collector` and `vigil-agent` binaries on loopback with
+//! their own temporary data dirs, and talks to them as a user would (CLI, HTTP, QUIC).
+//!
+//! Every process started here is killed when its handle drops, so a failing test leaves nothing
+//! running. Every wait is bounded.
+
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Output, Stdio};
+use std::time::{Duration, Instant};
+
+/// Path of a workspace binary. `cargo test --workspace` builds them next to the test binary's
+/// `deps/` folder; run `cargo build --bins` first when testing this package alone.
+pub fn bin(name: &str) -> PathBuf {
+    let exe = std::env::current_exe().expect("current_exe");
+    let dir = exe.parent().and_then(Path::parent).expect("target dir");
+    let path = dir.join(name);
+    assert!(
+        path.exists(),
+        "{} not built: run `cargo build --bins` (or `cargo test --workspace`)",
+        path.display()
+    );
+    path
+}
+
+/// A child process that is killed (SIGKILL) when dropped; its stderr goes to a log file.
+pub struct Proc {
+    pub name: String,
+    pub child: Child,
+    pub log: PathBuf,
+}
+
+impl Proc {
+    pub fn spawn(name: &str, mut cmd: Command, log: PathBuf) -> Proc {
+        let file = std::fs::File::create(&log).expect("log file");
+        cmd.stderr(file)
+            .stdin(Stdio::null())
+            .env("VIGIL_LOG", "info,quinn=warn");
+        if cmd.get_program().to_string_lossy().is_empty() {
+            panic!("no program");
+        }
+        let child = cmd
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start {name}: {e}"));
+        Proc {
+            name: name.to_string(),
+            child,
+            log,
+        }
+    }
+
+    pub fn pid(&self) -> i32 {
+        self.child.id() as i32
+    }
+
+    pub fn logs(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    fn signal(&self, sig: i32) {
+        // SAFETY: kill(2) with a pid we own; no memory is touched.
+        #[allow(unsafe_code)]
+        unsafe {
+            libc::kill(self.pid(), sig);
+        }
+    }
+
+    /// SIGTERM, then wait up to `timeout` for a clean exit (SIGKILL after that).
+    pub fn terminate(&mut self, timeout: Duration) -> ExitStatus {
+        self.signal(libc::SIGTERM);
+        self.wait_for(timeout).unwrap_or_else(|| {
+            self.kill();
+            panic!(
+                "{} did not exit within {timeout:?} of SIGTERM; log:\n{}",
+                self.name,
+                self.logs()
+            )
+        })
+    }
+
+    /// SIGKILL: no chance to flush anything.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    pub fn wait_for(&mut self, timeout: Duration) -> Option<ExitStatus> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                return Some(status);
+            }
+            if Instant::now() > deadline {
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    pub fn is_running(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(None))
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// A running collector started from a config file in its data dir.
+pub struct Collector {
+    pub proc: Proc,
+    pub data_dir: PathBuf,
+    pub quic: SocketAddr,
+    pub http: SocketAddr,
+}
+
+/// Writes a collector config for `data_dir` listening on the given addresses (port 0 = any).
+pub fn collector_config(
+    data_dir: &Path,
+    quic: SocketAddr,
+    http: SocketAddr,
+    extra: &str,
+) -> PathBuf {
+    std::fs::create_dir_all(data_dir).expect("data dir");
+    let path = data_dir.join("collector.toml");
+    let text = format!(
+        "data_dir = {:?}\n[quic]\nlisten = \"{quic}\"\n[http]\nlisten = \"{http}\"\n{extra}\n",
+        data_dir.display().to_string()
+    );
+    std::fs::write(&path, text).expect("write config");
+    path
+}
+
+/// Starts `vigil-collector serve` on loopback ports chosen by the OS.
+pub fn spawn_collector(data_dir: &Path) -> Collector {
+    spawn_collector_at(
+        data_dir,
+        "127.0.0.1:0".parse().expect("addr"),
+        "127.0.0.1:0".parse().expect("addr"),
+    )
+}
+
+/// Starts `vigil-collector serve` on the given addresses (to restart on the same ports).
+pub fn spawn_collector_at(data_dir: &Path, quic: SocketAddr, http: SocketAddr) -> Collector {
+    let config = collector_config(data_dir, quic, http, "");
+    let mut cmd = Command::new(bin("vigil-collector"));
+    cmd.arg("serve")
+        .arg("--config")
+        .arg(&config)
+        .stdout(Stdio::piped());
+    let log = data_dir.join(format!("collector-{}.log", unique()));
+    let mut proc = Proc::spawn("vigil-collector", cmd, log);
+    let stdout = proc.child.stdout.take().expect("stdout");
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let mut lines = BufReader::new(stdout).lines();
+        if let Some(Ok(line)) = lines.next() {
+            let _ = tx.send(line);
+        }
+        for _ in lines {}
+    });
+    let line = rx
+        .recv_timeout(Duration::from_secs(30))
+        .unwrap_or_else(|_| panic!("collector did not start; log:\n{}", proc.logs()));
+    // "vigil-collector listening: QUIC 127.0.0.1:4433, HTTP http://127.0.0.1:8080/"
+    let quic = line
+        .split("QUIC ")
+        .nth(1)
+        .and_then(|s| s.split(',').next())
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| panic!("unexpected start line {line:?}"));
+    let http = line
+        .split("http://")
+        .nth(1)
+        .and_then(|s| s.trim_end_matches('/').parse().ok())
+        .unwrap_or_else(|| panic!("unexpected start line {line:?}"));
+    Collector {
+        proc,
+        data_dir: data_dir.to_path_buf(),
+        quic,
+        http,
+    }
+}
+
+fn unique() -> u128 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos())
+        .unwrap_or(0)
+}
+
+/// Runs `vigil-collector <args> --data-dir DIR` and returns its output.
+pub fn admin(data_dir: &Path, args: &[&str]) -> Output {
+    Command::new(bin("vigil-collector"))
+        .args(args)
+        .arg("--data-dir")
+        .arg(data_dir)
+        .env("VIGIL_LOG", "warn")
+        .output()
+        .expect("run vigil-collector")
+}
+
+fn stdout_line(out: Output, what: &str) -> String {
+    assert!(
+        out.status.success(),
+        "{what} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
+/// A fresh enrollment token (`extra` e.g. `["--ttl", "1s"]`).
+pub fn enroll_token(data_dir: &Path, extra: &[&str]) -> String {
+    let mut args = vec!["token", "create"];
+    args.extend_from_slice(extra);
+    stdout_line(admin(data_dir, &args), "token create")
+}
+
+/// A fresh API token with `role`.
+pub fn api_token(data_dir: &Path, role: &str) -> String {
+    stdout_line(
+        admin(
+            data_dir,
+            &["api-token", "create", "--role", role, "--name", "e2e"],
+        ),
+        "api-token create",
+    )
+}
+
+/// Starts `vigil-agent run` with flags.
+pub fn spawn_agent(
+    collector: SocketAddr,
+    token: Option<&str>,
+    data_dir: &Path,
+    interval: &str,
+) -> Proc {
+    std::fs::create_dir_all(data_dir).expect("agent dir");
+    let mut cmd = Command::new(bin("vigil-agent"));
+    cmd.arg("run")
+        .arg("--collector")
+        .arg(collector.to_string())
+        .arg("--data-dir")
+        .arg(data_dir)
+        .arg("--interval")
+        .arg(interval)
+        .stdout(Stdio::null());
+    if let Some(t) = token {
+        cmd.arg("--token").arg(t);
+    }
+    Proc::spawn(
+        "vigil-agent",
+        cmd,
+        data_dir.join(format!("agent-{}.log", unique())),
+    )
+}
+
+/// Polls `f` every 100 ms until it returns `Some`, for at most `timeout`.
+pub fn wait_until<T>(timeout: Duration, what: &str, mut f: impl FnMut() -> Option<T>) -> T {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(v) = f() {
+            return v;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {timeout:?} waiting for {what}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// A blocking HTTP GET (the tests are synchronous; the runtime lives here).
+pub fn http_get(url: &str, bearer: Option<&str>) -> (u16, String) {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    rt.block_on(async {
+        let client = reqwest::Client::builder()
+            .timeout(Duration::from_secs(10))
+            .build()
+            .expect("client");
+        let mut req = client.get(url);
+        if let Some(t) = bearer {
+            req = req.bearer_auth(t);
+        }
+        match req.send().await {
+            Ok(resp) => {
+                let status = resp.status().as_u16();
+                (status, resp.text().await.unwrap_or_default())
+            }
+            Err(e) => (0, e.to_string()),
+        }
+    })
+}
+
+pub fn metrics(c: &Collector) -> String {
+    let (status, body) = http_get(&format!("http://{}/metrics", c.http), None);
+    assert_eq!(status, 200, "/metrics: {body}");
+    body
+}
+
+/// The value of the first exposition line starting with `series` (name plus labels).
+pub fn metric_value(text: &str, series: &str) -> Option<f64> {
+    text.lines()
+        .find(|l| {
+            l.starts_with(series) && l[series.len()..].starts_with([' ', '{'])
+                || l.starts_with(&format!("{series} "))
+        })
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+}
+
+/// Runs `promtool check metrics` on `text`; returns its combined output on failure.
+pub fn promtool_check(text: &str) -> Result<(), String> {
+    use std::io::Write;
+    let mut child = Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(|e| {
+            format!("promtool not runnable ({e}); install the Debian package prometheus")
+        })?;
+    child
+        .stdin
+        .take()
+        .expect("stdin")
+        .write_all(text.as_bytes())
+        .map_err(|e| e.to_string())?;
+    let out = child.wait_with_output().map_err(|e| e.to_string())?;
+    let all = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    if out.status.success() && all.trim().is_empty() {
+        Ok(())
+    } else {
+        Err(all)
+    }
+}
+
+/// Opens the collector's SQLite file read-only (WAL lets us read while it runs).
+pub fn open_store(data_dir: &Path) -> rusqlite::Connection {
+    let conn = rusqlite::Connection::open_with_flags(
+        data_dir.join("vigil.db"),
+        rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY,
+    )
+    .expect("open store");
+    conn.busy_timeout(Duration::from_secs(5))
+        .expect("busy timeout");
+    conn
+}
+
+/// The agent id an enrolled agent saved in its data dir.
+pub fn agent_id(agent_dir: &Path) -> Option<String> {
+    std::fs::read_to_string(agent_dir.join("agent-id"))
+        .ok()
+        .map(|s| s.trim().to_string())
+}
