@@ -33,6 +33,17 @@ pub enum ClientError {
     Connection(#[from] ConnectionError),
     #[error("the collector refused enrollment: {0}")]
     EnrollRefused(String),
+    #[error(
+        "the server at {addr} does not hold the CA pinned by the enrollment token ({reason}): \
+         the token belongs to another collector or was altered; create one with \
+         `vigil-collector token create` on the collector at this address"
+    )]
+    NotPinned { addr: String, reason: String },
+    #[error(
+        "the server at {addr} presented a certificate not signed by the CA this agent enrolled \
+         with ({reason})"
+    )]
+    Untrusted { addr: String, reason: String },
     #[error("the collector refused this agent (code {code}): {reason}")]
     Refused { code: u64, reason: String },
     #[error("protocol error: {0}")]
@@ -49,8 +60,10 @@ pub enum ClientError {
 impl ClientError {
     /// Errors that retrying cannot fix.
     pub fn is_fatal(&self) -> bool {
-        matches!(self, ClientError::EnrollRefused(_))
-            || matches!(self, ClientError::Refused { code, .. } if *code == u64::from(codes::REVOKED))
+        matches!(
+            self,
+            ClientError::EnrollRefused(_) | ClientError::NotPinned { .. }
+        ) || matches!(self, ClientError::Refused { code, .. } if *code == u64::from(codes::REVOKED))
     }
 }
 
@@ -205,6 +218,13 @@ pub async fn connect(
             source: Box::new(e),
         })?;
     connecting.await.map_err(|e| match e {
+        // A TLS alert raised here: this side refused the server's certificate.
+        ConnectionError::TransportError(te) if (0x100..0x200).contains(&u64::from(te.code)) => {
+            ClientError::Untrusted {
+                addr: addr.to_string(),
+                reason: te.reason,
+            }
+        }
         ConnectionError::TransportError(_) | ConnectionError::TimedOut => ClientError::Connect {
             addr: addr.to_string(),
             source: Box::new(e),
@@ -259,7 +279,13 @@ pub async fn enroll(
 ) -> Result<Identity, ClientError> {
     let (key_pem, csr_pem) = identity::new_key_and_csr(hostname)?;
     let tls = identity::enroll_client_config(token.ca_pin)?;
-    let conn = connect(endpoint, quic_client_config(tls)?, addr).await?;
+    let conn = connect(endpoint, quic_client_config(tls)?, addr)
+        .await
+        .map_err(|e| match e {
+            // Retrying with the same token cannot help.
+            ClientError::Untrusted { addr, reason } => ClientError::NotPinned { addr, reason },
+            other => other,
+        })?;
     let (mut send, mut recv) = conn.open_bi().await.map_err(classify)?;
     let req = Message::Enroll(Enroll {
         token: token.to_string(),
@@ -368,6 +394,8 @@ impl Session {
 pub fn log_failure(e: &ClientError, retry_in: Duration) {
     if e.is_fatal() {
         tracing::error!(error = %e, "collector refused this agent");
+    } else if matches!(e, ClientError::Untrusted { .. }) {
+        warn!(error = %e, "collector not trusted; retrying in {:.1}s", retry_in.as_secs_f64());
     } else {
         warn!(error = %e, "collector unreachable; retrying in {:.1}s", retry_in.as_secs_f64());
     }

@@ -13,7 +13,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, SystemTime};
 
 use anyhow::{bail, Context, Result};
-use tokio::sync::Notify;
+use tokio::sync::{watch, Notify};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 use vigil_shared::backoff::Backoff;
@@ -96,14 +96,15 @@ pub async fn run(config: AgentConfig, shutdown: CancellationToken) -> Result<()>
         .with_context(|| format!("cannot open the spool in {}", config.data_dir.display()))?;
     let spool = Arc::new(Mutex::new(spool));
     let wake = Arc::new(Notify::new());
-    let interval_ms = Arc::new(AtomicU64::new(config.metrics_interval.as_millis() as u64));
+    // The sampling interval: the agent's own, until the collector pushes another.
+    let (interval_tx, interval_rx) = watch::channel(config.metrics_interval);
     info!(agent = %identity.agent_id, host = %hostname, collector = %config.collector, "agent starting");
 
     let sampling = tokio::spawn(sample_loop(
         config.checks.clone(),
         spool.clone(),
         wake.clone(),
-        interval_ms.clone(),
+        interval_rx,
         shutdown.clone(),
     ));
     let result = send_loop(
@@ -112,7 +113,7 @@ pub async fn run(config: AgentConfig, shutdown: CancellationToken) -> Result<()>
         &hostname,
         spool.clone(),
         wake,
-        interval_ms,
+        interval_tx,
         shutdown.clone(),
     )
     .await;
@@ -134,7 +135,7 @@ async fn sample_loop(
     checks: Vec<crate::config::CheckSpec>,
     spool: Arc<Mutex<Spool>>,
     wake: Arc<Notify>,
-    interval_ms: Arc<AtomicU64>,
+    mut interval: watch::Receiver<Duration>,
     shutdown: CancellationToken,
 ) {
     let mut sampler = match Sampler::new() {
@@ -166,10 +167,22 @@ async fn sample_loop(
             }
         }
         wake.notify_one();
-        let interval = Duration::from_millis(interval_ms.load(Ordering::Relaxed).max(1000));
-        tokio::select! {
-            _ = tokio::time::sleep_until(started + interval) => {}
-            _ = shutdown.cancelled() => return,
+        // Sleep until the next cycle; a newly pushed interval takes effect at once.
+        loop {
+            let period = (*interval.borrow_and_update()).max(Duration::from_secs(1));
+            tokio::select! {
+                _ = tokio::time::sleep_until(started + period) => break,
+                changed = interval.changed() => {
+                    if changed.is_err() {
+                        // The sender is gone (agent stopping): finish this period quietly.
+                        tokio::select! {
+                            _ = tokio::time::sleep_until(started + period) => break,
+                            _ = shutdown.cancelled() => return,
+                        }
+                    }
+                }
+                _ = shutdown.cancelled() => return,
+            }
         }
     }
 }
@@ -180,7 +193,7 @@ async fn send_loop(
     hostname: &str,
     spool: Arc<Mutex<Spool>>,
     wake: Arc<Notify>,
-    interval_ms: Arc<AtomicU64>,
+    interval: watch::Sender<Duration>,
     shutdown: CancellationToken,
 ) -> Result<()> {
     let client_config = identity.client_config()?;
@@ -194,7 +207,7 @@ async fn send_loop(
                 hostname: hostname.to_string(),
                 version: env!("CARGO_PKG_VERSION").to_string(),
                 capabilities: proto::CAPABILITIES.iter().map(|c| c.to_string()).collect(),
-                interval_ms: interval_ms.load(Ordering::Relaxed),
+                interval_ms: interval.borrow().as_millis() as u64,
             };
             let session =
                 client::open_session(&endpoint, client_config.clone(), addr, hello).await?;
@@ -223,7 +236,11 @@ async fn send_loop(
             .interval_ms
             .filter(|ms| *ms >= 1000)
         {
-            interval_ms.store(ms, Ordering::Relaxed);
+            let pushed = Duration::from_millis(ms);
+            if *interval.borrow() != pushed {
+                info!(interval = ?pushed, "collector set the sampling interval");
+                interval.send_replace(pushed);
+            }
         }
         if let Some(seq) = session.welcome.last_seq {
             if let Err(e) = lock(&spool).observe_remote_last_seq(seq) {

@@ -4,7 +4,10 @@
 //! acknowledgements. Prints what was sent and acknowledged.
 //!
 //! It measures the collector, not itself: batches are encoded once per tick and nothing is
-//! spooled to disk.
+//! spooled to disk. Every agent connects first and waits; streaming starts when all of them are
+//! connected (or have failed), so the load phase is measured on its own (`load_*` in the report)
+//! and early agents do not starve the handshakes of later ones. With an interval, agent `i` of
+//! `N` starts `i/N` of an interval late, so the load is spread, not in lock-step bursts.
 
 use std::path::PathBuf;
 use std::str::FromStr;
@@ -15,7 +18,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result};
 use tokio::sync::{Notify, Semaphore};
 use tokio_util::sync::CancellationToken;
-use tracing::warn;
+use tracing::{info, warn};
 use vigil_shared::codec::{self, FrameDecoder, DEFAULT_MAX_FRAME};
 use vigil_shared::identity::EnrollToken;
 use vigil_shared::metric_names as m;
@@ -46,6 +49,10 @@ pub struct SimulateOptions {
 #[derive(Default)]
 struct Counters {
     connected: AtomicU64,
+    /// Agents connected or failed before connecting.
+    settled: AtomicU64,
+    /// Cancelled once every agent has settled: the signal to start streaming.
+    go: CancellationToken,
     batches_sent: AtomicU64,
     samples_sent: AtomicU64,
     samples_acked: AtomicU64,
@@ -62,6 +69,23 @@ pub struct Report {
     pub errors: u64,
     pub seconds: f64,
     pub acked_per_second: f64,
+    /// Seconds until every agent was connected (or had failed); `None` if the duration ended first.
+    pub ramp_seconds: Option<f64>,
+    /// Seconds of streaming after the ramp, and the samples acknowledged per second in them.
+    pub load_seconds: f64,
+    pub load_acked_per_second: f64,
+}
+
+impl Counters {
+    /// Counts an agent as settled (once: `done` remembers), releasing everyone when it is the last.
+    fn settle(&self, done: &mut bool, agents: usize) {
+        if !*done {
+            *done = true;
+            if self.settled.fetch_add(1, Ordering::SeqCst) + 1 >= agents as u64 {
+                self.go.cancel();
+            }
+        }
+    }
 }
 
 impl std::fmt::Display for Report {
@@ -78,7 +102,15 @@ impl std::fmt::Display for Report {
             self.errors,
             self.seconds,
             self.acked_per_second
-        )
+        )?;
+        match self.ramp_seconds {
+            Some(ramp) => write!(
+                f,
+                "; all connected after {ramp:.1} s, then {:.0} samples/s acknowledged over {:.1} s",
+                self.load_acked_per_second, self.load_seconds
+            ),
+            None => write!(f, "; the ramp-up did not finish within the duration"),
+        }
     }
 }
 
@@ -146,35 +178,63 @@ pub async fn simulate(opts: SimulateOptions) -> Result<Report> {
             series.clone(),
         );
         let dir = opts.data_dir.as_ref().map(|d| d.join(format!("sim-{i}")));
-        let (interval, window) = (opts.interval, opts.window.max(1));
+        let (interval, window, agents) = (opts.interval, opts.window.max(1), opts.agents);
+        let phase = interval.mul_f64(i as f64 / agents as f64);
         tasks.spawn(async move {
             let hostname = format!("sim-{i:05}");
+            let mut settled = false;
             let res = sim_agent(
                 &endpoint,
                 addr,
                 token.as_ref(),
                 dir,
                 &hostname,
-                interval,
+                (interval, phase),
                 window,
                 &series,
-                &counters,
+                (&counters, &mut settled, agents),
                 &ramp,
                 &stop,
             )
             .await;
+            counters.settle(&mut settled, agents);
             if let Err(e) = res {
                 counters.errors.fetch_add(1, Ordering::Relaxed);
                 warn!(host = %hostname, error = %e, "simulated agent failed");
             }
         });
     }
+    let deadline = tokio::time::Instant::from_std(started + opts.duration);
+    let ctrl_c = tokio::signal::ctrl_c();
+    tokio::pin!(ctrl_c);
+    let mut ramp_seconds = None;
     tokio::select! {
-        _ = tokio::time::sleep(opts.duration) => {}
-        _ = tokio::signal::ctrl_c() => {}
+        _ = counters.go.cancelled() => {
+            let ramp = started.elapsed().as_secs_f64();
+            ramp_seconds = Some(ramp);
+            info!(
+                agents = opts.agents,
+                connected = counters.connected.load(Ordering::Relaxed),
+                failed = counters.errors.load(Ordering::Relaxed),
+                "all simulated agents connected after {ramp:.1} s; streaming"
+            );
+        }
+        _ = tokio::time::sleep_until(deadline) => {}
+        _ = &mut ctrl_c => {}
+    }
+    let load_started = Instant::now();
+    let acked_at_go = counters.samples_acked.load(Ordering::Relaxed);
+    if ramp_seconds.is_some() {
+        tokio::select! {
+            _ = tokio::time::sleep_until(deadline) => {}
+            _ = &mut ctrl_c => {}
+        }
     }
     stop.cancel();
+    // Releases agents still waiting for the ramp, so they leave.
+    counters.go.cancel();
     let seconds = started.elapsed().as_secs_f64();
+    let load_seconds = load_started.elapsed().as_secs_f64();
     let acked_at_stop = counters.samples_acked.load(Ordering::Relaxed);
     while tasks.join_next().await.is_some() {}
     for e in &endpoints {
@@ -193,6 +253,13 @@ pub async fn simulate(opts: SimulateOptions) -> Result<Report> {
         errors: c.errors.load(Ordering::Relaxed),
         seconds,
         acked_per_second: acked_at_stop as f64 / seconds.max(1e-9),
+        ramp_seconds,
+        load_seconds,
+        load_acked_per_second: if ramp_seconds.is_some() {
+            acked_at_stop.saturating_sub(acked_at_go) as f64 / load_seconds.max(1e-9)
+        } else {
+            0.0
+        },
     })
 }
 
@@ -203,14 +270,18 @@ async fn sim_agent(
     token: Option<&EnrollToken>,
     dir: Option<PathBuf>,
     hostname: &str,
-    interval: Duration,
+    (interval, phase): (Duration, Duration),
     window: u64,
     series: &[(String, Vec<(String, String)>)],
-    counters: &Counters,
+    (counters, settled, agents): (&Counters, &mut bool, usize),
     ramp: &Semaphore,
     stop: &CancellationToken,
 ) -> Result<()> {
-    let permit = ramp.acquire().await?;
+    let permit = tokio::select! {
+        permit = ramp.acquire() => permit?,
+        // The simulation ended before this agent's turn to connect.
+        _ = stop.cancelled() => return Ok(()),
+    };
     let identity = match dir.as_deref().map(Identity::load).transpose()?.flatten() {
         Some(identity) => identity,
         None => {
@@ -232,6 +303,16 @@ async fn sim_agent(
     let session = client::open_session(endpoint, identity.client_config()?, addr, hello).await?;
     drop(permit);
     counters.connected.fetch_add(1, Ordering::Relaxed);
+    counters.settle(settled, agents);
+    // Everyone streams only once everyone is connected.
+    tokio::select! {
+        _ = counters.go.cancelled() => {}
+        _ = stop.cancelled() => {}
+    }
+    if stop.is_cancelled() {
+        session.goodbye("simulation over").await;
+        return Ok(());
+    }
     let mut seq = session.welcome.last_seq.unwrap_or(0);
     let first_seq = seq;
     let (mut send, mut recv) = session.conn.open_bi().await?;
@@ -257,11 +338,14 @@ async fn sim_agent(
         }
     };
     tokio::pin!(reader);
-    let mut tick = tokio::time::interval(if interval.is_zero() {
-        Duration::from_millis(1)
-    } else {
-        interval
-    });
+    let mut tick = tokio::time::interval_at(
+        tokio::time::Instant::now() + phase,
+        if interval.is_zero() {
+            Duration::from_millis(1)
+        } else {
+            interval
+        },
+    );
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut buf = Vec::new();
     let mut value = 0.0f64;

@@ -69,7 +69,18 @@ pub async fn start(config: &CollectorConfig) -> Result<Running> {
         .max_concurrent_bidi_streams(16u32.into())
         .max_concurrent_uni_streams(0u32.into());
     server_config.transport_config(Arc::new(transport));
-    let endpoint = quinn::Endpoint::server(server_config, config.quic.listen)
+    // Endpoint::server with a reset key that survives restarts (see quic_endpoint_config).
+    let endpoint = std::net::UdpSocket::bind(config.quic.listen)
+        .and_then(|socket| {
+            let runtime = quinn::default_runtime()
+                .ok_or_else(|| std::io::Error::other("no async runtime found"))?;
+            quinn::Endpoint::new(
+                identity.quic_endpoint_config(),
+                Some(server_config),
+                socket,
+                runtime,
+            )
+        })
         .with_context(|| format!("cannot listen for QUIC on {}", config.quic.listen))?;
     let quic_addr = endpoint.local_addr()?;
     let http_listener = tokio::net::TcpListener::bind(config.http.listen)
@@ -88,6 +99,9 @@ pub async fn start(config: &CollectorConfig) -> Result<Running> {
         metrics.clone(),
         Arc::new(identity.clone()),
         vigil_shared::codec::DEFAULT_MAX_FRAME,
+        vigil_shared::proto::Settings {
+            interval_ms: config.agents.interval.map(|i| i.as_millis() as u64),
+        },
     ));
     tracker.spawn(ingest.run(endpoint.clone(), shutdown.clone()));
 

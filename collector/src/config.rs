@@ -75,6 +75,9 @@ pub struct StoreConfig {
 pub struct AgentsConfig {
     /// A host is down after this many sampling intervals without news from its agent.
     pub down_after_intervals: u32,
+    /// Sampling interval pushed to every agent at connect (overrides the agent's own); `None`
+    /// lets each agent keep its configured interval.
+    pub interval: Option<Duration>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -216,6 +219,7 @@ impl CollectorConfig {
             },
             agents: AgentsConfig {
                 down_after_intervals: DEFAULT_DOWN_AFTER_INTERVALS,
+                interval: None,
             },
             enroll: EnrollConfig {
                 token_ttl: DEFAULT_TOKEN_TTL,
@@ -324,6 +328,7 @@ struct RawStore {
 #[derive(Debug, Deserialize)]
 struct RawAgents {
     down_after_intervals: Option<Spanned<i64>>,
+    interval: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -416,6 +421,15 @@ fn convert_main(raw: &RawCollector, d: &mut Diagnostics) -> CollectorConfig {
             )),
         }) {
             config.agents.down_after_intervals = n;
+        }
+    }
+    if let Some(v) = raw.agents.as_ref().and_then(|a| a.interval.as_ref()) {
+        if let Some(i) = d.duration(v) {
+            if i < Duration::from_secs(1) {
+                d.error_at(v, "`interval` must be at least 1s");
+            } else {
+                config.agents.interval = Some(i);
+            }
         }
     }
     if let Some(e) = &raw.enroll {

@@ -25,6 +25,10 @@ pub struct Options {
     pub agent: bool,
 }
 
+/// Example rules and SLA loaded by quickstart (the same file `config/` ships).
+const EXAMPLE_RULES: &str = include_str!("../../config/rules.d/example.toml");
+const EXAMPLE_RULES_NAME: &str = "config/rules.d/example.toml";
+
 /// The admin API token quickstart prints, kept (0600) so later starts print the same one.
 const ADMIN_TOKEN_FILE: &str = "admin-token";
 
@@ -32,6 +36,10 @@ pub async fn run(opts: Options) -> Result<()> {
     let mut config = CollectorConfig::defaults_in(&opts.data_dir);
     config.http.listen = opts.http;
     config.quic.listen = opts.quic;
+    let examples = crate::config::from_str(EXAMPLE_RULES_NAME, EXAMPLE_RULES)
+        .map_err(|e| anyhow::anyhow!("embedded example rules are invalid:\n{e}"))?;
+    config.rules = examples.rules;
+    config.slas = examples.slas;
     let running = app::start(&config).await?;
 
     let dir = opts.data_dir.clone();
@@ -83,6 +91,13 @@ pub async fn run(opts: Options) -> Result<()> {
     if opts.agent {
         println!("  Local agent:  enrolled and streaming this host every 10s");
     }
+    let rules: Vec<_> = config.rules.iter().map(|r| r.name.as_str()).collect();
+    let slas: Vec<_> = config.slas.iter().map(|s| s.name.as_str()).collect();
+    println!(
+        "  Rules:        {} (examples; SLA: {})",
+        rules.join(", "),
+        slas.join(", ")
+    );
     println!();
     println!("Enroll another host (QUIC listens on {quic}; use --quic 0.0.0.0:4433 to accept other hosts):");
     println!(

@@ -48,6 +48,8 @@ pub struct Ingest {
     pub metrics: Arc<Metrics>,
     pub identity: Arc<ServerIdentity>,
     pub max_frame: usize,
+    /// Settings pushed to every agent in its welcome.
+    pub settings: proto::Settings,
     /// Live connections by agent id, to close them on revocation.
     conns: Mutex<HashMap<String, Connection>>,
 }
@@ -97,6 +99,7 @@ async fn write_msg(send: &mut SendStream, msg: &Message) -> Result<(), StreamErr
 }
 
 impl Ingest {
+    #[allow(clippy::too_many_arguments)] // one call site (app.rs), every part named there
     pub fn new(
         data_dir: PathBuf,
         db: Db,
@@ -105,6 +108,7 @@ impl Ingest {
         metrics: Arc<Metrics>,
         identity: Arc<ServerIdentity>,
         max_frame: usize,
+        settings: proto::Settings,
     ) -> Self {
         Ingest {
             data_dir,
@@ -114,6 +118,7 @@ impl Ingest {
             metrics,
             identity,
             max_frame,
+            settings,
             conns: Mutex::new(HashMap::new()),
         }
     }
@@ -430,7 +435,7 @@ impl Ingest {
                 version: env!("CARGO_PKG_VERSION").into(),
                 capabilities: proto::CAPABILITIES.iter().map(|c| c.to_string()).collect(),
                 last_seq,
-                settings: Default::default(),
+                settings: self.settings.clone(),
             };
             write_msg(&mut send, &Message::Welcome(welcome))
                 .await
@@ -459,10 +464,11 @@ impl Ingest {
                 b"replaced by a newer connection",
             );
         }
-        let interval_ms = if hello.interval_ms == 0 {
-            10_000
-        } else {
-            hello.interval_ms
+        // The pushed interval wins over the agent's own; an agent that names none gets 10 s.
+        let interval_ms = match (self.settings.interval_ms, hello.interval_ms) {
+            (Some(pushed), _) => pushed,
+            (None, 0) => 10_000,
+            (None, own) => own,
         };
         self.table
             .connected(&agent_id, &hostname, interval_ms, now_ms());

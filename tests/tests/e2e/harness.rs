@@ -147,7 +147,17 @@ pub fn spawn_collector(data_dir: &Path) -> Collector {
 
 /// Starts `vigil-collector serve` on the given addresses (to restart on the same ports).
 pub fn spawn_collector_at(data_dir: &Path, quic: SocketAddr, http: SocketAddr) -> Collector {
-    let config = collector_config(data_dir, quic, http, "");
+    spawn_collector_with(data_dir, quic, http, "")
+}
+
+/// Starts `vigil-collector serve` with `extra` appended to its config file.
+pub fn spawn_collector_with(
+    data_dir: &Path,
+    quic: SocketAddr,
+    http: SocketAddr,
+    extra: &str,
+) -> Collector {
+    let config = collector_config(data_dir, quic, http, extra);
     let mut cmd = Command::new(bin("vigil-collector"));
     cmd.arg("serve")
         .arg("--config")

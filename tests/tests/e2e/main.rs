@@ -1,5 +1,11 @@
 //! End-to-end tests: the real binaries on loopback, driven as a user would. One test binary
 //! (`cargo test -p vigil-tests --test e2e`), one module per area.
 
+mod bad_input;
+mod config;
+mod durability;
+mod enrollment;
 mod harness;
+mod prometheus;
 mod quickstart;
+mod settings;
