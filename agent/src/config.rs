@@ -44,6 +44,9 @@ pub struct AgentConfig {
     pub tags: BTreeMap<String, String>,
     /// Overrides the host name reported to the collector.
     pub hostname: Option<String>,
+    /// Filesystem root discovery reads /proc, /sys, /etc and /var from (default "/"; a fixture
+    /// tree in tests, the host's root mounted elsewhere in a container).
+    pub root: PathBuf,
     pub metrics_interval: Duration,
     pub discovery_interval: Duration,
     /// Upper bound of the on-disk spool, bytes.
@@ -99,6 +102,7 @@ impl AgentConfig {
             data_dir: data_dir.unwrap_or_else(|| PathBuf::from(DEFAULT_DATA_DIR)),
             tags: BTreeMap::new(),
             hostname: None,
+            root: PathBuf::from("/"),
             metrics_interval: DEFAULT_METRICS_INTERVAL,
             discovery_interval: DEFAULT_DISCOVERY_INTERVAL,
             spool_max_size: DEFAULT_SPOOL_MAX_SIZE,
@@ -145,6 +149,7 @@ struct RawAgent {
     // reported at the value.
     tags: BTreeMap<String, Spanned<String>>,
     hostname: Option<Spanned<String>>,
+    root: Option<Spanned<String>>,
     metrics: Option<RawInterval>,
     discovery: Option<RawInterval>,
     spool: Option<RawSpool>,
@@ -231,6 +236,15 @@ fn convert(raw: RawAgent, d: &mut Diagnostics) -> AgentConfig {
         })
     });
 
+    let root = match &raw.root {
+        Some(r) if r.get_ref().is_empty() => {
+            d.error_at(r, "`root` must not be empty");
+            PathBuf::from("/")
+        }
+        Some(r) => PathBuf::from(r.get_ref()),
+        None => PathBuf::from("/"),
+    };
+
     let metrics_interval = interval(d, raw.metrics.as_ref(), "metrics", DEFAULT_METRICS_INTERVAL);
     let discovery_interval = interval(
         d,
@@ -291,6 +305,7 @@ fn convert(raw: RawAgent, d: &mut Diagnostics) -> AgentConfig {
         data_dir,
         tags,
         hostname,
+        root,
         metrics_interval,
         discovery_interval,
         spool_max_size,

@@ -4,6 +4,8 @@
 pub mod checks;
 pub mod client;
 pub mod config;
+pub mod discovery;
+pub mod inventory_sync;
 pub mod run;
 pub mod sampler;
 pub mod simulate;

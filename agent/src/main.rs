@@ -49,6 +49,25 @@ enum Command {
         /// Sampling interval (e.g. 10s; at least 1s).
         #[arg(long, value_parser = parse_duration)]
         interval: Option<Duration>,
+        /// Discovery interval (e.g. 5m; at least 1s).
+        #[arg(long, value_parser = parse_duration)]
+        discovery_interval: Option<Duration>,
+        /// Filesystem root discovery reads /proc, /sys, /etc and /var from (default /).
+        #[arg(long)]
+        root: Option<PathBuf>,
+    },
+    /// Run discovery once and print the configuration items this host would report.
+    Inventory {
+        /// Print the canonical inventory as JSON (otherwise a short table).
+        #[arg(long)]
+        json: bool,
+        /// Filesystem root to read /proc, /sys, /etc and /var from (default: `root` of the
+        /// config file, else /).
+        #[arg(long)]
+        root: Option<PathBuf>,
+        /// Agent configuration file: its tags, hostname and root apply.
+        #[arg(long)]
+        config: Option<PathBuf>,
     },
     /// Load generator: N simulated agents over real mutually authenticated QUIC connections.
     Simulate {
@@ -114,6 +133,8 @@ fn real_main(command: Command) -> Result<()> {
             token,
             data_dir,
             interval,
+            discovery_interval,
+            root,
         } => {
             let mut cfg = match &config {
                 Some(path) => {
@@ -143,6 +164,16 @@ fn real_main(command: Command) -> Result<()> {
                 );
                 cfg.metrics_interval = i;
             }
+            if let Some(i) = discovery_interval {
+                anyhow::ensure!(
+                    i >= Duration::from_secs(1),
+                    "--discovery-interval must be at least 1s"
+                );
+                cfg.discovery_interval = i;
+            }
+            if let Some(r) = root {
+                cfg.root = r;
+            }
             // The agent is small: one thread is plenty and keeps its memory low.
             let rt = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
@@ -162,6 +193,7 @@ fn real_main(command: Command) -> Result<()> {
                 }
             })
         }
+        Command::Inventory { json, root, config } => inventory(json, root, config),
         Command::Simulate {
             agents,
             collector,
@@ -194,6 +226,70 @@ fn real_main(command: Command) -> Result<()> {
             Ok(())
         }
     }
+}
+
+/// `vigil-agent inventory`: one discovery pass, problems as warnings on stderr.
+fn inventory(json: bool, root: Option<PathBuf>, config: Option<PathBuf>) -> Result<()> {
+    let cfg = config
+        .as_deref()
+        .map(vigil_agent::config::load)
+        .transpose()
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    let opts = vigil_agent::discovery::Options {
+        root: root
+            .or_else(|| cfg.as_ref().map(|c| c.root.clone()))
+            .unwrap_or_else(|| PathBuf::from("/")),
+        tags: cfg.as_ref().map(|c| c.tags.clone()).unwrap_or_default(),
+        hostname: cfg.as_ref().and_then(|c| c.hostname.clone()),
+    };
+    anyhow::ensure!(
+        opts.root.is_dir(),
+        "root {} is not a directory",
+        opts.root.display()
+    );
+    let found = vigil_agent::discovery::discover(&opts);
+    for p in &found.problems {
+        eprintln!("warning: {}: {}", p.source, p.message);
+    }
+    match print_inventory(&found, json) {
+        // `vigil-agent inventory | head` is not an error.
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(()),
+        other => Ok(other?),
+    }
+}
+
+fn print_inventory(found: &vigil_agent::discovery::Discovered, json: bool) -> std::io::Result<()> {
+    use std::io::Write;
+    let inv = &found.inventory;
+    let mut out = std::io::BufWriter::new(std::io::stdout().lock());
+    if json {
+        serde_json::to_writer_pretty(&mut out, inv)?;
+        writeln!(out)?;
+        return out.flush();
+    }
+    let width =
+        |f: fn(&vigil_shared::inventory::Ci) -> usize| inv.cis.iter().map(f).max().unwrap_or(0);
+    let (tw, kw) = (
+        width(|c| c.ci_type.len()).max(4),
+        width(|c| c.key.len()).clamp(3, 48),
+    );
+    writeln!(out, "{:tw$}  {:kw$}  NAME", "TYPE", "KEY")?;
+    let mut per_type: std::collections::BTreeMap<&str, usize> = Default::default();
+    for c in &inv.cis {
+        writeln!(out, "{:tw$}  {:kw$}  {}", c.ci_type, c.key, c.name)?;
+        *per_type.entry(c.ci_type.as_str()).or_default() += 1;
+    }
+    let counts: Vec<String> = per_type.iter().map(|(t, n)| format!("{t} {n}")).collect();
+    writeln!(
+        out,
+        "{} CIs ({}), {} relations, {} outbound connections, {} problems",
+        inv.cis.len(),
+        counts.join(", "),
+        inv.relations.len(),
+        inv.connections.len(),
+        found.problems.len()
+    )?;
+    out.flush()
 }
 
 async fn wait_for_signal() {

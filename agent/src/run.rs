@@ -24,6 +24,8 @@ use vigil_shared::proto::{self, Hello, Message};
 use crate::checks;
 use crate::client::{self, ClientError, Identity, Session};
 use crate::config::AgentConfig;
+use crate::discovery;
+use crate::inventory_sync;
 use crate::sampler::{self, Sampler};
 use crate::spool::Spool;
 
@@ -107,18 +109,28 @@ pub async fn run(config: AgentConfig, shutdown: CancellationToken) -> Result<()>
         interval_rx,
         shutdown.clone(),
     ));
-    let result = send_loop(
-        &config,
-        &identity,
-        &hostname,
-        spool.clone(),
-        wake,
-        interval_tx,
+    let (inventory_tx, inventory_rx) = watch::channel(None);
+    let discovering = tokio::spawn(inventory_sync::discovery_loop(
+        discovery::Options {
+            root: config.root.clone(),
+            tags: config.tags.clone(),
+            // As `vigil-agent inventory` does: the config's override, else the root's own name.
+            hostname: config.hostname.clone(),
+        },
+        config.discovery_interval,
+        inventory_tx,
         shutdown.clone(),
-    )
-    .await;
+    ));
+    let outbox = Outbox {
+        spool: spool.clone(),
+        wake,
+        interval: interval_tx,
+        inventory: inventory_rx,
+    };
+    let result = send_loop(&config, &identity, &hostname, outbox, shutdown.clone()).await;
     shutdown.cancel();
     let _ = sampling.await;
+    let _ = discovering.await;
     if let Ok(spool) = Arc::try_unwrap(spool) {
         if let Err(e) = spool
             .into_inner()
@@ -187,15 +199,29 @@ async fn sample_loop(
     }
 }
 
+/// What the sampling and discovery tasks hand to the sender.
+struct Outbox {
+    spool: Arc<Mutex<Spool>>,
+    /// Notified when the spool has a new batch.
+    wake: Arc<Notify>,
+    /// The sampling interval; the sender updates it from the collector's settings.
+    interval: watch::Sender<Duration>,
+    inventory: inventory_sync::Latest,
+}
+
 async fn send_loop(
     config: &AgentConfig,
     identity: &Identity,
     hostname: &str,
-    spool: Arc<Mutex<Spool>>,
-    wake: Arc<Notify>,
-    interval: watch::Sender<Duration>,
+    outbox: Outbox,
     shutdown: CancellationToken,
 ) -> Result<()> {
+    let Outbox {
+        spool,
+        wake,
+        interval,
+        inventory,
+    } = outbox;
     let client_config = identity.client_config()?;
     let mut backoff = Backoff::new(Duration::from_millis(500), Duration::from_secs(30));
     while !shutdown.is_cancelled() {
@@ -247,7 +273,27 @@ async fn send_loop(
                 warn!(error = %e, "cannot update the spool");
             }
         }
-        let result = stream_spool(&session, &spool, &wake, &shutdown).await;
+        // Metrics and inventory share the connection; either failing ends the session.
+        let result = {
+            let batches = stream_spool(&session, &spool, &wake, &shutdown);
+            let inventory = inventory_sync::sync(&session.conn, inventory.clone());
+            tokio::pin!(batches, inventory);
+            // A collector that does not speak inventory.v1 gets metrics only.
+            let mut inventory_done = !session
+                .welcome
+                .capabilities
+                .iter()
+                .any(|c| c == "inventory.v1");
+            loop {
+                tokio::select! {
+                    r = &mut batches => break r,
+                    r = &mut inventory, if !inventory_done => match r {
+                        Ok(()) => inventory_done = true,
+                        Err(e) => break Err(e),
+                    },
+                }
+            }
+        };
         match result {
             Ok(()) => {
                 session.goodbye("agent stopping").await;

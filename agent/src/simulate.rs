@@ -314,7 +314,6 @@ async fn sim_agent(
         return Ok(());
     }
     let mut seq = session.welcome.last_seq.unwrap_or(0);
-    let first_seq = seq;
     let (mut send, mut recv) = session.conn.open_bi().await?;
     let acked = Arc::new(AtomicU64::new(seq));
     let ack_wake = Arc::new(Notify::new());
@@ -349,20 +348,37 @@ async fn sim_agent(
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut buf = Vec::new();
     let mut value = 0.0f64;
-    loop {
+    // Built once; each batch only updates timestamps and values (the generator's own allocations
+    // would otherwise take CPU from the collector it measures on a shared machine).
+    let mut samples: Vec<Sample> = series
+        .iter()
+        .map(|(name, labels)| Sample {
+            ts_ms: 0,
+            name: name.clone(),
+            labels: labels.clone(),
+            value: 0.0,
+        })
+        .collect();
+    // The reader future must not be polled again once it has finished.
+    let mut reader_done = false;
+    'send: loop {
         if !interval.is_zero() {
             tokio::select! {
                 _ = tick.tick() => {}
-                _ = stop.cancelled() => break,
-                res = &mut reader => { res?; break; }
+                _ = stop.cancelled() => break 'send,
+                res = &mut reader => { reader_done = true; res?; break 'send; }
             }
         }
-        while seq - acked.load(Ordering::SeqCst) >= window {
+        loop {
+            // Created before the check, so an ack landing in between still wakes us.
             let acks = ack_wake.notified();
+            if seq - acked.load(Ordering::SeqCst) < window {
+                break;
+            }
             tokio::select! {
                 _ = acks => {}
-                _ = stop.cancelled() => break,
-                res = &mut reader => { res?; break; }
+                _ = stop.cancelled() => break 'send,
+                res = &mut reader => { reader_done = true; res?; break 'send; }
             }
         }
         if stop.is_cancelled() {
@@ -371,24 +387,23 @@ async fn sim_agent(
         seq += 1;
         let ts = now_ms();
         value += 0.001;
-        let samples = series
-            .iter()
-            .map(|(name, labels)| Sample {
-                ts_ms: ts,
-                name: name.clone(),
-                labels: labels.clone(),
-                value: value % 1.0,
-            })
-            .collect();
+        for s in &mut samples {
+            s.ts_ms = ts;
+            s.value = value % 1.0;
+        }
+        let msg = Message::Batch(Batch {
+            seq,
+            samples: std::mem::take(&mut samples),
+        });
         buf.clear();
-        codec::encode_into(
-            &Message::Batch(Batch { seq, samples }),
-            &mut buf,
-            DEFAULT_MAX_FRAME,
-        )?;
+        let encoded = codec::encode_into(&msg, &mut buf, DEFAULT_MAX_FRAME);
+        if let Message::Batch(b) = msg {
+            samples = b.samples;
+        }
+        encoded?;
         tokio::select! {
             res = client::write_bytes(&mut send, &buf) => res?,
-            res = &mut reader => { res?; break; }
+            res = &mut reader => { reader_done = true; res?; break; }
         }
         counters.batches_sent.fetch_add(1, Ordering::Relaxed);
         counters
@@ -399,15 +414,17 @@ async fn sim_agent(
     let _ = send.finish();
     let deadline = tokio::time::sleep(Duration::from_secs(5));
     tokio::pin!(deadline);
-    while acked.load(Ordering::SeqCst) < seq {
+    while !reader_done {
         let acks = ack_wake.notified();
+        if acked.load(Ordering::SeqCst) >= seq {
+            break;
+        }
         tokio::select! {
             _ = &mut deadline => break,
             _ = acks => {}
-            _ = &mut reader => break,
+            _ = &mut reader => reader_done = true,
         }
     }
-    let _ = first_seq;
     session.goodbye("simulation over").await;
     Ok(())
 }

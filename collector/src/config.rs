@@ -69,6 +69,8 @@ pub struct HttpConfig {
 pub struct StoreConfig {
     /// How long raw batches are kept.
     pub retention: Duration,
+    /// A discovered CI whose host has not reported for this long becomes `stale`.
+    pub stale_after: Duration,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -216,6 +218,7 @@ impl CollectorConfig {
             },
             store: StoreConfig {
                 retention: DEFAULT_RETENTION,
+                stale_after: crate::cmdb::DEFAULT_STALE_AFTER,
             },
             agents: AgentsConfig {
                 down_after_intervals: DEFAULT_DOWN_AFTER_INTERVALS,
@@ -323,6 +326,7 @@ struct RawHttp {
 #[derive(Debug, Deserialize)]
 struct RawStore {
     retention: Option<Spanned<String>>,
+    stale_after: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -408,6 +412,12 @@ fn convert_main(raw: &RawCollector, d: &mut Diagnostics) -> CollectorConfig {
     if let Some(s) = &raw.store {
         config.store.retention =
             positive_duration(d, s.retention.as_ref(), "retention", DEFAULT_RETENTION);
+        config.store.stale_after = positive_duration(
+            d,
+            s.stale_after.as_ref(),
+            "stale_after",
+            crate::cmdb::DEFAULT_STALE_AFTER,
+        );
     }
     if let Some(v) = raw
         .agents

@@ -8,6 +8,7 @@
 //! detail (it is logged instead), echo or log a token, or block the runtime on SQLite.
 
 mod auth;
+mod cmdb;
 mod error;
 
 use std::future::Future;
@@ -75,7 +76,8 @@ pub fn rfc3339_ms(ms: i64) -> Option<String> {
 pub fn router(state: HttpState) -> Router {
     let api = Router::new()
         .route("/agents", get(list_agents))
-        .route("/tokens", get(list_tokens));
+        .route("/tokens", get(list_tokens))
+        .merge(cmdb::routes());
     Router::new()
         .route("/metrics", get(metrics))
         .route("/healthz", get(|| async { "ok" }))

@@ -10,7 +10,7 @@
 
 use std::sync::Arc;
 
-use prometheus::{IntCounter, IntCounterVec, IntGauge, Opts, Registry, TextEncoder};
+use prometheus::{IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry, TextEncoder};
 
 use crate::latest::{Clock, LatestCollector, LatestTable};
 
@@ -20,6 +20,9 @@ pub const INGEST_BATCHES_TOTAL: &str = "vigil_ingest_batches_total";
 pub const INGEST_DUPLICATE_BATCHES_TOTAL: &str = "vigil_ingest_duplicate_batches_total";
 pub const INGEST_REJECTED_TOTAL: &str = "vigil_ingest_rejected_total";
 pub const ENROLLMENTS_TOTAL: &str = "vigil_enrollments_total";
+pub const CMDB_ITEMS: &str = "vigil_cmdb_items";
+pub const CMDB_CHANGES_TOTAL: &str = "vigil_cmdb_changes_total";
+pub const INVENTORY_MESSAGES_TOTAL: &str = "vigil_inventory_messages_total";
 
 /// Values of `vigil_ingest_rejected_total{reason}`. The first four match
 /// `vigil_shared::codec::DecodeError::reason()`.
@@ -51,6 +54,72 @@ pub mod reason {
     ];
 }
 
+/// `vigil_cmdb_items{type}` and `vigil_cmdb_changes_total{type}`, kept in memory: the CMDB
+/// updates them after each committed reconcile, so a scrape never queries SQLite. The `type`
+/// label only takes the known CI types ([`CMDB_TYPES`]), each exposed from the start at 0.
+#[derive(Debug, Clone)]
+pub struct CmdbMetrics {
+    items: IntGaugeVec,
+    changes: IntCounterVec,
+}
+
+/// Every value of the CMDB metrics' `type` label.
+pub fn cmdb_types() -> impl Iterator<Item = &'static str> {
+    use vigil_shared::inventory::ci_type;
+    ci_type::DISCOVERED
+        .iter()
+        .copied()
+        .chain([ci_type::BUSINESS_SERVICE])
+}
+
+impl CmdbMetrics {
+    pub fn new() -> Result<CmdbMetrics, prometheus::Error> {
+        let items = IntGaugeVec::new(
+            Opts::new(
+                CMDB_ITEMS,
+                "Active configuration items in the CMDB, by CI type.",
+            ),
+            &["type"],
+        )?;
+        let changes = IntCounterVec::new(
+            Opts::new(
+                CMDB_CHANGES_TOTAL,
+                "CMDB history rows written (additions, attribute changes, removals, lifecycle \
+                 changes), by CI type.",
+            ),
+            &["type"],
+        )?;
+        for t in cmdb_types() {
+            items.with_label_values(&[t]);
+            changes.with_label_values(&[t]);
+        }
+        Ok(CmdbMetrics { items, changes })
+    }
+
+    /// Sets the active-item gauge of `ci_type` (at load, from the store).
+    pub fn set_items(&self, ci_type: &'static str, n: i64) {
+        self.items.with_label_values(&[ci_type]).set(n);
+    }
+
+    /// Records a committed change: `items` active CIs more (or fewer), `changes` history rows.
+    pub fn record(&self, ci_type: &'static str, items: i64, changes: u64) {
+        if items != 0 {
+            self.items.with_label_values(&[ci_type]).add(items);
+        }
+        if changes != 0 {
+            self.changes.with_label_values(&[ci_type]).inc_by(changes);
+        }
+    }
+
+    /// Current `(items, changes)` of `ci_type`.
+    pub fn get(&self, ci_type: &str) -> (i64, u64) {
+        (
+            self.items.with_label_values(&[ci_type]).get(),
+            self.changes.with_label_values(&[ci_type]).get(),
+        )
+    }
+}
+
 /// Self metrics plus the registry `/metrics` is rendered from.
 pub struct Metrics {
     registry: Registry,
@@ -65,6 +134,7 @@ pub struct Metrics {
     pub duplicate_batches: IntCounter,
     ingest_rejected: IntCounterVec,
     enrollments: IntCounterVec,
+    inventory_messages: IntCounterVec,
 }
 
 impl Metrics {
@@ -110,6 +180,17 @@ impl Metrics {
         for r in ["ok", "refused"] {
             enrollments.with_label_values(&[r]);
         }
+        let inventory_messages = IntCounterVec::new(
+            Opts::new(
+                INVENTORY_MESSAGES_TOTAL,
+                "Inventory messages reconciled (snapshot, delta) or answered with a resync request.",
+            ),
+            &["kind"],
+        )?;
+        for k in ["snapshot", "delta", "resync"] {
+            inventory_messages.with_label_values(&[k]);
+        }
+        registry.register(Box::new(inventory_messages.clone()))?;
 
         registry.register(Box::new(agents_connected.clone()))?;
         registry.register(Box::new(ingest_samples.clone()))?;
@@ -128,12 +209,20 @@ impl Metrics {
             duplicate_batches: ingest_duplicate_batches,
             ingest_rejected,
             enrollments,
+            inventory_messages,
         })
     }
 
     /// The registry, for other components to register their collectors on.
     pub fn registry(&self) -> &Registry {
         &self.registry
+    }
+
+    /// Exposes the CMDB metrics (`crate::cmdb::metrics_for(&db)`) on this registry.
+    pub fn register_cmdb(&self, cmdb: &CmdbMetrics) -> Result<(), prometheus::Error> {
+        self.registry.register(Box::new(cmdb.items.clone()))?;
+        self.registry.register(Box::new(cmdb.changes.clone()))?;
+        Ok(())
     }
 
     /// Counts one rejection; `reason` should be one of [`reason::ALL`].
@@ -152,6 +241,11 @@ impl Metrics {
     pub fn enrollment(&self, ok: bool) {
         let result = if ok { "ok" } else { "refused" };
         self.enrollments.with_label_values(&[result]).inc();
+    }
+
+    /// Counts one inventory message: `snapshot`, `delta` or `resync`.
+    pub fn inventory(&self, kind: &'static str) {
+        self.inventory_messages.with_label_values(&[kind]).inc();
     }
 
     /// The whole registry in the Prometheus text format (`prometheus::TEXT_FORMAT`).

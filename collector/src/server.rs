@@ -25,6 +25,7 @@ use vigil_shared::identity::{self, EnrollToken};
 use vigil_shared::proto::{self, codes, kind, Ack, ErrorMsg, Message, Welcome};
 
 use crate::ca::ServerIdentity;
+use crate::cmdb::{self, InventoryOutcome};
 use crate::latest::LatestTable;
 use crate::metrics::Metrics;
 use crate::store::{AppendOutcome, Db, NewAgent, Writer};
@@ -43,6 +44,9 @@ const AGENT_CERT_VALIDITY: Duration = Duration::from_secs(365 * 24 * 3600);
 pub struct Ingest {
     pub data_dir: PathBuf,
     pub db: Arc<Mutex<Db>>,
+    /// A connection of its own for CMDB reconciliation, so a large snapshot does not hold up
+    /// authentication of other agents.
+    pub cmdb_db: Arc<Mutex<Db>>,
     pub writer: Writer,
     pub table: Arc<LatestTable>,
     pub metrics: Arc<Metrics>,
@@ -100,19 +104,20 @@ async fn write_msg(send: &mut SendStream, msg: &Message) -> Result<(), StreamErr
 
 impl Ingest {
     #[allow(clippy::too_many_arguments)] // one call site (app.rs), every part named there
+    /// Opens its own store connections in `data_dir`.
     pub fn new(
         data_dir: PathBuf,
-        db: Db,
         writer: Writer,
         table: Arc<LatestTable>,
         metrics: Arc<Metrics>,
         identity: Arc<ServerIdentity>,
         max_frame: usize,
         settings: proto::Settings,
-    ) -> Self {
-        Ingest {
+    ) -> Result<Self, crate::store::StoreError> {
+        Ok(Ingest {
+            db: Arc::new(Mutex::new(Db::open(&data_dir)?)),
+            cmdb_db: Arc::new(Mutex::new(Db::open(&data_dir)?)),
             data_dir,
-            db: Arc::new(Mutex::new(db)),
             writer,
             table,
             metrics,
@@ -120,7 +125,7 @@ impl Ingest {
             max_frame,
             settings,
             conns: Mutex::new(HashMap::new()),
-        }
+        })
     }
 
     /// Runs a closure on the store connection off the async runtime.
@@ -494,7 +499,7 @@ impl Ingest {
             tokio::select! {
                 stream = conn.accept_bi() => match stream {
                     Ok((send, recv)) => {
-                        streams.spawn(self.clone().batch_stream(agent.clone(), send, recv, shutdown.clone()));
+                        streams.spawn(self.clone().agent_stream(agent.clone(), send, recv, shutdown.clone()));
                     }
                     Err(e) => {
                         log_conn_end(&e);
@@ -553,6 +558,135 @@ impl Ingest {
         self.conns.lock().unwrap_or_else(|p| p.into_inner())
     }
 
+    /// A stream opened by an agent: the kind of its first frame says what it carries (batches or
+    /// one inventory message), and so which frame limit applies.
+    async fn agent_stream(
+        self: Arc<Self>,
+        agent: Arc<str>,
+        send: SendStream,
+        mut recv: RecvStream,
+        shutdown: CancellationToken,
+    ) {
+        let mut dec = FrameDecoder::new(self.max_frame);
+        let first = loop {
+            if let Some(k) = dec.peek_kind() {
+                break Some(k);
+            }
+            let chunk = tokio::select! {
+                c = recv.read_chunk(64 * 1024, true) => c,
+                _ = shutdown.cancelled() => return,
+            };
+            match chunk {
+                Ok(Some(c)) => dec.push(&c.bytes),
+                Ok(None) => break None,
+                Err(e) => {
+                    debug!(error = %e, "stream ended before its first frame");
+                    return;
+                }
+            }
+        };
+        match first {
+            Some(kind::INVENTORY_SNAPSHOT | kind::INVENTORY_DELTA) => {
+                dec.set_max(codec::MAX_INVENTORY_FRAME);
+                self.inventory_stream(agent, send, recv, dec).await
+            }
+            _ => self.batch_stream(agent, send, recv, dec, shutdown).await,
+        }
+    }
+
+    /// One inventory message: reconcile it into the CMDB, answer with an ack or a resync request.
+    async fn inventory_stream(
+        self: Arc<Self>,
+        agent: Arc<str>,
+        mut send: SendStream,
+        mut recv: RecvStream,
+        mut dec: FrameDecoder,
+    ) {
+        let msg = match read_frame(&mut recv, &mut dec).await {
+            Ok(Some(frame)) => match frame.decode() {
+                Ok(m @ (Message::InventorySnapshot(_) | Message::InventoryDelta(_))) => m,
+                Ok(other) => {
+                    self.metrics.reject("unexpected");
+                    warn!(
+                        kind = other.kind(),
+                        "closing inventory stream: unexpected message"
+                    );
+                    let _ = recv.stop(VarInt::from_u32(codes::UNEXPECTED));
+                    return;
+                }
+                Err(e) => {
+                    self.metrics.reject(e.reason());
+                    warn!(error = %e, "closing inventory stream");
+                    let _ = recv.stop(VarInt::from_u32(e.code()));
+                    return;
+                }
+            },
+            Ok(None) => return,
+            Err(StreamError::Decode(e)) => {
+                self.metrics.reject(e.reason());
+                warn!(error = %e, "closing inventory stream");
+                let _ = recv.stop(VarInt::from_u32(e.code()));
+                return;
+            }
+            Err(e) => {
+                debug!(error = %e, "inventory stream ended");
+                return;
+            }
+        };
+        let snapshot = matches!(msg, Message::InventorySnapshot(_));
+        let db = self.cmdb_db.clone();
+        let id = agent.to_string();
+        let outcome = tokio::task::spawn_blocking(move || {
+            let db = db.lock().unwrap_or_else(|p| p.into_inner());
+            match &msg {
+                Message::InventorySnapshot(s) => cmdb::apply_snapshot(&db, &id, s, now_ms()),
+                Message::InventoryDelta(d) => cmdb::apply_delta(&db, &id, d, now_ms()),
+                _ => Err(crate::store::StoreError::Task(
+                    "not an inventory message".into(),
+                )),
+            }
+        })
+        .await;
+        let reply = match outcome {
+            Ok(Ok(InventoryOutcome::Stored {
+                version,
+                added,
+                changed,
+                removed,
+            })) => {
+                self.metrics
+                    .inventory(if snapshot { "snapshot" } else { "delta" });
+                if snapshot || added + changed + removed > 0 {
+                    info!(
+                        version,
+                        added, changed, removed, snapshot, "inventory reconciled"
+                    );
+                }
+                Message::InventoryAck(proto::InventoryAck { version })
+            }
+            Ok(Ok(InventoryOutcome::Resync { have })) => {
+                self.metrics.inventory("resync");
+                info!(have = ?have, "inventory delta does not match the stored version: asking for a snapshot");
+                Message::InventoryResync(proto::InventoryResync { have })
+            }
+            Ok(Err(e)) => {
+                warn!(error = %e, "cannot store inventory");
+                self.metrics.reject("store_error");
+                let _ = send.reset(VarInt::from_u32(codes::INTERNAL));
+                return;
+            }
+            Err(e) => {
+                warn!(error = %e, "inventory task failed");
+                self.metrics.reject("store_error");
+                let _ = send.reset(VarInt::from_u32(codes::INTERNAL));
+                return;
+            }
+        };
+        if write_msg(&mut send, &reply).await.is_ok() {
+            let _ = send.finish();
+        }
+    }
+
     /// Reads batches, applies them to the latest-value table, hands them to the store writer and
     /// acknowledges in order once committed.
     async fn batch_stream(
@@ -560,6 +694,7 @@ impl Ingest {
         agent: Arc<str>,
         mut send: SendStream,
         mut recv: RecvStream,
+        mut dec: FrameDecoder,
         shutdown: CancellationToken,
     ) {
         let (ack_tx, mut ack_rx) = mpsc::channel::<(u64, crate::store::Pending)>(MAX_UNACKED);
@@ -588,14 +723,20 @@ impl Ingest {
             }
             let _ = send.finish();
         });
-        let mut dec = FrameDecoder::new(self.max_frame);
         loop {
             let frame = tokio::select! {
                 f = read_frame(&mut recv, &mut dec) => f,
                 _ = shutdown.cancelled() => break,
             };
             let frame = match frame {
-                Ok(Some(f)) => f,
+                Ok(Some(f)) => {
+                    // Nothing buffered after this frame: start afresh, so an agent idle between
+                    // batches does not keep the last batch's buffer (~16 KiB per connection).
+                    if dec.finish().is_ok() {
+                        dec = FrameDecoder::new(self.max_frame);
+                    }
+                    f
+                }
                 Ok(None) => break,
                 Err(StreamError::Decode(e)) => {
                     self.metrics.reject(e.reason());

@@ -47,8 +47,9 @@ pub const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
 /// pages). Measured with 200 agents, 2,000-row transactions, WAL + synchronous=FULL: 66k vs 28k
 /// rows/s with 300-byte payloads, 16.5k vs 8.4k with 4 KB. The unique key is still the duplicate
 /// filter (`ON CONFLICT DO NOTHING` -> Duplicate).
-const MIGRATION_STEPS: &[M<'static>] = &[M::up(
-    "CREATE TABLE agents (
+const MIGRATION_STEPS: &[M<'static>] = &[
+    M::up(
+        "CREATE TABLE agents (
         id             TEXT PRIMARY KEY NOT NULL,
         hostname       TEXT NOT NULL,
         version        TEXT NOT NULL,
@@ -91,7 +92,86 @@ const MIGRATION_STEPS: &[M<'static>] = &[M::up(
         UNIQUE (agent_id, seq)
     ) STRICT;
     CREATE INDEX batches_received ON batches(received_ms);",
-)];
+    ),
+    // The CMDB (issue 3): see `crate::cmdb` for identity rules and lifecycle.
+    // `relations` is WITHOUT ROWID (small rows, looked up by their key); every index on `cis`
+    // and `ci_history` grows at its right edge or within one agent's range, so a snapshot
+    // touches few pages. `ci_view` is what readers should query: a non-retired discovered CI was
+    // last seen when its agent last reported (`inventory_state.ts_ms`), which deltas do not
+    // write into every row.
+    M::up(
+        "CREATE TABLE cis (
+        id            INTEGER PRIMARY KEY,
+        agent_id      TEXT,
+        type          TEXT NOT NULL,
+        key           TEXT NOT NULL,
+        name          TEXT NOT NULL,
+        attrs         TEXT NOT NULL DEFAULT '{}',
+        manual_attrs  TEXT,
+        source        TEXT NOT NULL CHECK (source IN ('discovery', 'api')),
+        state         TEXT NOT NULL DEFAULT 'active'
+                      CHECK (state IN ('active', 'stale', 'retired')),
+        first_seen_ms INTEGER NOT NULL,
+        last_seen_ms  INTEGER NOT NULL,
+        retired_at_ms INTEGER,
+        UNIQUE (agent_id, type, key)
+    ) STRICT;
+    CREATE UNIQUE INDEX cis_api_identity ON cis(type, key) WHERE agent_id IS NULL;
+    CREATE INDEX cis_type_state ON cis(type, state);
+    CREATE INDEX cis_ip_address ON cis(key) WHERE type = 'ip_address';
+    CREATE TABLE ci_history (
+        id        INTEGER PRIMARY KEY,
+        ci_id     INTEGER NOT NULL REFERENCES cis(id),
+        ts_ms     INTEGER NOT NULL,
+        attribute TEXT NOT NULL,
+        change    TEXT NOT NULL CHECK (change IN ('added', 'changed', 'removed', 'state')),
+        old_value TEXT,
+        new_value TEXT,
+        source    TEXT NOT NULL
+    ) STRICT;
+    CREATE INDEX ci_history_ci ON ci_history(ci_id, ts_ms);
+    CREATE INDEX ci_history_ts ON ci_history(ts_ms);
+    CREATE TABLE relations (
+        from_ci       INTEGER NOT NULL REFERENCES cis(id),
+        kind          TEXT NOT NULL,
+        to_ci         INTEGER NOT NULL REFERENCES cis(id),
+        source        TEXT NOT NULL,
+        first_seen_ms INTEGER NOT NULL,
+        PRIMARY KEY (from_ci, kind, to_ci)
+    ) STRICT, WITHOUT ROWID;
+    CREATE INDEX relations_to ON relations(to_ci);
+    CREATE INDEX relations_source ON relations(source);
+    CREATE TABLE inventory_state (
+        agent_id     TEXT PRIMARY KEY NOT NULL REFERENCES agents(id),
+        version      INTEGER NOT NULL,
+        ts_ms        INTEGER NOT NULL,
+        reported_ms  INTEGER NOT NULL,
+        machine_id   TEXT,
+        dmi_uuid     TEXT,
+        duplicate_of TEXT,
+        stale        INTEGER NOT NULL DEFAULT 0
+    ) STRICT;
+    CREATE INDEX inventory_state_machine ON inventory_state(machine_id)
+        WHERE machine_id IS NOT NULL;
+    CREATE TABLE connections (
+        agent_id      TEXT NOT NULL REFERENCES agents(id),
+        proto         TEXT NOT NULL,
+        remote_ip     TEXT NOT NULL,
+        remote_port   INTEGER NOT NULL,
+        local_service TEXT,
+        process       TEXT
+    ) STRICT;
+    CREATE INDEX connections_agent ON connections(agent_id);
+    CREATE INDEX connections_remote ON connections(remote_ip, remote_port);
+    CREATE VIEW ci_view AS
+    SELECT c.id, c.agent_id, c.type, c.key, c.name, c.attrs, c.manual_attrs, c.source, c.state,
+           c.first_seen_ms,
+           CASE WHEN c.state != 'retired' AND s.ts_ms > c.last_seen_ms THEN s.ts_ms
+                ELSE c.last_seen_ms END AS last_seen_ms,
+           c.retired_at_ms, s.duplicate_of
+    FROM cis c LEFT JOIN inventory_state s ON s.agent_id = c.agent_id;",
+    ),
+];
 
 /// The migrations applied by every [`Db::open`] and [`Writer::spawn`].
 pub const MIGRATIONS: Migrations<'static> = Migrations::from_slice(MIGRATION_STEPS);
@@ -311,6 +391,11 @@ impl Db {
         Ok(Db {
             conn: open_connection(data_dir)?,
         })
+    }
+
+    /// The connection, for modules that run their own transactions (the CMDB).
+    pub(crate) fn conn(&self) -> &Connection {
+        &self.conn
     }
 
     /// Records a newly enrolled agent. Fails with [`StoreError::AgentExists`] if the id is taken.

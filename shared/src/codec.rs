@@ -14,6 +14,8 @@ use crate::proto::{kind, Message};
 pub const HEADER_LEN: usize = 5;
 /// Default hard limit of one frame's payload (kind byte excluded).
 pub const DEFAULT_MAX_FRAME: usize = 1 << 20;
+/// Hard limit for inventory frames: a full snapshot of a large host (10,000 packages) fits.
+pub const MAX_INVENTORY_FRAME: usize = 16 << 20;
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum DecodeError {
@@ -71,6 +73,10 @@ pub fn encode_into(msg: &Message, out: &mut Vec<u8>, max: usize) -> Result<(), E
         Message::Ack(m) => write_body(out, m),
         Message::Goodbye(m) => write_body(out, m),
         Message::Error(m) => write_body(out, m),
+        Message::InventorySnapshot(m) => write_body(out, m),
+        Message::InventoryDelta(m) => write_body(out, m),
+        Message::InventoryAck(m) => write_body(out, m),
+        Message::InventoryResync(m) => write_body(out, m),
     };
     if let Err(e) = res {
         out.truncate(start);
@@ -110,6 +116,10 @@ pub fn decode_body(kind_byte: u8, payload: &[u8]) -> Result<Message, DecodeError
         kind::ACK => Message::Ack(read_body(payload)?),
         kind::GOODBYE => Message::Goodbye(read_body(payload)?),
         kind::ERROR => Message::Error(read_body(payload)?),
+        kind::INVENTORY_SNAPSHOT => Message::InventorySnapshot(read_body(payload)?),
+        kind::INVENTORY_DELTA => Message::InventoryDelta(read_body(payload)?),
+        kind::INVENTORY_ACK => Message::InventoryAck(read_body(payload)?),
+        kind::INVENTORY_RESYNC => Message::InventoryResync(read_body(payload)?),
         other => return Err(DecodeError::UnknownKind(other)),
     })
 }
@@ -167,6 +177,17 @@ impl FrameDecoder {
         }
         let len = frame_len(&self.buf);
         (4 + len).saturating_sub(self.buf.len()).max(1)
+    }
+
+    /// The kind byte of the next frame once its header has arrived. Lets a receiver pick the
+    /// limit for a stream from its first frame (see [`FrameDecoder::set_max`]).
+    pub fn peek_kind(&self) -> Option<u8> {
+        (self.buf.len() >= HEADER_LEN).then(|| self.buf[4])
+    }
+
+    /// Changes the frame size limit for the frames still to come.
+    pub fn set_max(&mut self, max: usize) {
+        self.max = max;
     }
 
     /// Next whole message, `Ok(None)` if more bytes are needed. After an error the stream is

@@ -8,5 +8,6 @@ pub mod backoff;
 pub mod codec;
 pub mod config;
 pub mod identity;
+pub mod inventory;
 pub mod metric_names;
 pub mod proto;

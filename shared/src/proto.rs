@@ -25,7 +25,7 @@ pub const ALPN: &[u8] = b"vigil/1";
 pub const SERVER_NAME: &str = "vigil-collector";
 
 /// Capabilities this build understands (sent in [`Hello`] and [`Welcome`]).
-pub const CAPABILITIES: &[&str] = &["metrics.v1", "settings.v1"];
+pub const CAPABILITIES: &[&str] = &["metrics.v1", "settings.v1", "inventory.v1"];
 
 /// One metric sample. Names are host metric names without the `vigil_host_` prefix
 /// (`cpu_usage_ratio`, `filesystem_used_ratio`, ...) or `check_up` / `check_latency_seconds`.
@@ -130,6 +130,41 @@ pub struct ErrorMsg {
     pub message: String,
 }
 
+/// Agent -> collector on an inventory stream: everything the host has, as of `version`.
+/// Sent on connect (and whenever the collector asks for a resync).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct InventorySnapshot {
+    /// The agent's inventory version: increases with every change it reports.
+    pub version: u64,
+    /// When discovery ran, milliseconds since the Unix epoch.
+    pub ts_ms: i64,
+    pub inventory: crate::inventory::Inventory,
+}
+
+/// Agent -> collector on an inventory stream: what changed from `base_version` to `version`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct InventoryDeltaMsg {
+    pub base_version: u64,
+    pub version: u64,
+    pub ts_ms: i64,
+    pub delta: crate::inventory::InventoryDelta,
+}
+
+/// Collector -> agent on an inventory stream: `version` is reconciled and stored.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct InventoryAck {
+    pub version: u64,
+}
+
+/// Collector -> agent on an inventory stream: the delta's base is not what the collector holds;
+/// send a full snapshot.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct InventoryResync {
+    /// The version the collector holds for this agent, if any.
+    #[serde(default)]
+    pub have: Option<u64>,
+}
+
 /// Every message kind, as decoded from a frame.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Message {
@@ -142,6 +177,10 @@ pub enum Message {
     Ack(Ack),
     Goodbye(Goodbye),
     Error(ErrorMsg),
+    InventorySnapshot(InventorySnapshot),
+    InventoryDelta(InventoryDeltaMsg),
+    InventoryAck(InventoryAck),
+    InventoryResync(InventoryResync),
 }
 
 /// Frame kind bytes. Never reuse a number.
@@ -155,10 +194,14 @@ pub mod kind {
     pub const ACK: u8 = 7;
     pub const GOODBYE: u8 = 8;
     pub const ERROR: u8 = 9;
+    pub const INVENTORY_SNAPSHOT: u8 = 10;
+    pub const INVENTORY_DELTA: u8 = 11;
+    pub const INVENTORY_ACK: u8 = 12;
+    pub const INVENTORY_RESYNC: u8 = 13;
 
     /// Whether this build knows the kind byte.
     pub fn is_known(kind: u8) -> bool {
-        (ENROLL..=ERROR).contains(&kind)
+        (ENROLL..=INVENTORY_RESYNC).contains(&kind)
     }
 }
 
@@ -174,6 +217,10 @@ impl Message {
             Message::Ack(_) => kind::ACK,
             Message::Goodbye(_) => kind::GOODBYE,
             Message::Error(_) => kind::ERROR,
+            Message::InventorySnapshot(_) => kind::INVENTORY_SNAPSHOT,
+            Message::InventoryDelta(_) => kind::INVENTORY_DELTA,
+            Message::InventoryAck(_) => kind::INVENTORY_ACK,
+            Message::InventoryResync(_) => kind::INVENTORY_RESYNC,
         }
     }
 }

@@ -375,3 +375,91 @@ pub fn agent_id(agent_dir: &Path) -> Option<String> {
         .ok()
         .map(|s| s.trim().to_string())
 }
+
+/// A fixture tree of this package (`tests/fixtures/<name>`), e.g. a filesystem root for discovery.
+pub fn fixture(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("fixtures")
+        .join(name)
+}
+
+/// Copies the tree `src` into `dst` (created), symlinks as symlinks (a fixture's
+/// `/proc/<pid>/fd/N -> socket:[INODE]` links point nowhere and must stay links).
+pub fn copy_tree(src: &Path, dst: &Path) {
+    std::fs::create_dir_all(dst).expect("create copy dir");
+    for entry in std::fs::read_dir(src).expect("read fixture dir") {
+        let entry = entry.expect("dir entry");
+        let (from, to) = (entry.path(), dst.join(entry.file_name()));
+        let kind = entry.file_type().expect("file type");
+        if kind.is_symlink() {
+            let target = std::fs::read_link(&from).expect("read link");
+            std::os::unix::fs::symlink(target, &to).expect("copy symlink");
+        } else if kind.is_dir() {
+            copy_tree(&from, &to);
+        } else {
+            std::fs::copy(&from, &to).expect("copy file");
+        }
+    }
+}
+
+/// Starts `vigil-agent run` with the flags of [`spawn_agent`] plus `extra` (e.g.
+/// `["--root", DIR, "--discovery-interval", "1s"]`).
+pub fn spawn_agent_with(
+    collector: SocketAddr,
+    token: Option<&str>,
+    data_dir: &Path,
+    interval: &str,
+    extra: &[&str],
+) -> Proc {
+    std::fs::create_dir_all(data_dir).expect("agent dir");
+    let mut cmd = Command::new(bin("vigil-agent"));
+    cmd.arg("run")
+        .arg("--collector")
+        .arg(collector.to_string())
+        .arg("--data-dir")
+        .arg(data_dir)
+        .arg("--interval")
+        .arg(interval)
+        .args(extra)
+        .stdout(Stdio::null());
+    if let Some(t) = token {
+        cmd.arg("--token").arg(t);
+    }
+    Proc::spawn(
+        "vigil-agent",
+        cmd,
+        data_dir.join(format!("agent-{}.log", unique())),
+    )
+}
+
+/// Starts `vigil-agent run --config FILE`; its log goes to `log_dir`.
+pub fn spawn_agent_config(config: &Path, log_dir: &Path) -> Proc {
+    std::fs::create_dir_all(log_dir).expect("log dir");
+    let mut cmd = Command::new(bin("vigil-agent"));
+    cmd.arg("run")
+        .arg("--config")
+        .arg(config)
+        .stdout(Stdio::null());
+    Proc::spawn(
+        "vigil-agent",
+        cmd,
+        log_dir.join(format!("agent-{}.log", unique())),
+    )
+}
+
+/// `vigil-agent inventory --json <args>`: what the agent would report, as JSON.
+pub fn agent_inventory(args: &[&str]) -> serde_json::Value {
+    let out = Command::new(bin("vigil-agent"))
+        .arg("inventory")
+        .arg("--json")
+        .args(args)
+        .env("VIGIL_LOG", "warn")
+        .output()
+        .expect("run vigil-agent inventory");
+    assert!(
+        out.status.success(),
+        "vigil-agent inventory failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).expect("inventory JSON")
+}

@@ -2,6 +2,7 @@
 //! (`cargo test -p vigil-tests --test e2e`), one module per area.
 
 mod bad_input;
+mod cmdb;
 mod config;
 mod durability;
 mod enrollment;

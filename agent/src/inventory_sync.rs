@@ -1,0 +1,155 @@
+//! Keeps the collector's copy of this host's inventory current with as little traffic as
+//! possible: discovery runs at start and every `[discovery] interval`; each connection begins
+//! with a full snapshot, then sends only deltas, and only when something changed. An unchanged
+//! host sends nothing at all. The collector answers every message with an ack, or asks for a
+//! full snapshot when its version and the delta's base disagree.
+//!
+//! Each inventory message travels on its own bidirectional stream (SPEC: "inventory snapshots
+//! travel on their own streams").
+
+use std::collections::HashSet;
+use std::sync::Arc;
+use std::time::Duration;
+
+use quinn::Connection;
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, info, warn};
+use vigil_shared::codec::{self, FrameDecoder, MAX_INVENTORY_FRAME};
+use vigil_shared::inventory::{self, Inventory};
+use vigil_shared::proto::{InventoryDeltaMsg, InventorySnapshot, Message};
+
+use crate::client::{self, ClientError};
+use crate::discovery::{self, Options};
+use crate::run::now_ms;
+
+/// One discovery result with the version the agent gave it.
+#[derive(Debug)]
+pub struct Versioned {
+    pub version: u64,
+    pub ts_ms: i64,
+    pub inventory: Inventory,
+}
+
+pub type Latest = watch::Receiver<Option<Arc<Versioned>>>;
+
+/// Discovers now and every `interval` until `shutdown`, publishing a new version whenever the
+/// inventory differs from the last one. Problems are logged once per source.
+pub async fn discovery_loop(
+    opts: Options,
+    interval: Duration,
+    tx: watch::Sender<Option<Arc<Versioned>>>,
+    shutdown: CancellationToken,
+) {
+    let mut version = 0u64;
+    let mut reported: HashSet<&'static str> = HashSet::new();
+    loop {
+        let o = opts.clone();
+        match tokio::task::spawn_blocking(move || discovery::discover(&o)).await {
+            Ok(found) => {
+                for p in &found.problems {
+                    if reported.insert(p.source) {
+                        warn!(
+                            source = p.source,
+                            "discovery: {} (reported once)", p.message
+                        );
+                    }
+                }
+                let changed = tx
+                    .borrow()
+                    .as_ref()
+                    .is_none_or(|v| v.inventory != found.inventory);
+                if changed {
+                    version += 1;
+                    debug!(
+                        version,
+                        cis = found.inventory.cis.len(),
+                        "inventory changed"
+                    );
+                    tx.send_replace(Some(Arc::new(Versioned {
+                        version,
+                        ts_ms: now_ms(),
+                        inventory: found.inventory,
+                    })));
+                }
+            }
+            Err(e) => warn!(error = %e, "discovery task failed"),
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(interval) => {}
+            _ = shutdown.cancelled() => return,
+        }
+    }
+}
+
+/// Runs for one connection: a snapshot first, then a delta per change. Returns `Ok` only when
+/// discovery has stopped (the agent is shutting down); connection failures are `Err`.
+pub async fn sync(conn: &Connection, mut latest: Latest) -> Result<(), ClientError> {
+    let mut acked: Option<Arc<Versioned>> = None;
+    loop {
+        let current = latest.borrow_and_update().clone();
+        if let Some(cur) = current {
+            let msg = match &acked {
+                Some(a) if a.version == cur.version => None,
+                Some(a) => Some(Message::InventoryDelta(InventoryDeltaMsg {
+                    base_version: a.version,
+                    version: cur.version,
+                    ts_ms: cur.ts_ms,
+                    delta: inventory::diff(&a.inventory, &cur.inventory),
+                })),
+                None => Some(Message::InventorySnapshot(InventorySnapshot {
+                    version: cur.version,
+                    ts_ms: cur.ts_ms,
+                    inventory: cur.inventory.clone(),
+                })),
+            };
+            if let Some(msg) = msg {
+                let snapshot = matches!(msg, Message::InventorySnapshot(_));
+                match exchange(conn, &msg).await? {
+                    Message::InventoryAck(ack) if ack.version == cur.version => {
+                        if snapshot {
+                            info!(
+                                version = cur.version,
+                                cis = cur.inventory.cis.len(),
+                                "inventory snapshot stored"
+                            );
+                        } else {
+                            debug!(version = cur.version, "inventory delta stored");
+                        }
+                        acked = Some(cur);
+                    }
+                    Message::InventoryResync(r) => {
+                        info!(have = ?r.have, "collector asked for a full inventory snapshot");
+                        acked = None;
+                        continue;
+                    }
+                    other => {
+                        return Err(ClientError::Protocol(format!(
+                            "unexpected answer to inventory: kind {}",
+                            other.kind()
+                        )));
+                    }
+                }
+            }
+        }
+        if latest.changed().await.is_err() {
+            return Ok(());
+        }
+    }
+}
+
+/// Sends one inventory message on its own stream and reads the answer.
+async fn exchange(conn: &Connection, msg: &Message) -> Result<Message, ClientError> {
+    let (mut send, mut recv) = conn.open_bi().await.map_err(ClientError::Connection)?;
+    let mut bytes = Vec::new();
+    codec::encode_into(msg, &mut bytes, MAX_INVENTORY_FRAME)
+        .map_err(|e| ClientError::Protocol(e.to_string()))?;
+    client::write_bytes(&mut send, &bytes).await?;
+    let _ = send.finish();
+    let mut dec = FrameDecoder::new(64 * 1024);
+    client::read_message(&mut recv, &mut dec)
+        .await?
+        .ok_or_else(|| {
+            ClientError::Protocol("collector closed the inventory stream without an answer".into())
+        })
+}

@@ -1,0 +1,373 @@
+//! CMDB reconciliation benchmark: 1,000 synthetic hosts x 2,000 CIs each as full snapshots into a
+//! fresh store, then a delta round with 1 % of the CIs changed (added, changed, removed), then the
+//! same full snapshots again unchanged (every agent reconnecting). Prints wall time, process CPU
+//! time and the store size.
+//!
+//! `cargo run --release -p vigil-collector --example cmdb_bench [-- HOSTS CIS_PER_HOST]`
+//!
+//! Synthetic data only; the addresses are from the documentation ranges and nothing is contacted.
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use vigil_collector::cmdb::{apply_delta, apply_snapshot, InventoryOutcome};
+use vigil_collector::store::{Db, NewAgent};
+use vigil_shared::inventory::{
+    ci_type, diff, relation, Ci, CiRef, Inventory, OutboundConnection, Relation,
+};
+use vigil_shared::proto::{InventoryDeltaMsg, InventorySnapshot};
+
+const NOW: i64 = 1_700_000_000_000;
+
+/// CPU time of this process, all threads (clock_gettime(CLOCK_PROCESS_CPUTIME_ID)).
+#[allow(unsafe_code)]
+fn cpu_time() -> Duration {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: `ts` is a valid, writable timespec and the clock id is a Linux constant.
+    let rc = unsafe { libc::clock_gettime(libc::CLOCK_PROCESS_CPUTIME_ID, &mut ts) };
+    if rc != 0 {
+        return Duration::ZERO;
+    }
+    Duration::new(
+        u64::try_from(ts.tv_sec).unwrap_or(0),
+        u32::try_from(ts.tv_nsec).unwrap_or(0),
+    )
+}
+
+fn host_ip(h: usize) -> String {
+    // 198.18.0.0/15 is reserved for benchmarks (RFC 2544).
+    format!("198.18.{}.{}", h / 250, h % 250 + 1)
+}
+
+/// A plausible host: hardware, filesystems, interfaces, listeners, units, the rest packages.
+fn synthetic(h: usize, n: usize, generation: usize) -> Inventory {
+    let mut cis = Vec::with_capacity(n);
+    let mut relations = Vec::with_capacity(n);
+    let host_ref = CiRef::new(ci_type::HOST, ci_type::HOST);
+    let child = |ci: Ci, kind: &str, cis: &mut Vec<Ci>, relations: &mut Vec<Relation>| {
+        relations.push(Relation {
+            from: host_ref.clone(),
+            kind: kind.to_owned(),
+            to: ci.id(),
+        });
+        cis.push(ci);
+    };
+    cis.push(
+        Ci::new(ci_type::HOST, ci_type::HOST, format!("host{h:04}"))
+            .attr("hostname", format!("host{h:04}"))
+            .attr("fqdn", format!("host{h:04}.example.org"))
+            .attr("machine_id", format!("{h:032x}"))
+            .attr("dmi_uuid", format!("4c4c4544-0000-0000-0000-{h:012x}"))
+            .attr("virtualization", "vm")
+            .attr("boot_time", 1_699_000_000)
+            .attr("tags", serde_json::json!({"env": "prod", "role": "web"})),
+    );
+    child(
+        Ci::new(ci_type::OS, ci_type::OS, "Debian GNU/Linux 12")
+            .attr("name", "Debian GNU/Linux")
+            .attr("version", "12")
+            .attr("kernel", "6.1.0-18-amd64")
+            .attr("architecture", "x86_64"),
+        relation::RUNS,
+        &mut cis,
+        &mut relations,
+    );
+    child(
+        Ci::new(ci_type::CPU, ci_type::CPU, "Intel Xeon")
+            .attr("model", "Intel(R) Xeon(R) Gold 6338 CPU @ 2.00GHz")
+            .attr("cores", 8)
+            .attr("threads", 16),
+        relation::HAS,
+        &mut cis,
+        &mut relations,
+    );
+    child(
+        Ci::new(ci_type::MEMORY, ci_type::MEMORY, "memory").attr("total_bytes", 34_359_738_368u64),
+        relation::HAS,
+        &mut cis,
+        &mut relations,
+    );
+    for d in ["sda", "sdb"] {
+        child(
+            Ci::new(ci_type::DISK, d, d)
+                .attr("model", "QEMU HARDDISK")
+                .attr("size_bytes", 107_374_182_400u64)
+                .attr("rotational", false),
+            relation::HAS,
+            &mut cis,
+            &mut relations,
+        );
+    }
+    for m in ["/", "/var", "/home", "/srv"] {
+        child(
+            Ci::new(ci_type::FILESYSTEM, m, m)
+                .attr("device", "/dev/sda1")
+                .attr("fstype", "ext4")
+                .attr("size_bytes", 53_687_091_200u64),
+            relation::HAS,
+            &mut cis,
+            &mut relations,
+        );
+    }
+    child(
+        Ci::new(ci_type::NETWORK_INTERFACE, "eth0", "eth0")
+            .attr(
+                "mac",
+                format!("52:54:00:{:02x}:{:02x}:01", h / 256, h % 256),
+            )
+            .attr("mtu", 1500),
+        relation::HAS,
+        &mut cis,
+        &mut relations,
+    );
+    let ip = format!("{}/15", host_ip(h));
+    relations.push(Relation {
+        from: CiRef::new(ci_type::NETWORK_INTERFACE, "eth0"),
+        kind: relation::HAS.to_owned(),
+        to: CiRef::new(ci_type::IP_ADDRESS, ip.clone()),
+    });
+    cis.push(Ci::new(ci_type::IP_ADDRESS, ip.clone(), ip).attr("interface", "eth0"));
+    for port in [22u16, 80, 443, 5432, 6379, 8080, 9100, 9187] {
+        let key = format!("tcp:{port}");
+        child(
+            Ci::new(ci_type::LISTENING_SERVICE, key.clone(), key)
+                .attr("protocol", "tcp")
+                .attr("address", "0.0.0.0")
+                .attr("port", port)
+                .attr("process", format!("svc{port}"))
+                .attr("executable", format!("/usr/sbin/svc{port}")),
+            relation::RUNS,
+            &mut cis,
+            &mut relations,
+        );
+    }
+    for u in 0..60 {
+        let name = format!("unit{u:02}.service");
+        child(
+            Ci::new(ci_type::SYSTEMD_UNIT, name.clone(), name)
+                .attr("load", "loaded")
+                .attr("active", "active")
+                .attr("sub", "running")
+                .attr("enabled", "enabled"),
+            relation::RUNS,
+            &mut cis,
+            &mut relations,
+        );
+    }
+    let mut p = 0;
+    while cis.len() < n {
+        // Generation g bumps the version of packages with (p + h) % 100 < g: 1 % per round.
+        let bumped = (p + h) % 100 < generation;
+        let name = format!("package-{p:04}");
+        cis.push(
+            Ci::new(ci_type::PACKAGE, format!("{name}:amd64"), name.clone())
+                .attr("name", name)
+                .attr(
+                    "version",
+                    if bumped { "1.2.4-1+deb12u1" } else { "1.2.3-1" },
+                )
+                .attr("architecture", "amd64")
+                .attr("source", format!("src-{}", p / 3))
+                .attr("manager", "dpkg")
+                .attr("installed_size_kb", 1_000 + p),
+        );
+        p += 1;
+    }
+    let connections = (1..=5)
+        .map(|k| OutboundConnection {
+            proto: "tcp".into(),
+            remote_ip: host_ip((h + k * 37) % 1_000),
+            remote_port: [5432, 6379, 443, 80, 9100][k - 1],
+            local_service: None,
+            process: Some("app".into()),
+        })
+        .collect();
+    let mut inv = Inventory {
+        cis,
+        relations,
+        connections,
+    };
+    inv.canonicalize();
+    inv
+}
+
+fn store_size(dir: &Path) -> u64 {
+    ["vigil.db", "vigil.db-wal", "vigil.db-shm"]
+        .iter()
+        .filter_map(|f| std::fs::metadata(dir.join(f)).ok())
+        .map(|m| m.len())
+        .sum()
+}
+
+struct Round {
+    wall: Duration,
+    cpu: Duration,
+    added: usize,
+    changed: usize,
+    removed: usize,
+    slowest: Duration,
+}
+
+impl Round {
+    fn print(&self, what: &str) {
+        println!(
+            "{what:<28} {:>8.2} s wall {:>8.2} s CPU   added {:>9} changed {:>7} removed {:>6}   slowest message {:.1} ms",
+            self.wall.as_secs_f64(),
+            self.cpu.as_secs_f64(),
+            self.added,
+            self.changed,
+            self.removed,
+            self.slowest.as_secs_f64() * 1e3
+        );
+    }
+}
+
+/// For every host, builds its message with `prepare` (not timed) and runs `apply` (timed).
+fn round<M>(
+    hosts: usize,
+    mut prepare: impl FnMut(usize) -> M,
+    mut apply: impl FnMut(usize, &M) -> Result<InventoryOutcome, Box<dyn std::error::Error>>,
+) -> Result<Round, Box<dyn std::error::Error>> {
+    let mut r = Round {
+        wall: Duration::ZERO,
+        cpu: Duration::ZERO,
+        added: 0,
+        changed: 0,
+        removed: 0,
+        slowest: Duration::ZERO,
+    };
+    for h in 0..hosts {
+        let msg = prepare(h);
+        let (t, c) = (Instant::now(), cpu_time());
+        let outcome = apply(h, &msg)?;
+        let took = t.elapsed();
+        r.wall += took;
+        r.cpu += cpu_time().saturating_sub(c);
+        r.slowest = r.slowest.max(took);
+        match outcome {
+            InventoryOutcome::Stored {
+                added,
+                changed,
+                removed,
+                ..
+            } => {
+                r.added += added;
+                r.changed += changed;
+                r.removed += removed;
+            }
+            InventoryOutcome::Resync { have } => {
+                return Err(format!("host {h}: unexpected resync (have {have:?})").into())
+            }
+        }
+    }
+    Ok(r)
+}
+
+fn main() -> Result<(), Box<dyn std::error::Error>> {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let hosts = args
+        .first()
+        .map(|a| a.parse())
+        .transpose()?
+        .unwrap_or(1_000);
+    let per_host = args.get(1).map(|a| a.parse()).transpose()?.unwrap_or(2_000);
+    // A third argument keeps the store in that (new) directory for inspection.
+    let temp = tempfile::tempdir()?;
+    let dir = match args.get(2) {
+        Some(keep) => std::path::PathBuf::from(keep),
+        None => temp.path().to_owned(),
+    };
+    let db = Db::open(&dir)?;
+    let agent = |h: usize| format!("agent-{h:04}");
+    for h in 0..hosts {
+        db.register_agent(
+            &NewAgent {
+                id: agent(h),
+                hostname: format!("host{h:04}"),
+                version: "bench".into(),
+                cert_pin: "00".repeat(32),
+                token_id: "bench".into(),
+            },
+            NOW,
+        )?;
+    }
+    println!(
+        "CMDB benchmark: {hosts} hosts x {per_host} CIs, store in {}",
+        dir.display()
+    );
+
+    let full = round(
+        hosts,
+        |h| InventorySnapshot {
+            version: 1,
+            ts_ms: NOW,
+            inventory: synthetic(h, per_host, 0),
+        },
+        |h, snap| Ok(apply_snapshot(&db, &agent(h), snap, NOW)?),
+    )?;
+    full.print("full round (new store)");
+    println!(
+        "store size after full round: {:.1} MB",
+        store_size(&dir) as f64 / 1e6
+    );
+
+    // 1 %: ~16 package upgrades, 2 units added and 2 removed per host, as deltas.
+    let mut deltas = Vec::with_capacity(hosts);
+    for h in 0..hosts {
+        let old = synthetic(h, per_host, 0);
+        let mut new = synthetic(h, per_host, 1);
+        let units: Vec<Ci> = new
+            .cis
+            .iter()
+            .filter(|c| c.ci_type == ci_type::SYSTEMD_UNIT)
+            .take(2)
+            .cloned()
+            .collect();
+        new.cis.retain(|c| !units.contains(c));
+        new.relations
+            .retain(|r| !units.iter().any(|u| u.id() == r.to));
+        for u in 0..2 {
+            let name = format!("new{u}.timer");
+            new.cis
+                .push(Ci::new(ci_type::SYSTEMD_UNIT, name.clone(), name).attr("load", "loaded"));
+        }
+        // Keep the count at CIS_PER_HOST: the bumped packages are ~1 % minus the 4 unit changes.
+        new.canonicalize();
+        deltas.push(diff(&old, &new));
+    }
+    let touched: usize = deltas
+        .iter()
+        .map(|d| d.added.len() + d.changed.len() + d.removed.len())
+        .sum();
+    let delta = round(
+        hosts,
+        |h| InventoryDeltaMsg {
+            base_version: 1,
+            version: 2,
+            ts_ms: NOW + 300_000,
+            delta: deltas[h].clone(),
+        },
+        |h, msg| Ok(apply_delta(&db, &agent(h), msg, NOW + 300_000)?),
+    )?;
+    delta.print(&format!("delta round ({touched} CIs)"));
+
+    let again = round(
+        hosts,
+        |h| {
+            let mut inv = synthetic(h, per_host, 0);
+            deltas[h].apply(&mut inv);
+            InventorySnapshot {
+                version: 3,
+                ts_ms: NOW + 600_000,
+                inventory: inv,
+            }
+        },
+        |h, snap| Ok(apply_snapshot(&db, &agent(h), snap, NOW + 600_000)?),
+    )?;
+    again.print("full round again (unchanged)");
+    println!("store size: {:.1} MB", store_size(&dir) as f64 / 1e6);
+    Ok(())
+}

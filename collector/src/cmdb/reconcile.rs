@@ -1,0 +1,750 @@
+//! Reconciliation of one inventory message inside its transaction: CI rows, history rows,
+//! relations reported by the agent, the host's identity and duplicate flag.
+//!
+//! Nothing here commits, logs a change as done or touches the metrics: the caller commits, then
+//! publishes the [`Tally`]. Never a per-CI SELECT for a snapshot (one SELECT of the agent's CIs).
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+
+use rusqlite::types::Value;
+use rusqlite::{params, Connection, OptionalExtension};
+use vigil_shared::inventory::{ci_type, relation, Attrs, Ci, CiRef, Relation};
+use vigil_shared::proto::{InventoryDeltaMsg, InventorySnapshot};
+
+use super::bulk::BulkInsert;
+use super::{
+    deps, CiState, InventoryOutcome, ALL_ATTRIBUTES, DMI_UUID_ATTR, MACHINE_ID_ATTR, NAME_ATTRIBUTE,
+};
+use crate::metrics::{cmdb_types, CmdbMetrics};
+use crate::store::{seq_to_sql, StoreError};
+
+pub(super) const INSERT_HISTORY: &str = "INSERT INTO ci_history
+     (ci_id, ts_ms, attribute, change, old_value, new_value, source)
+     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)";
+
+/// Relation kinds an agent may report (`depends_on` is the collector's to derive).
+const AGENT_RELATION_KINDS: &[&str] = &[relation::RUNS, relation::HAS, relation::PROVIDED_BY];
+
+/// The known CI type equal to `t`, as a `'static` label value.
+pub(super) fn known_type(t: &str) -> Option<&'static str> {
+    cmdb_types().find(|k| *k == t)
+}
+
+/// The type of a CI an agent may report: discovered types only.
+fn agent_type(t: &str) -> Option<&'static str> {
+    ci_type::DISCOVERED.iter().copied().find(|k| *k == t)
+}
+
+/// Types whose changes can change cross-host dependencies (addresses, services, machine-id).
+fn affects_dependencies(t: &str) -> bool {
+    t == ci_type::IP_ADDRESS || t == ci_type::LISTENING_SERVICE || t == ci_type::HOST
+}
+
+/// Per-type effect of one transaction on the metrics: active items +/- and history rows.
+#[derive(Debug, Default)]
+pub(super) struct Tally(BTreeMap<&'static str, (i64, u64)>);
+
+impl Tally {
+    pub(super) fn add(&mut self, ci_type: &'static str, items: i64, changes: u64) {
+        let e = self.0.entry(ci_type).or_default();
+        e.0 += items;
+        e.1 += changes;
+    }
+
+    /// Applies the tally to the metrics (after the commit).
+    pub(super) fn publish(&self, m: &CmdbMetrics) {
+        for (t, (items, changes)) in &self.0 {
+            m.record(t, *items, *changes);
+        }
+    }
+}
+
+/// What `inventory_state` holds for an agent before this message.
+#[derive(Debug, Clone)]
+pub(super) struct PrevState {
+    pub version: u64,
+    pub ts_ms: i64,
+    pub machine_id: Option<String>,
+    pub dmi_uuid: Option<String>,
+    pub duplicate_of: Option<String>,
+    pub stale: bool,
+}
+
+pub(super) fn read_state(conn: &Connection, agent: &str) -> Result<Option<PrevState>, StoreError> {
+    let row = conn
+        .prepare_cached(
+            "SELECT version, ts_ms, machine_id, dmi_uuid, duplicate_of, stale
+             FROM inventory_state WHERE agent_id = ?1",
+        )?
+        .query_row([agent], |r| {
+            Ok((
+                r.get::<_, i64>(0)?,
+                PrevState {
+                    version: 0,
+                    ts_ms: r.get(1)?,
+                    machine_id: r.get(2)?,
+                    dmi_uuid: r.get(3)?,
+                    duplicate_of: r.get(4)?,
+                    stale: r.get(5)?,
+                },
+            ))
+        })
+        .optional()?;
+    row.map(|(v, mut s)| {
+        s.version = u64::try_from(v).map_err(|_| StoreError::Corrupt {
+            column: "inventory_state.version",
+            value: v.to_string(),
+        })?;
+        Ok(s)
+    })
+    .transpose()
+}
+
+/// A newly detected duplicate host, for the caller to log after the commit.
+#[derive(Debug)]
+pub(super) struct DuplicateNote {
+    pub other_agent: String,
+    pub machine_id: String,
+}
+
+/// A stored CI of the agent.
+struct Row {
+    id: i64,
+    name: String,
+    attrs: String,
+    state: CiState,
+}
+
+/// How a delta touches the host CI.
+enum HostChange<'a> {
+    Unchanged,
+    Set(&'a Ci),
+    Removed,
+}
+
+/// One message's reconciliation.
+pub(super) struct Session<'c> {
+    conn: &'c Connection,
+    agent: &'c str,
+    now: i64,
+    pub tally: Tally,
+    pub duplicate_note: Option<DuplicateNote>,
+    added: usize,
+    changed: usize,
+    removed: usize,
+    /// Id of the next new CI: assigned here (we hold the write lock) so that new CIs, their
+    /// history and relations can be written in multi-row statements.
+    next_id: Option<i64>,
+    new_cis: BulkInsert,
+    new_history: BulkInsert,
+    new_relations: BulkInsert,
+}
+
+fn json_text(v: &impl serde::Serialize) -> Result<String, StoreError> {
+    serde_json::to_string(v).map_err(|e| StoreError::Corrupt {
+        column: "cis.attrs",
+        value: e.to_string(),
+    })
+}
+
+fn string_attr(ci: &Ci, name: &str) -> Option<String> {
+    ci.attrs
+        .get(name)
+        .and_then(|v| v.as_str())
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .map(str::to_owned)
+}
+
+impl<'c> Session<'c> {
+    pub(super) fn new(conn: &'c Connection, agent: &'c str, now: i64) -> Session<'c> {
+        Session {
+            conn,
+            agent,
+            now,
+            tally: Tally::default(),
+            duplicate_note: None,
+            added: 0,
+            changed: 0,
+            removed: 0,
+            next_id: None,
+            new_cis: BulkInsert::new(
+                "INSERT INTO cis (id, agent_id, type, key, name, attrs, source, state,
+                                  first_seen_ms, last_seen_ms)",
+                10,
+            ),
+            new_history: BulkInsert::new(
+                "INSERT INTO ci_history
+                     (ci_id, ts_ms, attribute, change, old_value, new_value, source)",
+                7,
+            ),
+            new_relations: BulkInsert::new(
+                "INSERT OR IGNORE INTO relations (from_ci, kind, to_ci, source, first_seen_ms)",
+                5,
+            ),
+        }
+    }
+
+    fn alloc_id(&mut self) -> Result<i64, StoreError> {
+        let next = match self.next_id {
+            Some(n) => n,
+            None => self
+                .conn
+                .prepare_cached("SELECT COALESCE(MAX(id), 0) + 1 FROM cis")?
+                .query_row([], |r| r.get(0))?,
+        };
+        self.next_id = Some(next + 1);
+        Ok(next)
+    }
+
+    /// Writes buffered rows in dependency order: CIs, then their history and relations.
+    fn flush(&mut self) -> Result<(), StoreError> {
+        self.new_cis.flush(self.conn)?;
+        self.new_history.flush(self.conn)?;
+        self.new_relations.flush(self.conn)
+    }
+
+    fn outcome(&self, version: u64) -> InventoryOutcome {
+        InventoryOutcome::Stored {
+            version,
+            added: self.added,
+            changed: self.changed,
+            removed: self.removed,
+        }
+    }
+
+    fn check_agent(&self) -> Result<(), StoreError> {
+        let known = self
+            .conn
+            .prepare_cached("SELECT 1 FROM agents WHERE id = ?1")?
+            .exists([self.agent])?;
+        if known {
+            Ok(())
+        } else {
+            Err(StoreError::UnknownAgent(self.agent.to_owned()))
+        }
+    }
+
+    /// Reconciles a full snapshot: everything the agent has, the rest is retired.
+    pub(super) fn snapshot(
+        &mut self,
+        snap: &InventorySnapshot,
+        prev: Option<&PrevState>,
+    ) -> Result<InventoryOutcome, StoreError> {
+        self.check_agent()?;
+        let version = seq_to_sql(snap.version)?;
+        let prev_seen = prev.map_or(self.now, |p| p.ts_ms);
+        let mut existing = self.load_all()?;
+        let cis = &snap.inventory.cis;
+        // For a repeated identity the last one wins (as `Inventory::canonicalize` does).
+        let last: HashMap<(&str, &str), usize> = cis
+            .iter()
+            .enumerate()
+            .map(|(i, c)| ((c.ci_type.as_str(), c.key.as_str()), i))
+            .collect();
+        let mut ids: HashMap<(&str, &str), i64> = HashMap::with_capacity(cis.len());
+        let mut host = None;
+        let mut skipped = 0usize;
+        for (i, ci) in cis.iter().enumerate() {
+            if last.get(&(ci.ci_type.as_str(), ci.key.as_str())) != Some(&i) {
+                continue;
+            }
+            let Some(ty) = agent_type(&ci.ci_type) else {
+                skipped += 1;
+                continue;
+            };
+            let row = existing.get_mut(ty).and_then(|m| m.remove(ci.key.as_str()));
+            let id = self.put(ci, ty, row.as_ref())?;
+            ids.insert((ty, ci.key.as_str()), id);
+            if ty == ci_type::HOST && ci.key == ci_type::HOST {
+                host = Some(ci);
+            }
+        }
+        if skipped > 0 {
+            tracing::debug!(agent = self.agent, skipped, "CIs of unknown types skipped");
+        }
+        for (ty, rows) in &existing {
+            let Some(t) = known_type(ty) else { continue };
+            for row in rows.values() {
+                if row.state != CiState::Retired {
+                    self.retire(t, row, prev_seen)?;
+                }
+            }
+        }
+        self.replace_relations(&snap.inventory.relations, &ids)?;
+        self.flush()?;
+        deps::store_connections(self.conn, self.agent, &snap.inventory.connections)?;
+        let machine_id = host.and_then(|h| string_attr(h, MACHINE_ID_ATTR));
+        let dmi_uuid = host.and_then(|h| string_attr(h, DMI_UUID_ATTR));
+        self.write_state(version, snap.ts_ms, machine_id, dmi_uuid, prev)?;
+        deps::recompute_around(self.conn, self.agent, self.now, true, true)?;
+        Ok(self.outcome(snap.version))
+    }
+
+    /// Applies a delta whose base the caller checked against `prev`.
+    pub(super) fn delta(
+        &mut self,
+        msg: &InventoryDeltaMsg,
+        prev: &PrevState,
+    ) -> Result<InventoryOutcome, StoreError> {
+        self.check_agent()?;
+        let version = seq_to_sql(msg.version)?;
+        if prev.stale {
+            self.revive_all()?;
+        }
+        let d = &msg.delta;
+        let mut net = false;
+        let mut host = HostChange::Unchanged;
+        for r in &d.removed {
+            let Some(ty) = agent_type(&r.ci_type) else {
+                continue;
+            };
+            if let Some(row) = self.load_one(ty, &r.key)? {
+                if row.state != CiState::Retired {
+                    self.retire(ty, &row, prev.ts_ms)?;
+                }
+            }
+            net |= affects_dependencies(ty);
+            if ty == ci_type::HOST && r.key == ci_type::HOST {
+                host = HostChange::Removed;
+            }
+        }
+        let mut ids: HashMap<(&str, &str), i64> = HashMap::new();
+        // For a repeated identity the last one wins; earlier ones are not written (a new CI is
+        // only buffered, so a second INSERT of it would fail).
+        let last: HashMap<(&str, &str), usize> = d
+            .added
+            .iter()
+            .chain(&d.changed)
+            .enumerate()
+            .map(|(i, c)| ((c.ci_type.as_str(), c.key.as_str()), i))
+            .collect();
+        for (i, ci) in d.added.iter().chain(&d.changed).enumerate() {
+            if last.get(&(ci.ci_type.as_str(), ci.key.as_str())) != Some(&i) {
+                continue;
+            }
+            let Some(ty) = agent_type(&ci.ci_type) else {
+                continue;
+            };
+            let row = self.load_one(ty, &ci.key)?;
+            let id = self.put(ci, ty, row.as_ref())?;
+            ids.insert((ty, ci.key.as_str()), id);
+            net |= affects_dependencies(ty);
+            if ty == ci_type::HOST && ci.key == ci_type::HOST {
+                host = HostChange::Set(ci);
+            }
+        }
+        let del_sql = "DELETE FROM relations
+             WHERE from_ci = ?1 AND kind = ?2 AND to_ci = ?3 AND source = ?4";
+        for rel in &d.relations_removed {
+            if let Some((from, to)) = self.resolve_pair(rel, &ids, true)? {
+                self.conn
+                    .prepare_cached(del_sql)?
+                    .execute(params![from, rel.kind, to, self.agent])?;
+            }
+        }
+        for rel in &d.relations_added {
+            if !AGENT_RELATION_KINDS.contains(&rel.kind.as_str()) {
+                continue;
+            }
+            if let Some((from, to)) = self.resolve_pair(rel, &ids, false)? {
+                self.insert_relation(from, &rel.kind, to)?;
+            }
+        }
+        self.flush()?;
+        if let Some(conns) = &d.connections {
+            deps::store_connections(self.conn, self.agent, conns)?;
+        }
+        let (machine_id, dmi_uuid) = match host {
+            HostChange::Set(ci) => (
+                string_attr(ci, MACHINE_ID_ATTR),
+                string_attr(ci, DMI_UUID_ATTR),
+            ),
+            HostChange::Removed => (None, None),
+            HostChange::Unchanged => (prev.machine_id.clone(), prev.dmi_uuid.clone()),
+        };
+        self.write_state(version, msg.ts_ms, machine_id, dmi_uuid, Some(prev))?;
+        if d.connections.is_some() || net {
+            deps::recompute_around(self.conn, self.agent, self.now, true, net)?;
+        }
+        Ok(self.outcome(msg.version))
+    }
+
+    /// Every CI of the agent (retired ones too, to notice reappearance), by type then key.
+    fn load_all(&self) -> Result<HashMap<String, HashMap<String, Row>>, StoreError> {
+        let mut stmt = self.conn.prepare_cached(
+            "SELECT id, type, key, name, attrs, state FROM cis WHERE agent_id = ?1",
+        )?;
+        let mut rows = stmt.query([self.agent])?;
+        let mut out: HashMap<String, HashMap<String, Row>> = HashMap::new();
+        while let Some(r) = rows.next()? {
+            let ty: String = r.get(1)?;
+            let state: String = r.get(5)?;
+            let row = Row {
+                id: r.get(0)?,
+                name: r.get(3)?,
+                attrs: r.get(4)?,
+                state: CiState::parse(&state)?,
+            };
+            out.entry(ty).or_default().insert(r.get(2)?, row);
+        }
+        Ok(out)
+    }
+
+    fn load_one(&self, ty: &str, key: &str) -> Result<Option<Row>, StoreError> {
+        let row = self
+            .conn
+            .prepare_cached(
+                "SELECT id, name, attrs, state FROM cis
+                 WHERE agent_id = ?1 AND type = ?2 AND key = ?3",
+            )?
+            .query_row(params![self.agent, ty, key], |r| {
+                Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get::<_, String>(3)?))
+            })
+            .optional()?;
+        row.map(|(id, name, attrs, state)| {
+            Ok(Row {
+                id,
+                name,
+                attrs,
+                state: CiState::parse(&state)?,
+            })
+        })
+        .transpose()
+    }
+
+    fn history(
+        &mut self,
+        ci_id: i64,
+        ty: &'static str,
+        attribute: &str,
+        change: &str,
+        old: Option<&str>,
+        new: Option<&str>,
+    ) -> Result<(), StoreError> {
+        let text = |v: Option<&str>| v.map_or(Value::Null, |s| Value::Text(s.to_owned()));
+        let full = self.new_history.push([
+            Value::Integer(ci_id),
+            Value::Integer(self.now),
+            Value::Text(attribute.to_owned()),
+            Value::Text(change.to_owned()),
+            text(old),
+            text(new),
+            Value::Text(self.agent.to_owned()),
+        ]);
+        self.tally.add(ty, 0, 1);
+        if full {
+            self.flush()?;
+        }
+        Ok(())
+    }
+
+    /// Writes `ci` (new, changed, reappearing or unchanged) and returns its id.
+    fn put(&mut self, ci: &Ci, ty: &'static str, row: Option<&Row>) -> Result<i64, StoreError> {
+        let attrs = json_text(&ci.attrs)?;
+        let Some(row) = row else {
+            let id = self.alloc_id()?;
+            let full = self.new_cis.push([
+                Value::Integer(id),
+                Value::Text(self.agent.to_owned()),
+                Value::Text(ty.to_owned()),
+                Value::Text(ci.key.clone()),
+                Value::Text(ci.name.clone()),
+                Value::Text(attrs),
+                Value::Text("discovery".to_owned()),
+                Value::Text(CiState::Active.as_str().to_owned()),
+                Value::Integer(self.now),
+                Value::Integer(self.now),
+            ]);
+            if full {
+                self.flush()?;
+            }
+            self.history(id, ty, ALL_ATTRIBUTES, "added", None, None)?;
+            self.tally.add(ty, 1, 0);
+            self.added += 1;
+            return Ok(id);
+        };
+        let mut touched = false;
+        match row.state {
+            CiState::Retired => {
+                let old = CiState::Retired.json();
+                self.history(row.id, ty, ALL_ATTRIBUTES, "added", Some(&old), None)?;
+                self.tally.add(ty, 1, 0);
+                self.added += 1;
+                touched = true;
+            }
+            CiState::Stale => {
+                let (old, new) = (CiState::Stale.json(), CiState::Active.json());
+                self.history(row.id, ty, ALL_ATTRIBUTES, "state", Some(&old), Some(&new))?;
+                self.tally.add(ty, 1, 0);
+                touched = true;
+            }
+            CiState::Active => {}
+        }
+        if row.name != ci.name || row.attrs != attrs {
+            // Text that differs without a differing attribute (formatting) is rewritten quietly.
+            touched = true;
+            if self.attribute_history(row, ci, ty)? > 0 && row.state != CiState::Retired {
+                self.changed += 1;
+            }
+        }
+        if touched {
+            // Only a state change names `state`: SQLite rewrites the `cis_type_state` entry of
+            // every row whose UPDATE sets an indexed column, changed or not.
+            let sql = if row.state == CiState::Active {
+                "UPDATE cis SET name = ?2, attrs = ?3, last_seen_ms = ?4 WHERE id = ?1"
+            } else {
+                "UPDATE cis SET name = ?2, attrs = ?3, state = 'active', retired_at_ms = NULL,
+                     last_seen_ms = ?4
+                 WHERE id = ?1"
+            };
+            self.conn
+                .prepare_cached(sql)?
+                .execute(params![row.id, ci.name, attrs, self.now])?;
+        }
+        Ok(row.id)
+    }
+
+    /// One `changed` row per differing attribute (and the name); returns how many.
+    fn attribute_history(
+        &mut self,
+        row: &Row,
+        ci: &Ci,
+        ty: &'static str,
+    ) -> Result<usize, StoreError> {
+        let mut n = 0;
+        if row.name != ci.name {
+            let (old, new) = (json_text(&row.name)?, json_text(&ci.name)?);
+            self.history(
+                row.id,
+                ty,
+                NAME_ATTRIBUTE,
+                "changed",
+                Some(&old),
+                Some(&new),
+            )?;
+            n += 1;
+        }
+        // A stored value that does not parse is treated as empty: every attribute is reported
+        // as changed from null, and the row is healed by the update.
+        let old_attrs: Attrs = serde_json::from_str(&row.attrs).unwrap_or_default();
+        let names: std::collections::BTreeSet<&String> =
+            old_attrs.keys().chain(ci.attrs.keys()).collect();
+        for name in names {
+            let (old, new) = (old_attrs.get(name), ci.attrs.get(name));
+            if old == new {
+                continue;
+            }
+            let old = old.map(json_text).transpose()?;
+            let new = new.map(json_text).transpose()?;
+            self.history(row.id, ty, name, "changed", old.as_deref(), new.as_deref())?;
+            n += 1;
+        }
+        Ok(n)
+    }
+
+    /// Retires a CI the agent no longer reports; it was last seen in the previous report.
+    fn retire(&mut self, ty: &'static str, row: &Row, prev_seen: i64) -> Result<(), StoreError> {
+        self.conn
+            .prepare_cached(
+                "UPDATE cis SET state = 'retired', retired_at_ms = ?2,
+                     last_seen_ms = MAX(last_seen_ms, ?3)
+                 WHERE id = ?1",
+            )?
+            .execute(params![row.id, self.now, prev_seen])?;
+        self.history(row.id, ty, ALL_ATTRIBUTES, "removed", None, None)?;
+        if row.state == CiState::Active {
+            self.tally.add(ty, -1, 0);
+        }
+        self.removed += 1;
+        Ok(())
+    }
+
+    /// The agent reports again after its CIs went stale: all of them are active again.
+    fn revive_all(&mut self) -> Result<(), StoreError> {
+        let rows: Vec<(i64, String)> = {
+            let mut stmt = self.conn.prepare_cached(
+                "UPDATE cis SET state = 'active', last_seen_ms = ?2
+                 WHERE agent_id = ?1 AND state = 'stale'
+                 RETURNING id, type",
+            )?;
+            let rows = stmt.query_map(params![self.agent, self.now], |r| {
+                Ok((r.get(0)?, r.get(1)?))
+            })?;
+            rows.collect::<rusqlite::Result<_>>()?
+        };
+        let (old, new) = (CiState::Stale.json(), CiState::Active.json());
+        for (id, ty) in rows {
+            if let Some(t) = known_type(&ty) {
+                self.history(id, t, ALL_ATTRIBUTES, "state", Some(&old), Some(&new))?;
+                self.tally.add(t, 1, 0);
+            }
+        }
+        Ok(())
+    }
+
+    /// Id of the agent's CI `r` (non-retired unless `retired_too`), from this message's CIs or
+    /// the store.
+    fn resolve(
+        &self,
+        r: &CiRef,
+        ids: &HashMap<(&str, &str), i64>,
+        retired_too: bool,
+    ) -> Result<Option<i64>, StoreError> {
+        if let Some(id) = ids.get(&(r.ci_type.as_str(), r.key.as_str())) {
+            return Ok(Some(*id));
+        }
+        Ok(self
+            .conn
+            .prepare_cached(
+                "SELECT id FROM cis
+                 WHERE agent_id = ?1 AND type = ?2 AND key = ?3
+                   AND (?4 OR state != 'retired')",
+            )?
+            .query_row(params![self.agent, r.ci_type, r.key, retired_too], |r| {
+                r.get(0)
+            })
+            .optional()?)
+    }
+
+    /// Ids of both ends of `rel`; ends retired by this very delta still resolve for removals.
+    fn resolve_pair(
+        &self,
+        rel: &Relation,
+        ids: &HashMap<(&str, &str), i64>,
+        retired_too: bool,
+    ) -> Result<Option<(i64, i64)>, StoreError> {
+        let Some(from) = self.resolve(&rel.from, ids, retired_too)? else {
+            return Ok(None);
+        };
+        Ok(self
+            .resolve(&rel.to, ids, retired_too)?
+            .map(|to| (from, to)))
+    }
+
+    fn insert_relation(&mut self, from: i64, kind: &str, to: i64) -> Result<(), StoreError> {
+        let full = self.new_relations.push([
+            Value::Integer(from),
+            Value::Text(kind.to_owned()),
+            Value::Integer(to),
+            Value::Text(self.agent.to_owned()),
+            Value::Integer(self.now),
+        ]);
+        if full {
+            self.flush()?;
+        }
+        Ok(())
+    }
+
+    /// Makes the agent's reported relations exactly `rels` (those whose ends are in `ids`).
+    fn replace_relations(
+        &mut self,
+        rels: &[Relation],
+        ids: &HashMap<(&str, &str), i64>,
+    ) -> Result<(), StoreError> {
+        let mut want: HashSet<(i64, &str, i64)> = HashSet::with_capacity(rels.len());
+        for rel in rels {
+            if !AGENT_RELATION_KINDS.contains(&rel.kind.as_str()) {
+                continue;
+            }
+            let from = ids.get(&(rel.from.ci_type.as_str(), rel.from.key.as_str()));
+            let to = ids.get(&(rel.to.ci_type.as_str(), rel.to.key.as_str()));
+            if let (Some(f), Some(t)) = (from, to) {
+                want.insert((*f, rel.kind.as_str(), *t));
+            }
+        }
+        let have: Vec<(i64, String, i64)> = {
+            let mut stmt = self
+                .conn
+                .prepare_cached("SELECT from_ci, kind, to_ci FROM relations WHERE source = ?1")?;
+            let rows = stmt.query_map([self.agent], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?;
+            rows.collect::<rusqlite::Result<_>>()?
+        };
+        for (f, k, t) in &have {
+            if !want.remove(&(*f, k.as_str(), *t)) {
+                self.conn
+                    .prepare_cached(
+                        "DELETE FROM relations
+                         WHERE from_ci = ?1 AND kind = ?2 AND to_ci = ?3 AND source = ?4",
+                    )?
+                    .execute(params![f, k, t, self.agent])?;
+            }
+        }
+        for (f, k, t) in want {
+            self.insert_relation(f, k, t)?;
+        }
+        Ok(())
+    }
+
+    /// Records version, report time and identity; flags a duplicate machine-id.
+    fn write_state(
+        &mut self,
+        version: i64,
+        reported_ms: i64,
+        machine_id: Option<String>,
+        dmi_uuid: Option<String>,
+        prev: Option<&PrevState>,
+    ) -> Result<(), StoreError> {
+        let duplicate_of = match &machine_id {
+            Some(m) => self.find_duplicate(m)?,
+            None => None,
+        };
+        if let (Some(other), Some(m)) = (&duplicate_of, &machine_id) {
+            if prev.and_then(|p| p.duplicate_of.as_ref()) != Some(other) {
+                self.duplicate_note = Some(DuplicateNote {
+                    other_agent: other.clone(),
+                    machine_id: m.clone(),
+                });
+            }
+        }
+        self.conn
+            .prepare_cached(
+                "INSERT INTO inventory_state
+                     (agent_id, version, ts_ms, reported_ms, machine_id, dmi_uuid, duplicate_of,
+                      stale)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, 0)
+                 ON CONFLICT (agent_id) DO UPDATE SET
+                     version = excluded.version, ts_ms = excluded.ts_ms,
+                     reported_ms = excluded.reported_ms, machine_id = excluded.machine_id,
+                     dmi_uuid = excluded.dmi_uuid, duplicate_of = excluded.duplicate_of,
+                     stale = 0",
+            )?
+            .execute(params![
+                self.agent,
+                version,
+                self.now,
+                reported_ms,
+                machine_id,
+                dmi_uuid,
+                duplicate_of
+            ])?;
+        Ok(())
+    }
+
+    /// The agent that had `machine_id` first (earlier active host CI, not revoked), if another.
+    fn find_duplicate(&self, machine_id: &str) -> Result<Option<String>, StoreError> {
+        let first_seen: Option<i64> = self
+            .conn
+            .prepare_cached(
+                "SELECT first_seen_ms FROM cis WHERE agent_id = ?1 AND type = 'host' AND key = 'host'",
+            )?
+            .query_row([self.agent], |r| r.get(0))
+            .optional()?;
+        let first_seen = first_seen.unwrap_or(self.now);
+        Ok(self
+            .conn
+            .prepare_cached(
+                // CROSS JOIN keeps this order: the few agents with this machine-id first (the
+                // planner would otherwise walk every host CI through `cis_type_state`).
+                "SELECT s.agent_id FROM inventory_state s
+                 CROSS JOIN cis c ON c.agent_id = s.agent_id AND c.type = 'host' AND c.key = 'host'
+                 CROSS JOIN agents a ON a.id = s.agent_id
+                 WHERE s.machine_id = ?1 AND s.agent_id != ?2 AND c.state = 'active'
+                   AND a.revoked_at_ms IS NULL
+                   AND (c.first_seen_ms < ?3 OR (c.first_seen_ms = ?3 AND s.agent_id < ?2))
+                 ORDER BY c.first_seen_ms, s.agent_id LIMIT 1",
+            )?
+            .query_row(params![machine_id, self.agent, first_seen], |r| r.get(0))
+            .optional()?)
+    }
+}
