@@ -92,6 +92,15 @@ MEASURE_START=$(date +%s)
 ulimit -n "$(ulimit -Hn)" 2>/dev/null || ulimit -n 65536 2>/dev/null || true
 export NO_COLOR=1 VIGIL_LOG="${VIGIL_LOG:-info,quinn=warn}"
 
+# The processes under test run at nice -10 when allowed (root), so unrelated jobs on a shared
+# machine take less CPU from them; on an idle machine this changes nothing. BENCH_NICE=0 opts out.
+PRIO=()
+PRIO_NOTE="normal priority"
+if [[ "${BENCH_NICE:-1}" != 0 ]] && nice -n -10 true 2>/dev/null; then
+    PRIO=(nice -n -10)
+    PRIO_NOTE="nice -10"
+fi
+
 # --- helpers -----------------------------------------------------------------------------------
 cpu_ticks() { # utime + stime of a process, in clock ticks
     awk '{ sub(/^.*\) /, ""); print $12 + $13 }' "/proc/$1/stat"
@@ -122,7 +131,7 @@ CPID=""
 start_collector() {
     local out="$WORK/collector-$1.out"
     : >"$out"
-    "$COLLECTOR" serve --config "$CONFIG" >"$out" 2>"$WORK/collector-$1.log" &
+    ${PRIO[@]+"${PRIO[@]}"} "$COLLECTOR" serve --config "$CONFIG" >"$out" 2>"$WORK/collector-$1.log" &
     CPID=$!
     PIDS+=("$CPID")
     for _ in $(seq 1 100); do
@@ -153,7 +162,7 @@ start_sim() { # start_sim NAME AGENTS INTERVAL [extra args]: returns once every 
     SIM_REPORT="$WORK/sim-$name.json"
     SIM_T0=$(date +%s.%N)
     : >"$SIM_LOG"
-    "$AGENT" simulate --agents "$agents" --collector "$QUIC" --token "$TOKEN" \
+    ${PRIO[@]+"${PRIO[@]}"} "$AGENT" simulate --agents "$agents" --collector "$QUIC" --token "$TOKEN" \
         --data-dir "$SIM_DIR" --interval "$interval" --metrics-per-agent "$METRICS" \
         --duration 3600s --json "$@" >"$SIM_REPORT" 2>"$SIM_LOG" &
     SPID=$!
@@ -216,7 +225,7 @@ load_phase() {
 }
 
 LOAD_BEFORE="$(cut -d' ' -f1-3 /proc/loadavg)"
-log "machine: $(nproc) cores, $(awk -F': ' '/model name/ { print $2; exit }' /proc/cpuinfo); load average $LOAD_BEFORE"
+log "machine: $(nproc) cores, $(awk -F': ' '/model name/ { print $2; exit }' /proc/cpuinfo); load average $LOAD_BEFORE; processes under test at $PRIO_NOTE"
 
 # --- phase 1: 1,000 agents (enroll once) -------------------------------------------------------
 start_collector a
@@ -240,7 +249,7 @@ SAT_SIM_CORES=$LOAD_SIM_CORES
 # --- phase 4: the real agent ----------------------------------------------------------------------
 log "phase 4: vigil-agent run --interval 1s, ${AGENT_SECS} s"
 AGENT_DIR="$WORK/agent"
-"$AGENT" run --collector "$QUIC" --token "$TOKEN" --data-dir "$AGENT_DIR" --interval 1s \
+${PRIO[@]+"${PRIO[@]}"} "$AGENT" run --collector "$QUIC" --token "$TOKEN" --data-dir "$AGENT_DIR" --interval 1s \
     >/dev/null 2>"$WORK/agent.log" &
 APID=$!
 PIDS+=("$APID")
@@ -271,7 +280,7 @@ AGENT_BATCHES=$((B1 - B0))
 AGENT_MS_PER_CYCLE=$(awk -v d=$((A1 - A0)) -v hz="$HZ" -v c="$AGENT_CYCLES" \
     'BEGIN { printf "%.2f", d / hz * 1000 / c }')
 log "agent: VmRSS $AGENT_RSS kB (RssAnon $AGENT_ANON kB private, RssFile $AGENT_FILE kB mapped binary and libraries), VmHWM $AGENT_HWM kB; CPU $(awk -v d=$((A1 - A0)) -v hz="$HZ" 'BEGIN { printf "%.2f", d / hz }') s over ${AGENT_WALL} s = ${AGENT_CYCLES} cycles (${AGENT_BATCHES} batches reached the collector) -> ${AGENT_MS_PER_CYCLE} ms per cycle; ${AGENT_TOTAL_CPU} s CPU since start"
-SAMPLE_COST_LINE="$("$SAMPLE_COST" 2>/dev/null | tail -1)"
+SAMPLE_COST_LINE="$(${PRIO[@]+"${PRIO[@]}"} "$SAMPLE_COST" 2>/dev/null | tail -1)"
 SAMPLE_COST_US=$(sed -n 's/.*median \([0-9.]*\) us.*/\1/p' <<<"$SAMPLE_COST_LINE")
 log "sample_cost: $SAMPLE_COST_LINE"
 
@@ -300,7 +309,7 @@ simulate runs on the same $(nproc) cores as the collector and competes with it f
 saturation figure is what the collector acknowledges while the load generator uses part of the
 same cores. Collector and agent CPU = utime+stime deltas from /proc/<pid>/stat over the
 measurement window (resolution 1/${HZ} s). Load average before/after: ${LOAD_BEFORE} / ${LOAD_AFTER}
-(anything else running on the machine takes CPU from both).
+(anything else running on the machine takes CPU from both); processes under test ran at ${PRIO_NOTE}.
 
 | Figure | Measured | Target | Result |
 |---|---|---|---|
