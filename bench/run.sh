@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Vigil benchmark: one command, builds --release itself, prints every figure and a markdown table.
 #
-#   bench/run.sh            # ~5-6 minutes after the build, loopback only, temp data dir
+#   bench/run.sh            # ~4-5 minutes after the build, loopback only, temp data dir
+#
+# The processes under test run at nice -10 when the user may do that (BENCH_NICE=0: don't).
 #
 # Phases (each against a real `vigil-collector serve` on 127.0.0.1, ports chosen by the OS):
 #   1. 1,000 simulated agents connect (enrolling once; identities are kept for later phases),
