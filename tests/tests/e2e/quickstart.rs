@@ -80,3 +80,120 @@ fn agent_enrolls_and_host_metrics_reach_prometheus() {
     );
     assert_eq!(metric_value(&text, "vigil_agents_connected"), Some(0.0));
 }
+
+/// `vigil-collector quickstart` itself: one command starts the collector and a local agent,
+/// prints the URLs and the admin token; the local host shows up on /metrics; SIGTERM stops
+/// everything cleanly; a second start reuses the CA and the admin token.
+#[test]
+fn quickstart_command_runs_the_main_job() {
+    use std::io::{BufRead, BufReader};
+    use std::process::{Command, Stdio};
+
+    let dir = tempfile::tempdir().expect("tempdir");
+    let data = dir.path().join("data");
+    let start = |log: &str| -> (Proc, std::sync::mpsc::Receiver<String>) {
+        let mut cmd = Command::new(bin("vigil-collector"));
+        cmd.args([
+            "quickstart",
+            "--http",
+            "127.0.0.1:0",
+            "--quic",
+            "127.0.0.1:0",
+            "--data-dir",
+        ])
+        .arg(&data)
+        .stdout(Stdio::piped());
+        let mut proc = Proc::spawn("vigil-collector quickstart", cmd, dir.path().join(log));
+        let stdout = proc.child.stdout.take().expect("stdout");
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                let _ = tx.send(line);
+            }
+        });
+        (proc, rx)
+    };
+    let read_banner = |rx: &std::sync::mpsc::Receiver<String>, proc: &Proc| -> Vec<String> {
+        let mut lines = Vec::new();
+        while !lines.iter().any(|l: &String| l.starts_with("Press Ctrl-C")) {
+            match rx.recv_timeout(Duration::from_secs(30)) {
+                Ok(l) => lines.push(l),
+                Err(_) => panic!("quickstart printed {lines:?}; log:\n{}", proc.logs()),
+            }
+        }
+        lines
+    };
+    let field = |lines: &[String], label: &str| -> String {
+        lines
+            .iter()
+            .find_map(|l| {
+                l.trim_start()
+                    .strip_prefix(label)
+                    .map(|v| v.trim().to_string())
+            })
+            .unwrap_or_else(|| panic!("no {label:?} in {lines:?}"))
+    };
+
+    let (mut proc, rx) = start("quickstart-1.log");
+    let banner = read_banner(&rx, &proc);
+    let metrics_url = field(&banner, "Metrics:");
+    assert!(
+        banner
+            .iter()
+            .any(|l| l.contains("vigil-collector token create")),
+        "{banner:?}"
+    );
+    let token = std::fs::read_to_string(data.join("admin-token")).expect("admin token file");
+    assert!(
+        field(&banner, "API (admin):").contains(token.trim()),
+        "{banner:?}"
+    );
+
+    // The local agent enrolled by itself and its host metrics arrive.
+    let text = wait_until(Duration::from_secs(30), "local host metrics", || {
+        let (status, text) = http_get(&metrics_url, None);
+        (status == 200
+            && text
+                .lines()
+                .any(|l| l.starts_with("vigil_host_up{") && l.ends_with(" 1")))
+        .then_some(text)
+    });
+    promtool_check(&text).unwrap_or_else(|e| panic!("promtool: {e}"));
+    let agents_url = metrics_url.replace("/metrics", "/api/v1/agents");
+    let (status, body) = http_get(&agents_url, Some(token.trim()));
+    assert_eq!(status, 200, "{body}");
+    assert!(body.contains("\"connected\":true"), "{body}");
+    assert!(
+        proc.terminate(Duration::from_secs(20)).success(),
+        "log:\n{}",
+        proc.logs()
+    );
+
+    // Second start: same CA, same admin token, the agent does not enroll again.
+    let pin = std::fs::read(data.join("ca.pem")).expect("ca");
+    let (mut proc, rx) = start("quickstart-2.log");
+    let banner = read_banner(&rx, &proc);
+    assert!(
+        field(&banner, "API (admin):").contains(token.trim()),
+        "{banner:?}"
+    );
+    assert_eq!(std::fs::read(data.join("ca.pem")).expect("ca"), pin);
+    let metrics_url = field(&banner, "Metrics:");
+    wait_until(Duration::from_secs(30), "local host back", || {
+        let (_, text) = http_get(&metrics_url, None);
+        text.lines()
+            .any(|l| l.starts_with("vigil_host_up{") && l.ends_with(" 1"))
+            .then_some(())
+    });
+    assert_eq!(
+        open_store(&data)
+            .query_row("SELECT COUNT(*) FROM agents", [], |r| r.get::<_, i64>(0))
+            .expect("count"),
+        1
+    );
+    assert!(
+        proc.terminate(Duration::from_secs(20)).success(),
+        "log:\n{}",
+        proc.logs()
+    );
+}
