@@ -554,6 +554,13 @@ impl Ingest {
         info!("agent disconnected");
     }
 
+    /// A stream sent something undecodable: count it, log it, and stop that stream (only).
+    fn reject_stream(&self, recv: &mut RecvStream, e: &DecodeError, what: &str) {
+        self.metrics.reject(e.reason());
+        warn!(error = %e, "closing {what} stream");
+        let _ = recv.stop(VarInt::from_u32(e.code()));
+    }
+
     fn lock_conns(&self) -> std::sync::MutexGuard<'_, HashMap<String, Connection>> {
         self.conns.lock().unwrap_or_else(|p| p.into_inner())
     }
@@ -615,17 +622,13 @@ impl Ingest {
                     return;
                 }
                 Err(e) => {
-                    self.metrics.reject(e.reason());
-                    warn!(error = %e, "closing inventory stream");
-                    let _ = recv.stop(VarInt::from_u32(e.code()));
+                    self.reject_stream(&mut recv, &e, "inventory");
                     return;
                 }
             },
             Ok(None) => return,
             Err(StreamError::Decode(e)) => {
-                self.metrics.reject(e.reason());
-                warn!(error = %e, "closing inventory stream");
-                let _ = recv.stop(VarInt::from_u32(e.code()));
+                self.reject_stream(&mut recv, &e, "inventory");
                 return;
             }
             Err(e) => {
@@ -739,9 +742,7 @@ impl Ingest {
                 }
                 Ok(None) => break,
                 Err(StreamError::Decode(e)) => {
-                    self.metrics.reject(e.reason());
-                    warn!(error = %e, "closing batch stream");
-                    let _ = recv.stop(VarInt::from_u32(e.code()));
+                    self.reject_stream(&mut recv, &e, "batch");
                     break;
                 }
                 Err(e) => {
@@ -764,9 +765,7 @@ impl Ingest {
                 Ok(Message::Batch(b)) => b,
                 Ok(_) => continue,
                 Err(e) => {
-                    self.metrics.reject(e.reason());
-                    warn!(error = %e, "closing batch stream");
-                    let _ = recv.stop(VarInt::from_u32(e.code()));
+                    self.reject_stream(&mut recv, &e, "batch");
                     break;
                 }
             };

@@ -249,24 +249,7 @@ pub fn spawn_agent(
     data_dir: &Path,
     interval: &str,
 ) -> Proc {
-    std::fs::create_dir_all(data_dir).expect("agent dir");
-    let mut cmd = Command::new(bin("vigil-agent"));
-    cmd.arg("run")
-        .arg("--collector")
-        .arg(collector.to_string())
-        .arg("--data-dir")
-        .arg(data_dir)
-        .arg("--interval")
-        .arg(interval)
-        .stdout(Stdio::null());
-    if let Some(t) = token {
-        cmd.arg("--token").arg(t);
-    }
-    Proc::spawn(
-        "vigil-agent",
-        cmd,
-        data_dir.join(format!("agent-{}.log", unique())),
-    )
+    spawn_agent_with(collector, token, data_dir, interval, &[])
 }
 
 /// Polls `f` every 100 ms until it returns `Some`, for at most `timeout`.
