@@ -113,7 +113,24 @@ fn init_logging(format: LogFormat) {
     }
 }
 
+/// One malloc arena: the agent has a handful of threads (the runtime, the blocking pool that
+/// runs discovery) and no allocation contention, and each extra glibc arena keeps its own
+/// retained memory (measured: ~0.6 MiB of the agent's RSS).
+#[cfg(all(target_os = "linux", target_env = "gnu"))]
+#[allow(unsafe_code)]
+fn limit_malloc_arenas() {
+    // SAFETY: mallopt only sets an allocator parameter; called first thing in main, before any
+    // other thread exists.
+    unsafe {
+        libc::mallopt(libc::M_ARENA_MAX, 1);
+    }
+}
+
+#[cfg(not(all(target_os = "linux", target_env = "gnu")))]
+fn limit_malloc_arenas() {}
+
 fn main() -> ExitCode {
+    limit_malloc_arenas();
     let cli = Cli::parse();
     init_logging(cli.log_format);
     match real_main(cli.command) {
