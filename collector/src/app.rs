@@ -40,6 +40,7 @@ pub struct Running {
     tracker: TaskTracker,
     endpoint: quinn::Endpoint,
     writer_join: crate::store::WriterJoin,
+    engine_join: crate::incidents::engine::EngineJoin,
 }
 
 /// Binds, opens and spawns everything `config` describes.
@@ -60,6 +61,15 @@ pub async fn start(config: &CollectorConfig) -> Result<Running> {
     let cmdb_metrics = crate::cmdb::metrics_for(&db).context("cannot load the CMDB metrics")?;
     metrics
         .register_cmdb(&cmdb_metrics)
+        .context("cannot register metrics")?;
+    let incident_metrics =
+        crate::incidents::IncidentMetrics::new().context("cannot register metrics")?;
+    incident_metrics
+        .register(metrics.registry())
+        .context("cannot register metrics")?;
+    let notify_metrics = crate::notify::NotifyMetrics::new().context("cannot register metrics")?;
+    notify_metrics
+        .register(metrics.registry())
         .context("cannot register metrics")?;
 
     let tls = identity::server_config(
@@ -107,6 +117,33 @@ pub async fn start(config: &CollectorConfig) -> Result<Running> {
     let shutdown = CancellationToken::new();
     let tracker = TaskTracker::new();
     let ready = Arc::new(AtomicBool::new(false));
+
+    // Incidents: the notifier delivers what the engine and the API queue in the outbox.
+    let webhooks = Arc::new(config.webhooks.clone());
+    let notifier = crate::notify::Notifier::spawn(
+        &data_dir,
+        config.webhooks.clone(),
+        notify_metrics,
+        &tracker,
+        shutdown.clone(),
+    )
+    .context("cannot start the notifier")?;
+    let notifier = Arc::new(notifier);
+    let wake: Arc<dyn Fn() + Send + Sync> = {
+        let notifier = notifier.clone();
+        Arc::new(move || notifier.wake())
+    };
+    let engine_config =
+        crate::incidents::engine::EngineConfig::from_config(config, webhooks.clone());
+    let rules = Arc::new(engine_config.rules.clone());
+    let (engine, engine_join) = crate::incidents::engine::spawn(
+        &data_dir,
+        engine_config,
+        incident_metrics.clone(),
+        wake.clone(),
+        Arc::new(now_ms),
+    )
+    .context("cannot start the incident engine")?;
     let ingest = Arc::new(Ingest::new(
         data_dir.clone(),
         writer.clone(),
@@ -117,6 +154,7 @@ pub async fn start(config: &CollectorConfig) -> Result<Running> {
         vigil_shared::proto::Settings {
             interval_ms: config.agents.interval.map(|i| i.as_millis() as u64),
         },
+        Some(engine),
     )?);
     tracker.spawn(ingest.run(endpoint.clone(), shutdown.clone()));
 
@@ -124,11 +162,14 @@ pub async fn start(config: &CollectorConfig) -> Result<Running> {
         let metrics = metrics.clone();
         Arc::new(move || metrics.encode()) as Arc<dyn Fn() -> String + Send + Sync>
     };
-    let router = http::router(HttpState::new(
-        data_dir.clone(),
-        metrics_text,
-        ready.clone(),
-    )?);
+    let mut http_state = HttpState::new(data_dir.clone(), metrics_text, ready.clone())?;
+    http_state.incidents = Arc::new(http::IncidentsApi {
+        webhooks,
+        wake,
+        metrics: Some(incident_metrics),
+        rules,
+    });
+    let router = http::router(http_state);
     let http_shutdown = shutdown.clone();
     tracker.spawn(async move {
         if let Err(e) = http::serve(http_listener, router, http_shutdown.cancelled_owned()).await {
@@ -181,6 +222,7 @@ pub async fn start(config: &CollectorConfig) -> Result<Running> {
         tracker,
         endpoint,
         writer_join,
+        engine_join,
     })
 }
 
@@ -205,6 +247,14 @@ impl Running {
             quinn::VarInt::from_u32(vigil_shared::proto::codes::SHUTDOWN),
             b"collector shutting down",
         );
+        // Every engine handle lived in the ingest tasks, which are done: the engine drains and
+        // stops.
+        let engine_join = self.engine_join;
+        let _ = tokio::time::timeout(
+            Duration::from_secs(5),
+            tokio::task::spawn_blocking(move || engine_join.join()),
+        )
+        .await;
         let flushed = tokio::task::spawn_blocking(move || self.writer_join.shutdown()).await;
         let _ = tokio::time::timeout(Duration::from_secs(2), self.endpoint.wait_idle()).await;
         match flushed {

@@ -48,6 +48,10 @@ pub struct CollectorConfig {
     pub store: StoreConfig,
     pub agents: AgentsConfig,
     pub enroll: EnrollConfig,
+    pub incidents: IncidentsConfig,
+    /// `[[webhook]]`: where incident notifications go.
+    pub webhooks: Vec<crate::notify::Webhook>,
+    /// `[[rule]]` as written; the rules in force are [`CollectorConfig::effective_rules`].
     pub rules: Vec<Rule>,
     pub slas: Vec<Sla>,
     pub maintenance: Vec<Maintenance>,
@@ -88,6 +92,39 @@ pub struct EnrollConfig {
     pub token_ttl: Duration,
 }
 
+/// `[incidents]`: lifecycle and flap detection.
+#[derive(Debug, Clone, PartialEq)]
+pub struct IncidentsConfig {
+    /// A recurrence within this long of resolution reopens the incident instead of a new one.
+    pub reopen_within: Duration,
+    /// A resolved incident is closed by the system after this long.
+    pub close_after: Duration,
+    /// Evaluations in the flap history (Nagios: 21).
+    pub flap_window: usize,
+    /// Percent state change (0..1) at which a series starts flapping.
+    pub flap_start: f64,
+    /// ... and below which it stops.
+    pub flap_stop: f64,
+    /// Built-in rules are on unless `builtin_rules = false`.
+    pub builtin_rules: bool,
+    /// Built-in rules switched off by name.
+    pub disable: Vec<String>,
+}
+
+impl Default for IncidentsConfig {
+    fn default() -> Self {
+        IncidentsConfig {
+            reopen_within: Duration::from_secs(3600),
+            close_after: Duration::from_secs(24 * 3600),
+            flap_window: 21,
+            flap_start: 0.20,
+            flap_stop: 0.05,
+            builtin_rules: true,
+            disable: Vec::new(),
+        }
+    }
+}
+
 /// ITIL impact or urgency.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Level {
@@ -97,7 +134,15 @@ pub enum Level {
 }
 
 impl Level {
-    fn parse(s: &str) -> Result<Level, String> {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Level::High => "high",
+            Level::Medium => "medium",
+            Level::Low => "low",
+        }
+    }
+
+    pub fn parse(s: &str) -> Result<Level, String> {
         match s {
             "high" => Ok(Level::High),
             "medium" => Ok(Level::Medium),
@@ -227,6 +272,8 @@ impl CollectorConfig {
             enroll: EnrollConfig {
                 token_ttl: DEFAULT_TOKEN_TTL,
             },
+            incidents: IncidentsConfig::default(),
+            webhooks: Vec::new(),
             rules: Vec::new(),
             slas: Vec::new(),
             maintenance: Vec::new(),
@@ -291,6 +338,9 @@ struct RawCollector {
     store: Option<RawStore>,
     agents: Option<RawAgents>,
     enroll: Option<RawEnroll>,
+    incidents: Option<RawIncidents>,
+    #[serde(default)]
+    webhook: Vec<Spanned<RawWebhook>>,
     // The same three keys as `RawObjects`, not `#[serde(flatten)]`: flattening buffers the
     // values, which loses `Spanned` positions and hides unknown keys from `serde_ignored`.
     #[serde(default)]
@@ -338,6 +388,32 @@ struct RawAgents {
 #[derive(Debug, Deserialize)]
 struct RawEnroll {
     token_ttl: Option<Spanned<String>>,
+}
+
+#[derive(Debug, Deserialize)]
+struct RawIncidents {
+    reopen_within: Option<Spanned<String>>,
+    close_after: Option<Spanned<String>>,
+    flap_window: Option<Spanned<i64>>,
+    flap_start: Option<Spanned<f64>>,
+    flap_stop: Option<Spanned<f64>>,
+    builtin_rules: Option<bool>,
+    #[serde(default)]
+    disable: Vec<Spanned<String>>,
+}
+
+#[derive(Debug, Deserialize)]
+struct RawWebhook {
+    name: Option<Spanned<String>>,
+    url: Option<Spanned<String>>,
+    secret: Option<Spanned<String>>,
+    format: Option<Spanned<String>>,
+    max_priority: Option<Spanned<String>>,
+    #[serde(default)]
+    rules: Vec<Spanned<String>>,
+    #[serde(default)]
+    labels: BTreeMap<String, Spanned<String>>,
+    timeout: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -446,7 +522,170 @@ fn convert_main(raw: &RawCollector, d: &mut Diagnostics) -> CollectorConfig {
         config.enroll.token_ttl =
             positive_duration(d, e.token_ttl.as_ref(), "token_ttl", DEFAULT_TOKEN_TTL);
     }
+    if let Some(i) = &raw.incidents {
+        convert_incidents(i, &mut config.incidents, d);
+    }
+    let mut webhook_names = BTreeMap::new();
+    for w in &raw.webhook {
+        if let Some(w) = convert_webhook(w, &mut webhook_names, d) {
+            config.webhooks.push(w);
+        }
+    }
     config
+}
+
+fn convert_incidents(raw: &RawIncidents, c: &mut IncidentsConfig, d: &mut Diagnostics) {
+    c.reopen_within = d.duration_or(raw.reopen_within.as_ref(), c.reopen_within);
+    c.close_after = positive_duration(d, raw.close_after.as_ref(), "close_after", c.close_after);
+    if let Some(v) = &raw.flap_window {
+        if let Some(n) = d.parse_value(v, |&n| match usize::try_from(n) {
+            Ok(n @ 3..=64) => Ok(n),
+            _ => Err(format!("`flap_window` must be between 3 and 64, got {n}")),
+        }) {
+            c.flap_window = n;
+        }
+    }
+    let ratio = |d: &mut Diagnostics, v: &Spanned<f64>, key: &str| {
+        d.parse_value(v, |&x| {
+            if x > 0.0 && x < 1.0 {
+                Ok(x)
+            } else {
+                Err(format!(
+                    "`{key}` must be a ratio strictly between 0 and 1, got {x}"
+                ))
+            }
+        })
+    };
+    if let Some(x) = raw
+        .flap_start
+        .as_ref()
+        .and_then(|v| ratio(d, v, "flap_start"))
+    {
+        c.flap_start = x;
+    }
+    if let Some(v) = &raw.flap_stop {
+        if let Some(x) = ratio(d, v, "flap_stop") {
+            if x >= c.flap_start {
+                d.error_at(
+                    v,
+                    format!(
+                        "`flap_stop` ({x}) must be below `flap_start` ({})",
+                        c.flap_start
+                    ),
+                );
+            } else {
+                c.flap_stop = x;
+            }
+        }
+    }
+    if let Some(b) = raw.builtin_rules {
+        c.builtin_rules = b;
+    }
+    for name in &raw.disable {
+        if crate::incidents::builtin::NAMES.contains(&name.get_ref().as_str()) {
+            c.disable.push(name.get_ref().clone());
+        } else {
+            d.error_at(
+                name,
+                format!(
+                    "unknown built-in rule {:?}: expected one of {}",
+                    name.get_ref(),
+                    crate::incidents::builtin::NAMES.join(", ")
+                ),
+            );
+        }
+    }
+}
+
+fn convert_webhook(
+    raw: &Spanned<RawWebhook>,
+    names: &mut BTreeMap<String, String>,
+    d: &mut Diagnostics,
+) -> Option<crate::notify::Webhook> {
+    use crate::notify::{Format, Webhook};
+    let (span, w) = (raw.span(), raw.get_ref());
+    let mut ok = true;
+    let name = object_name(d, span.clone(), "webhook", w.name.as_ref());
+    if let Some(n) = &name {
+        ok &= unique(names, "webhook", n, d);
+    }
+    let url = match &w.url {
+        Some(u) => d.parse_value(u, |s| match reqwest::Url::parse(s) {
+            Ok(url) if matches!(url.scheme(), "http" | "https") && url.host().is_some() => {
+                Ok(s.clone())
+            }
+            Ok(_) => Err(format!(
+                "invalid webhook url {s:?}: expected http:// or https://"
+            )),
+            Err(e) => Err(format!("invalid webhook url {s:?}: {e}")),
+        }),
+        None => {
+            d.error(span.clone(), "[[webhook]] is missing `url`");
+            None
+        }
+    };
+    let secret = match &w.secret {
+        Some(s) if s.get_ref().is_empty() => {
+            d.error_at(
+                s,
+                "`secret` must not be empty (leave it out for unsigned requests)",
+            );
+            ok = false;
+            None
+        }
+        Some(s) => Some(s.get_ref().clone()),
+        None => None,
+    };
+    let format = match &w.format {
+        Some(f) => d.parse_value(f, |s| match s.as_str() {
+            "json" => Ok(Format::Json),
+            "slack" => Ok(Format::Slack),
+            _ => Err(format!(
+                "invalid format {s:?}: expected \"json\" or \"slack\""
+            )),
+        }),
+        None => Some(Format::Json),
+    };
+    let max_priority = match &w.max_priority {
+        Some(p) => d.parse_value(p, |s| parse_priority(s)),
+        None => Some(5),
+    };
+    let timeout = positive_duration(d, w.timeout.as_ref(), "timeout", Duration::from_secs(10));
+    let mut labels = BTreeMap::new();
+    for (k, v) in &w.labels {
+        if !is_label_name(k) {
+            d.error_at(
+                v,
+                format!("invalid label name {k:?}: use [a-zA-Z_][a-zA-Z0-9_]*"),
+            );
+            ok = false;
+        }
+        labels.insert(k.clone(), v.get_ref().clone());
+    }
+    match (name, url, format, max_priority) {
+        (Some(name), Some(url), Some(format), Some(max_priority)) if ok => Some(Webhook {
+            name: name.into_inner(),
+            url,
+            secret,
+            format,
+            max_priority,
+            rules: w.rules.iter().map(|r| r.get_ref().clone()).collect(),
+            labels,
+            timeout,
+        }),
+        _ => None,
+    }
+}
+
+/// `P1`..`P5` (or `1`..`5`).
+pub fn parse_priority(s: &str) -> Result<u8, String> {
+    let digits = s.strip_prefix(['P', 'p']).unwrap_or(s);
+    match digits.parse::<u8>() {
+        Ok(p @ 1..=5) => Ok(p),
+        _ => Err(format!(
+            "invalid priority {s:?}: expected P1 (critical) .. P5 (planning)"
+        )),
+    }
 }
 
 fn positive_duration(
@@ -566,13 +805,31 @@ fn object_name(
     Some(name.clone())
 }
 
+/// The CI type the samples of `metric` belong to (see `crate::incidents::scope::ci_of`).
+pub fn metric_ci_type(metric: &str) -> &'static str {
+    let labels = metric_names::host_metric(metric).map_or(&[][..], |m| m.labels);
+    if labels.contains(&"mountpoint") {
+        "filesystem"
+    } else if labels.contains(&"interface") {
+        "network_interface"
+    } else if labels.contains(&"device") {
+        "disk"
+    } else if metric.starts_with("check_") {
+        crate::incidents::scope::CHECK
+    } else {
+        "host"
+    }
+}
+
 /// Names a metric a rule may watch.
 fn known_metric(name: &str) -> bool {
     metric_names::host_metric(name).is_some()
         || [
             metric_names::CHECK_UP,
             metric_names::CHECK_LATENCY_SECONDS,
-            "up",
+            crate::incidents::builtin::UP,
+            crate::incidents::builtin::MEMORY_USED_RATIO,
+            crate::incidents::builtin::INVENTORY_STALE,
         ]
         .contains(&name)
 }
@@ -603,7 +860,8 @@ fn convert_rule(raw: &Spanned<RawRule>, names: &mut Names, d: &mut Diagnostics) 
                 m,
                 format!(
                     "unknown metric {:?}: expected a host metric name without the vigil_host_ prefix \
-                     ({}, up) or check_up / check_latency_seconds",
+                     ({}), check_up, check_latency_seconds, or one the collector derives: up, \
+                     memory_used_ratio, inventory_stale",
                     m.get_ref(),
                     known.join(", ")
                 ),
@@ -652,6 +910,20 @@ fn convert_rule(raw: &Spanned<RawRule>, names: &mut Names, d: &mut Diagnostics) 
     let impact = level(d, r.impact.as_ref());
     let urgency = level(d, r.urgency.as_ref());
     let scope = convert_scope(d, r.scope.as_ref());
+    // A metric belongs to one CI type; a scope naming another could never match.
+    if let (Some(m), Some(t)) = (&metric, r.scope.as_ref().and_then(|s| s.ci_type.as_ref())) {
+        let natural = metric_ci_type(m);
+        if t.get_ref() != natural {
+            d.error_at(
+                t,
+                format!(
+                    "metric {m:?} belongs to CIs of type \"{natural}\", so a rule scoped to type {:?} would never fire",
+                    t.get_ref()
+                ),
+            );
+            ok = false;
+        }
+    }
 
     let mut labels = BTreeMap::new();
     for (k, v) in &r.labels {
@@ -1118,7 +1390,8 @@ mod tests {
                 "c.toml:3:10: unknown metric \"cpu\": expected a host metric name without the vigil_host_ \
                  prefix (cpu_usage_ratio, load1, load5, load15, memory_used_bytes, memory_total_bytes, \
                  swap_used_bytes, filesystem_used_ratio, filesystem_size_bytes, network_receive_bytes_total, \
-                 network_transmit_bytes_total, uptime_seconds, up) or check_up / check_latency_seconds",
+                 network_transmit_bytes_total, uptime_seconds), check_up, check_latency_seconds, or one \
+                 the collector derives: up, memory_used_ratio, inventory_stale",
                 "c.toml:5:9: give either `above` or `below`, not both",
                 "c.toml:6:10: invalid level \"huge\": expected \"high\", \"medium\" or \"low\"",
                 "c.toml:7:26: invalid label name \"bad-label\": use [a-zA-Z_][a-zA-Z0-9_]*, not starting with __",
@@ -1128,6 +1401,55 @@ mod tests {
                 "c.toml:9:1: [[rule]] is missing `name`",
                 "c.toml:9:1: [[rule]] needs a threshold: `above` or `below`",
                 "c.toml:14:9: `above` must be a finite number",
+            ],
+        );
+    }
+
+    #[test]
+    fn incidents_and_webhooks() {
+        let c = valid(
+            "[incidents]\nreopen_within = \"30m\"\nclose_after = \"2d\"\nflap_start = 0.3\n\
+             flap_stop = 0.1\ndisable = [\"memory-full\"]\n\
+             [[webhook]]\nname = \"ops\"\nurl = \"https://hooks.example.org/x\"\nsecret = \"s\"\n\
+             format = \"slack\"\nmax_priority = \"P2\"\nrules = [\"check-down\"]\nlabels = { team = \"dba\" }\n",
+        );
+        assert_eq!(c.incidents.reopen_within, Duration::from_secs(1800));
+        assert_eq!(c.incidents.close_after, Duration::from_secs(2 * 86_400));
+        assert_eq!((c.incidents.flap_start, c.incidents.flap_stop), (0.3, 0.1));
+        assert_eq!(c.incidents.disable, ["memory-full"]);
+        assert!(!c.effective_rules().iter().any(|r| r.name == "memory-full"));
+        let w = &c.webhooks[0];
+        assert_eq!(
+            (w.name.as_str(), w.max_priority, w.format),
+            ("ops", 2, crate::notify::Format::Slack)
+        );
+        assert_eq!(w.secret.as_deref(), Some("s"));
+        assert_eq!(w.rules, ["check-down"]);
+        assert_eq!(w.labels.get("team").map(String::as_str), Some("dba"));
+    }
+
+    #[test]
+    fn incident_and_webhook_errors() {
+        check(
+            "[incidents]\nflap_start = 2\nflap_stop = 0.3\ndisable = [\"nope\"]\nflap_window = 100\n\
+             [[webhook]]\nname = \"a\"\nurl = \"ftp://x\"\nmax_priority = \"P9\"\nformat = \"xml\"\n\
+             [[webhook]]\nname = \"a\"\n\
+             [[rule]]\nname = \"r\"\nmetric = \"filesystem_used_ratio\"\nabove = 0.9\nclear = 0.95\n\
+             scope = { type = \"host\" }\n",
+            &[
+                "c.toml:2:14: `flap_start` must be a ratio strictly between 0 and 1, got 2",
+                "c.toml:3:13: `flap_stop` (0.3) must be below `flap_start` (0.2)",
+                "c.toml:4:12: unknown built-in rule \"nope\": expected one of host-unreachable, check-down, \
+                 filesystem-full, memory-full, inventory-stale",
+                "c.toml:5:15: `flap_window` must be between 3 and 64, got 100",
+                "c.toml:8:7: invalid webhook url \"ftp://x\": expected http:// or https://",
+                "c.toml:9:16: invalid priority \"P9\": expected P1 (critical) .. P5 (planning)",
+                "c.toml:10:10: invalid format \"xml\": expected \"json\" or \"slack\"",
+                "c.toml:11:1: [[webhook]] is missing `url`",
+                "c.toml:12:8: duplicate webhook name `a` (first defined at c.toml:7:8)",
+                "c.toml:17:9: `clear` (0.95) must be below `above` (0.9): it is where the incident resolves",
+                "c.toml:18:18: metric \"filesystem_used_ratio\" belongs to CIs of type \"filesystem\", so a \
+                 rule scoped to type \"host\" would never fire",
             ],
         );
     }

@@ -10,6 +10,7 @@
 mod auth;
 mod cmdb;
 mod error;
+mod incidents;
 
 use std::future::Future;
 use std::path::PathBuf;
@@ -42,6 +43,29 @@ pub struct HttpState {
     pub metrics_text: Arc<dyn Fn() -> String + Send + Sync>,
     /// `/readyz` answers 200 once this is true (store open, QUIC listening).
     pub ready: Arc<AtomicBool>,
+    /// What the incident endpoints need besides the store.
+    pub incidents: Arc<IncidentsApi>,
+}
+
+/// What the incident endpoints need besides the store: the webhooks to notify, a way to wake
+/// the notifier, the MTTA/MTTR histograms and the rules in force.
+#[derive(Clone)]
+pub struct IncidentsApi {
+    pub webhooks: Arc<Vec<crate::notify::Webhook>>,
+    pub wake: Arc<dyn Fn() + Send + Sync>,
+    pub metrics: Option<crate::incidents::IncidentMetrics>,
+    pub rules: Arc<Vec<crate::config::Rule>>,
+}
+
+impl Default for IncidentsApi {
+    fn default() -> Self {
+        IncidentsApi {
+            webhooks: Arc::new(Vec::new()),
+            wake: Arc::new(|| {}),
+            metrics: None,
+            rules: Arc::new(Vec::new()),
+        }
+    }
 }
 
 impl HttpState {
@@ -55,6 +79,7 @@ impl HttpState {
             db: DbPool::open(&data_dir, POOL_IDLE)?,
             metrics_text,
             ready,
+            incidents: Arc::new(IncidentsApi::default()),
         })
     }
 }
@@ -77,7 +102,8 @@ pub fn router(state: HttpState) -> Router {
     let api = Router::new()
         .route("/agents", get(list_agents))
         .route("/tokens", get(list_tokens))
-        .merge(cmdb::routes());
+        .merge(cmdb::routes())
+        .merge(incidents::routes());
     Router::new()
         .route("/metrics", get(metrics))
         .route("/healthz", get(|| async { "ok" }))

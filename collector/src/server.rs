@@ -26,6 +26,7 @@ use vigil_shared::proto::{self, codes, kind, Ack, ErrorMsg, Message, Welcome};
 
 use crate::ca::ServerIdentity;
 use crate::cmdb::{self, InventoryOutcome};
+use crate::incidents::engine::Input;
 use crate::latest::LatestTable;
 use crate::metrics::Metrics;
 use crate::store::{AppendOutcome, Db, NewAgent, Writer};
@@ -54,6 +55,8 @@ pub struct Ingest {
     pub max_frame: usize,
     /// Settings pushed to every agent in its welcome.
     pub settings: proto::Settings,
+    /// The incident engine: evaluates rules on what agents send.
+    pub engine: Option<crate::incidents::engine::EngineHandle>,
     /// Live connections by agent id, to close them on revocation.
     conns: Mutex<HashMap<String, Connection>>,
 }
@@ -113,6 +116,7 @@ impl Ingest {
         identity: Arc<ServerIdentity>,
         max_frame: usize,
         settings: proto::Settings,
+        engine: Option<crate::incidents::engine::EngineHandle>,
     ) -> Result<Self, crate::store::StoreError> {
         Ok(Ingest {
             db: Arc::new(Mutex::new(Db::open(&data_dir)?)),
@@ -124,6 +128,7 @@ impl Ingest {
             identity,
             max_frame,
             settings,
+            engine,
             conns: Mutex::new(HashMap::new()),
         })
     }
@@ -493,8 +498,20 @@ impl Ingest {
         }
 
         let agent: Arc<str> = Arc::from(agent_id.as_str());
+        if let Some(engine) = &self.engine {
+            engine
+                .send(Input::Connected {
+                    agent: agent.clone(),
+                    hostname: hostname.clone(),
+                    interval_ms,
+                    at_ms: now_ms(),
+                })
+                .await;
+        }
         let streams = TaskTracker::new();
         let mut goodbye = false;
+        // `goodbye` also ends reading a broken control stream; this is only the agent's word.
+        let mut said_goodbye = false;
         loop {
             tokio::select! {
                 stream = conn.accept_bi() => match stream {
@@ -511,6 +528,7 @@ impl Ingest {
                         Ok(Message::Goodbye(g)) => {
                             info!(reason = %g.reason, "agent said goodbye");
                             goodbye = true;
+                            said_goodbye = true;
                         }
                         Ok(other) => debug!(kind = other.kind(), "ignoring control message"),
                         Err(e) => {
@@ -544,6 +562,15 @@ impl Ingest {
             }
         }
         self.table.disconnected(&agent_id, now_ms());
+        if let Some(engine) = &self.engine {
+            engine
+                .send(Input::Disconnected {
+                    agent: agent.clone(),
+                    goodbye: said_goodbye,
+                    at_ms: now_ms(),
+                })
+                .await;
+        }
         self.metrics
             .agents_connected
             .set(self.table.connected_count() as i64);
@@ -659,6 +686,13 @@ impl Ingest {
             })) => {
                 self.metrics
                     .inventory(if snapshot { "snapshot" } else { "delta" });
+                if let Some(engine) = &self.engine {
+                    engine
+                        .send(Input::InventoryStored {
+                            agent: agent.clone(),
+                        })
+                        .await;
+                }
                 if snapshot || added + changed + removed > 0 {
                     info!(
                         version,
@@ -779,6 +813,15 @@ impl Ingest {
                 });
             let (first, last) = if n == 0 { (now, now) } else { (first, last) };
             self.table.apply(&agent, &batch.samples, now);
+            if let Some(engine) = &self.engine {
+                engine
+                    .send(Input::Samples {
+                        agent: agent.clone(),
+                        samples: batch.samples,
+                        received_ms: now,
+                    })
+                    .await;
+            }
             self.metrics.samples.inc_by(n as u64);
             self.metrics.batches.inc();
             let pending = self.writer.submit_batch(

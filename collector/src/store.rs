@@ -171,6 +171,98 @@ const MIGRATION_STEPS: &[M<'static>] = &[
            c.retired_at_ms, s.duplicate_of
     FROM cis c LEFT JOIN inventory_state s ON s.agent_id = c.agent_id;",
     ),
+    // CMDB: type-filtered CI lists page by id (`WHERE type = ? AND id > ? ORDER BY id`).
+    M::up("CREATE INDEX cis_type_id ON cis(type, id);"),
+    // Incidents (issue 4): see `crate::incidents` for the lifecycle and `crate::notify` for the
+    // outbox. At most one active (open or acknowledged) incident per dedup key.
+    M::up(
+        "CREATE TABLE incidents (
+        id                INTEGER PRIMARY KEY,
+        dedup_key         TEXT NOT NULL,
+        rule              TEXT NOT NULL,
+        origin            TEXT NOT NULL CHECK (origin IN ('rule', 'alertmanager')),
+        agent_id          TEXT,
+        ci_id             INTEGER REFERENCES cis(id),
+        ci_type           TEXT NOT NULL,
+        ci_key            TEXT NOT NULL,
+        title             TEXT NOT NULL,
+        state             TEXT NOT NULL
+                          CHECK (state IN ('open', 'acknowledged', 'resolved', 'closed')),
+        impact            TEXT NOT NULL CHECK (impact IN ('high', 'medium', 'low')),
+        urgency           TEXT NOT NULL CHECK (urgency IN ('high', 'medium', 'low')),
+        priority          INTEGER NOT NULL CHECK (priority BETWEEN 1 AND 5),
+        metric            TEXT,
+        op                TEXT CHECK (op IN ('>', '<')),
+        threshold         REAL,
+        trigger_value     REAL,
+        peak_value        REAL,
+        last_value        REAL,
+        first_breach_ms   INTEGER NOT NULL,
+        last_breach_ms    INTEGER NOT NULL,
+        started_ms        INTEGER NOT NULL,
+        created_ms        INTEGER NOT NULL,
+        acknowledged_ms   INTEGER,
+        resolved_ms       INTEGER,
+        closed_ms         INTEGER,
+        assignee          TEXT,
+        resolution_code   TEXT,
+        resolution_note   TEXT,
+        resolved_by       TEXT,
+        flapping          INTEGER NOT NULL DEFAULT 0,
+        suppressed        TEXT CHECK (suppressed IN ('parent', 'maintenance')),
+        parent_id         INTEGER REFERENCES incidents(id),
+        probable_cause_id INTEGER REFERENCES incidents(id),
+        maintenance       TEXT,
+        reopen_count      INTEGER NOT NULL DEFAULT 0,
+        announced         INTEGER NOT NULL DEFAULT 0,
+        labels            TEXT NOT NULL DEFAULT '{}'
+    ) STRICT;
+    CREATE UNIQUE INDEX incidents_active_key ON incidents(dedup_key)
+        WHERE state IN ('open', 'acknowledged');
+    CREATE INDEX incidents_key ON incidents(dedup_key, id);
+    CREATE INDEX incidents_state ON incidents(state, priority);
+    CREATE INDEX incidents_agent ON incidents(agent_id, state);
+    CREATE INDEX incidents_ci ON incidents(ci_id);
+    CREATE INDEX incidents_parent ON incidents(parent_id) WHERE parent_id IS NOT NULL;
+    CREATE TABLE incident_events (
+        id          INTEGER PRIMARY KEY,
+        incident_id INTEGER NOT NULL REFERENCES incidents(id),
+        ts_ms       INTEGER NOT NULL,
+        kind        TEXT NOT NULL,
+        actor       TEXT NOT NULL,
+        detail      TEXT NOT NULL DEFAULT '{}'
+    ) STRICT;
+    CREATE INDEX incident_events_incident ON incident_events(incident_id, id);
+    CREATE TABLE notifications (
+        id              INTEGER PRIMARY KEY,
+        webhook         TEXT NOT NULL,
+        incident_id     INTEGER NOT NULL REFERENCES incidents(id),
+        event           TEXT NOT NULL,
+        idempotency_key TEXT NOT NULL UNIQUE,
+        body            TEXT NOT NULL,
+        created_ms      INTEGER NOT NULL,
+        attempts        INTEGER NOT NULL DEFAULT 0,
+        next_attempt_ms INTEGER NOT NULL,
+        last_error      TEXT,
+        delivered_ms    INTEGER,
+        failed_ms       INTEGER
+    ) STRICT;
+    CREATE INDEX notifications_due ON notifications(next_attempt_ms)
+        WHERE delivered_ms IS NULL AND failed_ms IS NULL;
+    CREATE TABLE maintenance_windows (
+        id          INTEGER PRIMARY KEY,
+        name        TEXT NOT NULL,
+        scope       TEXT NOT NULL,
+        start_ms    INTEGER NOT NULL,
+        duration_ms INTEGER NOT NULL,
+        every       TEXT CHECK (every IN ('day', 'week')),
+        origin      TEXT NOT NULL CHECK (origin IN ('config', 'api')),
+        created_ms  INTEGER NOT NULL,
+        deleted_ms  INTEGER
+    ) STRICT;
+    CREATE UNIQUE INDEX maintenance_live_name ON maintenance_windows(name)
+        WHERE deleted_ms IS NULL;",
+    ),
 ];
 
 /// The migrations applied by every [`Db::open`] and [`Writer::spawn`].

@@ -35,6 +35,13 @@ pub enum ApiError {
     /// 409: the request conflicts with the current state (e.g. resolving a closed incident).
     #[error("{0}")]
     Conflict(String),
+    /// 409: an incident action its state does not allow; the answer lists the allowed ones.
+    #[error("{message}")]
+    IllegalTransition {
+        message: String,
+        state: &'static str,
+        allowed: Vec<&'static str>,
+    },
     /// 413
     #[error("{0}")]
     PayloadTooLarge(String),
@@ -54,7 +61,7 @@ impl ApiError {
             ApiError::Forbidden { .. } => StatusCode::FORBIDDEN,
             ApiError::NotFound(_) => StatusCode::NOT_FOUND,
             ApiError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
-            ApiError::Conflict(_) => StatusCode::CONFLICT,
+            ApiError::Conflict(_) | ApiError::IllegalTransition { .. } => StatusCode::CONFLICT,
             ApiError::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::Unprocessable(_) => StatusCode::UNPROCESSABLE_ENTITY,
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
@@ -69,6 +76,7 @@ impl ApiError {
             ApiError::NotFound(_) => "not_found",
             ApiError::MethodNotAllowed => "method_not_allowed",
             ApiError::Conflict(_) => "conflict",
+            ApiError::IllegalTransition { .. } => "illegal_transition",
             ApiError::PayloadTooLarge(_) => "payload_too_large",
             ApiError::Unprocessable(_) => "unprocessable",
             ApiError::Internal(_) => "internal",
@@ -86,7 +94,11 @@ impl IntoResponse for ApiError {
         if let ApiError::Internal(detail) = &self {
             tracing::error!(error = %detail, "API request failed");
         }
-        let body = serde_json::json!({ "error": self.to_string(), "code": self.code() });
+        let mut body = serde_json::json!({ "error": self.to_string(), "code": self.code() });
+        if let ApiError::IllegalTransition { state, allowed, .. } = &self {
+            body["state"] = serde_json::json!(state);
+            body["allowed"] = serde_json::json!(allowed);
+        }
         let mut res = (self.status(), Json(body)).into_response();
         if matches!(self, ApiError::Unauthorized(_)) {
             res.headers_mut()

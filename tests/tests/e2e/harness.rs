@@ -267,6 +267,13 @@ pub fn wait_until<T>(timeout: Duration, what: &str, mut f: impl FnMut() -> Optio
     }
 }
 
+/// A reqwest client builder. The workspace builds reqwest without a crypto provider (the
+/// collector brings rustls with ring only), so the ring provider is installed first.
+pub fn http_client_builder() -> reqwest::ClientBuilder {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    reqwest::Client::builder()
+}
+
 /// A blocking HTTP GET (the tests are synchronous; the runtime lives here).
 pub fn http_get(url: &str, bearer: Option<&str>) -> (u16, String) {
     let rt = tokio::runtime::Builder::new_current_thread()
@@ -274,7 +281,7 @@ pub fn http_get(url: &str, bearer: Option<&str>) -> (u16, String) {
         .build()
         .expect("runtime");
     rt.block_on(async {
-        let client = reqwest::Client::builder()
+        let client = http_client_builder()
             .timeout(Duration::from_secs(10))
             .build()
             .expect("client");
@@ -445,4 +452,17 @@ pub fn agent_inventory(args: &[&str]) -> serde_json::Value {
         String::from_utf8_lossy(&out.stderr)
     );
     serde_json::from_slice(&out.stdout).expect("inventory JSON")
+}
+
+/// Opens the collector's SQLite file read-write (a second writer next to the running collector,
+/// which WAL and the busy timeout allow), e.g. to make the stored state disagree with an agent.
+pub fn open_store_rw(data_dir: &Path) -> rusqlite::Connection {
+    let conn = rusqlite::Connection::open_with_flags(
+        data_dir.join("vigil.db"),
+        rusqlite::OpenFlags::SQLITE_OPEN_READ_WRITE,
+    )
+    .expect("open store read-write");
+    conn.busy_timeout(Duration::from_secs(5))
+        .expect("busy timeout");
+    conn
 }

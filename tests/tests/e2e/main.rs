@@ -7,6 +7,7 @@ mod config;
 mod durability;
 mod enrollment;
 mod harness;
+mod incidents;
 mod prometheus;
 mod quickstart;
 mod settings;

@@ -1,0 +1,1187 @@
+//! The incident engine: one thread that evaluates every rule on ingest, per (rule, CI) series, in
+//! the order samples arrive, and writes incident changes (with their timeline and notification
+//! outbox rows) in one transaction each.
+//!
+//! Inputs come through [`EngineHandle`]: metric batches as the QUIC server reads them, agent
+//! connects and disconnects (with or without a goodbye). A tick every second feeds the derived
+//! `up` metric (host liveness), flushes breach updates, re-evaluates the symptoms of recovered
+//! hosts, and less often refreshes host names and tags, maintenance windows, `inventory_stale`
+//! and the open-incident gauges, and closes incidents resolved more than `close_after` ago.
+//!
+//! Suppression: an incident on a host whose `host-unreachable` incident is active opens as a
+//! suppressed symptom of it (and active incidents of that host become symptoms when the host goes
+//! unreachable); an incident on a host that `depends_on` a service of another host with an
+//! active incident names that incident its probable cause and is suppressed under it; a breach
+//! inside a maintenance window opens a suppressed incident. Suppressed incidents never notify.
+//! When a parent resolves, each active symptom gets a grace period (two of its host's intervals,
+//! at least 5 s) to clear: if it does, it is resolved and closed; if not, it stops being
+//! suppressed and is announced.
+//!
+//! Backpressure: the input channel is bounded; a full channel makes the sender wait (on a
+//! blocking thread, never on the runtime), which slows acknowledgements rather than dropping
+//! evaluations.
+//!
+//! This module must never: evaluate a series' samples out of timestamp order (late ones are
+//! counted and skipped), notify for a suppressed or flapping incident, panic on agent data, or
+//! block the async runtime.
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::Path;
+use std::sync::mpsc::{self, Receiver, RecvTimeoutError, SyncSender, TrySendError};
+use std::sync::Arc;
+use std::time::Duration;
+
+use rusqlite::{params, Connection, OptionalExtension};
+use vigil_shared::inventory::ci_type;
+use vigil_shared::metric_names;
+use vigil_shared::proto::Sample;
+
+use super::builtin::{HOST_UNREACHABLE, INVENTORY_STALE, MEMORY_USED_RATIO, UP};
+use super::eval::{Condition, Event, FlapParams, Observed, Series};
+use super::maintenance::{self, Window};
+use super::scope::{self, Target};
+use super::store::{self, Opened, Opening, Origin, Suppression};
+use super::{announce, IncidentMetrics};
+use crate::config::{CollectorConfig, Rule, Threshold};
+use crate::notify::{EventKind, Webhook};
+use crate::store::StoreError;
+
+/// Inputs queued before senders wait.
+pub const QUEUE_CAPACITY: usize = 4096;
+/// How often the tick runs.
+const TICK: Duration = Duration::from_secs(1);
+/// Breach updates (last breach time, peak) are written at most this often per incident.
+const FLUSH_EVERY_MS: i64 = 5_000;
+/// Host names, tags, windows, stale inventories and gauges are refreshed this often.
+const REFRESH_EVERY_MS: i64 = 15_000;
+/// Resolved incidents past `close_after` are closed this often.
+const CLOSE_EVERY_MS: i64 = 60_000;
+/// Interval assumed for an agent not connected since the collector started.
+const DEFAULT_INTERVAL_MS: u64 = 10_000;
+
+/// What the engine is told.
+#[derive(Debug)]
+pub enum Input {
+    /// A batch as read from an agent (before it is stored; duplicates are late and skipped).
+    Samples {
+        agent: Arc<str>,
+        samples: Vec<Sample>,
+        received_ms: i64,
+    },
+    Connected {
+        agent: Arc<str>,
+        hostname: String,
+        interval_ms: u64,
+        at_ms: i64,
+    },
+    /// A connection ended; `goodbye` when the agent said so first (a clean stop).
+    Disconnected {
+        agent: Arc<str>,
+        goodbye: bool,
+        at_ms: i64,
+    },
+    /// The agent's inventory was stored (host name or tags may have changed).
+    InventoryStored { agent: Arc<str> },
+    /// Answers once everything sent before it has been processed (tests, benchmarks).
+    Sync(mpsc::Sender<()>),
+}
+
+/// Sends inputs to the engine thread. Cheap to clone.
+#[derive(Clone)]
+pub struct EngineHandle {
+    tx: SyncSender<Input>,
+}
+
+impl EngineHandle {
+    /// Queues `input`, waiting for room on a blocking thread when the queue is full.
+    pub async fn send(&self, input: Input) {
+        match self.tx.try_send(input) {
+            Ok(()) | Err(TrySendError::Disconnected(_)) => {}
+            Err(TrySendError::Full(input)) => {
+                let tx = self.tx.clone();
+                let _ = tokio::task::spawn_blocking(move || tx.send(input)).await;
+            }
+        }
+    }
+
+    /// Waits until the engine has processed everything queued before this call.
+    pub async fn sync(&self) {
+        let (tx, rx) = mpsc::channel();
+        self.send(Input::Sync(tx)).await;
+        let _ = tokio::task::spawn_blocking(move || rx.recv_timeout(Duration::from_secs(30))).await;
+    }
+}
+
+/// The engine thread; [`EngineJoin::stop`] ends it after it drained its queue.
+pub struct EngineJoin {
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl EngineJoin {
+    /// Waits for the thread to finish (every [`EngineHandle`] must be dropped first).
+    pub fn join(mut self) {
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// Everything the engine needs from the configuration.
+#[derive(Clone)]
+pub struct EngineConfig {
+    pub rules: Vec<Rule>,
+    pub flap: FlapParams,
+    pub reopen_within_ms: i64,
+    pub close_after_ms: i64,
+    pub down_after_intervals: u32,
+    pub webhooks: Arc<Vec<Webhook>>,
+    pub maintenance: Vec<crate::config::Maintenance>,
+}
+
+fn ms(d: Duration) -> i64 {
+    i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
+}
+
+impl EngineConfig {
+    pub fn from_config(c: &CollectorConfig, webhooks: Arc<Vec<Webhook>>) -> EngineConfig {
+        EngineConfig {
+            rules: c.effective_rules(),
+            flap: FlapParams {
+                window: c.incidents.flap_window,
+                high: c.incidents.flap_start,
+                low: c.incidents.flap_stop,
+            },
+            reopen_within_ms: ms(c.incidents.reopen_within),
+            close_after_ms: ms(c.incidents.close_after),
+            down_after_intervals: c.agents.down_after_intervals,
+            webhooks,
+            maintenance: c.maintenance.clone(),
+        }
+    }
+}
+
+/// Starts the engine thread on the store in `data_dir`. `wake` is called after a commit that
+/// queued notifications.
+pub fn spawn(
+    data_dir: &Path,
+    config: EngineConfig,
+    metrics: IncidentMetrics,
+    wake: Arc<dyn Fn() + Send + Sync>,
+    clock: crate::latest::Clock,
+) -> Result<(EngineHandle, EngineJoin), StoreError> {
+    let conn = crate::store::open_connection(data_dir)?;
+    let now = clock();
+    maintenance::sync_config(&conn, &config.maintenance, now)?;
+    let mut engine = Engine::new(conn, config, metrics, wake, clock)?;
+    let (tx, rx) = mpsc::sync_channel(QUEUE_CAPACITY);
+    let thread = std::thread::Builder::new()
+        .name("vigil-incidents".into())
+        .spawn(move || engine.run(rx))
+        .map_err(StoreError::Spawn)?;
+    Ok((
+        EngineHandle { tx },
+        EngineJoin {
+            thread: Some(thread),
+        },
+    ))
+}
+
+struct CompiledRule {
+    rule: Rule,
+    cond: Condition,
+    is_host_unreachable: bool,
+}
+
+/// One (rule, CI) series.
+struct Entry {
+    series: Series,
+    ci_type: &'static str,
+    /// Active incident of this series.
+    incident: Option<i64>,
+    /// CMDB id of the CI, looked up once (`None` inside: no such CI).
+    ci_id: Option<Option<i64>>,
+    /// Out of the rule's scope (by CI id): samples are skipped.
+    excluded: bool,
+    /// Breach not yet written: (at, value, peak).
+    dirty: Option<(i64, f64, f64)>,
+    last_flush_ms: i64,
+}
+
+struct AgentState {
+    hostname: String,
+    tags: BTreeMap<String, String>,
+    host_ci: Option<i64>,
+    /// Open connections (a reconnect may overlap the old connection's end).
+    connections: u32,
+    goodbye: bool,
+    last_seen_ms: i64,
+    interval_ms: u64,
+    /// Per rule: does the host part of its scope match this host?
+    host_scope: Vec<bool>,
+    /// Per rule: series by CI key.
+    series: Vec<HashMap<String, Entry>>,
+    /// Active `host-unreachable` incident.
+    host_incident: Option<i64>,
+}
+
+impl AgentState {
+    fn new(hostname: String, rules: &[CompiledRule], now_ms: i64) -> AgentState {
+        let tags = BTreeMap::new();
+        AgentState {
+            host_scope: rules
+                .iter()
+                .map(|r| scope::host_matches(&r.rule.scope, &hostname, &tags))
+                .collect(),
+            hostname,
+            tags,
+            host_ci: None,
+            connections: 0,
+            goodbye: true,
+            last_seen_ms: now_ms,
+            interval_ms: DEFAULT_INTERVAL_MS,
+            series: rules.iter().map(|_| HashMap::new()).collect(),
+            host_incident: None,
+        }
+    }
+
+    fn rescope(&mut self, rules: &[CompiledRule]) {
+        for (slot, r) in self.host_scope.iter_mut().zip(rules) {
+            *slot = scope::host_matches(&r.rule.scope, &self.hostname, &self.tags);
+        }
+    }
+
+    fn up(&self, now_ms: i64, down_after: u32) -> bool {
+        let fresh = now_ms - self.last_seen_ms
+            <= i64::from(down_after).saturating_mul(self.interval_ms as i64);
+        (self.connections > 0 || self.goodbye) && fresh
+    }
+}
+
+/// Symptoms of a recovered parent waiting to clear.
+struct Reeval {
+    incident: i64,
+    deadline_ms: i64,
+}
+
+struct Engine {
+    conn: Connection,
+    rules: Vec<CompiledRule>,
+    by_metric: HashMap<String, Vec<usize>>,
+    agents: HashMap<Arc<str>, AgentState>,
+    config: EngineConfig,
+    metrics: IncidentMetrics,
+    wake: Arc<dyn Fn() + Send + Sync>,
+    clock: crate::latest::Clock,
+    windows: Vec<Window>,
+    reeval: Vec<Reeval>,
+    events: Vec<Event>,
+    notified: bool,
+    last_refresh_ms: i64,
+    last_close_ms: i64,
+}
+
+/// What a series is, for opening its incident.
+struct SeriesRef<'a> {
+    agent: &'a Arc<str>,
+    rule: usize,
+    key: &'a str,
+}
+
+impl Engine {
+    fn new(
+        conn: Connection,
+        config: EngineConfig,
+        metrics: IncidentMetrics,
+        wake: Arc<dyn Fn() + Send + Sync>,
+        clock: crate::latest::Clock,
+    ) -> Result<Engine, StoreError> {
+        let rules: Vec<CompiledRule> = config
+            .rules
+            .iter()
+            .map(|r| CompiledRule {
+                cond: Condition::from_rule(r),
+                is_host_unreachable: r.name == HOST_UNREACHABLE,
+                rule: r.clone(),
+            })
+            .collect();
+        let mut by_metric: HashMap<String, Vec<usize>> = HashMap::new();
+        for (i, r) in rules.iter().enumerate() {
+            by_metric.entry(r.rule.metric.clone()).or_default().push(i);
+        }
+        let mut engine = Engine {
+            conn,
+            rules,
+            by_metric,
+            agents: HashMap::new(),
+            config,
+            metrics,
+            wake,
+            clock,
+            windows: Vec::new(),
+            reeval: Vec::new(),
+            events: Vec::new(),
+            notified: false,
+            last_refresh_ms: i64::MIN,
+            last_close_ms: i64::MIN,
+        };
+        engine.restore()?;
+        Ok(engine)
+    }
+
+    /// Known agents (silent until they reconnect: down after `down_after_intervals` default
+    /// intervals) and the series of active incidents.
+    fn restore(&mut self) -> Result<(), StoreError> {
+        let now = (self.clock)();
+        let agents: Vec<(String, String)> = self
+            .conn
+            .prepare("SELECT id, hostname FROM agents WHERE revoked_at_ms IS NULL")?
+            .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?
+            .collect::<rusqlite::Result<_>>()?;
+        for (id, hostname) in agents {
+            self.agents.insert(
+                Arc::from(id.as_str()),
+                AgentState::new(hostname, &self.rules, now),
+            );
+        }
+        self.refresh(now);
+        for inc in store::active(&self.conn)? {
+            let Some(agent_id) = inc.agent_id.as_deref() else {
+                continue;
+            };
+            let Some(rule) = self.rules.iter().position(|r| r.rule.name == inc.rule) else {
+                continue;
+            };
+            let Some(state) = self.agents.get_mut(agent_id) else {
+                continue;
+            };
+            if self.rules[rule].is_host_unreachable {
+                state.host_incident = Some(inc.id);
+            }
+            let peak = inc.peak_value.or(inc.trigger_value).unwrap_or(f64::NAN);
+            state.series[rule].insert(
+                inc.ci_key.clone(),
+                Entry {
+                    series: Series::restore_open(
+                        inc.first_breach_ms,
+                        inc.last_breach_ms,
+                        peak,
+                        inc.flapping,
+                    ),
+                    ci_type: static_type(&inc.ci_type),
+                    incident: Some(inc.id),
+                    ci_id: Some(inc.ci_id),
+                    excluded: false,
+                    dirty: None,
+                    last_flush_ms: now,
+                },
+            );
+        }
+        Ok(())
+    }
+
+    fn run(&mut self, rx: Receiver<Input>) {
+        let mut next_tick = (self.clock)() + ms(TICK);
+        loop {
+            let wait = (next_tick - (self.clock)()).clamp(0, ms(TICK));
+            match rx.recv_timeout(Duration::from_millis(wait as u64)) {
+                Ok(input) => self.handle(input),
+                Err(RecvTimeoutError::Timeout) => {}
+                Err(RecvTimeoutError::Disconnected) => break,
+            }
+            let now = (self.clock)();
+            if now >= next_tick {
+                self.tick(now);
+                next_tick = now + ms(TICK);
+            }
+            if std::mem::take(&mut self.notified) {
+                (self.wake)();
+            }
+        }
+        let now = (self.clock)();
+        self.flush(now, true);
+        tracing::debug!("incident engine stopped");
+    }
+
+    fn handle(&mut self, input: Input) {
+        match input {
+            Input::Samples {
+                agent,
+                samples,
+                received_ms,
+            } => self.samples(&agent, &samples, received_ms),
+            Input::Connected {
+                agent,
+                hostname,
+                interval_ms,
+                at_ms,
+            } => {
+                let rules = &self.rules;
+                let state = self
+                    .agents
+                    .entry(agent.clone())
+                    .or_insert_with(|| AgentState::new(hostname.clone(), rules, at_ms));
+                state.connections = state.connections.saturating_add(1);
+                state.goodbye = false;
+                state.interval_ms = interval_ms.max(1);
+                state.last_seen_ms = state.last_seen_ms.max(at_ms);
+                if state.hostname != hostname {
+                    state.hostname = hostname;
+                    state.rescope(rules);
+                }
+                self.load_host(&agent);
+                self.feed_up(&agent, at_ms);
+            }
+            Input::Disconnected {
+                agent,
+                goodbye,
+                at_ms,
+            } => {
+                if let Some(state) = self.agents.get_mut(&agent) {
+                    state.connections = state.connections.saturating_sub(1);
+                    state.goodbye = goodbye;
+                    if goodbye {
+                        state.last_seen_ms = state.last_seen_ms.max(at_ms);
+                    }
+                }
+                self.feed_up(&agent, at_ms);
+            }
+            Input::InventoryStored { agent } => self.load_host(&agent),
+            Input::Sync(done) => {
+                let now = (self.clock)();
+                self.flush(now, true);
+                let _ = done.send(());
+            }
+        }
+    }
+
+    fn samples(&mut self, agent: &Arc<str>, samples: &[Sample], received_ms: i64) {
+        let Some(state) = self.agents.get_mut(agent) else {
+            // Batches only come after a hello, which registered the agent.
+            return;
+        };
+        state.last_seen_ms = state.last_seen_ms.max(received_ms);
+        let (mut used, mut total) = (None, None);
+        let by_metric = std::mem::take(&mut self.by_metric);
+        for s in samples {
+            if s.name == metric_names::MEMORY_USED_BYTES {
+                used = Some((s.ts_ms, s.value));
+            } else if s.name == metric_names::MEMORY_TOTAL_BYTES {
+                total = Some((s.ts_ms, s.value));
+            }
+            let Some(rules) = by_metric.get(s.name.as_str()) else {
+                continue;
+            };
+            let (ci_type, key) = scope::ci_of(&s.labels);
+            for &rule in rules {
+                self.observe(agent, rule, ci_type, key, s.ts_ms, s.value);
+            }
+        }
+        self.by_metric = by_metric;
+        if let (Some((ts, used)), Some((_, total))) = (used, total) {
+            if total > 0.0 {
+                self.derived(agent, MEMORY_USED_RATIO, ts, used / total);
+            }
+        }
+    }
+
+    /// Evaluates a collector-derived host metric.
+    fn derived(&mut self, agent: &Arc<str>, metric: &str, ts_ms: i64, value: f64) {
+        let by_metric = std::mem::take(&mut self.by_metric);
+        if let Some(rules) = by_metric.get(metric) {
+            for &rule in rules {
+                self.observe(agent, rule, ci_type::HOST, ci_type::HOST, ts_ms, value);
+            }
+        }
+        self.by_metric = by_metric;
+    }
+
+    fn feed_up(&mut self, agent: &Arc<str>, now: i64) {
+        let Some(state) = self.agents.get(agent) else {
+            return;
+        };
+        let up = if state.up(now, self.config.down_after_intervals) {
+            1.0
+        } else {
+            0.0
+        };
+        self.derived(agent, UP, now, up);
+    }
+
+    fn observe(
+        &mut self,
+        agent: &Arc<str>,
+        rule: usize,
+        ci_type: &'static str,
+        key: &str,
+        ts_ms: i64,
+        value: f64,
+    ) {
+        let Some(state) = self.agents.get_mut(agent) else {
+            return;
+        };
+        let r = &self.rules[rule];
+        if !state.host_scope[rule]
+            || r.rule
+                .scope
+                .ci_type
+                .as_deref()
+                .is_some_and(|t| t != ci_type)
+        {
+            return;
+        }
+        let series = &mut state.series[rule];
+        if !series.contains_key(key) {
+            let mut entry = Entry {
+                series: Series::new(),
+                ci_type,
+                incident: None,
+                ci_id: None,
+                excluded: false,
+                dirty: None,
+                last_flush_ms: ts_ms,
+            };
+            if let Some(want) = &r.rule.scope.ci {
+                let id = lookup_ci(&self.conn, agent, ci_type, key, state.host_ci);
+                entry.excluded = id.is_none_or(|id| id.to_string() != *want);
+                entry.ci_id = Some(id);
+            }
+            series.insert(key.to_string(), entry);
+        }
+        let Some(entry) = series.get_mut(key) else {
+            return;
+        };
+        if entry.excluded {
+            return;
+        }
+        self.events.clear();
+        match entry
+            .series
+            .observe(&r.cond, &self.config.flap, ts_ms, value, &mut self.events)
+        {
+            Observed::Evaluated => self.metrics.evaluations.inc(),
+            Observed::Late => {
+                self.metrics.late_samples.inc();
+                return;
+            }
+            Observed::Invalid => return,
+        }
+        if self.events.is_empty() {
+            return;
+        }
+        let events = std::mem::take(&mut self.events);
+        let at = SeriesRef { agent, rule, key };
+        for ev in &events {
+            self.apply(&at, ev);
+        }
+        self.events = events;
+    }
+
+    fn entry_mut(&mut self, s: &SeriesRef<'_>) -> Option<&mut Entry> {
+        self.agents
+            .get_mut(s.agent)?
+            .series
+            .get_mut(s.rule)?
+            .get_mut(s.key)
+    }
+
+    fn apply(&mut self, s: &SeriesRef<'_>, ev: &Event) {
+        let now = (self.clock)();
+        match *ev {
+            Event::Opened {
+                first_breach_ms,
+                at_ms,
+                value,
+                peak,
+                flapping,
+            } => self.open(s, first_breach_ms, at_ms, value, peak, flapping, now),
+            Event::Breach { at_ms, value, peak } => {
+                let Some(entry) = self.entry_mut(s) else {
+                    return;
+                };
+                if entry.incident.is_none() {
+                    // The open failed to commit earlier (or an operator resolved the incident
+                    // while the breach goes on): open again, starting now.
+                    let flapping = entry.series.is_flapping();
+                    self.open(s, at_ms, at_ms, value, peak, flapping, now);
+                    return;
+                }
+                entry.dirty = Some((at_ms, value, peak));
+                if at_ms - entry.last_flush_ms >= FLUSH_EVERY_MS {
+                    self.flush_entry(s, now);
+                }
+            }
+            Event::Resolved { at_ms, value } => self.resolve(s, at_ms, value, now),
+            Event::FlappingStarted { percent, .. } | Event::FlappingStopped { percent, .. } => {
+                let flapping = matches!(ev, Event::FlappingStarted { .. });
+                let Some(id) = self.entry_mut(s).and_then(|e| e.incident) else {
+                    return;
+                };
+                let res = in_tx(&self.conn, |c| {
+                    store::set_flapping(c, id, flapping, percent, now)
+                });
+                if let Err(e) = res {
+                    self.write_failed("flapping", &e);
+                    return;
+                }
+                if !flapping {
+                    // Settled while still open: announce what was held back.
+                    self.announce_if_quiet(id, now);
+                }
+            }
+        }
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn open(
+        &mut self,
+        s: &SeriesRef<'_>,
+        first_breach_ms: i64,
+        at_ms: i64,
+        value: f64,
+        peak: f64,
+        flapping: bool,
+        now: i64,
+    ) {
+        let rule = &self.rules[s.rule];
+        let Some(state) = self.agents.get(s.agent) else {
+            return;
+        };
+        let Some(entry) = state.series[s.rule].get(s.key) else {
+            return;
+        };
+        let ci_type = entry.ci_type;
+        let ci_id = match entry.ci_id {
+            Some(id) => id,
+            None => lookup_ci(&self.conn, s.agent, ci_type, s.key, state.host_ci),
+        };
+        let target = Target {
+            hostname: &state.hostname,
+            tags: &state.tags,
+            ci_type,
+            ci_id,
+        };
+        let window = self
+            .windows
+            .iter()
+            .find(|w| w.covers(at_ms) && scope::matches(&w.scope, &target))
+            .map(|w| w.name.clone());
+        let mut probable_cause = None;
+        let suppression = if let Some(window) = window {
+            Some(Suppression::Maintenance { window })
+        } else if let (false, Some(parent)) = (rule.is_host_unreachable, state.host_incident) {
+            Some(Suppression::Parent { parent_id: parent })
+        } else if rule.is_host_unreachable {
+            None
+        } else {
+            probable_cause = dependency_incident(&self.conn, s.agent).unwrap_or_else(|e| {
+                tracing::warn!(error = %e, "cannot look up dependencies");
+                None
+            });
+            probable_cause.map(|parent_id| Suppression::Parent { parent_id })
+        };
+        let dedup_key = dedup_key(&rule.rule.name, s.agent, ci_type, s.key);
+        let title = title(&rule.rule, &state.hostname, ci_type, s.key, value);
+        let threshold = rule.cond.threshold_value();
+        let op = match rule.rule.threshold {
+            Threshold::Above(_) => ">",
+            Threshold::Below(_) => "<",
+        };
+        let opening = Opening {
+            dedup_key: &dedup_key,
+            rule: &rule.rule.name,
+            origin: Origin::Rule,
+            agent_id: Some(s.agent),
+            ci_id,
+            ci_type,
+            ci_key: s.key,
+            title: &title,
+            impact: rule.rule.impact,
+            urgency: rule.rule.urgency,
+            metric: Some(&rule.rule.metric),
+            op: Some(op),
+            threshold: Some(threshold),
+            value: Some(value),
+            peak: Some(peak),
+            first_breach_ms,
+            at_ms,
+            labels: &rule.rule.labels,
+            flapping,
+            suppression: suppression.clone(),
+            probable_cause_id: probable_cause,
+        };
+        let is_host = rule.is_host_unreachable;
+        let hooks = self.config.webhooks.clone();
+        let reopen_within = self.config.reopen_within_ms;
+        let agent_id: &str = s.agent;
+        let res = in_tx(&self.conn, |c| {
+            let opened = store::open(c, &opening, reopen_within, now)?;
+            let (id, event_id, kind) = match opened {
+                Opened::New { id, event_id } => (id, event_id, EventKind::Opened),
+                Opened::Reopened { id, event_id } => (id, event_id, EventKind::Reopened),
+                Opened::Active { id } => return Ok((opened, id, 0)),
+                Opened::OutOfOrder { .. } => return Ok((opened, 0, 0)),
+            };
+            if suppression.is_none() && !flapping {
+                announce::announce(c, &hooks, id, kind, event_id, store::SYSTEM, now)?;
+            }
+            let mut symptoms = 0;
+            if is_host {
+                for child in host_symptoms(c, agent_id, id)? {
+                    if store::suppress_under(c, child, id, now)? {
+                        symptoms += 1;
+                    }
+                }
+            }
+            Ok((opened, id, symptoms))
+        });
+        match res {
+            Ok((Opened::OutOfOrder { id }, ..)) => {
+                self.metrics.late_samples.inc();
+                tracing::debug!(
+                    incident = id,
+                    "breach older than the last resolution; ignored"
+                );
+            }
+            Ok((opened, id, symptoms)) => {
+                if let Opened::New { .. } = opened {
+                    self.metrics.opened(&self.rules[s.rule].rule.name);
+                }
+                if !matches!(opened, Opened::Active { .. }) {
+                    tracing::info!(incident = id, rule = %self.rules[s.rule].rule.name,
+                        agent = %s.agent, ci = %s.key, suppressed = suppression.is_some(),
+                        symptoms, "incident {}", if matches!(opened, Opened::Reopened { .. }) { "reopened" } else { "opened" });
+                }
+                self.notified = true;
+                if let Some(entry) = self.entry_mut(s) {
+                    entry.incident = Some(id);
+                    entry.ci_id = Some(ci_id);
+                    entry.last_flush_ms = now;
+                }
+                if is_host {
+                    if let Some(state) = self.agents.get_mut(s.agent) {
+                        state.host_incident = Some(id);
+                    }
+                }
+            }
+            Err(e) => self.write_failed("open", &e),
+        }
+    }
+
+    fn resolve(&mut self, s: &SeriesRef<'_>, at_ms: i64, value: f64, now: i64) {
+        self.flush_entry(s, now);
+        let Some(entry) = self.entry_mut(s) else {
+            return;
+        };
+        let Some(id) = entry.incident.take() else {
+            return;
+        };
+        let is_host = self.rules[s.rule].is_host_unreachable;
+        let hooks = self.config.webhooks.clone();
+        let res = in_tx(&self.conn, |c| {
+            let Some(inc) = store::get(c, id)? else {
+                return Ok(None);
+            };
+            let Some(event_id) = store::auto_resolve(c, id, at_ms, Some(value), "cleared", now)?
+            else {
+                return Ok(None);
+            };
+            // Whoever was told it opened hears that it resolved, suppressed since or not.
+            if inc.announced {
+                announce::announce(
+                    c,
+                    &hooks,
+                    id,
+                    EventKind::Resolved,
+                    event_id,
+                    store::SYSTEM,
+                    now,
+                )?;
+            }
+            if inc.suppressed.as_deref() == Some("parent") {
+                // A symptom whose condition cleared: done with it.
+                store::close_system(c, id, "symptom_cleared", now)?;
+            }
+            let children = if is_host {
+                store::children(c, id)?
+                    .into_iter()
+                    .filter(|ch| ch.state.is_active())
+                    .map(|ch| ch.id)
+                    .collect()
+            } else {
+                Vec::new()
+            };
+            Ok(Some((inc, children)))
+        });
+        match res {
+            Ok(Some((inc, children))) => {
+                self.notified = true;
+                self.metrics
+                    .resolve_seconds
+                    .observe(((at_ms - inc.started_ms).max(0) as f64) / 1000.0);
+                tracing::info!(incident = id, rule = %inc.rule, agent = %s.agent, ci = %s.key,
+                    "incident resolved by the system");
+                if is_host {
+                    if let Some(state) = self.agents.get_mut(s.agent) {
+                        state.host_incident = None;
+                        let grace = (2 * state.interval_ms as i64).max(5_000);
+                        for child in children {
+                            self.reeval.push(Reeval {
+                                incident: child,
+                                deadline_ms: now + grace,
+                            });
+                        }
+                    }
+                }
+            }
+            Ok(None) => {}
+            Err(e) => self.write_failed("resolve", &e),
+        }
+    }
+
+    /// Announces an active incident that is neither suppressed nor flapping and was not yet.
+    fn announce_if_quiet(&mut self, id: i64, now: i64) {
+        let hooks = self.config.webhooks.clone();
+        let res = in_tx(&self.conn, |c| {
+            let Some(inc) = store::get(c, id)? else {
+                return Ok(false);
+            };
+            if !inc.state.is_active() || inc.announced || inc.is_suppressed() || inc.flapping {
+                return Ok(false);
+            }
+            let event_id = store::add_event(
+                c,
+                id,
+                now,
+                "announced",
+                store::SYSTEM,
+                &serde_json::json!({"reason": "no longer suppressed or flapping"}),
+            )?;
+            let kind = if inc.reopen_count > 0 {
+                EventKind::Reopened
+            } else {
+                EventKind::Opened
+            };
+            announce::announce(c, &hooks, id, kind, event_id, store::SYSTEM, now)?;
+            Ok(true)
+        });
+        match res {
+            Ok(true) => self.notified = true,
+            Ok(false) => {}
+            Err(e) => self.write_failed("announce", &e),
+        }
+    }
+
+    fn flush_entry(&mut self, s: &SeriesRef<'_>, now: i64) {
+        let Some(entry) = self.entry_mut(s) else {
+            return;
+        };
+        let (Some(id), Some((at, value, peak))) = (entry.incident, entry.dirty.take()) else {
+            return;
+        };
+        entry.last_flush_ms = now;
+        if let Err(e) = in_tx(&self.conn, |c| store::record_breach(c, id, at, value, peak)) {
+            self.write_failed("breach", &e);
+        }
+    }
+
+    /// Writes pending breach updates older than [`FLUSH_EVERY_MS`] (all when `all`).
+    fn flush(&mut self, now: i64, all: bool) {
+        let mut updates = Vec::new();
+        for state in self.agents.values_mut() {
+            for series in &mut state.series {
+                for entry in series.values_mut() {
+                    if entry.dirty.is_some() && (all || now - entry.last_flush_ms >= FLUSH_EVERY_MS)
+                    {
+                        if let (Some(id), Some(d)) = (entry.incident, entry.dirty.take()) {
+                            updates.push((id, d));
+                        }
+                        entry.last_flush_ms = now;
+                    }
+                }
+            }
+        }
+        if updates.is_empty() {
+            return;
+        }
+        let res = in_tx(&self.conn, |c| {
+            for (id, (at, value, peak)) in &updates {
+                store::record_breach(c, *id, *at, *value, *peak)?;
+            }
+            Ok(())
+        });
+        if let Err(e) = res {
+            self.write_failed("breach", &e);
+        }
+    }
+
+    fn tick(&mut self, now: i64) {
+        let agents: Vec<Arc<str>> = self.agents.keys().cloned().collect();
+        for agent in &agents {
+            self.feed_up(agent, now);
+        }
+        self.flush(now, false);
+        self.run_reeval(now);
+        if now.saturating_sub(self.last_refresh_ms) >= REFRESH_EVERY_MS {
+            self.last_refresh_ms = now;
+            self.refresh(now);
+        }
+        if now.saturating_sub(self.last_close_ms) >= CLOSE_EVERY_MS {
+            self.last_close_ms = now;
+            let cutoff = now.saturating_sub(self.config.close_after_ms);
+            match in_tx(&self.conn, |c| store::auto_close(c, cutoff, now)) {
+                Ok(ids) if !ids.is_empty() => {
+                    tracing::info!(
+                        incidents = ids.len(),
+                        "closed incidents resolved past close_after"
+                    );
+                }
+                Ok(_) => {}
+                Err(e) => self.write_failed("close", &e),
+            }
+        }
+    }
+
+    fn run_reeval(&mut self, now: i64) {
+        if self.reeval.is_empty() {
+            return;
+        }
+        let (due, later): (Vec<Reeval>, Vec<Reeval>) = std::mem::take(&mut self.reeval)
+            .into_iter()
+            .partition(|r| r.deadline_ms <= now);
+        self.reeval = later;
+        for r in due {
+            let res = in_tx(&self.conn, |c| store::unsuppress(c, r.incident, now));
+            match res {
+                Ok(Some(_)) => {
+                    tracing::info!(
+                        incident = r.incident,
+                        "symptom persists after its parent recovered; no longer suppressed"
+                    );
+                    self.announce_if_quiet(r.incident, now);
+                }
+                Ok(None) => {}
+                Err(e) => self.write_failed("unsuppress", &e),
+            }
+        }
+    }
+
+    /// Host names and tags, maintenance windows, stale inventories, open-incident gauges.
+    fn refresh(&mut self, now: i64) {
+        if let Err(e) = self.refresh_hosts() {
+            tracing::warn!(error = %e, "cannot refresh host names and tags");
+        }
+        match maintenance::load(&self.conn, true) {
+            Ok(w) => self.windows = w,
+            Err(e) => tracing::warn!(error = %e, "cannot load maintenance windows"),
+        }
+        match stale_agents(&self.conn) {
+            Ok(stale) => {
+                for (agent, is_stale) in stale {
+                    let Some((key, _)) = self.agents.get_key_value(agent.as_str()) else {
+                        continue;
+                    };
+                    let key = key.clone();
+                    self.derived(&key, INVENTORY_STALE, now, if is_stale { 1.0 } else { 0.0 });
+                }
+            }
+            Err(e) => tracing::warn!(error = %e, "cannot read stale inventories"),
+        }
+        match store::open_counts(&self.conn) {
+            Ok(counts) => self.metrics.set_open(counts),
+            Err(e) => tracing::warn!(error = %e, "cannot count open incidents"),
+        }
+    }
+
+    fn refresh_hosts(&mut self) -> rusqlite::Result<()> {
+        let mut stmt = self.conn.prepare_cached(
+            "SELECT a.id, a.hostname, c.id, c.attrs, c.manual_attrs
+             FROM agents a LEFT JOIN cis c ON c.agent_id = a.id AND c.type = 'host'
+             WHERE a.revoked_at_ms IS NULL",
+        )?;
+        let rows = stmt.query_map([], |r| {
+            Ok((
+                r.get::<_, String>(0)?,
+                r.get::<_, String>(1)?,
+                r.get::<_, Option<i64>>(2)?,
+                r.get::<_, Option<String>>(3)?,
+                r.get::<_, Option<String>>(4)?,
+            ))
+        })?;
+        for row in rows {
+            let (id, hostname, host_ci, attrs, manual) = row?;
+            let Some(state) = self.agents.get_mut(id.as_str()) else {
+                continue;
+            };
+            let tags = attrs
+                .as_deref()
+                .map(|a| scope::host_tags(a, manual.as_deref()))
+                .unwrap_or_default();
+            if state.hostname != hostname || state.tags != tags || state.host_ci != host_ci {
+                state.hostname = hostname;
+                state.tags = tags;
+                state.host_ci = host_ci;
+                state.rescope(&self.rules);
+            }
+        }
+        Ok(())
+    }
+
+    fn load_host(&mut self, agent: &Arc<str>) {
+        let row = self
+            .conn
+            .prepare_cached(
+                "SELECT c.id, c.attrs, c.manual_attrs FROM cis c
+                 WHERE c.agent_id = ?1 AND c.type = 'host' AND c.key = 'host'",
+            )
+            .and_then(|mut s| {
+                s.query_row([&**agent], |r| {
+                    Ok((
+                        r.get::<_, i64>(0)?,
+                        r.get::<_, String>(1)?,
+                        r.get::<_, Option<String>>(2)?,
+                    ))
+                })
+                .optional()
+            });
+        let Some(state) = self.agents.get_mut(agent) else {
+            return;
+        };
+        match row {
+            Ok(Some((id, attrs, manual))) => {
+                state.host_ci = Some(id);
+                state.tags = scope::host_tags(&attrs, manual.as_deref());
+                state.rescope(&self.rules);
+            }
+            Ok(None) => {}
+            Err(e) => tracing::warn!(error = %e, "cannot read the host CI"),
+        }
+    }
+
+    fn write_failed(&self, what: &str, e: &rusqlite::Error) {
+        self.metrics.write_errors.inc();
+        tracing::warn!(error = %e, "incident {what} not written; will retry on the next sample");
+    }
+}
+
+/// The stable dedup key of a rule series.
+pub fn dedup_key(rule: &str, agent: &str, ci_type: &str, ci_key: &str) -> String {
+    format!("{rule}|{agent}|{ci_type}|{ci_key}")
+}
+
+fn static_type(t: &str) -> &'static str {
+    ci_type::DISCOVERED
+        .iter()
+        .copied()
+        .chain([scope::CHECK])
+        .find(|k| *k == t)
+        .unwrap_or(ci_type::HOST)
+}
+
+fn title(rule: &Rule, hostname: &str, ci_type: &str, key: &str, value: f64) -> String {
+    let (op, t) = match rule.threshold {
+        Threshold::Above(t) => (">", t),
+        Threshold::Below(t) => ("<", t),
+    };
+    let on = if ci_type == ci_type::HOST {
+        hostname.to_string()
+    } else {
+        format!("{hostname} {key}")
+    };
+    format!(
+        "{} on {on}: {} {} {op} {}",
+        rule.name,
+        rule.metric,
+        short(value),
+        short(t)
+    )
+}
+
+fn short(v: f64) -> String {
+    if v.fract() == 0.0 && v.abs() < 1e15 {
+        format!("{v:.0}")
+    } else {
+        format!("{v:.3}")
+            .trim_end_matches('0')
+            .trim_end_matches('.')
+            .to_string()
+    }
+}
+
+fn lookup_ci(
+    conn: &Connection,
+    agent: &str,
+    ci_type: &str,
+    key: &str,
+    host_ci: Option<i64>,
+) -> Option<i64> {
+    if ci_type == ci_type::HOST {
+        return host_ci;
+    }
+    if ci_type == scope::CHECK {
+        return None;
+    }
+    conn.prepare_cached("SELECT id FROM cis WHERE agent_id = ?1 AND type = ?2 AND key = ?3")
+        .and_then(|mut s| {
+            s.query_row(params![agent, ci_type, key], |r| r.get(0))
+                .optional()
+        })
+        .unwrap_or_else(|e| {
+            tracing::warn!(error = %e, "cannot look up a CI");
+            None
+        })
+}
+
+/// Active incidents of a host other than `except` that are not yet suppressed.
+fn host_symptoms(conn: &Connection, agent: &str, except: i64) -> rusqlite::Result<Vec<i64>> {
+    conn.prepare_cached(
+        "SELECT id FROM incidents WHERE agent_id = ?1 AND id != ?2
+            AND state IN ('open', 'acknowledged') AND suppressed IS NULL",
+    )?
+    .query_map(params![agent, except], |r| r.get(0))?
+    .collect()
+}
+
+/// An active incident on another host that this host `depends_on` (its host unreachable first,
+/// else one on the depended-on CI itself).
+fn dependency_incident(conn: &Connection, agent: &str) -> rusqlite::Result<Option<i64>> {
+    conn.prepare_cached(
+        "SELECT i.id FROM relations r
+            JOIN cis f ON f.id = r.from_ci
+            JOIN cis t ON t.id = r.to_ci
+            JOIN incidents i ON i.agent_id = t.agent_id
+                AND i.state IN ('open', 'acknowledged')
+                AND (i.rule = 'host-unreachable' OR i.ci_id = t.id)
+         WHERE r.kind = 'depends_on' AND f.agent_id = ?1 AND t.agent_id != ?1
+         ORDER BY (i.rule = 'host-unreachable') DESC, i.id LIMIT 1",
+    )?
+    .query_row([agent], |r| r.get(0))
+    .optional()
+}
+
+fn stale_agents(conn: &Connection) -> rusqlite::Result<Vec<(String, bool)>> {
+    conn.prepare_cached("SELECT agent_id, stale FROM inventory_state")?
+        .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?
+        .collect()
+}
+
+/// Runs `f` in a `BEGIN IMMEDIATE` transaction (a concurrent writer waits for the busy timeout
+/// instead of failing on the upgrade).
+pub(crate) fn in_tx<T>(
+    conn: &Connection,
+    f: impl FnOnce(&Connection) -> rusqlite::Result<T>,
+) -> rusqlite::Result<T> {
+    conn.execute_batch("BEGIN IMMEDIATE")?;
+    match f(conn) {
+        Ok(v) => {
+            if let Err(e) = conn.execute_batch("COMMIT") {
+                let _ = conn.execute_batch("ROLLBACK");
+                return Err(e);
+            }
+            Ok(v)
+        }
+        Err(e) => {
+            let _ = conn.execute_batch("ROLLBACK");
+            Err(e)
+        }
+    }
+}

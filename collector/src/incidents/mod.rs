@@ -1,0 +1,124 @@
+//! Incident management: threshold rules evaluated on ingest open and resolve incidents by
+//! themselves; operators acknowledge, assign, comment, resolve and close them through the API;
+//! notifications go out through webhooks (`crate::notify`).
+//!
+//! - [`eval`]: the pure state machine of one (rule, CI) series (`for`, hysteresis, flapping,
+//!   late samples) and the ITIL priority matrix.
+//! - [`engine`]: the thread that owns every series, feeds derived metrics (`up`,
+//!   `memory_used_ratio`, `inventory_stale`), decides suppression (parent host, `depends_on`,
+//!   maintenance) and writes incident changes.
+//! - [`store`]: the incident tables, lifecycle transitions and their legality, reads.
+//! - [`builtin`]: the built-in rules. [`scope`]: which CI a sample belongs to, scope matching.
+//! - [`maintenance`]: maintenance windows. [`announce`]: incident events into the outbox.
+//!
+//! # Lifecycle
+//! `open -> acknowledged -> resolved -> closed`. The system resolves an incident when its
+//! condition clears (`resolved_by = system`) and closes it `close_after` (default 24 h) later;
+//! a recurrence within `reopen_within` (default 1 h) of resolution reopens the same incident.
+//! One active incident per dedup key (rule, CI).
+
+pub mod announce;
+pub mod builtin;
+pub mod engine;
+pub mod eval;
+pub mod maintenance;
+pub mod scope;
+pub mod store;
+
+use prometheus::{
+    Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGaugeVec, Opts, Registry,
+};
+
+pub const INCIDENTS_OPEN: &str = "vigil_incidents_open";
+pub const INCIDENTS_OPENED_TOTAL: &str = "vigil_incidents_opened_total";
+pub const ACKNOWLEDGE_SECONDS: &str = "vigil_incident_acknowledge_seconds";
+pub const RESOLVE_SECONDS: &str = "vigil_incident_resolve_seconds";
+
+/// Buckets of the MTTA / MTTR histograms: 10 s to 3 days.
+const DURATION_BUCKETS: &[f64] = &[
+    10.0, 30.0, 60.0, 300.0, 900.0, 1800.0, 3600.0, 7200.0, 14400.0, 28800.0, 86400.0, 259200.0,
+];
+
+/// The incident metrics of SPEC.md plus the engine's own counters. Cheap to clone.
+#[derive(Clone)]
+pub struct IncidentMetrics {
+    open: IntGaugeVec,
+    opened_total: IntCounterVec,
+    pub acknowledge_seconds: Histogram,
+    pub resolve_seconds: Histogram,
+    pub evaluations: IntCounter,
+    pub late_samples: IntCounter,
+    pub write_errors: IntCounter,
+}
+
+impl IncidentMetrics {
+    pub fn new() -> Result<IncidentMetrics, prometheus::Error> {
+        let m = IncidentMetrics {
+            open: IntGaugeVec::new(
+                Opts::new(
+                    INCIDENTS_OPEN,
+                    "Open (or acknowledged) incidents by priority.",
+                ),
+                &["priority"],
+            )?,
+            opened_total: IntCounterVec::new(
+                Opts::new(INCIDENTS_OPENED_TOTAL, "Incidents opened, by rule."),
+                &["rule"],
+            )?,
+            acknowledge_seconds: Histogram::with_opts(
+                HistogramOpts::new(
+                    ACKNOWLEDGE_SECONDS,
+                    "Time from an incident's start to its acknowledgement (MTTA).",
+                )
+                .buckets(DURATION_BUCKETS.to_vec()),
+            )?,
+            resolve_seconds: Histogram::with_opts(
+                HistogramOpts::new(
+                    RESOLVE_SECONDS,
+                    "Time from an incident's start to its resolution (MTTR).",
+                )
+                .buckets(DURATION_BUCKETS.to_vec()),
+            )?,
+            evaluations: IntCounter::new(
+                "vigil_rule_evaluations_total",
+                "Samples evaluated against rules.",
+            )?,
+            late_samples: IntCounter::new(
+                "vigil_rule_late_samples_total",
+                "Samples older than their series' last evaluated one (skipped).",
+            )?,
+            write_errors: IntCounter::new(
+                "vigil_incident_write_errors_total",
+                "Incident changes that failed to commit (retried on the next sample).",
+            )?,
+        };
+        for p in 1..=5 {
+            m.open.with_label_values(&[&format!("P{p}")]).set(0);
+        }
+        Ok(m)
+    }
+
+    pub fn register(&self, registry: &Registry) -> Result<(), prometheus::Error> {
+        registry.register(Box::new(self.open.clone()))?;
+        registry.register(Box::new(self.opened_total.clone()))?;
+        registry.register(Box::new(self.acknowledge_seconds.clone()))?;
+        registry.register(Box::new(self.resolve_seconds.clone()))?;
+        registry.register(Box::new(self.evaluations.clone()))?;
+        registry.register(Box::new(self.late_samples.clone()))?;
+        registry.register(Box::new(self.write_errors.clone()))?;
+        Ok(())
+    }
+
+    pub fn opened(&self, rule: &str) {
+        self.opened_total.with_label_values(&[rule]).inc();
+    }
+
+    /// Sets `vigil_incidents_open{priority}` from counts (index 0 = P1).
+    pub fn set_open(&self, counts: [u64; 5]) {
+        for (i, n) in counts.iter().enumerate() {
+            self.open
+                .with_label_values(&[&format!("P{}", i + 1)])
+                .set(i64::try_from(*n).unwrap_or(i64::MAX));
+        }
+    }
+}
