@@ -1254,10 +1254,27 @@ mod tests {
             rules,
             [
                 "filesystem-almost-full",
-                "host-down",
+                "host-unreachable",
                 "cpu-saturated",
                 "memory-pressure",
-                "check-failing",
+                "check-down",
+                "db-load"
+            ]
+        );
+        assert_eq!(c.webhooks.len(), 1);
+        assert_eq!(c.webhooks[0].max_priority, 3);
+        let effective: Vec<String> = c.effective_rules().into_iter().map(|r| r.name).collect();
+        assert_eq!(
+            effective,
+            [
+                "filesystem-full",
+                "memory-full",
+                "inventory-stale",
+                "filesystem-almost-full",
+                "host-unreachable",
+                "cpu-saturated",
+                "memory-pressure",
+                "check-down",
                 "db-load"
             ]
         );

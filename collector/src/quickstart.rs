@@ -91,10 +91,14 @@ pub async fn run(opts: Options) -> Result<()> {
     if opts.agent {
         println!("  Local agent:  enrolled and streaming this host every 10s");
     }
-    let rules: Vec<_> = config.rules.iter().map(|r| r.name.as_str()).collect();
+    let rules: Vec<_> = config
+        .effective_rules()
+        .into_iter()
+        .map(|r| r.name)
+        .collect();
     let slas: Vec<_> = config.slas.iter().map(|s| s.name.as_str()).collect();
     println!(
-        "  Rules:        {} (examples; SLA: {})",
+        "  Rules:        {} (built-in and examples; SLA: {})",
         rules.join(", "),
         slas.join(", ")
     );

@@ -1185,3 +1185,390 @@ pub(crate) fn in_tx<T>(
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicI64, Ordering};
+
+    use super::*;
+    use crate::config::{Level, Scope};
+    use crate::incidents::builtin;
+    use crate::incidents::store::State;
+    use crate::store::{Db, NewAgent};
+
+    const T0: i64 = 1_800_000_000_000;
+
+    struct Fixture {
+        _dir: tempfile::TempDir,
+        db: Db,
+        now: Arc<AtomicI64>,
+        engine: Engine,
+    }
+
+    fn rule(name: &str, metric: &str, threshold: Threshold, clear: f64, ci_type: &str) -> Rule {
+        Rule {
+            name: name.into(),
+            metric: metric.into(),
+            threshold,
+            clear,
+            hold: Duration::ZERO,
+            impact: Level::High,
+            urgency: Level::Medium,
+            scope: Scope {
+                ci_type: Some(ci_type.into()),
+                ..Scope::default()
+            },
+            labels: BTreeMap::new(),
+        }
+    }
+
+    fn config(windows: Vec<crate::config::Maintenance>) -> EngineConfig {
+        let mut rules: Vec<Rule> = builtin::rules()
+            .into_iter()
+            .filter(|r| r.name == HOST_UNREACHABLE || r.name == builtin::MEMORY_FULL)
+            .map(|mut r| {
+                r.hold = Duration::ZERO;
+                r
+            })
+            .collect();
+        rules.push(rule(
+            "check",
+            "check_up",
+            Threshold::Below(1.0),
+            1.0,
+            "check",
+        ));
+        rules.push(rule(
+            "fs",
+            "filesystem_used_ratio",
+            Threshold::Above(0.9),
+            0.85,
+            "filesystem",
+        ));
+        EngineConfig {
+            rules,
+            flap: FlapParams::default(),
+            reopen_within_ms: 3_600_000,
+            close_after_ms: 86_400_000,
+            down_after_intervals: 3,
+            webhooks: Arc::new(vec![Webhook {
+                name: "ops".into(),
+                url: "http://127.0.0.1:9/".into(),
+                secret: None,
+                format: crate::notify::Format::Json,
+                max_priority: 5,
+                rules: Vec::new(),
+                labels: BTreeMap::new(),
+                timeout: Duration::from_secs(1),
+            }]),
+            maintenance: windows,
+        }
+    }
+
+    fn fixture(windows: Vec<crate::config::Maintenance>) -> Fixture {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let db = Db::open(dir.path()).expect("db");
+        for (id, host) in [("a1", "web-1"), ("a2", "db-1")] {
+            db.register_agent(
+                &NewAgent {
+                    id: id.into(),
+                    hostname: host.into(),
+                    version: "test".into(),
+                    cert_pin: format!("pin-{id}"),
+                    token_id: "t".into(),
+                },
+                T0,
+            )
+            .expect("agent");
+        }
+        let now = Arc::new(AtomicI64::new(T0));
+        let engine = start(dir.path(), &now, windows);
+        Fixture {
+            _dir: dir,
+            db,
+            now,
+            engine,
+        }
+    }
+
+    fn start(dir: &Path, now: &Arc<AtomicI64>, windows: Vec<crate::config::Maintenance>) -> Engine {
+        let conn = crate::store::open_connection(dir).expect("conn");
+        let clock_now = now.clone();
+        let clock: crate::latest::Clock = Arc::new(move || clock_now.load(Ordering::SeqCst));
+        maintenance::sync_config(&conn, &windows, now.load(Ordering::SeqCst)).expect("windows");
+        Engine::new(
+            conn,
+            config(windows),
+            IncidentMetrics::new().expect("metrics"),
+            Arc::new(|| {}),
+            clock,
+        )
+        .expect("engine")
+    }
+
+    impl Fixture {
+        fn at(&self, ms: i64) -> i64 {
+            self.now.store(T0 + ms, Ordering::SeqCst);
+            T0 + ms
+        }
+
+        fn connect(&mut self, agent: &str, ms: i64) {
+            let at = self.at(ms);
+            self.engine.handle(Input::Connected {
+                agent: Arc::from(agent),
+                hostname: if agent == "a1" { "web-1" } else { "db-1" }.into(),
+                interval_ms: 1000,
+                at_ms: at,
+            });
+        }
+
+        fn sample(
+            &mut self,
+            agent: &str,
+            name: &str,
+            label: Option<(&str, &str)>,
+            ms: i64,
+            v: f64,
+        ) {
+            let at = self.at(ms);
+            self.engine.handle(Input::Samples {
+                agent: Arc::from(agent),
+                samples: vec![Sample {
+                    ts_ms: at,
+                    name: name.into(),
+                    labels: label
+                        .map(|(k, v)| vec![(k.to_string(), v.to_string())])
+                        .unwrap_or_default(),
+                    value: v,
+                }],
+                received_ms: at,
+            });
+        }
+
+        fn tick(&mut self, ms: i64) {
+            let at = self.at(ms);
+            self.engine.tick(at);
+        }
+
+        fn incident(&self, rule: &str, agent: &str) -> store::Incident {
+            let (items, _) = store::list(
+                self.db.conn(),
+                &store::Filter {
+                    rule: Some(rule.into()),
+                    host: Some(agent.into()),
+                    limit: 10,
+                    ..store::Filter::default()
+                },
+            )
+            .expect("list");
+            items
+                .into_iter()
+                .next()
+                .unwrap_or_else(|| panic!("no {rule} incident on {agent}"))
+        }
+
+        fn notifications(&self, id: i64) -> Vec<String> {
+            self.db
+                .conn()
+                .prepare("SELECT event FROM notifications WHERE incident_id = ?1 ORDER BY id")
+                .expect("prepare")
+                .query_map([id], |r| r.get(0))
+                .expect("query")
+                .collect::<rusqlite::Result<_>>()
+                .expect("rows")
+        }
+    }
+
+    #[test]
+    fn an_unreachable_host_suppresses_its_symptoms_and_recovered_ones_close() {
+        let mut f = fixture(Vec::new());
+        f.connect("a1", 0);
+        f.sample("a1", "check_up", Some(("check", "app")), 100, 0.0);
+        let check = f.incident("check", "a1");
+        assert_eq!((check.state, check.is_suppressed()), (State::Open, false));
+        assert_eq!(f.notifications(check.id), ["opened"]);
+
+        // The connection is lost without a goodbye: the host is unreachable at once.
+        let at = f.at(1_000);
+        f.engine.handle(Input::Disconnected {
+            agent: Arc::from("a1"),
+            goodbye: false,
+            at_ms: at,
+        });
+        let host = f.incident(HOST_UNREACHABLE, "a1");
+        assert_eq!((host.state, host.priority), (State::Open, 1));
+        let check = f.incident("check", "a1");
+        assert_eq!(
+            (check.suppressed.as_deref(), check.parent_id),
+            (Some("parent"), Some(host.id))
+        );
+
+        // A new symptom while the host is down opens suppressed and does not notify.
+        f.sample(
+            "a1",
+            "filesystem_used_ratio",
+            Some(("mountpoint", "/var")),
+            1_500,
+            0.95,
+        );
+        let fs = f.incident("fs", "a1");
+        assert_eq!(
+            (fs.suppressed.as_deref(), fs.parent_id),
+            (Some("parent"), Some(host.id))
+        );
+        assert!(f.notifications(fs.id).is_empty());
+
+        // Back: the host resolves; the check clears within the grace period and closes; the
+        // filesystem stays full, so after the grace it stands on its own and is announced.
+        f.connect("a1", 2_000);
+        f.tick(2_100);
+        assert_eq!(f.incident(HOST_UNREACHABLE, "a1").state, State::Resolved);
+        f.sample("a1", "check_up", Some(("check", "app")), 2_500, 1.0);
+        let check = f.incident("check", "a1");
+        assert_eq!(check.state, State::Closed);
+        assert_eq!(f.notifications(check.id), ["opened", "resolved"]);
+        for ms in [3_000, 5_000, 7_000] {
+            f.sample(
+                "a1",
+                "filesystem_used_ratio",
+                Some(("mountpoint", "/var")),
+                ms,
+                0.96,
+            );
+        }
+        f.tick(7_100);
+        let fs = f.incident("fs", "a1");
+        assert_eq!((fs.state, fs.is_suppressed()), (State::Open, false));
+        assert_eq!(f.notifications(fs.id), ["opened"]);
+        assert_eq!(f.notifications(host.id), ["opened", "resolved"]);
+    }
+
+    #[test]
+    fn a_silent_agent_becomes_unreachable_after_three_intervals() {
+        let mut f = fixture(Vec::new());
+        f.connect("a1", 0);
+        f.sample("a1", "check_up", Some(("check", "app")), 1_000, 1.0);
+        f.tick(3_900);
+        assert!(store::active(f.db.conn()).expect("active").is_empty());
+        f.tick(4_100);
+        assert_eq!(f.incident(HOST_UNREACHABLE, "a1").state, State::Open);
+    }
+
+    #[test]
+    fn maintenance_windows_suppress_matching_breaches_only() {
+        let window = crate::config::Maintenance {
+            name: "patch-night".into(),
+            scope: Scope {
+                host: Some(glob::Pattern::new("db-*").expect("glob")),
+                ..Scope::default()
+            },
+            start_ms: T0 - 1_000,
+            duration: Duration::from_secs(3600),
+            every: None,
+        };
+        let mut f = fixture(vec![window]);
+        f.connect("a1", 0);
+        f.connect("a2", 0);
+        f.sample(
+            "a2",
+            "filesystem_used_ratio",
+            Some(("mountpoint", "/")),
+            100,
+            0.99,
+        );
+        f.sample(
+            "a1",
+            "filesystem_used_ratio",
+            Some(("mountpoint", "/")),
+            100,
+            0.99,
+        );
+        let db = f.incident("fs", "a2");
+        assert_eq!(
+            (db.suppressed.as_deref(), db.maintenance.as_deref()),
+            (Some("maintenance"), Some("patch-night"))
+        );
+        assert!(f.notifications(db.id).is_empty());
+        let web = f.incident("fs", "a1");
+        assert!(!web.is_suppressed());
+        assert_eq!(f.notifications(web.id), ["opened"]);
+    }
+
+    #[test]
+    fn a_dependency_down_is_named_the_probable_cause() {
+        let mut f = fixture(Vec::new());
+        let c = f.db.conn();
+        for (agent, ty, key) in [
+            ("a1", "host", "host"),
+            ("a2", "listening_service", "tcp:5432"),
+        ] {
+            c.execute(
+                "INSERT INTO cis (agent_id, type, key, name, source, first_seen_ms, last_seen_ms)
+                 VALUES (?1, ?2, ?3, ?3, 'discovery', 0, 0)",
+                params![agent, ty, key],
+            )
+            .expect("ci");
+        }
+        c.execute(
+            "INSERT INTO relations (from_ci, kind, to_ci, source, first_seen_ms)
+             SELECT f.id, 'depends_on', t.id, 'wire:a1', 0 FROM cis f, cis t
+             WHERE f.agent_id = 'a1' AND t.agent_id = 'a2'",
+            [],
+        )
+        .expect("relation");
+        f.connect("a1", 0);
+        f.connect("a2", 0);
+        let at = f.at(500);
+        f.engine.handle(Input::Disconnected {
+            agent: Arc::from("a2"),
+            goodbye: false,
+            at_ms: at,
+        });
+        let db_down = f.incident(HOST_UNREACHABLE, "a2");
+        f.sample("a1", "check_up", Some(("check", "orders")), 1_000, 0.0);
+        let app = f.incident("check", "a1");
+        assert_eq!(app.probable_cause_id, Some(db_down.id));
+        assert_eq!(app.parent_id, Some(db_down.id));
+        assert!(f.notifications(app.id).is_empty());
+    }
+
+    #[test]
+    fn memory_ratio_is_derived_and_series_survive_a_restart() {
+        let mut f = fixture(Vec::new());
+        f.connect("a1", 0);
+        let at = f.at(100);
+        let batch = |used: f64, at: i64| Input::Samples {
+            agent: Arc::from("a1"),
+            samples: vec![
+                Sample {
+                    ts_ms: at,
+                    name: "memory_used_bytes".into(),
+                    labels: Vec::new(),
+                    value: used,
+                },
+                Sample {
+                    ts_ms: at,
+                    name: "memory_total_bytes".into(),
+                    labels: Vec::new(),
+                    value: 100.0,
+                },
+            ],
+            received_ms: at,
+        };
+        f.engine.handle(batch(97.0, at));
+        let inc = f.incident(builtin::MEMORY_FULL, "a1");
+        assert_eq!((inc.state, inc.trigger_value), (State::Open, Some(0.97)));
+
+        // A new engine on the same store (a collector restart) picks the series up.
+        let mut restarted = start(f._dir.path(), &f.now, Vec::new());
+        restarted.handle(Input::Connected {
+            agent: Arc::from("a1"),
+            hostname: "web-1".into(),
+            interval_ms: 1000,
+            at_ms: f.at(200),
+        });
+        restarted.handle(batch(50.0, f.at(300)));
+        let after = f.incident(builtin::MEMORY_FULL, "a1");
+        assert_eq!((after.id, after.state), (inc.id, State::Resolved));
+    }
+}
