@@ -6,6 +6,9 @@ cd "$(dirname "$0")"
 
 need=()
 { command -v promtool && command -v prometheus; } >/dev/null 2>&1 || need+=(prometheus)
+# Debian installs Alertmanager as prometheus-alertmanager.
+{ command -v prometheus-alertmanager || command -v alertmanager; } >/dev/null 2>&1 \
+  || need+=(prometheus-alertmanager)
 if [ ${#need[@]} -gt 0 ]; then
   echo "installing ${need[*]} ..."
   if [ "$(id -u)" -ne 0 ]; then SUDO=sudo; else SUDO=; fi

@@ -154,7 +154,7 @@ pub async fn start(config: &CollectorConfig) -> Result<Running> {
         vigil_shared::proto::Settings {
             interval_ms: config.agents.interval.map(|i| i.as_millis() as u64),
         },
-        Some(engine),
+        Some(engine.clone()),
     )?);
     tracker.spawn(ingest.run(endpoint.clone(), shutdown.clone()));
 
@@ -168,6 +168,9 @@ pub async fn start(config: &CollectorConfig) -> Result<Running> {
         wake,
         metrics: Some(incident_metrics),
         rules,
+        reopen_within_ms: i64::try_from(config.incidents.reopen_within.as_millis())
+            .unwrap_or(i64::MAX),
+        engine: Some(engine),
     });
     let router = http::router(http_state);
     let http_shutdown = shutdown.clone();

@@ -677,6 +677,25 @@ fn convert_webhook(
     }
 }
 
+/// Validates one rule given as JSON (the API's body, the same keys as `[[rule]]`) with exactly the
+/// checks of the configuration file. Errors come back as messages without positions.
+pub fn rule_from_json(v: &serde_json::Value) -> Result<Rule, Vec<String>> {
+    let serde_json::Value::Object(_) = v else {
+        return Err(vec!["a rule must be a JSON object".into()]);
+    };
+    let table = toml::Value::try_from(v).map_err(|e| vec![format!("not a valid rule: {e}")])?;
+    let doc = toml::Value::Table(toml::map::Map::from_iter([(
+        "rule".to_string(),
+        toml::Value::Array(vec![table]),
+    )]));
+    let text = toml::to_string(&doc).map_err(|e| vec![format!("not a valid rule: {e}")])?;
+    match from_str("rule", &text) {
+        Ok(mut c) if c.rules.len() == 1 => Ok(c.rules.remove(0)),
+        Ok(_) => Err(vec!["a rule must be a JSON object".into()]),
+        Err(errors) => Err(errors.0.into_iter().map(|e| e.message).collect()),
+    }
+}
+
 /// `P1`..`P5` (or `1`..`5`).
 pub fn parse_priority(s: &str) -> Result<u8, String> {
     let digits = s.strip_prefix(['P', 'p']).unwrap_or(s);

@@ -7,6 +7,7 @@
 //! This module must never: answer an API request with anything but JSON, leak internal error
 //! detail (it is logged instead), echo or log a token, or block the runtime on SQLite.
 
+mod alertmanager;
 mod auth;
 mod cmdb;
 mod error;
@@ -55,6 +56,10 @@ pub struct IncidentsApi {
     pub wake: Arc<dyn Fn() + Send + Sync>,
     pub metrics: Option<crate::incidents::IncidentMetrics>,
     pub rules: Arc<Vec<crate::config::Rule>>,
+    /// `[incidents] reopen_within`, for incidents opened through the API (Alertmanager).
+    pub reopen_within_ms: i64,
+    /// Told when API rules change.
+    pub engine: Option<crate::incidents::engine::EngineHandle>,
 }
 
 impl Default for IncidentsApi {
@@ -64,6 +69,8 @@ impl Default for IncidentsApi {
             wake: Arc::new(|| {}),
             metrics: None,
             rules: Arc::new(Vec::new()),
+            reopen_within_ms: 3_600_000,
+            engine: None,
         }
     }
 }
@@ -103,7 +110,8 @@ pub fn router(state: HttpState) -> Router {
         .route("/agents", get(list_agents))
         .route("/tokens", get(list_tokens))
         .merge(cmdb::routes())
-        .merge(incidents::routes());
+        .merge(incidents::routes())
+        .merge(alertmanager::routes());
     Router::new()
         .route("/metrics", get(metrics))
         .route("/healthz", get(|| async { "ok" }))

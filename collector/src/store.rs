@@ -263,6 +263,16 @@ const MIGRATION_STEPS: &[M<'static>] = &[
     CREATE UNIQUE INDEX maintenance_live_name ON maintenance_windows(name)
         WHERE deleted_ms IS NULL;",
     ),
+    // Rules made through the API (`crate::incidents::rules`): the request body as JSON, checked
+    // by the same validation as `[[rule]]` in collector.toml.
+    M::up(
+        "CREATE TABLE api_rules (
+        name       TEXT PRIMARY KEY NOT NULL,
+        definition TEXT NOT NULL,
+        created_ms INTEGER NOT NULL,
+        created_by TEXT NOT NULL
+    ) STRICT;",
+    ),
 ];
 
 /// The migrations applied by every [`Db::open`] and [`Writer::spawn`].

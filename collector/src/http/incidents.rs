@@ -66,7 +66,8 @@ pub(super) fn routes() -> Router<HttpState> {
         .route("/incidents/{id}/comment", post(comment))
         .route("/incidents/{id}/resolve", post(resolve))
         .route("/incidents/{id}/close", post(close))
-        .route("/rules", get(rules))
+        .route("/rules", get(rules).post(create_rule))
+        .route("/rules/{name}", delete(delete_rule))
         .route("/maintenance", get(list_windows).post(create_window))
         .route("/maintenance/{id}", delete(delete_window))
 }
@@ -552,12 +553,18 @@ async fn act(
                     }
                 }
                 Ok(Ok(t))
-            });
-            Ok::<_, StoreError>(res?)
+            })?;
+            let counts = store::open_counts(db.conn())?;
+            Ok::<_, StoreError>(res.map(|t| (t, counts)))
         })
         .await?;
     let t = match result {
-        Ok(t) => t,
+        Ok((t, counts)) => {
+            if let Some(m) = &state.incidents.metrics {
+                m.set_open(counts);
+            }
+            t
+        }
         Err(TransitionError::NotFound(id)) => {
             return Err(ApiError::NotFound(format!("incident {id} not found")))
         }
@@ -604,7 +611,41 @@ struct RuleView {
     priority: String,
     scope: ScopeJson,
     labels: std::collections::BTreeMap<String, String>,
-    builtin: bool,
+    /// `builtin`, `config` or `api`.
+    origin: &'static str,
+}
+
+fn rule_view(r: &crate::config::Rule, origin: &'static str) -> RuleView {
+    RuleView {
+        name: r.name.clone(),
+        metric: r.metric.clone(),
+        above: match r.threshold {
+            Threshold::Above(t) => Some(t),
+            Threshold::Below(_) => None,
+        },
+        below: match r.threshold {
+            Threshold::Below(t) => Some(t),
+            Threshold::Above(_) => None,
+        },
+        clear: r.clear,
+        hold: humantime::format_duration(r.hold).to_string(),
+        impact: r.impact.as_str(),
+        urgency: r.urgency.as_str(),
+        priority: format!("P{}", crate::incidents::eval::priority(r.impact, r.urgency)),
+        scope: ScopeJson::from_scope(&r.scope),
+        labels: r.labels.clone(),
+        origin,
+    }
+}
+
+fn base_origin(r: &crate::config::Rule) -> &'static str {
+    if crate::incidents::builtin::NAMES.contains(&r.name.as_str())
+        && r.labels.get("builtin").is_some_and(|v| v == "true")
+    {
+        "builtin"
+    } else {
+        "config"
+    }
 }
 
 async fn rules(
@@ -612,34 +653,87 @@ async fn rules(
     State(state): State<HttpState>,
 ) -> Result<Json<Vec<RuleView>>, ApiError> {
     auth.require(Role::Viewer)?;
-    Ok(Json(
-        state
-            .incidents
-            .rules
-            .iter()
-            .map(|r| RuleView {
-                name: r.name.clone(),
-                metric: r.metric.clone(),
-                above: match r.threshold {
-                    Threshold::Above(t) => Some(t),
-                    Threshold::Below(_) => None,
-                },
-                below: match r.threshold {
-                    Threshold::Below(t) => Some(t),
-                    Threshold::Above(_) => None,
-                },
-                clear: r.clear,
-                hold: humantime::format_duration(r.hold).to_string(),
-                impact: r.impact.as_str(),
-                urgency: r.urgency.as_str(),
-                priority: format!("P{}", crate::incidents::eval::priority(r.impact, r.urgency)),
-                scope: ScopeJson::from_scope(&r.scope),
-                labels: r.labels.clone(),
-                builtin: crate::incidents::builtin::NAMES.contains(&r.name.as_str())
-                    && r.labels.get("builtin").is_some_and(|v| v == "true"),
-            })
-            .collect(),
-    ))
+    let api = state
+        .db
+        .run(|db| Ok(crate::incidents::rules::load(db.conn())?))
+        .await?;
+    let mut out: Vec<RuleView> = state
+        .incidents
+        .rules
+        .iter()
+        .map(|r| rule_view(r, base_origin(r)))
+        .collect();
+    out.extend(api.iter().map(|r| rule_view(&r.rule, "api")));
+    Ok(Json(out))
+}
+
+/// `POST /rules` (admin): a rule with the keys of `[[rule]]`, checked like the configuration.
+async fn create_rule(
+    auth: Auth,
+    State(state): State<HttpState>,
+    ApiJson(body): ApiJson<Value>,
+) -> Result<impl IntoResponse, ApiError> {
+    auth.require(Role::Admin)?;
+    let rule = crate::config::rule_from_json(&body)
+        .map_err(|errors| ApiError::Unprocessable(errors.join("; ")))?;
+    if state.incidents.rules.iter().any(|r| r.name == rule.name) {
+        return Err(ApiError::Conflict(format!(
+            "rule {:?} is defined in the configuration",
+            rule.name
+        )));
+    }
+    let by = format!("api:{}", auth.token_id);
+    let now = now_ms();
+    let stored = rule.clone();
+    let created = state
+        .db
+        .run(move |db| {
+            Ok(crate::incidents::rules::create(
+                db.conn(),
+                &stored,
+                &body,
+                &by,
+                now,
+            )?)
+        })
+        .await?;
+    if !created {
+        return Err(ApiError::Conflict(format!("rule {:?} exists", rule.name)));
+    }
+    if let Some(engine) = &state.incidents.engine {
+        engine
+            .send(crate::incidents::engine::Input::RulesChanged)
+            .await;
+    }
+    Ok((StatusCode::CREATED, Json(rule_view(&rule, "api"))))
+}
+
+/// `DELETE /rules/{name}` (admin): API rules only; their open incidents resolve.
+async fn delete_rule(
+    auth: Auth,
+    State(state): State<HttpState>,
+    ApiPath(name): ApiPath<String>,
+) -> Result<StatusCode, ApiError> {
+    auth.require(Role::Admin)?;
+    if state.incidents.rules.iter().any(|r| r.name == name) {
+        return Err(ApiError::Conflict(format!(
+            "rule {name:?} is defined in the configuration; remove it there"
+        )));
+    }
+    let n = name.clone();
+    let deleted = state
+        .db
+        .run(move |db| Ok(crate::incidents::rules::delete(db.conn(), &n)?))
+        .await?;
+    if !deleted {
+        return Err(ApiError::NotFound(format!("rule {name:?} not found")));
+    }
+    if let Some(engine) = &state.incidents.engine {
+        engine
+            .send(crate::incidents::engine::Input::RulesChanged)
+            .await;
+    }
+    Ok(StatusCode::NO_CONTENT)
 }
 
 #[derive(Debug, Serialize)]

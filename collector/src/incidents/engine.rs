@@ -82,6 +82,8 @@ pub enum Input {
     },
     /// The agent's inventory was stored (host name or tags may have changed).
     InventoryStored { agent: Arc<str> },
+    /// API rules were created or deleted.
+    RulesChanged,
     /// Answers once everything sent before it has been processed (tests, benchmarks).
     Sync(mpsc::Sender<()>),
 }
@@ -295,23 +297,10 @@ impl Engine {
         wake: Arc<dyn Fn() + Send + Sync>,
         clock: crate::latest::Clock,
     ) -> Result<Engine, StoreError> {
-        let rules: Vec<CompiledRule> = config
-            .rules
-            .iter()
-            .map(|r| CompiledRule {
-                cond: Condition::from_rule(r),
-                is_host_unreachable: r.name == HOST_UNREACHABLE,
-                rule: r.clone(),
-            })
-            .collect();
-        let mut by_metric: HashMap<String, Vec<usize>> = HashMap::new();
-        for (i, r) in rules.iter().enumerate() {
-            by_metric.entry(r.rule.metric.clone()).or_default().push(i);
-        }
         let mut engine = Engine {
             conn,
-            rules,
-            by_metric,
+            rules: Vec::new(),
+            by_metric: HashMap::new(),
             agents: HashMap::new(),
             config,
             metrics,
@@ -324,6 +313,7 @@ impl Engine {
             last_refresh_ms: i64::MIN,
             last_close_ms: i64::MIN,
         };
+        engine.load_rules();
         engine.restore()?;
         Ok(engine)
     }
@@ -345,10 +335,15 @@ impl Engine {
         }
         self.refresh(now);
         for inc in store::active(&self.conn)? {
-            let Some(agent_id) = inc.agent_id.as_deref() else {
+            if inc.origin != store::Origin::Rule.as_str() {
+                continue;
+            }
+            let Some(rule) = self.rules.iter().position(|r| r.rule.name == inc.rule) else {
+                // Its rule is gone from the configuration: nothing will ever resolve it.
+                self.resolve_orphan(inc.id, "rule_removed", now);
                 continue;
             };
-            let Some(rule) = self.rules.iter().position(|r| r.rule.name == inc.rule) else {
+            let Some(agent_id) = inc.agent_id.as_deref() else {
                 continue;
             };
             let Some(state) = self.agents.get_mut(agent_id) else {
@@ -379,6 +374,99 @@ impl Engine {
         Ok(())
     }
 
+    /// The configured (and built-in) rules plus the API's.
+    fn load_rules(&mut self) {
+        let mut all = self.config.rules.clone();
+        match super::rules::load(&self.conn) {
+            Ok(api) => {
+                for r in api {
+                    if all.iter().any(|x| x.name == r.rule.name) {
+                        tracing::warn!(rule = %r.rule.name, "API rule shadowed by a configured rule; ignored");
+                    } else {
+                        all.push(r.rule);
+                    }
+                }
+            }
+            Err(e) => tracing::warn!(error = %e, "cannot load API rules"),
+        }
+        self.set_rules(all);
+    }
+
+    /// Replaces the rule set, keeping the series of rules that stay (by name) and resolving the
+    /// open incidents of rules that went away.
+    fn set_rules(&mut self, rules: Vec<Rule>) {
+        let new: Vec<CompiledRule> = rules
+            .into_iter()
+            .map(|r| CompiledRule {
+                cond: Condition::from_rule(&r),
+                is_host_unreachable: r.name == HOST_UNREACHABLE,
+                rule: r,
+            })
+            .collect();
+        let old_names: Vec<String> = self.rules.iter().map(|r| r.rule.name.clone()).collect();
+        let mut orphans = Vec::new();
+        for state in self.agents.values_mut() {
+            let mut old = std::mem::take(&mut state.series);
+            old.resize_with(old_names.len(), HashMap::new);
+            state.series = new
+                .iter()
+                .map(|r| {
+                    old_names
+                        .iter()
+                        .position(|n| *n == r.rule.name)
+                        .map(|i| std::mem::take(&mut old[i]))
+                        .unwrap_or_default()
+                })
+                .collect();
+            for (i, series) in old.into_iter().enumerate() {
+                if new.iter().all(|r| r.rule.name != old_names[i]) {
+                    orphans.extend(series.values().filter_map(|e| e.incident));
+                }
+            }
+            state.host_scope = vec![false; new.len()];
+            state.rescope(&new);
+        }
+        let mut by_metric: HashMap<String, Vec<usize>> = HashMap::new();
+        for (i, r) in new.iter().enumerate() {
+            by_metric.entry(r.rule.metric.clone()).or_default().push(i);
+        }
+        self.rules = new;
+        self.by_metric = by_metric;
+        let now = (self.clock)();
+        for id in orphans {
+            self.resolve_orphan(id, "rule_deleted", now);
+        }
+    }
+
+    /// Resolves an active incident whose rule no longer exists.
+    fn resolve_orphan(&mut self, id: i64, code: &str, now: i64) {
+        let hooks = self.config.webhooks.clone();
+        let res = in_tx(&self.conn, |c| {
+            let Some(event_id) = store::auto_resolve(c, id, now, None, code, now)? else {
+                return Ok(());
+            };
+            if store::get(c, id)?.is_some_and(|i| i.announced) {
+                announce::announce(
+                    c,
+                    &hooks,
+                    id,
+                    EventKind::Resolved,
+                    event_id,
+                    store::SYSTEM,
+                    now,
+                )?;
+            }
+            Ok(())
+        });
+        match res {
+            Ok(()) => {
+                self.notified = true;
+                tracing::info!(incident = id, code, "incident resolved: its rule is gone");
+            }
+            Err(e) => self.write_failed("resolve", &e),
+        }
+    }
+
     fn run(&mut self, rx: Receiver<Input>) {
         let mut next_tick = (self.clock)() + ms(TICK);
         loop {
@@ -393,8 +481,13 @@ impl Engine {
                 self.tick(now);
                 next_tick = now + ms(TICK);
             }
+            // Something was written: wake the notifier, refresh the open-incident gauges.
             if std::mem::take(&mut self.notified) {
                 (self.wake)();
+                match store::open_counts(&self.conn) {
+                    Ok(counts) => self.metrics.set_open(counts),
+                    Err(e) => tracing::warn!(error = %e, "cannot count open incidents"),
+                }
             }
         }
         let now = (self.clock)();
@@ -446,6 +539,7 @@ impl Engine {
                 self.feed_up(&agent, at_ms);
             }
             Input::InventoryStored { agent } => self.load_host(&agent),
+            Input::RulesChanged => self.load_rules(),
             Input::Sync(done) => {
                 let now = (self.clock)();
                 self.flush(now, true);
@@ -1530,6 +1624,33 @@ mod tests {
         assert_eq!(app.probable_cause_id, Some(db_down.id));
         assert_eq!(app.parent_id, Some(db_down.id));
         assert!(f.notifications(app.id).is_empty());
+    }
+
+    #[test]
+    fn api_rules_take_effect_at_once_and_their_incidents_resolve_when_deleted() {
+        let mut f = fixture(Vec::new());
+        f.connect("a1", 0);
+        let body = serde_json::json!({"name": "api-load", "metric": "load1", "above": 4});
+        let rule = crate::config::rule_from_json(&body).expect("rule");
+        super::super::rules::create(f.db.conn(), &rule, &body, "api:t", T0).expect("create");
+        f.engine.handle(Input::RulesChanged);
+        f.sample("a1", "load1", None, 100, 9.0);
+        let inc = f.incident("api-load", "a1");
+        assert_eq!(inc.state, State::Open);
+        // Series of the other rules survive the reload.
+        f.sample("a1", "check_up", Some(("check", "app")), 200, 0.0);
+        f.engine.handle(Input::RulesChanged);
+        f.sample("a1", "check_up", Some(("check", "app")), 300, 1.0);
+        assert_eq!(f.incident("check", "a1").state, State::Resolved);
+
+        super::super::rules::delete(f.db.conn(), "api-load").expect("delete");
+        f.engine.handle(Input::RulesChanged);
+        let inc = f.incident("api-load", "a1");
+        assert_eq!(
+            (inc.state, inc.resolution_code.as_deref()),
+            (State::Resolved, Some("rule_deleted"))
+        );
+        assert_eq!(f.notifications(inc.id), ["opened", "resolved"]);
     }
 
     #[test]

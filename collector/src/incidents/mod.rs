@@ -17,11 +17,13 @@
 //! a recurrence within `reopen_within` (default 1 h) of resolution reopens the same incident.
 //! One active incident per dedup key (rule, CI).
 
+pub mod alertmanager;
 pub mod announce;
 pub mod builtin;
 pub mod engine;
 pub mod eval;
 pub mod maintenance;
+pub mod rules;
 pub mod scope;
 pub mod store;
 

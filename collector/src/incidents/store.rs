@@ -524,13 +524,26 @@ pub fn auto_resolve(
     code: &str,
     now_ms: i64,
 ) -> rusqlite::Result<Option<i64>> {
+    resolve_as(conn, id, at_ms, value, code, SYSTEM, now_ms)
+}
+
+/// [`auto_resolve`] on behalf of `by` (e.g. `alertmanager`).
+pub fn resolve_as(
+    conn: &Connection,
+    id: i64,
+    at_ms: i64,
+    value: Option<f64>,
+    code: &str,
+    by: &str,
+    now_ms: i64,
+) -> rusqlite::Result<Option<i64>> {
     let n = conn
         .prepare_cached(
-            "UPDATE incidents SET state = 'resolved', resolved_ms = ?2, resolved_by = 'system',
+            "UPDATE incidents SET state = 'resolved', resolved_ms = ?2, resolved_by = ?5,
                 resolution_code = ?3, last_value = coalesce(?4, last_value), flapping = 0
              WHERE id = ?1 AND state IN ('open', 'acknowledged')",
         )?
-        .execute(params![id, at_ms, code, value])?;
+        .execute(params![id, at_ms, code, value, by])?;
     if n == 0 {
         return Ok(None);
     }
@@ -539,7 +552,7 @@ pub fn auto_resolve(
         id,
         now_ms,
         "resolved",
-        SYSTEM,
+        by,
         &json!({"code": code, "value": value, "at_ms": at_ms}),
     )
     .map(Some)

@@ -1,6 +1,7 @@
 //! End-to-end tests: the real binaries on loopback, driven as a user would. One test binary
 //! (`cargo test -p vigil-tests --test e2e`), one module per area.
 
+mod alertmanager;
 mod bad_input;
 mod cmdb;
 mod config;

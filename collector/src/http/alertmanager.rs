@@ -1,0 +1,897 @@
+//! `POST /api/v1/alertmanager`: Prometheus Alertmanager's webhook receiver (payload version 4).
+//!
+//! Point an Alertmanager receiver at it with an operator API token:
+//!
+//! ```yaml
+//! receivers:
+//!   - name: vigil
+//!     webhook_configs:
+//!       - url: http://collector:8080/api/v1/alertmanager
+//!         send_resolved: true
+//!         http_config:
+//!           authorization: { credentials: vgl_... }   # role operator
+//! ```
+//!
+//! Each alert becomes an incident (mapping, severity table and title rules in
+//! [`crate::incidents::alertmanager`]): dedup key `am|<fingerprint>`, `origin = alertmanager`,
+//! `rule` = `alertname`. A `firing` alert opens it (or reopens it within `reopen_within` of its
+//! resolution; an active one is left as is; a firing alert that started before the incident's
+//! last resolution, e.g. one an operator resolved, does not reopen it). A `resolved` alert
+//! resolves the active one at `endsAt` (resolution code `alertmanager_resolved`; notification
+//! actor `alertmanager`).
+//!
+//! Host: the `instance` label's host (port stripped), then the `host` label, are matched against
+//! the host names of enrolled (not revoked) agents, case-insensitively, also as short name vs
+//! FQDN (`web1` ~ `web1.example.com`); an IP address also matches the one agent that reported
+//! it (`ip_address` CI; loopback and link-local never match). A match attaches the incident to
+//! that agent and its host CI (`ci_type = host`, `ci_key = host`); otherwise `ci_type = alert`,
+//! `ci_key = <fingerprint>`, no host. An alert on a host whose `host-unreachable` incident is
+//! active opens as its suppressed symptom; one inside a maintenance window that covers it opens
+//! suppressed by maintenance. Suppressed incidents never notify; a resolve is notified only
+//! when the open was.
+//!
+//! Answers: 200 `{"received", "opened", "reopened", "resolved", "unchanged", "problems"}`
+//! (`problems`: alerts processed with a missing, unreadable or future time, taken as now and
+//! logged); 400 not JSON; 401 no or bad token; 403 a viewer token; 413 a body over 1 MiB; 422
+//! `version` not "4", not the webhook shape, or an alert without `fingerprint`. The whole batch
+//! commits in one transaction: a store failure is a 500 and Alertmanager retries (replaying a
+//! batch changes nothing).
+//!
+//! This module must never: open two incidents for one fingerprint, notify for a suppressed
+//! incident, trust a label's size, or run SQLite on the async runtime.
+
+use std::net::IpAddr;
+
+use axum::body::Bytes;
+use axum::extract::rejection::BytesRejection;
+use axum::extract::{DefaultBodyLimit, State};
+use axum::http::StatusCode;
+use axum::routing::post;
+use axum::{Json, Router};
+use rusqlite::{params, Connection, OptionalExtension};
+use serde::Serialize;
+use vigil_shared::inventory::ci_type;
+
+use super::{now_ms, ApiError, Auth, HttpState};
+use crate::incidents::alertmanager::{self as am, Mapped, PayloadError, Status};
+use crate::incidents::announce;
+use crate::incidents::builtin::HOST_UNREACHABLE;
+use crate::incidents::engine::in_tx;
+use crate::incidents::maintenance::{self, Window};
+use crate::incidents::scope::{self, Target};
+use crate::incidents::store::{self, Opened, Opening, Origin, Suppression};
+use crate::notify::{EventKind, Webhook};
+use crate::store::{Role, StoreError};
+
+/// Largest webhook body.
+pub const MAX_BODY_BYTES: usize = 1024 * 1024;
+/// Resolution code of an incident Alertmanager resolved.
+pub const RESOLUTION_CODE: &str = "alertmanager_resolved";
+/// The actor of notifications this receiver causes.
+pub const ACTOR: &str = "alertmanager";
+/// `[incidents] reopen_within`'s default, for the tests.
+#[cfg(test)]
+const DEFAULT_REOPEN_WITHIN_MS: i64 = 3600 * 1000;
+
+pub(super) fn routes() -> Router<HttpState> {
+    Router::new().route(
+        "/alertmanager",
+        post(receive).layer(DefaultBodyLimit::max(MAX_BODY_BYTES)),
+    )
+}
+
+/// The answer: how many alerts came and what became of them.
+#[derive(Debug, Default, Clone, PartialEq, Eq, Serialize)]
+pub struct Summary {
+    pub received: u64,
+    pub opened: u64,
+    pub reopened: u64,
+    pub resolved: u64,
+    pub unchanged: u64,
+    pub problems: u64,
+}
+
+async fn receive(
+    auth: Auth,
+    State(state): State<HttpState>,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Json<Summary>, ApiError> {
+    auth.require(Role::Operator)?;
+    let body = body.map_err(|r| {
+        if r.status() == StatusCode::PAYLOAD_TOO_LARGE {
+            ApiError::PayloadTooLarge(format!("the body is larger than {MAX_BODY_BYTES} bytes"))
+        } else {
+            ApiError::BadRequest(r.body_text())
+        }
+    })?;
+    let payload = am::parse(&body).map_err(|e| match e {
+        PayloadError::Syntax(_) => ApiError::BadRequest(e.to_string()),
+        _ => ApiError::Unprocessable(e.to_string()),
+    })?;
+    let now = now_ms();
+    let alerts: Vec<Mapped> = payload.alerts.iter().map(|a| am::map(a, now)).collect();
+    for a in &alerts {
+        for p in &a.problems {
+            tracing::warn!(fingerprint = %a.fingerprint, rule = %a.rule, "Alertmanager alert: {p}");
+        }
+    }
+    let hooks = state.incidents.webhooks.clone();
+    let reopen_within_ms = state.incidents.reopen_within_ms;
+    let applied = state
+        .db
+        .run(move |db| {
+            let c = db.conn();
+            Ok::<_, StoreError>(in_tx(c, |c| {
+                apply(c, &hooks, &alerts, reopen_within_ms, now)
+            })?)
+        })
+        .await?;
+    // Committed: notify, and count.
+    let summary = applied.summary;
+    if summary.opened + summary.reopened + summary.resolved > 0 {
+        (state.incidents.wake)();
+    }
+    if let Some(m) = &state.incidents.metrics {
+        for rule in &applied.opened_rules {
+            m.opened(rule);
+        }
+        for seconds in applied.resolve_seconds {
+            m.resolve_seconds.observe(seconds);
+        }
+    }
+    tracing::debug!(?summary, group = ?payload.group_key, "Alertmanager webhook");
+    Ok(Json(summary))
+}
+
+/// What [`apply`] did: the answer, and what the metrics count once it committed.
+#[derive(Debug, Default, Clone, PartialEq)]
+pub struct Applied {
+    pub summary: Summary,
+    /// The rule of each new incident (`vigil_incidents_opened_total{rule}`).
+    pub opened_rules: Vec<String>,
+    /// How long each resolved incident was open (`vigil_incident_resolve_seconds`).
+    pub resolve_seconds: Vec<f64>,
+}
+
+/// Applies a batch of mapped alerts inside the caller's transaction.
+pub fn apply(
+    c: &Connection,
+    hooks: &[Webhook],
+    alerts: &[Mapped],
+    reopen_within_ms: i64,
+    now: i64,
+) -> rusqlite::Result<Applied> {
+    let mut out = Applied::default();
+    let s = &mut out.summary;
+    s.received = alerts.len() as u64;
+    let mut windows: Option<Vec<Window>> = None;
+    for a in alerts {
+        if !a.problems.is_empty() {
+            s.problems += 1;
+        }
+        match a.status {
+            Status::Firing => {
+                let windows = match &mut windows {
+                    Some(w) => &*w,
+                    None => windows.insert(maintenance::load(c, false)?),
+                };
+                match fire(c, hooks, windows, a, reopen_within_ms, now)? {
+                    Opened::New { id, .. } => {
+                        s.opened += 1;
+                        out.opened_rules.push(a.rule.clone());
+                        tracing::info!(incident = id, rule = %a.rule, "incident opened by Alertmanager");
+                    }
+                    Opened::Reopened { id, .. } => {
+                        s.reopened += 1;
+                        tracing::info!(incident = id, rule = %a.rule, "incident reopened by Alertmanager");
+                    }
+                    Opened::Active { .. } | Opened::OutOfOrder { .. } => s.unchanged += 1,
+                }
+            }
+            Status::Resolved => match resolve(c, hooks, a, now)? {
+                Some((id, seconds)) => {
+                    s.resolved += 1;
+                    out.resolve_seconds.push(seconds);
+                    tracing::info!(incident = id, rule = %a.rule, "incident resolved by Alertmanager");
+                }
+                None => s.unchanged += 1,
+            },
+        }
+    }
+    Ok(out)
+}
+
+/// The agent an alert names, with its host CI.
+#[derive(Debug, Clone, PartialEq)]
+struct Host {
+    agent_id: String,
+    hostname: String,
+    ci_id: Option<i64>,
+    tags: std::collections::BTreeMap<String, String>,
+}
+
+fn fire(
+    c: &Connection,
+    hooks: &[Webhook],
+    windows: &[Window],
+    a: &Mapped,
+    reopen_within_ms: i64,
+    now: i64,
+) -> rusqlite::Result<Opened> {
+    let host = find_host(c, &a.hosts)?;
+    let (ci_type, ci_key) = match host {
+        Some(_) => (ci_type::HOST, ci_type::HOST),
+        None => (am::CI_TYPE_ALERT, a.fingerprint.as_str()),
+    };
+    let no_tags = std::collections::BTreeMap::new();
+    let target = Target {
+        hostname: host.as_ref().map_or("", |h| h.hostname.as_str()),
+        tags: host.as_ref().map_or(&no_tags, |h| &h.tags),
+        ci_type,
+        ci_id: host.as_ref().and_then(|h| h.ci_id),
+    };
+    let window = windows
+        .iter()
+        .find(|w| w.covers(a.at_ms) && scope::matches(&w.scope, &target))
+        .map(|w| w.name.clone());
+    let suppression = match (window, &host) {
+        (Some(window), _) => Some(Suppression::Maintenance { window }),
+        (None, Some(h)) => {
+            host_unreachable(c, &h.agent_id)?.map(|parent_id| Suppression::Parent { parent_id })
+        }
+        (None, None) => None,
+    };
+    let opening = Opening {
+        dedup_key: &a.dedup_key,
+        rule: &a.rule,
+        origin: Origin::Alertmanager,
+        agent_id: host.as_ref().map(|h| h.agent_id.as_str()),
+        ci_id: host.as_ref().and_then(|h| h.ci_id),
+        ci_type,
+        ci_key,
+        title: &a.title,
+        impact: a.impact,
+        urgency: a.urgency,
+        metric: None,
+        op: None,
+        threshold: None,
+        value: None,
+        peak: None,
+        first_breach_ms: a.at_ms,
+        at_ms: a.at_ms,
+        labels: &a.labels,
+        flapping: false,
+        suppression: suppression.clone(),
+        probable_cause_id: None,
+    };
+    let opened = store::open(c, &opening, reopen_within_ms, now)?;
+    let announce_as = match opened {
+        Opened::New { id, event_id } => Some((id, event_id, EventKind::Opened)),
+        Opened::Reopened { id, event_id } => Some((id, event_id, EventKind::Reopened)),
+        Opened::Active { .. } | Opened::OutOfOrder { .. } => None,
+    };
+    if let (Some((id, event_id, kind)), None) = (announce_as, &suppression) {
+        announce::announce(c, hooks, id, kind, event_id, ACTOR, now)?;
+    }
+    Ok(opened)
+}
+
+/// Resolves the active incident of `a`; returns its id and how long it was open (seconds).
+fn resolve(
+    c: &Connection,
+    hooks: &[Webhook],
+    a: &Mapped,
+    now: i64,
+) -> rusqlite::Result<Option<(i64, f64)>> {
+    let Some(inc) = store::active_by_key(c, &a.dedup_key)? else {
+        return Ok(None);
+    };
+    let at = a.at_ms.max(inc.started_ms);
+    let Some(event_id) = store::resolve_as(c, inc.id, at, None, RESOLUTION_CODE, ACTOR, now)?
+    else {
+        return Ok(None);
+    };
+    // Whoever was told it opened hears that it resolved, suppressed since or not.
+    if inc.announced {
+        announce::announce(c, hooks, inc.id, EventKind::Resolved, event_id, ACTOR, now)?;
+    }
+    if inc.suppressed.as_deref() == Some("parent") {
+        // A symptom whose condition cleared: done with it (as the engine does).
+        store::close_system(c, inc.id, "symptom_cleared", now)?;
+    }
+    Ok(Some((
+        inc.id,
+        ((at - inc.started_ms).max(0) as f64) / 1000.0,
+    )))
+}
+
+/// The active `host-unreachable` incident of an agent.
+fn host_unreachable(c: &Connection, agent_id: &str) -> rusqlite::Result<Option<i64>> {
+    c.prepare_cached(
+        "SELECT id FROM incidents WHERE agent_id = ?1 AND rule = ?2 AND origin = 'rule'
+            AND state IN ('open', 'acknowledged')
+         ORDER BY id DESC LIMIT 1",
+    )?
+    .query_row(params![agent_id, HOST_UNREACHABLE], |r| r.get(0))
+    .optional()
+}
+
+/// The first of `names` that names an enrolled agent (see the module docs).
+fn find_host(c: &Connection, names: &[String]) -> rusqlite::Result<Option<Host>> {
+    for name in names {
+        let agent = match name.parse::<IpAddr>() {
+            Ok(ip) => agent_by_ip(c, ip)?,
+            Err(_) => agent_by_name(c, name)?,
+        };
+        if let Some(agent_id) = agent {
+            return host_of(c, agent_id);
+        }
+    }
+    Ok(None)
+}
+
+fn agent_by_name(c: &Connection, name: &str) -> rusqlite::Result<Option<String>> {
+    let short = name.split('.').next().unwrap_or(name);
+    c.prepare_cached(
+        "SELECT id FROM agents
+         WHERE revoked_at_ms IS NULL AND (
+            lower(hostname) = lower(?1)
+            OR lower(hostname) = lower(?2)
+            OR substr(lower(hostname), 1, length(?1) + 1) = lower(?1) || '.')
+         ORDER BY lower(hostname) = lower(?1) DESC, last_seen_ms IS NULL, last_seen_ms DESC,
+            enrolled_at_ms DESC
+         LIMIT 1",
+    )?
+    .query_row(params![name, short], |r| r.get(0))
+    .optional()
+}
+
+fn agent_by_ip(c: &Connection, ip: IpAddr) -> rusqlite::Result<Option<String>> {
+    let local = match ip {
+        IpAddr::V4(v4) => v4.is_loopback() || v4.is_link_local() || v4.is_unspecified(),
+        IpAddr::V6(v6) => {
+            v6.is_loopback() || v6.is_unspecified() || (v6.segments()[0] & 0xffc0) == 0xfe80
+        }
+    };
+    if local {
+        return Ok(None);
+    }
+    let ip = ip.to_string();
+    let agents: Vec<String> = c
+        .prepare_cached(
+            "SELECT DISTINCT c.agent_id FROM cis c JOIN agents a ON a.id = c.agent_id
+             WHERE c.type = 'ip_address' AND c.state = 'active' AND a.revoked_at_ms IS NULL
+                AND substr(c.key, 1, length(?1) + 1) = ?1 || '/'
+             LIMIT 2",
+        )?
+        .query_map([&ip], |r| r.get(0))?
+        .collect::<rusqlite::Result<_>>()?;
+    // An address two hosts claim (NAT, a private range reused) names neither.
+    Ok(match agents.as_slice() {
+        [one] => Some(one.clone()),
+        _ => None,
+    })
+}
+
+fn host_of(c: &Connection, agent_id: String) -> rusqlite::Result<Option<Host>> {
+    c.prepare_cached(
+        "SELECT a.hostname, c.id, c.attrs, c.manual_attrs FROM agents a
+         LEFT JOIN cis c ON c.agent_id = a.id AND c.type = 'host' AND c.key = 'host'
+         WHERE a.id = ?1",
+    )?
+    .query_row([&agent_id], |r| {
+        let attrs: Option<String> = r.get(2)?;
+        let manual: Option<String> = r.get(3)?;
+        Ok(Host {
+            hostname: r.get(0)?,
+            ci_id: r.get(1)?,
+            tags: attrs
+                .as_deref()
+                .map(|a| scope::host_tags(a, manual.as_deref()))
+                .unwrap_or_default(),
+            agent_id: agent_id.clone(),
+        })
+    })
+    .optional()
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+    use std::path::Path;
+    use std::sync::atomic::AtomicBool;
+    use std::sync::Arc;
+    use std::time::Duration;
+
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    use super::*;
+    use crate::config::Scope;
+    use crate::incidents::alertmanager::Alert;
+    use crate::incidents::store::Incident;
+    use crate::store::{Db, NewAgent};
+
+    const NOW: i64 = 1_800_000_000_000;
+    const MIN: i64 = 60_000;
+
+    fn hook() -> Webhook {
+        Webhook {
+            name: "ops".into(),
+            url: "http://127.0.0.1:9/".into(),
+            secret: None,
+            format: crate::notify::Format::Json,
+            max_priority: 5,
+            rules: Vec::new(),
+            labels: BTreeMap::new(),
+            timeout: Duration::from_secs(1),
+        }
+    }
+
+    /// Agents `a1` web1 (host CI, address 10.1.2.3), `a2` db1.example.com (no host CI), `a3`
+    /// gone (revoked), `a4` and `a5` both with address 10.9.9.9.
+    fn store(dir: &Path) -> Db {
+        let db = Db::open(dir).expect("open");
+        for (id, host) in [
+            ("a1", "web1"),
+            ("a2", "db1.example.com"),
+            ("a3", "gone"),
+            ("a4", "nat1"),
+            ("a5", "nat2"),
+        ] {
+            db.register_agent(
+                &NewAgent {
+                    id: id.into(),
+                    hostname: host.into(),
+                    version: "0.1.0".into(),
+                    cert_pin: "00".repeat(32),
+                    token_id: "tok".into(),
+                },
+                1_000,
+            )
+            .expect("agent");
+        }
+        db.revoke_agent("a3", 2_000).expect("revoke");
+        for (agent, ty, key) in [
+            ("a1", "host", "host"),
+            ("a3", "host", "host"),
+            ("a1", "ip_address", "10.1.2.3/24"),
+            ("a1", "ip_address", "127.0.0.1/8"),
+            ("a4", "ip_address", "10.9.9.9/16"),
+            ("a5", "ip_address", "10.9.9.9/16"),
+        ] {
+            db.conn()
+                .execute(
+                    "INSERT INTO cis (agent_id, type, key, name, source, first_seen_ms, last_seen_ms)
+                     VALUES (?1, ?2, ?3, ?3, 'discovery', 0, 0)",
+                    params![agent, ty, key],
+                )
+                .expect("ci");
+        }
+        db
+    }
+
+    fn alert(status: Status, fp: &str, labels: &[(&str, &str)], at: &str) -> Mapped {
+        let a = Alert {
+            status,
+            labels: labels
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+            annotations: BTreeMap::new(),
+            starts_at: Some(at.into()),
+            ends_at: Some(at.into()),
+            generator_url: None,
+            fingerprint: Some(fp.into()),
+        };
+        am::map(&a, NOW)
+    }
+
+    fn run(db: &Db, alerts: &[Mapped], now: i64) -> Summary {
+        apply_all(db, alerts, now).summary
+    }
+
+    fn apply_all(db: &Db, alerts: &[Mapped], now: i64) -> Applied {
+        in_tx(db.conn(), |c| {
+            apply(c, &[hook()], alerts, DEFAULT_REOPEN_WITHIN_MS, now)
+        })
+        .expect("apply")
+    }
+
+    fn incident(db: &Db, fp: &str) -> Incident {
+        let id: i64 = db
+            .conn()
+            .query_row(
+                "SELECT max(id) FROM incidents WHERE dedup_key = ?1",
+                [format!("am|{fp}")],
+                |r| r.get(0),
+            )
+            .expect("incident");
+        store::get(db.conn(), id).expect("get").expect("row")
+    }
+
+    fn notifications(db: &Db, id: i64) -> Vec<String> {
+        db.conn()
+            .prepare("SELECT event FROM notifications WHERE incident_id = ?1 ORDER BY id")
+            .expect("prepare")
+            .query_map([id], |r| r.get(0))
+            .expect("query")
+            .collect::<rusqlite::Result<_>>()
+            .expect("rows")
+    }
+
+    fn summary(opened: u64, reopened: u64, resolved: u64, unchanged: u64) -> Summary {
+        Summary {
+            received: opened + reopened + resolved + unchanged,
+            opened,
+            reopened,
+            resolved,
+            unchanged,
+            problems: 0,
+        }
+    }
+
+    const T: &str = "2027-01-15T07:00:00Z";
+    const T_MS: i64 = NOW - 60 * MIN;
+
+    #[test]
+    fn firing_opens_once_and_resolved_resolves() {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let db = store(tmp.path());
+        let labels = [
+            ("alertname", "HighLoad"),
+            ("severity", "critical"),
+            ("instance", "web1:9100"),
+        ];
+        let firing = alert(Status::Firing, "fp1", &labels, T);
+        let applied = apply_all(&db, std::slice::from_ref(&firing), NOW);
+        assert_eq!(applied.summary, summary(1, 0, 0, 0));
+        assert_eq!(applied.opened_rules, ["HighLoad"]);
+        // Alertmanager repeats a firing alert: nothing changes.
+        assert_eq!(
+            run(&db, std::slice::from_ref(&firing), NOW),
+            summary(0, 0, 0, 1)
+        );
+        let inc = incident(&db, "fp1");
+        assert_eq!(inc.origin, "alertmanager");
+        assert_eq!(inc.rule, "HighLoad");
+        assert_eq!(inc.priority, 1);
+        assert_eq!(inc.first_breach_ms, T_MS);
+        assert_eq!(inc.started_ms, T_MS);
+        assert_eq!(
+            inc.labels.get("severity").map(String::as_str),
+            Some("critical")
+        );
+        assert_eq!(notifications(&db, inc.id), ["opened"]);
+
+        let ended = "2027-01-15T07:05:00Z";
+        let resolved = alert(Status::Resolved, "fp1", &labels, ended);
+        let applied = apply_all(&db, std::slice::from_ref(&resolved), NOW);
+        assert_eq!(applied.summary, summary(0, 0, 1, 0));
+        assert_eq!(applied.resolve_seconds, [300.0]);
+        assert_eq!(
+            run(&db, std::slice::from_ref(&resolved), NOW),
+            summary(0, 0, 0, 1)
+        );
+        let inc = incident(&db, "fp1");
+        assert_eq!(inc.state, store::State::Resolved);
+        assert_eq!(inc.resolved_ms, Some(T_MS + 5 * MIN));
+        assert_eq!(inc.resolution_code.as_deref(), Some(RESOLUTION_CODE));
+        assert_eq!(notifications(&db, inc.id), ["opened", "resolved"]);
+
+        // A new episode within reopen_within reopens it; a replay of the old one does not.
+        assert_eq!(
+            run(&db, std::slice::from_ref(&firing), NOW),
+            summary(0, 0, 0, 1)
+        );
+        let again = alert(Status::Firing, "fp1", &labels, "2027-01-15T07:20:00Z");
+        assert_eq!(run(&db, &[again], NOW), summary(0, 1, 0, 0));
+        let inc = incident(&db, "fp1");
+        assert_eq!((inc.state, inc.reopen_count), (store::State::Open, 1));
+        assert_eq!(
+            notifications(&db, inc.id),
+            ["opened", "resolved", "reopened"]
+        );
+        // Resolved for an unknown fingerprint: nothing to do.
+        let unknown = alert(Status::Resolved, "nope", &labels, ended);
+        assert_eq!(run(&db, &[unknown], NOW), summary(0, 0, 0, 1));
+    }
+
+    #[test]
+    fn hosts_attach_by_instance_host_or_address() {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let db = store(tmp.path());
+        let host_ci: i64 = db
+            .conn()
+            .query_row(
+                "SELECT id FROM cis WHERE agent_id = 'a1' AND type = 'host'",
+                [],
+                |r| r.get(0),
+            )
+            .expect("host ci");
+        let check = |fp: &str, labels: &[(&str, &str)], want: Option<(&str, Option<i64>)>| {
+            let a = alert(Status::Firing, fp, labels, T);
+            assert_eq!(run(&db, &[a], NOW), summary(1, 0, 0, 0), "{labels:?}");
+            let inc = incident(&db, fp);
+            let got = inc.agent_id.as_deref().map(|a| (a, inc.ci_id));
+            assert_eq!(got, want, "{labels:?}");
+            let (ty, key) = match want {
+                Some(_) => ("host", "host"),
+                None => ("alert", fp),
+            };
+            assert_eq!(
+                (inc.ci_type.as_str(), inc.ci_key.as_str()),
+                (ty, key),
+                "{labels:?}"
+            );
+        };
+        check(
+            "i1",
+            &[("instance", "web1:9100")],
+            Some(("a1", Some(host_ci))),
+        );
+        check(
+            "i2",
+            &[("instance", "WEB1.example.com:9100")],
+            Some(("a1", Some(host_ci))),
+        );
+        check("i3", &[("host", "web1")], Some(("a1", Some(host_ci))));
+        check("i4", &[("instance", "db1:9100")], Some(("a2", None)));
+        check("i5", &[("instance", "db1.example.com")], Some(("a2", None)));
+        check(
+            "i6",
+            &[("instance", "10.1.2.3:9100")],
+            Some(("a1", Some(host_ci))),
+        );
+        check(
+            "i7",
+            &[("instance", "other:9100"), ("host", "web1")],
+            Some(("a1", Some(host_ci))),
+        );
+        check("i8", &[("instance", "gone:9100")], None);
+        check("i9", &[("instance", "127.0.0.1:9100")], None);
+        check("i10", &[("instance", "10.9.9.9:9100")], None);
+        check("i11", &[("instance", "web10:9100")], None);
+        check("i12", &[("job", "node")], None);
+    }
+
+    #[test]
+    fn an_unreachable_host_or_a_maintenance_window_suppresses() {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let db = store(tmp.path());
+        let labels = BTreeMap::new();
+        let parent = in_tx(db.conn(), |c| {
+            store::open(
+                c,
+                &Opening {
+                    dedup_key: "host-unreachable|a1|host|host",
+                    rule: HOST_UNREACHABLE,
+                    origin: Origin::Rule,
+                    agent_id: Some("a1"),
+                    ci_id: None,
+                    ci_type: "host",
+                    ci_key: "host",
+                    title: "web1 unreachable",
+                    impact: crate::config::Level::High,
+                    urgency: crate::config::Level::High,
+                    metric: Some("up"),
+                    op: Some("<"),
+                    threshold: Some(1.0),
+                    value: Some(0.0),
+                    peak: Some(0.0),
+                    first_breach_ms: T_MS,
+                    at_ms: T_MS,
+                    labels: &labels,
+                    flapping: false,
+                    suppression: None,
+                    probable_cause_id: None,
+                },
+                DEFAULT_REOPEN_WITHIN_MS,
+                NOW,
+            )
+        })
+        .expect("parent");
+        let Opened::New { id: parent_id, .. } = parent else {
+            panic!("{parent:?}");
+        };
+        let on_web1 = [("alertname", "Down"), ("instance", "web1:9100")];
+        run(&db, &[alert(Status::Firing, "s1", &on_web1, T)], NOW);
+        let child = incident(&db, "s1");
+        assert_eq!(
+            (child.suppressed.as_deref(), child.parent_id),
+            (Some("parent"), Some(parent_id))
+        );
+        assert!(!child.announced);
+        assert!(notifications(&db, child.id).is_empty());
+        // Its resolve is not notified either, and the cleared symptom is closed.
+        run(&db, &[alert(Status::Resolved, "s1", &on_web1, T)], NOW);
+        let child = incident(&db, "s1");
+        assert_eq!(child.state, store::State::Closed);
+        assert!(notifications(&db, child.id).is_empty());
+
+        // Another host: not suppressed.
+        let on_db1 = [("alertname", "Down"), ("instance", "db1:9100")];
+        run(&db, &[alert(Status::Firing, "s2", &on_db1, T)], NOW);
+        assert!(!incident(&db, "s2").is_suppressed());
+
+        // A maintenance window on db* hosts covers db1's next alert, not a host-less one.
+        let scope = Scope {
+            host: Some(glob::Pattern::new("db*").expect("glob")),
+            ..Scope::default()
+        };
+        maintenance::create(db.conn(), "patch", &scope, T_MS - MIN, 3_600_000, None, NOW)
+            .expect("window");
+        run(&db, &[alert(Status::Firing, "s3", &on_db1, T)], NOW);
+        let m = incident(&db, "s3");
+        assert_eq!(
+            (m.suppressed.as_deref(), m.maintenance.as_deref()),
+            (Some("maintenance"), Some("patch"))
+        );
+        assert!(notifications(&db, m.id).is_empty());
+        run(
+            &db,
+            &[alert(Status::Firing, "s4", &[("alertname", "X")], T)],
+            NOW,
+        );
+        assert!(!incident(&db, "s4").is_suppressed());
+    }
+
+    #[test]
+    fn problems_are_counted_not_fatal() {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let db = store(tmp.path());
+        let alerts = [
+            alert(Status::Firing, "p1", &[], "yesterday"),
+            alert(Status::Firing, "p2", &[], T),
+        ];
+        let got = run(&db, &alerts, NOW);
+        assert_eq!(
+            (got.received, got.opened, got.problems),
+            (2, 2, 1),
+            "{got:?}"
+        );
+        assert_eq!(incident(&db, "p1").started_ms, NOW);
+    }
+
+    // ---- over HTTP ----
+
+    struct Server {
+        addr: std::net::SocketAddr,
+        _tmp: tempfile::TempDir,
+        operator: String,
+        viewer: String,
+    }
+
+    async fn server() -> Server {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let db = store(tmp.path());
+        let (_, operator) = db
+            .create_api_token(Role::Operator, "am", 1_000)
+            .expect("operator");
+        let (_, viewer) = db
+            .create_api_token(Role::Viewer, "ro", 1_000)
+            .expect("viewer");
+        let state = HttpState::new(
+            tmp.path().to_owned(),
+            Arc::new(String::new),
+            Arc::new(AtomicBool::new(true)),
+        )
+        .expect("state");
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        tokio::spawn(super::super::serve(
+            listener,
+            super::super::router(state),
+            std::future::pending(),
+        ));
+        Server {
+            addr,
+            _tmp: tmp,
+            operator,
+            viewer,
+        }
+    }
+
+    /// `(status, JSON body)` of a POST with `body`.
+    async fn post(s: &Server, token: Option<&str>, body: &[u8]) -> (u16, serde_json::Value) {
+        let mut stream = tokio::net::TcpStream::connect(s.addr)
+            .await
+            .expect("connect");
+        let auth = token
+            .map(|t| format!("Authorization: Bearer {t}\r\n"))
+            .unwrap_or_default();
+        let head = format!(
+            "POST /api/v1/alertmanager HTTP/1.1\r\nHost: t\r\n{auth}Content-Type: application/json\r\n\
+             Content-Length: {}\r\nConnection: close\r\n\r\n",
+            body.len()
+        );
+        stream.write_all(head.as_bytes()).await.expect("write");
+        // A server that refuses early may close before reading the whole body.
+        let _ = stream.write_all(body).await;
+        let mut raw = Vec::new();
+        let _ = stream.read_to_end(&mut raw).await;
+        let text = String::from_utf8_lossy(&raw);
+        let (head, body) = text.split_once("\r\n\r\n").expect("head/body");
+        let status = head
+            .split(' ')
+            .nth(1)
+            .and_then(|s| s.parse().ok())
+            .expect("status");
+        (
+            status,
+            serde_json::from_str(body).unwrap_or(serde_json::Value::Null),
+        )
+    }
+
+    #[tokio::test]
+    async fn http_answers() {
+        const T: &str = "2024-05-01T12:00:00Z";
+        let s = server().await;
+        let op = Some(s.operator.as_str());
+        let ok = format!(
+            r#"{{"version":"4","status":"firing","receiver":"vigil","groupKey":"k","alerts":[
+                {{"status":"firing","labels":{{"alertname":"A","severity":"warning","instance":"web1:9100"}},
+                  "annotations":{{}},"startsAt":"{T}","endsAt":"0001-01-01T00:00:00Z",
+                  "generatorURL":"","fingerprint":"h1"}},
+                {{"status":"resolved","labels":{{"alertname":"B"}},"annotations":{{}},
+                  "startsAt":"{T}","endsAt":"{T}","fingerprint":"h2"}}]}}"#
+        );
+        let check = |got: (u16, serde_json::Value), status: u16, code: &str| {
+            assert_eq!(got.0, status, "{}", got.1);
+            assert_eq!(got.1["code"], code, "{}", got.1);
+            assert!(got.1["error"].is_string(), "{}", got.1);
+        };
+        check(post(&s, None, ok.as_bytes()).await, 401, "unauthorized");
+        check(
+            post(&s, Some("vgl_x_y"), ok.as_bytes()).await,
+            401,
+            "unauthorized",
+        );
+        check(
+            post(&s, Some(&s.viewer), ok.as_bytes()).await,
+            403,
+            "forbidden",
+        );
+        check(post(&s, op, b"{not json").await, 400, "bad_request");
+        check(
+            post(&s, op, br#"{"version":"3","alerts":[]}"#).await,
+            422,
+            "unprocessable",
+        );
+        check(
+            post(&s, op, br#"{"version":"4"}"#).await,
+            422,
+            "unprocessable",
+        );
+        check(
+            post(
+                &s,
+                op,
+                br#"{"version":"4","alerts":[{"status":"firing","labels":{}}]}"#,
+            )
+            .await,
+            422,
+            "unprocessable",
+        );
+        let big = format!(
+            r#"{{"version":"4","alerts":[],"pad":"{}"}}"#,
+            "x".repeat(MAX_BODY_BYTES)
+        );
+        check(post(&s, op, big.as_bytes()).await, 413, "payload_too_large");
+
+        let (status, body) = post(&s, op, ok.as_bytes()).await;
+        assert_eq!(status, 200, "{body}");
+        assert_eq!(
+            body,
+            serde_json::json!({"received": 2, "opened": 1, "reopened": 0, "resolved": 0,
+                               "unchanged": 1, "problems": 0})
+        );
+        let (status, body) = post(&s, op, ok.as_bytes()).await;
+        assert_eq!(
+            (status, &body["unchanged"]),
+            (200, &serde_json::json!(2)),
+            "{body}"
+        );
+    }
+}

@@ -1,0 +1,259 @@
+//! The Alertmanager receiver end to end with the real `alertmanager` (Debian package
+//! `prometheus-alertmanager`): an alert posted to Alertmanager's API reaches
+//! `POST /api/v1/alertmanager` through a webhook receiver with an operator bearer token, opens an
+//! incident attached to the enrolled agent named by its `instance` label (P1 from
+//! `severity=critical`), and resolving it in Alertmanager resolves the incident. An alert on an
+//! unknown host opens a host-less incident.
+
+use std::net::{SocketAddr, TcpListener};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use serde_json::{json, Value};
+use vigil_collector::http::rfc3339_ms;
+
+use crate::harness::*;
+
+const HOSTNAME: &str = "am-e2e-web1";
+
+/// The Alertmanager binary: Debian installs it as `prometheus-alertmanager`.
+fn alertmanager_bin() -> PathBuf {
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    for name in ["prometheus-alertmanager", "alertmanager"] {
+        for dir in std::env::split_paths(&path) {
+            let candidate = dir.join(name);
+            if candidate.is_file() {
+                return candidate;
+            }
+        }
+    }
+    panic!(
+        "Alertmanager is not installed (neither `prometheus-alertmanager` nor `alertmanager` on \
+         PATH): install the Debian package prometheus-alertmanager (test.sh does)"
+    );
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("free port")
+}
+
+fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .expect("clock")
+}
+
+/// Starts Alertmanager on loopback (clustering off) with one webhook receiver pointing at the
+/// collector; returns the process and its base URL once `/-/ready` answers.
+fn spawn_alertmanager(dir: &Path, collector: SocketAddr, token: &str) -> (Proc, String) {
+    std::fs::create_dir_all(dir.join("data")).expect("alertmanager dir");
+    let config = dir.join("alertmanager.yml");
+    std::fs::write(
+        &config,
+        format!(
+            "route:\n  receiver: vigil\n  group_by: ['alertname']\n  group_wait: 1s\n  \
+             group_interval: 1s\n  repeat_interval: 1h\n\
+             receivers:\n  - name: vigil\n    webhook_configs:\n      \
+             - url: http://{collector}/api/v1/alertmanager\n        send_resolved: true\n        \
+             http_config:\n          authorization:\n            credentials: {token}\n"
+        ),
+    )
+    .expect("write alertmanager.yml");
+    let port = free_port();
+    let mut cmd = Command::new(alertmanager_bin());
+    cmd.arg(format!("--config.file={}", config.display()))
+        .arg(format!("--storage.path={}", dir.join("data").display()))
+        .arg(format!("--web.listen-address=127.0.0.1:{port}"))
+        .arg("--cluster.listen-address=")
+        .stdout(Stdio::null());
+    let mut am = Proc::spawn("alertmanager", cmd, dir.join("alertmanager.log"));
+    let base = format!("http://127.0.0.1:{port}");
+    wait_until(Duration::from_secs(30), "Alertmanager ready", || {
+        assert!(am.is_running(), "alertmanager exited; log:\n{}", am.logs());
+        (http_get(&format!("{base}/-/ready"), None).0 == 200).then_some(())
+    });
+    (am, base)
+}
+
+/// POSTs JSON; returns the status and body text.
+fn post_json(url: &str, body: &Value) -> (u16, String) {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    rt.block_on(async {
+        let client = http_client_builder()
+            .timeout(Duration::from_secs(10))
+            .build()
+            .expect("client");
+        match client.post(url).json(body).send().await {
+            Ok(resp) => {
+                let status = resp.status().as_u16();
+                (status, resp.text().await.unwrap_or_default())
+            }
+            Err(e) => (0, e.to_string()),
+        }
+    })
+}
+
+/// Posts alerts to Alertmanager's v2 API.
+fn post_alerts(am: &str, alerts: Value) {
+    let (status, body) = post_json(&format!("{am}/api/v2/alerts"), &alerts);
+    assert_eq!(status, 200, "POST /api/v2/alerts: {body}");
+}
+
+/// The incident of `rule` once `pred` holds for it.
+fn incident_when(
+    c: &Collector,
+    token: &str,
+    rule: &str,
+    what: &str,
+    pred: impl Fn(&Value) -> bool,
+) -> Value {
+    wait_until(Duration::from_secs(60), what, || {
+        let (status, body) = http_get(
+            &format!("http://{}/api/v1/incidents?rule={rule}", c.http),
+            Some(token),
+        );
+        assert_eq!(status, 200, "GET /incidents: {body}");
+        let v: Value = serde_json::from_str(&body).expect("JSON");
+        let items = v["items"].as_array().cloned().unwrap_or_default();
+        assert!(items.len() <= 1, "one incident per alert: {v}");
+        items.into_iter().find(|i| pred(i))
+    })
+}
+
+#[test]
+fn an_alert_through_the_real_alertmanager_opens_and_resolves_an_incident() {
+    // Fail first, and clearly, when Alertmanager is missing.
+    alertmanager_bin();
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let c = spawn_collector(&tmp.path().join("collector"));
+    let api = api_token(&c.data_dir, "operator");
+
+    // An enrolled agent whose host name the alert's `instance` label names.
+    let agent_dir = tmp.path().join("agent");
+    std::fs::create_dir_all(&agent_dir).expect("agent dir");
+    let agent_config = agent_dir.join("agent.toml");
+    std::fs::write(
+        &agent_config,
+        format!(
+            "collector = \"{}\"\ntoken = \"{}\"\ndata_dir = {:?}\nhostname = \"{HOSTNAME}\"\n\
+             [metrics]\ninterval = \"1s\"\n",
+            c.quic,
+            enroll_token(&c.data_dir, &[]),
+            agent_dir.display().to_string()
+        ),
+    )
+    .expect("agent config");
+    let mut agent = spawn_agent_config(&agent_config, &agent_dir);
+    let store = open_store(&c.data_dir);
+    let (agent_id, host_ci) = wait_until(Duration::from_secs(60), "agent and its host CI", || {
+        store
+            .query_row(
+                "SELECT a.id, c.id FROM agents a JOIN cis c ON c.agent_id = a.id
+                 WHERE a.hostname = ?1 AND c.type = 'host' AND c.key = 'host'",
+                [HOSTNAME],
+                |r| Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?)),
+            )
+            .ok()
+    });
+
+    let (_am, am) = spawn_alertmanager(&tmp.path().join("alertmanager"), c.http, &api);
+
+    // Two alerts fire: one on the agent's host, one on a host Vigil does not know.
+    let starts = rfc3339_ms(now_ms() - 5_000).expect("time");
+    let starts_ms = vigil_shared::config::parse_rfc3339_ms(&starts).expect("parse");
+    let on_host = json!({
+        "labels": {"alertname": "VigilE2EHighLoad", "severity": "critical",
+                   "instance": format!("{HOSTNAME}:9100"), "job": "node"},
+        "annotations": {"summary": format!("Load is high on {HOSTNAME}")},
+        "startsAt": starts,
+    });
+    let elsewhere = json!({
+        "labels": {"alertname": "VigilE2EProbeFailed", "severity": "warning",
+                   "instance": "https://unknown.example:443/health"},
+        "annotations": {},
+        "startsAt": starts,
+    });
+    post_alerts(&am, json!([on_host, elsewhere]));
+
+    let opened = incident_when(&c, &api, "VigilE2EHighLoad", "incident opened", |i| {
+        i["state"] == "open"
+    });
+    assert_eq!(opened["origin"], "alertmanager", "{opened}");
+    assert_eq!(opened["priority"], "P1", "{opened}");
+    assert_eq!(opened["title"], format!("Load is high on {HOSTNAME}"));
+    assert_eq!(opened["host"]["agent_id"], agent_id.as_str(), "{opened}");
+    assert_eq!(opened["host"]["hostname"], HOSTNAME);
+    assert_eq!(
+        opened["ci"],
+        json!({"id": host_ci, "type": "host", "key": "host"})
+    );
+    assert_eq!(opened["first_breach_ms"], starts_ms, "{opened}");
+    assert_eq!(opened["labels"]["job"], "node");
+    assert!(opened["suppressed"].is_null(), "{opened}");
+    let id = opened["id"].as_i64().expect("id");
+    let fingerprint = store
+        .query_row("SELECT dedup_key FROM incidents WHERE id = ?1", [id], |r| {
+            r.get::<_, String>(0)
+        })
+        .expect("dedup key");
+    assert!(
+        fingerprint.starts_with("am|") && fingerprint.len() > 3,
+        "{fingerprint}"
+    );
+
+    let other = incident_when(&c, &api, "VigilE2EProbeFailed", "host-less incident", |i| {
+        i["state"] == "open"
+    });
+    assert_eq!(other["priority"], "P3", "{other}");
+    assert!(other["host"].is_null(), "{other}");
+    assert_eq!(other["ci"]["type"], "alert", "{other}");
+    assert_eq!(
+        other["title"],
+        "VigilE2EProbeFailed (instance=https://unknown.example:443/health, severity=warning)"
+    );
+
+    // Resolve the first alert in Alertmanager: the incident resolves at its endsAt.
+    let ends = rfc3339_ms(now_ms()).expect("time");
+    let ends_ms = vigil_shared::config::parse_rfc3339_ms(&ends).expect("parse");
+    let mut resolved_alert = on_host.clone();
+    resolved_alert["endsAt"] = json!(ends);
+    post_alerts(&am, json!([resolved_alert]));
+    let resolved = incident_when(&c, &api, "VigilE2EHighLoad", "incident resolved", |i| {
+        i["id"] == id && i["state"] == "resolved"
+    });
+    assert_eq!(
+        resolved["resolution"]["code"], "alertmanager_resolved",
+        "{resolved}"
+    );
+    assert_eq!(resolved["resolved_ms"], ends_ms, "{resolved}");
+
+    // Alertmanager keeps sending the other alert's group: it stays one open incident.
+    let other_now = incident_when(&c, &api, "VigilE2EProbeFailed", "still open", |i| {
+        i["state"] == "open"
+    });
+    assert_eq!(other_now["id"], other["id"]);
+    let detail: Value = {
+        let (status, body) = http_get(
+            &format!("http://{}/api/v1/incidents/{id}", c.http),
+            Some(&api),
+        );
+        assert_eq!(status, 200, "{body}");
+        serde_json::from_str(&body).expect("JSON")
+    };
+    let kinds: Vec<&str> = detail["timeline"]
+        .as_array()
+        .expect("timeline")
+        .iter()
+        .filter_map(|e| e["kind"].as_str())
+        .collect();
+    assert_eq!(kinds, ["opened", "resolved"], "{detail}");
+    agent.terminate(Duration::from_secs(10));
+}
