@@ -864,8 +864,17 @@ impl Ingest {
                 }
             };
             for id in live.iter().filter(|id| revoked.contains(id.as_str())) {
-                if let Some(conn) = self.lock_conns().remove(id) {
+                let conn = self.lock_conns().remove(id);
+                if let Some(conn) = conn {
                     warn!(agent = %id, "agent revoked: closing its connection");
+                    // First, so the engine does not take the closed connection for an outage.
+                    if let Some(engine) = &self.engine {
+                        engine
+                            .send(Input::Revoked {
+                                agent: Arc::from(id.as_str()),
+                            })
+                            .await;
+                    }
                     self.metrics.reject("revoked");
                     conn.close(VarInt::from_u32(codes::REVOKED), b"certificate revoked");
                     self.table.remove(id);

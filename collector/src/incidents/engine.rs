@@ -84,6 +84,8 @@ pub enum Input {
     InventoryStored { agent: Arc<str> },
     /// API rules were created or deleted.
     RulesChanged,
+    /// The agent was revoked: forget it, resolve its incidents.
+    Revoked { agent: Arc<str> },
     /// Answers once everything sent before it has been processed (tests, benchmarks).
     Sync(mpsc::Sender<()>),
 }
@@ -540,6 +542,7 @@ impl Engine {
             }
             Input::InventoryStored { agent } => self.load_host(&agent),
             Input::RulesChanged => self.load_rules(),
+            Input::Revoked { agent } => self.forget_agent(&agent),
             Input::Sync(done) => {
                 let now = (self.clock)();
                 self.flush(now, true);
@@ -1101,8 +1104,19 @@ impl Engine {
                 r.get::<_, Option<String>>(4)?,
             ))
         })?;
-        for row in rows {
-            let (id, hostname, host_ci, attrs, manual) = row?;
+        let rows = rows.collect::<rusqlite::Result<Vec<_>>>()?;
+        drop(stmt);
+        let live: std::collections::HashSet<&str> = rows.iter().map(|r| r.0.as_str()).collect();
+        let gone: Vec<Arc<str>> = self
+            .agents
+            .keys()
+            .filter(|a| !live.contains(&***a))
+            .cloned()
+            .collect();
+        for agent in gone {
+            self.forget_agent(&agent);
+        }
+        for (id, hostname, host_ci, attrs, manual) in rows {
             let Some(state) = self.agents.get_mut(id.as_str()) else {
                 continue;
             };
@@ -1118,6 +1132,23 @@ impl Engine {
             }
         }
         Ok(())
+    }
+
+    /// A revoked agent: its series go, its active incidents resolve (`agent_revoked`).
+    fn forget_agent(&mut self, agent: &Arc<str>) {
+        let Some(state) = self.agents.remove(agent) else {
+            return;
+        };
+        let now = (self.clock)();
+        let ids: Vec<i64> = state
+            .series
+            .iter()
+            .flat_map(|s| s.values().filter_map(|e| e.incident))
+            .collect();
+        tracing::info!(agent = %agent, incidents = ids.len(), "agent revoked: its incidents resolve");
+        for id in ids {
+            self.resolve_orphan(id, "agent_revoked", now);
+        }
     }
 
     fn load_host(&mut self, agent: &Arc<str>) {
@@ -1651,6 +1682,30 @@ mod tests {
             (State::Resolved, Some("rule_deleted"))
         );
         assert_eq!(f.notifications(inc.id), ["opened", "resolved"]);
+    }
+
+    #[test]
+    fn a_revoked_agent_is_forgotten_and_its_incidents_resolve() {
+        let mut f = fixture(Vec::new());
+        f.connect("a1", 0);
+        f.sample("a1", "check_up", Some(("check", "app")), 100, 0.0);
+        assert!(f.db.revoke_agent("a1", T0 + 200).expect("revoke"));
+        f.tick(20_000);
+        let inc = f.incident("check", "a1");
+        assert_eq!(
+            (inc.state, inc.resolution_code.as_deref()),
+            (State::Resolved, Some("agent_revoked"))
+        );
+        // Silent from now on, yet never unreachable: it is gone. (a2, which never connected
+        // since the start, is: not checked here.)
+        f.tick(60_000);
+        let active: Vec<(String, String)> = store::active(f.db.conn())
+            .expect("active")
+            .into_iter()
+            .filter(|i| i.agent_id.as_deref() == Some("a1"))
+            .map(|i| (i.rule, i.state.to_string()))
+            .collect();
+        assert!(active.is_empty(), "{active:?}");
     }
 
     #[test]
