@@ -1164,6 +1164,78 @@ mod tests {
     }
 
     #[test]
+    fn recent_changes_cover_the_ci_and_its_host_in_the_day_before() {
+        let (_d, db) = db();
+        let c = db.conn();
+        for (id, host) in [("a1", "web-1"), ("a2", "db-1")] {
+            db.register_agent(
+                &crate::store::NewAgent {
+                    id: id.into(),
+                    hostname: host.into(),
+                    version: "t".into(),
+                    cert_pin: format!("pin-{id}"),
+                    token_id: "t".into(),
+                },
+                0,
+            )
+            .expect("agent");
+        }
+        for (agent, ty, key) in [
+            ("a1", "package", "openssl:amd64"),
+            ("a1", "listening_service", "tcp:8080"),
+            ("a2", "package", "openssl:amd64"),
+        ] {
+            c.execute(
+                "INSERT INTO cis (agent_id, type, key, name, source, first_seen_ms, last_seen_ms)
+                 VALUES (?1, ?2, ?3, ?3, 'discovery', 0, 0)",
+                params![agent, ty, key],
+            )
+            .expect("ci");
+        }
+        let start = 3 * HOUR * 24;
+        let history = [
+            // (agent, type, ts, attribute, change)
+            ("a1", "package", start - HOUR, "version", "changed"),
+            ("a1", "listening_service", start - 2 * HOUR, "*", "added"),
+            ("a1", "package", start - 25 * HOUR, "version", "changed"),
+            ("a1", "package", start + HOUR, "version", "changed"),
+            ("a2", "package", start - HOUR, "version", "changed"),
+        ];
+        for (agent, ty, ts, attr, change) in history {
+            c.execute(
+                "INSERT INTO ci_history (ci_id, ts_ms, attribute, change, old_value, new_value, source)
+                 SELECT id, ?3, ?4, ?5, '\"3.0.1\"', '\"3.0.2\"', ?1 FROM cis
+                 WHERE agent_id = ?1 AND type = ?2",
+                params![agent, ty, ts, attr, change],
+            )
+            .expect("history");
+        }
+        let labels = BTreeMap::new();
+        let mut o = opening(&labels, start, start);
+        o.agent_id = Some("a1");
+        let Opened::New { id, .. } = open(c, &o, HOUR, start).expect("open") else {
+            panic!("new");
+        };
+        let inc = get(c, id).expect("get").expect("row");
+        let got: Vec<(i64, String, String)> = recent_changes(c, &inc)
+            .expect("changes")
+            .into_iter()
+            .map(|r| (start - r.ts_ms, r.ci_type, r.change))
+            .collect();
+        assert_eq!(
+            got,
+            [
+                (HOUR, "package".to_string(), "changed".to_string()),
+                (
+                    2 * HOUR,
+                    "listening_service".to_string(),
+                    "added".to_string()
+                ),
+            ]
+        );
+    }
+
+    #[test]
     fn lists_filter_and_count() {
         let (_d, db) = db();
         let c = db.conn();

@@ -487,3 +487,149 @@ fn a_notification_queued_while_the_receiver_is_down_is_delivered_once_after_a_re
     let d = get_json(&c, &api, &format!("/incidents/{id}"));
     assert!(d["notifications"][0]["delivered_ms"].is_i64(), "{d}");
 }
+
+#[test]
+fn rules_and_maintenance_windows_through_the_api() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let receiver = Receiver::start();
+    let any: SocketAddr = "127.0.0.1:0".parse().expect("addr");
+    let c = spawn_collector_with(
+        &tmp.path().join("collector"),
+        any,
+        any,
+        &collector_extra(&receiver),
+    );
+    let admin = api_token(&c.data_dir, "admin");
+    let operator = api_token(&c.data_dir, "operator");
+    let api = format!("http://{}/api/v1", c.http);
+
+    // Rules: an API rule is checked like the configuration and listed with its origin.
+    let (status, body) = http_send(
+        "POST",
+        &format!("{api}/rules"),
+        &admin,
+        Some(
+            r#"{"name": "api-checks", "metric": "check_up", "below": 1, "for": "1s", "impact": "low", "urgency": "low", "scope": {"type": "check"}}"#,
+        ),
+    );
+    assert_eq!(status, 201, "{body}");
+    assert_eq!(body["priority"], "P5");
+    let (status, body) = http_send(
+        "POST",
+        &format!("{api}/rules"),
+        &operator,
+        Some(r#"{"name": "x"}"#),
+    );
+    assert_eq!(status, 403, "{body}");
+    let (status, body) = http_send(
+        "POST",
+        &format!("{api}/rules"),
+        &admin,
+        Some(r#"{"name": "bad", "metric": "cpu", "above": 1, "clear": 2}"#),
+    );
+    assert_eq!(status, 422, "{body}");
+    assert!(
+        body["error"]
+            .as_str()
+            .is_some_and(|e| e.contains("unknown metric")),
+        "{body}"
+    );
+    let (status, body) = http_send(
+        "POST",
+        &format!("{api}/rules"),
+        &admin,
+        Some(r#"{"name": "check-down", "metric": "check_up", "below": 1}"#),
+    );
+    assert_eq!(status, 409, "{body}");
+    let rules = get_json(&c, &operator, "/rules");
+    let origin = |name: &str| {
+        rules
+            .as_array()
+            .and_then(|a| a.iter().find(|r| r["name"] == name))
+            .map(|r| r["origin"].clone())
+    };
+    assert_eq!(origin("api-checks"), Some(Value::from("api")));
+    assert_eq!(origin("check-down"), Some(Value::from("config")));
+    assert_eq!(origin("host-unreachable"), Some(Value::from("builtin")));
+
+    // A maintenance window over this agent's host: its failing check opens suppressed incidents
+    // and nothing is notified.
+    let an_hour_ago = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock")
+        .as_millis() as i64
+        - 3_600_000;
+    let body = format!(
+        r#"{{"name": "patching", "scope": {{"host": "maint-*"}}, "start": {an_hour_ago}, "duration": "2h"}}"#
+    );
+    let (status, window) = http_send(
+        "POST",
+        &format!("{api}/maintenance"),
+        &operator,
+        Some(&body),
+    );
+    assert_eq!(status, 201, "{window}");
+    assert_eq!(window["active_now"], true, "{window}");
+    let (status, body) = http_send(
+        "POST",
+        &format!("{api}/maintenance"),
+        &operator,
+        Some(r#"{"name": "bad", "start": "soon", "duration": "1h"}"#),
+    );
+    assert_eq!(status, 422, "{body}");
+
+    let token = enroll_token(&c.data_dir, &[]);
+    let port = TcpListener::bind("127.0.0.1:0")
+        .expect("bind")
+        .local_addr()
+        .expect("addr")
+        .port();
+    let agent_dir = tmp.path().join("agent");
+    let config = agent_config(&agent_dir, c.quic, &token, port);
+    let text = std::fs::read_to_string(&config).expect("config");
+    std::fs::write(&config, format!("hostname = \"maint-web-1\"\n{text}")).expect("config");
+    let mut agent = spawn_agent_config(&config, &agent_dir);
+    for rule in ["check-down", "api-checks"] {
+        let inc = incident_where(&c, &operator, rule, "a suppressed incident", |i| {
+            i["state"] == "open"
+        });
+        assert_eq!(inc["suppressed"]["reason"], "maintenance", "{inc}");
+        assert_eq!(inc["suppressed"]["maintenance"], "patching", "{inc}");
+    }
+    std::thread::sleep(Duration::from_secs(2));
+    assert!(
+        receiver.received().is_empty(),
+        "suppressed incidents were notified"
+    );
+
+    // Deleting the API rule resolves its incident; the window can be deleted, once.
+    let (status, _) = http_send("DELETE", &format!("{api}/rules/api-checks"), &admin, None);
+    assert_eq!(status, 204);
+    let (status, _) = http_send("DELETE", &format!("{api}/rules/api-checks"), &admin, None);
+    assert_eq!(status, 404);
+    let gone = incident_where(&c, &operator, "api-checks", "rule_deleted", |i| {
+        i["state"] == "resolved"
+    });
+    assert_eq!(gone["resolution"]["code"], "rule_deleted", "{gone}");
+    let id = window["id"].as_i64().expect("id");
+    let (status, body) = http_send(
+        "DELETE",
+        &format!("{api}/maintenance/{id}"),
+        &operator,
+        None,
+    );
+    assert_eq!(status, 200, "{body}");
+    let (status, _) = http_send(
+        "DELETE",
+        &format!("{api}/maintenance/{id}"),
+        &operator,
+        None,
+    );
+    assert_eq!(status, 409);
+    let kept = get_json(&c, &operator, "/maintenance?deleted=true");
+    assert!(
+        kept[0]["deleted_ms"].is_i64(),
+        "deleted windows are kept: {kept}"
+    );
+    agent.terminate(Duration::from_secs(10));
+}
