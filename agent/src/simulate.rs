@@ -348,6 +348,7 @@ async fn sim_agent(
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut buf = Vec::new();
     let mut value = 0.0f64;
+    let mut last_ts = 0i64;
     // Built once; each batch only updates timestamps and values (the generator's own allocations
     // would otherwise take CPU from the collector it measures on a shared machine).
     let mut samples: Vec<Sample> = series
@@ -385,7 +386,11 @@ async fn sim_agent(
             break;
         }
         seq += 1;
-        let ts = now_ms();
+        // Strictly increasing, as a real agent's samples are: at `--interval 0s` several batches
+        // fall in one millisecond, and the collector skips a sample no newer than its series'
+        // last one (a late sample) instead of evaluating rules on it.
+        let ts = now_ms().max(last_ts + 1);
+        last_ts = ts;
         value += 0.001;
         for s in &mut samples {
             s.ts_ms = ts;
