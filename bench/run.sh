@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Vigil benchmark: one command, builds --release itself, prints every figure and a markdown table.
 #
-#   bench/run.sh            # ~4-5 minutes after the build, loopback only, temp data dir
+#   bench/run.sh               # ~4-5 minutes after the build, loopback only, temp data dir
+#   bench/run.sh --discovery   # only the agent's discovery pass on this host (seconds)
 #
 # The processes under test run at nice -10 when the user may do that (BENCH_NICE=0: don't).
 #
@@ -14,15 +15,44 @@
 #      unacknowledged): the most the collector acknowledges on this machine, with simulate
 #      competing for the same cores.
 #   4. the real agent: `vigil-agent run --interval 1s` for 60 s: RSS and CPU per collection
-#      cycle; plus the `sample_cost` example (CPU of one Sampler::sample() call).
+#      cycle; plus the `sample_cost` example (CPU of one Sampler::sample() call) and the
+#      `discovery_cost` example (CPU per discovery pass over /, RSS after pass 1 and pass N).
 #   5. 10,000 agents (9,000 more enroll), 100 metrics every 10 s: collector RSS once all are
 #      connected and after two intervals of streaming (1,000,000 live series).
 #
 # Environment: BENCH_KEEP=1 keeps the temp dir (logs, store); BENCH_STEADY_SECS, BENCH_SAT_SECS,
-# BENCH_AGENT_SECS, BENCH_RSS_SECS shorten or lengthen the measurement windows.
+# BENCH_AGENT_SECS, BENCH_RSS_SECS shorten or lengthen the measurement windows;
+# BENCH_DISCOVERY_PASSES (default 30) the discovery passes.
+#
+#   bench/run.sh --incidents [OPTIONS]   # only the incident benchmark, ~10 minutes after the build
+#
+# runs collector/examples/incident_bench.rs (its header lists the OPTIONS): with 1,000 simulated
+# agents streaming, sample -> incident committed and -> webhook received (p50/p99), and the ingest
+# rate at saturation with and without rules (medians of alternated runs).
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+
+if [[ "${1:-}" == "--incidents" ]]; then
+    shift
+    ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
+    PRIO=()
+    if [[ "${BENCH_NICE:-1}" != 0 ]] && nice -n -10 true 2>/dev/null; then PRIO=(nice -n -10); fi
+    echo "bench: building --release (example incident_bench)" >&2
+    cd "$ROOT"
+    cargo build --release --quiet -p vigil-collector --example incident_bench
+    exec ${PRIO[@]+"${PRIO[@]}"} cargo run --release --quiet -p vigil-collector --example incident_bench -- "$@"
+fi
+
+ONLY_DISCOVERY=0
+for arg in "$@"; do
+    case "$arg" in
+        --discovery) ONLY_DISCOVERY=1 ;;
+        -h | --help) sed -n '2,/^set -euo/p' "$0" | sed '$d' | sed 's/^# \{0,1\}//'; exit 0 ;;
+        *) echo "bench: unknown argument $arg (try --help)" >&2; exit 2 ;;
+    esac
+done
+DISCOVERY_PASSES="${BENCH_DISCOVERY_PASSES:-30}"
 STEADY_SECS="${BENCH_STEADY_SECS:-30}"
 SAT_SECS="${BENCH_SAT_SECS:-30}"
 AGENT_SECS="${BENCH_AGENT_SECS:-60}"
@@ -75,15 +105,51 @@ forget() { # forget a pid that has exited
     PIDS=("${keep[@]+"${keep[@]}"}")
 }
 
+# discovery_phase: the agent's discovery pass on this host (the `discovery_cost` example): CPU
+# per pass and RSS after the first and the last of DISCOVERY_PASSES passes, as the agent runs it;
+# then the same with malloc_trim(0) after each pass, to show what the allocator keeps.
+discovery_phase() {
+    local line trim_line
+    line="$(${PRIO[@]+"${PRIO[@]}"} "$DISCOVERY_COST" "$DISCOVERY_PASSES" / 2>/dev/null | tail -1)"
+    trim_line="$(${PRIO[@]+"${PRIO[@]}"} "$DISCOVERY_COST" --trim "$DISCOVERY_PASSES" / 2>/dev/null | tail -1)"
+    field() { awk -v k="$2" '{ for (i = 1; i < NF; i++) if ($i == k) print $(i + 1) }' <<<"$1"; }
+    DISC_CIS=$(field "$line" cis)
+    DISC_MEDIAN_MS=$(field "$line" median_ms)
+    DISC_P90_MS=$(field "$line" p90_ms)
+    DISC_RSS_FIRST=$(field "$line" rss_first_kb)
+    DISC_RSS_LAST=$(field "$line" rss_last_kb)
+    DISC_GROWTH=$(field "$line" growth_kb)
+    DISC_HWM=$(field "$line" hwm_kb)
+    DISC_TRIM_GROWTH=$(field "$trim_line" growth_kb)
+    log "discovery_cost: $line"
+    log "discovery_cost --trim: $trim_line"
+}
+
 # --- build -------------------------------------------------------------------------------------
-log "building --release (vigil-collector, vigil-agent, example sample_cost)"
-BUILD_START=$(date +%s)
-(cd "$ROOT" && cargo build --release --quiet -p vigil-collector -p vigil-agent --bins \
-    --example sample_cost)
-BUILD_SECS=$(($(date +%s) - BUILD_START))
 TARGET_DIR="$(cd "$ROOT" && cargo metadata --format-version 1 --no-deps 2>/dev/null \
     | sed -n 's/.*"target_directory":"\([^"]*\)".*/\1/p')"
 BIN="${TARGET_DIR:-$ROOT/target}/release"
+DISCOVERY_COST="$BIN/examples/discovery_cost"
+
+if [[ "$ONLY_DISCOVERY" == 1 ]]; then
+    log "building --release (example discovery_cost)"
+    (cd "$ROOT" && cargo build --release --quiet -p vigil-agent --example discovery_cost)
+    discovery_phase
+    cat <<EOF
+
+| Figure | Measured | Target |
+|---|---|---|
+| Agent discovery pass on this host (${DISC_CIS} CIs), CPU | median ${DISC_MEDIAN_MS} ms, p90 ${DISC_P90_MS} ms (${DISCOVERY_PASSES} passes) | <= 50 ms |
+| Agent RSS after discovery pass 1 -> pass ${DISCOVERY_PASSES} | ${DISC_RSS_FIRST} -> ${DISC_RSS_LAST} kB (${DISC_GROWTH} kB; ${DISC_TRIM_GROWTH} kB with malloc_trim after each pass), VmHWM ${DISC_HWM} kB | no growth |
+EOF
+    exit 0
+fi
+
+log "building --release (vigil-collector, vigil-agent, examples sample_cost and discovery_cost)"
+BUILD_START=$(date +%s)
+(cd "$ROOT" && cargo build --release --quiet -p vigil-collector -p vigil-agent --bins \
+    --example sample_cost --example discovery_cost)
+BUILD_SECS=$(($(date +%s) - BUILD_START))
 COLLECTOR="$BIN/vigil-collector"
 AGENT="$BIN/vigil-agent"
 SAMPLE_COST="$BIN/examples/sample_cost"
@@ -285,6 +351,7 @@ log "agent: VmRSS $AGENT_RSS kB (RssAnon $AGENT_ANON kB private, RssFile $AGENT_
 SAMPLE_COST_LINE="$(${PRIO[@]+"${PRIO[@]}"} "$SAMPLE_COST" 2>/dev/null | tail -1)"
 SAMPLE_COST_US=$(sed -n 's/.*median \([0-9.]*\) us.*/\1/p' <<<"$SAMPLE_COST_LINE")
 log "sample_cost: $SAMPLE_COST_LINE"
+discovery_phase
 
 # --- phase 5: 10,000 agents -----------------------------------------------------------------------
 log "phase 5: 10,000 agents (9,000 enroll now), ${METRICS} metrics every 10 s; collector restarted for a clean RSS"
@@ -325,6 +392,8 @@ measurement window (resolution 1/${HZ} s). Load average before/after: ${LOAD_BEF
 | Agent RSS (\`vigil-agent run --interval 1s\`, ${AGENT_SECS} s) | VmRSS $(awk -v k="$AGENT_RSS" 'BEGIN { printf "%.1f", k / 1024 }') MiB, VmHWM $(awk -v k="$AGENT_HWM" 'BEGIN { printf "%.1f", k / 1024 }') MiB (private $(awk -v k="$AGENT_ANON" 'BEGIN { printf "%.1f", k / 1024 }') MiB, mapped files $(awk -v k="$AGENT_FILE" 'BEGIN { printf "%.1f", k / 1024 }') MiB) | <= 10 MiB | $(verdict "$AGENT_HWM" 10240 "<=") |
 | Agent CPU per collection cycle (process, ${AGENT_CYCLES} cycles) | ${AGENT_MS_PER_CYCLE} ms | <= 2 ms | $(verdict "$AGENT_MS_PER_CYCLE" 2 "<=") |
 | Agent \`Sampler::sample()\` CPU, median (\`sample_cost\` example) | $(awk -v u="$SAMPLE_COST_US" 'BEGIN { printf "%.2f", u / 1000 }') ms | <= 2 ms | $(verdict "$SAMPLE_COST_US" 2000 "<=") |
+| Agent discovery pass on this host (${DISC_CIS} CIs), CPU median (\`discovery_cost\`, ${DISCOVERY_PASSES} passes) | ${DISC_MEDIAN_MS} ms (p90 ${DISC_P90_MS} ms) | <= 50 ms | $(verdict "$DISC_MEDIAN_MS" 50 "<=") |
+| Agent RSS growth after discovery, pass 1 -> pass ${DISCOVERY_PASSES} | ${DISC_GROWTH} kB (${DISC_RSS_FIRST} -> ${DISC_RSS_LAST} kB, VmHWM ${DISC_HWM} kB; ${DISC_TRIM_GROWTH} kB with malloc_trim) | none | $(verdict "$DISC_GROWTH" 0 "<=") |
 
 Also measured: enrolling and connecting 1,000 agents ${ENROLL_1K_SECS} s, 9,000 more (plus
 reconnecting the first 1,000) ${ENROLL_10K_SECS} s; collector VmRSS with 1,000 agents before their

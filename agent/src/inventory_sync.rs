@@ -45,7 +45,13 @@ pub async fn discovery_loop(
     let mut reported: HashSet<&'static str> = HashSet::new();
     loop {
         let o = opts.clone();
-        match tokio::task::spawn_blocking(move || discovery::discover(&o)).await {
+        match tokio::task::spawn_blocking(move || {
+            let found = discovery::discover(&o);
+            release_freed_memory();
+            found
+        })
+        .await
+        {
             Ok(found) => {
                 for p in &found.problems {
                     if reported.insert(p.source) {
@@ -153,3 +159,20 @@ async fn exchange(conn: &Connection, msg: &Message) -> Result<Message, ClientErr
             ClientError::Protocol("collector closed the inventory stream without an answer".into())
         })
 }
+
+/// A discovery pass reads and frees megabytes (the dpkg status file, /proc); glibc keeps freed
+/// memory for reuse, which shows as RSS that never comes back. Hand it back after each pass
+/// (measured with `agent/examples/discovery_cost.rs`: +2.3 MiB after the first passes without
+/// this, ~0.35 MiB with it).
+#[cfg(all(target_os = "linux", target_env = "gnu"))]
+#[allow(unsafe_code)]
+fn release_freed_memory() {
+    // SAFETY: malloc_trim only returns free heap pages to the kernel; it is thread-safe and
+    // touches no memory the program owns.
+    unsafe {
+        libc::malloc_trim(0);
+    }
+}
+
+#[cfg(not(all(target_os = "linux", target_env = "gnu")))]
+fn release_freed_memory() {}

@@ -1,16 +1,28 @@
 //! CMDB reconciliation benchmark: 1,000 synthetic hosts x 2,000 CIs each as full snapshots into a
-//! fresh store, then a delta round with 1 % of the CIs changed (added, changed, removed), then the
-//! same full snapshots again unchanged (every agent reconnecting). Prints wall time, process CPU
-//! time and the store size.
+//! fresh store, then two delta rounds with 1 % of the CIs changed (added, changed, removed) each,
+//! then the same full snapshots again unchanged (every agent reconnecting). Prints wall time,
+//! process CPU time and the store size.
 //!
-//! `cargo run --release -p vigil-collector --example cmdb_bench [-- HOSTS CIS_PER_HOST]`
+//! The first delta round applies one message per transaction, one after the other (what the
+//! QUIC server's inventory streams did through one locked connection); the second one sends
+//! every host's delta at once from [`THREADS`] threads through `GroupCommit` (a burst of agents
+//! reporting together), whose transactions take up to `MAX_MESSAGES_PER_TX` messages each. Both
+//! commit with `synchronous=FULL`; "wall" is the sum of the per-message times for the first and
+//! the elapsed time of the whole round for the second.
+//!
+//! `cargo run --release -p vigil-collector --example cmdb_bench [-- HOSTS CIS_PER_HOST [DIR]]`
 //!
 //! Synthetic data only; the addresses are from the documentation ranges and nothing is contacted.
 
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use vigil_collector::cmdb::{apply_delta, apply_snapshot, InventoryOutcome};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+
+use vigil_collector::cmdb::{
+    apply_delta, apply_snapshot, GroupCommit, InventoryMessage, InventoryOutcome,
+};
 use vigil_collector::store::{Db, NewAgent};
 use vigil_shared::inventory::{
     ci_type, diff, relation, Ci, CiRef, Inventory, OutboundConnection, Relation,
@@ -18,6 +30,9 @@ use vigil_shared::inventory::{
 use vigil_shared::proto::{InventoryDeltaMsg, InventorySnapshot};
 
 const NOW: i64 = 1_700_000_000_000;
+
+/// Threads sending the second delta round (agents' streams reconcile on blocking threads).
+const THREADS: usize = 32;
 
 /// CPU time of this process, all threads (clock_gettime(CLOCK_PROCESS_CPUTIME_ID)).
 #[allow(unsafe_code)]
@@ -212,9 +227,40 @@ struct Round {
 }
 
 impl Round {
+    fn new() -> Round {
+        Round {
+            wall: Duration::ZERO,
+            cpu: Duration::ZERO,
+            added: 0,
+            changed: 0,
+            removed: 0,
+            slowest: Duration::ZERO,
+        }
+    }
+
+    /// Adds a message's outcome; a resync is an error here (every base is the stored one).
+    fn count(&mut self, h: usize, outcome: InventoryOutcome) -> Result<(), String> {
+        match outcome {
+            InventoryOutcome::Stored {
+                added,
+                changed,
+                removed,
+                ..
+            } => {
+                self.added += added;
+                self.changed += changed;
+                self.removed += removed;
+                Ok(())
+            }
+            InventoryOutcome::Resync { have } => {
+                Err(format!("host {h}: unexpected resync (have {have:?})"))
+            }
+        }
+    }
+
     fn print(&self, what: &str) {
         println!(
-            "{what:<28} {:>8.2} s wall {:>8.2} s CPU   added {:>9} changed {:>7} removed {:>6}   slowest message {:.1} ms",
+            "{what:<44} {:>8.2} s wall {:>8.2} s CPU   added {:>9} changed {:>7} removed {:>6}   slowest message {:.1} ms",
             self.wall.as_secs_f64(),
             self.cpu.as_secs_f64(),
             self.added,
@@ -231,14 +277,7 @@ fn round<M>(
     mut prepare: impl FnMut(usize) -> M,
     mut apply: impl FnMut(usize, &M) -> Result<InventoryOutcome, Box<dyn std::error::Error>>,
 ) -> Result<Round, Box<dyn std::error::Error>> {
-    let mut r = Round {
-        wall: Duration::ZERO,
-        cpu: Duration::ZERO,
-        added: 0,
-        changed: 0,
-        removed: 0,
-        slowest: Duration::ZERO,
-    };
+    let mut r = Round::new();
     for h in 0..hosts {
         let msg = prepare(h);
         let (t, c) = (Instant::now(), cpu_time());
@@ -247,23 +286,85 @@ fn round<M>(
         r.wall += took;
         r.cpu += cpu_time().saturating_sub(c);
         r.slowest = r.slowest.max(took);
-        match outcome {
-            InventoryOutcome::Stored {
-                added,
-                changed,
-                removed,
-                ..
-            } => {
-                r.added += added;
-                r.changed += changed;
-                r.removed += removed;
-            }
-            InventoryOutcome::Resync { have } => {
-                return Err(format!("host {h}: unexpected resync (have {have:?})").into())
-            }
-        }
+        r.count(h, outcome)?;
     }
     Ok(r)
+}
+
+/// Sends every host's message at once from [`THREADS`] threads through `gc`.
+fn burst(
+    gc: &Arc<GroupCommit>,
+    agent: impl Fn(usize) -> String + Sync,
+    msgs: Vec<InventoryMessage>,
+    now: i64,
+) -> Result<Round, Box<dyn std::error::Error>> {
+    let queue: Vec<Mutex<Option<InventoryMessage>>> =
+        msgs.into_iter().map(|m| Mutex::new(Some(m))).collect();
+    let next = AtomicUsize::new(0);
+    let (t, c) = (Instant::now(), cpu_time());
+    let results: Vec<Result<Round, String>> = std::thread::scope(|scope| {
+        let workers: Vec<_> = (0..THREADS)
+            .map(|_| {
+                scope.spawn(|| {
+                    let mut r = Round::new();
+                    loop {
+                        let h = next.fetch_add(1, Ordering::Relaxed);
+                        let Some(slot) = queue.get(h) else {
+                            return Ok(r);
+                        };
+                        let msg = slot
+                            .lock()
+                            .map_err(|e| e.to_string())?
+                            .take()
+                            .ok_or("message taken twice")?;
+                        let sent = Instant::now();
+                        let outcome = gc.apply(&agent(h), msg, now).map_err(|e| e.to_string())?;
+                        r.slowest = r.slowest.max(sent.elapsed());
+                        r.count(h, outcome)?;
+                    }
+                })
+            })
+            .collect();
+        workers
+            .into_iter()
+            .map(|w| w.join().unwrap_or_else(|_| Err("worker panicked".into())))
+            .collect()
+    });
+    let mut total = Round::new();
+    total.wall = t.elapsed();
+    total.cpu = cpu_time().saturating_sub(c);
+    for r in results {
+        let r = r?;
+        total.added += r.added;
+        total.changed += r.changed;
+        total.removed += r.removed;
+        total.slowest = total.slowest.max(r.slowest);
+    }
+    Ok(total)
+}
+
+/// Host `h` after delta round `round` (1 or 2): ~16 packages bumped per round (1 % of the
+/// packages, see [`synthetic`]), 2 units removed in round 1, 2 timers added in each round and
+/// the previous round's removed.
+fn after_round(h: usize, per_host: usize, round: usize) -> Inventory {
+    let mut inv = synthetic(h, per_host, round);
+    let units: Vec<Ci> = inv
+        .cis
+        .iter()
+        .filter(|c| c.ci_type == ci_type::SYSTEMD_UNIT)
+        .take(2)
+        .cloned()
+        .collect();
+    inv.cis.retain(|c| !units.contains(c));
+    inv.relations
+        .retain(|r| !units.iter().any(|u| u.id() == r.to));
+    for u in 0..2 {
+        let name = format!("new{u}-{round}.timer");
+        inv.cis
+            .push(Ci::new(ci_type::SYSTEMD_UNIT, name.clone(), name).attr("load", "loaded"));
+    }
+    inv.canonicalize();
+    inv
 }
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
@@ -315,29 +416,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     );
 
     // 1 %: ~16 package upgrades, 2 units added and 2 removed per host, as deltas.
-    let mut deltas = Vec::with_capacity(hosts);
-    for h in 0..hosts {
-        let old = synthetic(h, per_host, 0);
-        let mut new = synthetic(h, per_host, 1);
-        let units: Vec<Ci> = new
-            .cis
-            .iter()
-            .filter(|c| c.ci_type == ci_type::SYSTEMD_UNIT)
-            .take(2)
-            .cloned()
-            .collect();
-        new.cis.retain(|c| !units.contains(c));
-        new.relations
-            .retain(|r| !units.iter().any(|u| u.id() == r.to));
-        for u in 0..2 {
-            let name = format!("new{u}.timer");
-            new.cis
-                .push(Ci::new(ci_type::SYSTEMD_UNIT, name.clone(), name).attr("load", "loaded"));
-        }
-        // Keep the count at CIS_PER_HOST: the bumped packages are ~1 % minus the 4 unit changes.
-        new.canonicalize();
-        deltas.push(diff(&old, &new));
-    }
+    let deltas: Vec<_> = (0..hosts)
+        .map(|h| diff(&synthetic(h, per_host, 0), &after_round(h, per_host, 1)))
+        .collect();
     let touched: usize = deltas
         .iter()
         .map(|d| d.added.len() + d.changed.len() + d.removed.len())
@@ -354,18 +435,38 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     )?;
     delta.print(&format!("delta round ({touched} CIs)"));
 
-    let again = round(
-        hosts,
-        |h| {
-            let mut inv = synthetic(h, per_host, 0);
-            deltas[h].apply(&mut inv);
-            InventorySnapshot {
+    // The next 1 %, every host at once through group commit.
+    let msgs: Vec<InventoryMessage> = (0..hosts)
+        .map(|h| {
+            InventoryMessage::Delta(InventoryDeltaMsg {
+                base_version: 2,
                 version: 3,
                 ts_ms: NOW + 600_000,
-                inventory: inv,
+                delta: diff(&after_round(h, per_host, 1), &after_round(h, per_host, 2)),
+            })
+        })
+        .collect();
+    let touched: usize = msgs
+        .iter()
+        .map(|m| match m {
+            InventoryMessage::Delta(d) => {
+                d.delta.added.len() + d.delta.changed.len() + d.delta.removed.len()
             }
+            InventoryMessage::Snapshot(_) => 0,
+        })
+        .sum();
+    let gc = Arc::new(GroupCommit::new(Db::open(&dir)?));
+    let grouped = burst(&gc, agent, msgs, NOW + 600_000)?;
+    grouped.print(&format!("delta round, group commit ({touched} CIs)"));
+
+    let again = round(
+        hosts,
+        |h| InventorySnapshot {
+            version: 4,
+            ts_ms: NOW + 900_000,
+            inventory: after_round(h, per_host, 2),
         },
-        |h, snap| Ok(apply_snapshot(&db, &agent(h), snap, NOW + 600_000)?),
+        |h, snap| Ok(apply_snapshot(&db, &agent(h), snap, NOW + 900_000)?),
     )?;
     again.print("full round again (unchanged)");
     println!("store size: {:.1} MB", store_size(&dir) as f64 / 1e6);

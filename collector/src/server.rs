@@ -47,7 +47,7 @@ pub struct Ingest {
     pub db: Arc<Mutex<Db>>,
     /// A connection of its own for CMDB reconciliation, so a large snapshot does not hold up
     /// authentication of other agents.
-    pub cmdb_db: Arc<Mutex<Db>>,
+    pub cmdb: Arc<cmdb::GroupCommit>,
     pub writer: Writer,
     pub table: Arc<LatestTable>,
     pub metrics: Arc<Metrics>,
@@ -120,7 +120,7 @@ impl Ingest {
     ) -> Result<Self, crate::store::StoreError> {
         Ok(Ingest {
             db: Arc::new(Mutex::new(Db::open(&data_dir)?)),
-            cmdb_db: Arc::new(Mutex::new(Db::open(&data_dir)?)),
+            cmdb: Arc::new(cmdb::GroupCommit::new(Db::open(&data_dir)?)),
             data_dir,
             writer,
             table,
@@ -664,17 +664,19 @@ impl Ingest {
             }
         };
         let snapshot = matches!(msg, Message::InventorySnapshot(_));
-        let db = self.cmdb_db.clone();
+        let gc = Arc::clone(&self.cmdb);
         let id = agent.to_string();
         let outcome = tokio::task::spawn_blocking(move || {
-            let db = db.lock().unwrap_or_else(|p| p.into_inner());
-            match &msg {
-                Message::InventorySnapshot(s) => cmdb::apply_snapshot(&db, &id, s, now_ms()),
-                Message::InventoryDelta(d) => cmdb::apply_delta(&db, &id, d, now_ms()),
-                _ => Err(crate::store::StoreError::Task(
-                    "not an inventory message".into(),
-                )),
-            }
+            let msg = match msg {
+                Message::InventorySnapshot(s) => cmdb::InventoryMessage::Snapshot(s),
+                Message::InventoryDelta(d) => cmdb::InventoryMessage::Delta(d),
+                _ => {
+                    return Err(crate::store::StoreError::Task(
+                        "not an inventory message".into(),
+                    ))
+                }
+            };
+            gc.apply(&id, msg, now_ms())
         })
         .await;
         let reply = match outcome {

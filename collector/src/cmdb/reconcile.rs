@@ -697,6 +697,22 @@ impl<'c> Session<'c> {
                 });
             }
         }
+        if let Some(p) = prev {
+            if (&p.machine_id, &p.dmi_uuid, &p.duplicate_of)
+                == (&machine_id, &dmi_uuid, &duplicate_of)
+            {
+                // The usual delta: only the version and times change. Naming the identity
+                // columns would rewrite their index entries (a page per message) for nothing.
+                self.conn
+                    .prepare_cached(
+                        "UPDATE inventory_state SET version = ?2, ts_ms = ?3, reported_ms = ?4,
+                             stale = 0
+                         WHERE agent_id = ?1",
+                    )?
+                    .execute(params![self.agent, version, self.now, reported_ms])?;
+                return Ok(());
+            }
+        }
         self.conn
             .prepare_cached(
                 "INSERT INTO inventory_state

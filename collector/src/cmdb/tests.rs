@@ -946,3 +946,157 @@ fn large_snapshots_go_through_multi_row_writes_intact() {
         .iter()
         .all(|r| r.1 == "version" && r.3.as_deref() == Some("\"1\"")));
 }
+
+#[test]
+fn commits_are_synchronous_full() {
+    let (_d, db) = store(&["agent-a"]);
+    let inside: i64 = in_tx(&db, |tx| {
+        let sync = tx.pragma_query_value(None, "synchronous", |r| r.get(0))?;
+        Ok((sync, false))
+    })
+    .expect("in_tx");
+    assert_eq!(inside, 2, "synchronous=FULL inside the CMDB's transactions");
+}
+
+/// One transaction, each message on its own: a failing message and a delta on the wrong base
+/// leave no trace, the others are stored as if applied one by one.
+#[test]
+fn batch_applies_each_message_alone() {
+    let (_d, db) = store(&["agent-a", "agent-b"]);
+    let snap = |version: u64, inv: Inventory| InventorySnapshot {
+        version,
+        ts_ms: T0,
+        inventory: inv,
+    };
+    let zlib = InventoryDelta {
+        added: vec![pkg("zlib", "1.3")],
+        ..InventoryDelta::default()
+    };
+    let delta = |base_version: u64, version: u64| InventoryDeltaMsg {
+        base_version,
+        version,
+        ts_ms: T0 + 1,
+        delta: zlib.clone(),
+    };
+    let (a1, a2, b_wrong, nobody, b1) = (
+        snap(1, base()),
+        delta(1, 2),
+        delta(7, 8),
+        snap(1, base()),
+        snap(3, base()),
+    );
+    let msgs = [
+        ("agent-a", InventoryMsg::Snapshot(&a1), T0),
+        ("agent-a", InventoryMsg::Delta(&a2), T0 + 1),
+        ("agent-b", InventoryMsg::Delta(&b_wrong), T0 + 1),
+        ("nobody", InventoryMsg::Snapshot(&nobody), T0 + 1),
+        ("agent-b", InventoryMsg::Snapshot(&b1), T0 + 2),
+    ];
+    let before = metrics_for(&db).expect("metrics").get(ci_type::PACKAGE);
+    let results = apply_batch(&db, &msgs).expect("batch");
+    let summary: Vec<Result<InventoryOutcome, String>> = results
+        .into_iter()
+        .map(|r| r.map_err(|e| e.to_string()))
+        .collect();
+    assert_eq!(
+        summary,
+        [
+            Ok(stored(1, 3, 0, 0)),
+            Ok(stored(2, 1, 0, 0)),
+            Ok(InventoryOutcome::Resync { have: None }),
+            Err(StoreError::UnknownAgent("nobody".into()).to_string()),
+            Ok(stored(3, 3, 0, 0)),
+        ]
+    );
+    assert_eq!(stored_version(&db, "agent-a"), Some(2));
+    assert_eq!(stored_version(&db, "agent-b"), Some(3));
+    assert_eq!(
+        count(&db, "SELECT count(*) FROM cis WHERE agent_id = 'agent-a'"),
+        4
+    );
+    assert_eq!(
+        count(&db, "SELECT count(*) FROM cis WHERE agent_id = 'agent-b'"),
+        3
+    );
+    assert_eq!(
+        count(&db, "SELECT count(*) FROM cis WHERE agent_id = 'nobody'"),
+        0
+    );
+    // History and metrics of the stored messages only: 3 + 1 + 3 CIs added, 2 + 1 + 2 packages.
+    assert_eq!(count(&db, "SELECT count(*) FROM ci_history"), 7);
+    assert_eq!(
+        metrics_for(&db).expect("metrics").get(ci_type::PACKAGE),
+        (before.0 + 5, before.1 + 5)
+    );
+    assert!(db.conn().is_autocommit(), "no transaction left open");
+}
+
+/// Many threads at once: every message is applied exactly once, in each agent's order, and
+/// each thread gets its own result.
+#[test]
+fn group_commit_gives_every_thread_its_result() {
+    let agents: Vec<String> = (0..12).map(|i| format!("agent-{i:02}")).collect();
+    let names: Vec<&str> = agents.iter().map(String::as_str).collect();
+    let (dir, db) = store(&names);
+    let gc = std::sync::Arc::new(GroupCommit::new(db));
+    let threads: Vec<_> = agents
+        .iter()
+        .cloned()
+        .map(|agent| {
+            let gc = std::sync::Arc::clone(&gc);
+            std::thread::spawn(move || {
+                let mut outcomes = Vec::new();
+                let snap = InventorySnapshot {
+                    version: 1,
+                    ts_ms: T0,
+                    inventory: base(),
+                };
+                outcomes.push(gc.apply(&agent, InventoryMessage::Snapshot(snap), T0));
+                for v in 2..=5u64 {
+                    let d = InventoryDeltaMsg {
+                        base_version: v - 1,
+                        version: v,
+                        ts_ms: T0,
+                        delta: InventoryDelta {
+                            added: vec![pkg(&format!("p{v}"), "1")],
+                            ..InventoryDelta::default()
+                        },
+                    };
+                    outcomes.push(gc.apply(&agent, InventoryMessage::Delta(d), T0));
+                }
+                // A delta on a base the collector does not hold.
+                let wrong = InventoryDeltaMsg {
+                    base_version: 2,
+                    version: 6,
+                    ts_ms: T0,
+                    delta: InventoryDelta::default(),
+                };
+                outcomes.push(gc.apply(&agent, InventoryMessage::Delta(wrong), T0));
+                outcomes
+                    .into_iter()
+                    .map(|r| r.map_err(|e| e.to_string()))
+                    .collect::<Vec<_>>()
+            })
+        })
+        .collect();
+    for t in threads {
+        let outcomes = t.join().expect("thread");
+        assert_eq!(
+            outcomes,
+            [
+                Ok(stored(1, 3, 0, 0)),
+                Ok(stored(2, 1, 0, 0)),
+                Ok(stored(3, 1, 0, 0)),
+                Ok(stored(4, 1, 0, 0)),
+                Ok(stored(5, 1, 0, 0)),
+                Ok(InventoryOutcome::Resync { have: Some(5) }),
+            ]
+        );
+    }
+    let db = Db::open(dir.path()).expect("open");
+    for agent in &agents {
+        assert_eq!(stored_version(&db, agent), Some(5), "{agent}");
+    }
+    assert_eq!(count(&db, "SELECT count(*) FROM cis"), 12 * 7);
+    assert_eq!(count(&db, "SELECT count(*) FROM ci_history"), 12 * 7);
+}

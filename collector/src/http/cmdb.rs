@@ -4,37 +4,50 @@
 //!
 //! | method | path | role | answer |
 //! |---|---|---|---|
-//! | GET | `/cis?type=&tag=k=v&host=&state=&q=&limit=&offset=` | viewer | `{items, total, limit, offset}` |
+//! | GET | `/cis?type=&tag=k=v&host=&state=&q=&limit=&offset=\|after=` | viewer | `{items, total, limit, offset, after, next_after}` |
 //! | GET | `/cis/{id}` | viewer | a CI + `relations: {out, in}` |
 //! | GET | `/cis/{id}/relations?depth=1..5&direction=out\|in\|both` | viewer | `{root, direction, depth, edges, cis, truncated}` |
 //! | GET | `/cis/{id}/history?limit=&since=&before=` | viewer | `{items, limit, next_before}` |
 //! | GET | `/changes?since=&type=&host=&limit=&before=` | viewer | `{items, limit, next_before}` |
-//! | GET | `/cmdb/export` | viewer | `{exported_at, exported_at_ms, cis, relations}` |
+//! | GET | `/cmdb/export` | viewer | `{exported_at, exported_at_ms, cis, relations}`, streamed |
 //! | POST | `/cis` | admin | 201 + the business service |
 //! | PATCH | `/cis/{id}` | admin | the updated CI |
+//! | DELETE | `/cis/{id}` | admin | the retired business service (409 for a discovered CI) |
 //! | POST / DELETE | `/relations` | admin | the relation (201 new, 200 existing / deleted) |
 //!
 //! Query parameters are checked strictly: an unknown name, a repeated single-valued one or a
 //! bad value is a 400. `type` and `state` take comma lists or repeats, `tag` repeats (all must
 //! match), `since` is RFC 3339 (`Z` or `±HH:MM`) or Unix milliseconds, `before` is the
-//! `next_before` cursor of the previous page.
+//! `next_before` cursor of the previous page. `GET /cis` pages by `offset` or by `after` (the
+//! `next_after` of the previous page: every page costs the same however deep).
 //!
-//! This module must never: run SQLite on the runtime (everything goes through `DbPool::run`),
-//! let a viewer write, or answer with anything but JSON.
+//! The export is streamed: a blocking thread reads the CMDB in one read transaction and hands
+//! the JSON over in [`EXPORT_CHUNK`]-byte chunks through a bounded channel, so memory stays at
+//! a few chunks whatever the size of the CMDB, and a client that goes away stops the read.
+//!
+//! This module must never: run SQLite on the runtime (everything goes through `DbPool::run`, or
+//! the export's blocking thread), let a viewer write, or answer with anything but JSON.
 
 mod params;
 mod views;
 
+use std::path::Path;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+use axum::body::{Body, Bytes, HttpBody};
 use axum::extract::State;
 use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
+use hyper::body::Frame;
+use tokio::sync::mpsc;
 
 use super::{now_ms, ApiError, ApiJson, ApiPath, ApiQuery, Auth, HttpState};
 use crate::cmdb::query::manual::{self, api_source, CiPatch, NewCi, RelationSpec, WriteError};
-use crate::cmdb::query::{self, CiRecord, Direction, MAX_DEPTH};
-use crate::store::{Db, Role};
+use crate::cmdb::query::{self, CiRecord, Direction, Paging, MAX_DEPTH};
+use crate::store::{Db, Role, StoreError};
 use params::{bad, ci_filter, Params};
 use views::page;
 use views::{
@@ -46,7 +59,7 @@ use views::{
 pub(super) fn routes() -> Router<HttpState> {
     Router::new()
         .route("/cis", get(list_cis).post(create_ci))
-        .route("/cis/{id}", get(get_ci).patch(patch_ci))
+        .route("/cis/{id}", get(get_ci).patch(patch_ci).delete(delete_ci))
         .route("/cis/{id}/relations", get(ci_relations))
         .route("/cis/{id}/history", get(ci_history))
         .route("/changes", get(changes))
@@ -90,21 +103,42 @@ async fn list_cis(
     auth.require(Role::Viewer)?;
     let p = Params::new(
         q,
-        &["type", "tag", "host", "state", "q", "limit", "offset"],
+        &[
+            "type", "tag", "host", "state", "q", "limit", "offset", "after",
+        ],
         &["type", "tag", "state"],
     )?;
     let filter = ci_filter(&p)?;
     let limit = p.limit()?;
     let offset = p.number("offset", 0u64, 0..=u64::from(u32::MAX))?;
-    let (items, total) = state
+    let after = p
+        .one("after")
+        .map(|_| p.number("after", 0i64, 0..=i64::MAX))
+        .transpose()?;
+    let paging = match (after, p.one("offset")) {
+        (Some(_), Some(_)) => return Err(bad("give offset or after, not both")),
+        (Some(a), None) => Paging::After(a),
+        (None, _) => Paging::Offset(offset),
+    };
+    // One more than the page, to know whether another follows.
+    let (mut items, total) = state
         .db
-        .run(move |db| query::list_cis(db, &filter, limit, offset))
+        .run(move |db| query::list_cis(db, &filter, limit + 1, paging))
         .await?;
+    let more = items.len() > limit as usize;
+    items.truncate(limit as usize);
+    let next_after = if more {
+        items.last().map(|c| c.id)
+    } else {
+        None
+    };
     Ok(Json(CiList {
         items: items.into_iter().map(CiView::from).collect(),
         total,
         limit,
         offset,
+        after,
+        next_after,
     }))
 }
 
@@ -221,16 +255,92 @@ async fn changes(
     )))
 }
 
+/// Bytes of JSON per chunk of the export body.
+pub(super) const EXPORT_CHUNK: usize = 64 * 1024;
+/// Chunks the export's reader may be ahead of the client: its memory bound.
+const EXPORT_AHEAD: usize = 4;
+
+/// Why an export stopped after its first chunk (the client sees a truncated body).
+#[derive(Debug, thiserror::Error)]
+#[error("export aborted: {0}")]
+struct ExportAborted(String);
+
+/// The export's body: the chunks of the reader thread, as they come.
+struct ExportBody {
+    first: Option<Bytes>,
+    rx: mpsc::Receiver<Result<Bytes, ExportAborted>>,
+}
+
+impl HttpBody for ExportBody {
+    type Data = Bytes;
+    type Error = ExportAborted;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, ExportAborted>>> {
+        if let Some(first) = self.first.take() {
+            return Poll::Ready(Some(Ok(Frame::data(first))));
+        }
+        self.rx
+            .poll_recv(cx)
+            .map(|chunk| chunk.map(|c| c.map(Frame::data)))
+    }
+}
+
+/// Reads the whole CMDB (one read transaction) and sends it as JSON chunks; returns when it is
+/// sent, when the client went away (the receiver is dropped) or on a store error, which it
+/// sends too.
+fn export_reader(data_dir: &Path, tx: &mpsc::Sender<Result<Bytes, ExportAborted>>) {
+    // An error here means the receiver is gone: nobody reads any more.
+    let send = |chunk: Vec<u8>| -> Result<(), StoreError> {
+        tx.blocking_send(Ok(Bytes::from(chunk)))
+            .map_err(|_| StoreError::Task("export client went away".into()))
+    };
+    let result = (|| {
+        let db = Db::open(data_dir)?;
+        let mut w = ExportWriter::new(now_ms())?;
+        query::export(&db, |row| {
+            w.row(row)?;
+            match w.take(EXPORT_CHUNK) {
+                Some(chunk) => send(chunk),
+                None => Ok(()),
+            }
+        })?;
+        send(w.finish())
+    })();
+    if let Err(e) = result {
+        if tx.is_closed() {
+            tracing::debug!("export stopped: the client went away");
+        } else {
+            tracing::warn!(error = %e, "CMDB export failed");
+            let _ = tx.blocking_send(Err(ExportAborted(e.to_string())));
+        }
+    }
+}
+
 async fn export(auth: Auth, State(state): State<HttpState>) -> Result<Response, ApiError> {
     auth.require(Role::Viewer)?;
-    let body = state
-        .db
-        .run(|db| {
-            let mut w = ExportWriter::new(now_ms())?;
-            query::export(db, |row| w.row(row))?;
-            Ok(w.finish())
-        })
-        .await?;
+    let (tx, mut rx) = mpsc::channel(EXPORT_AHEAD);
+    let data_dir = state.db.data_dir().to_owned();
+    // Ends by itself: when the export is sent, or at its next chunk once the body is dropped.
+    let reader = tokio::task::spawn_blocking(move || export_reader(&data_dir, &tx));
+    // The first chunk decides the status: a store that cannot be read is still a JSON 500.
+    let first = match rx.recv().await {
+        Some(Ok(chunk)) => chunk,
+        Some(Err(e)) => return Err(ApiError::internal(e)),
+        None => {
+            let why = match reader.await {
+                Err(e) => e.to_string(),
+                Ok(()) => "the export ended without any data".to_owned(),
+            };
+            return Err(ApiError::internal(ExportAborted(why)));
+        }
+    };
+    let body = Body::new(ExportBody {
+        first: Some(first),
+        rx,
+    });
     Ok(([(header::CONTENT_TYPE, "application/json")], body).into_response())
 }
 
@@ -261,6 +371,21 @@ async fn patch_ci(
     let source = api_source(&auth.token_id);
     let ci = write(&state, move |db| {
         manual::patch_ci(db, id, &patch, &source, now_ms())?;
+        reread(db, id)
+    })
+    .await?;
+    Ok(Json(ci.into()))
+}
+
+async fn delete_ci(
+    auth: Auth,
+    State(state): State<HttpState>,
+    ApiPath(id): ApiPath<i64>,
+) -> Result<Json<CiView>, ApiError> {
+    auth.require(Role::Admin)?;
+    let source = api_source(&auth.token_id);
+    let ci = write(&state, move |db| {
+        manual::retire_ci(db, id, &source, now_ms())?;
         reread(db, id)
     })
     .await?;

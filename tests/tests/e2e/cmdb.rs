@@ -741,3 +741,125 @@ fn unchanged_host_sends_nothing_and_a_change_is_one_delta() {
     );
     assert!(agent.is_running(), "agent log:\n{}", agent.logs());
 }
+
+/// When the collector's stored version of a host's inventory is not the base of the agent's
+/// next delta (here: changed behind its back through a second connection to the store), the
+/// collector writes nothing for the delta, asks for a full resync, and the agent answers with a
+/// full snapshot that carries the change: the new `listening_service` CI appears with one history
+/// row `added`, and nothing else changes.
+///
+/// A fixture root (a copy of `host-b`), not `/`: other tests open and close listeners on this
+/// host at any time, which would make the agent send deltas of its own.
+#[test]
+fn collector_asks_for_a_full_resync_when_versions_disagree() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let collector = spawn_collector(&dir.path().join("collector"));
+    let token = enroll_token(&collector.data_dir, &[]);
+    let root = dir.path().join("root");
+    copy_tree(&fixture("host-b"), &root);
+    let agent_dir = dir.path().join("agent");
+    let mut agent = spawn_agent_with(
+        collector.quic,
+        Some(&token),
+        &agent_dir,
+        "1s",
+        &[
+            "--root",
+            root.to_str().expect("path"),
+            "--discovery-interval",
+            "1s",
+        ],
+    );
+    let store = open_store(&collector.data_dir);
+    let id = wait_for_host(&store, &agent_dir, &mut agent);
+    wait_until(CHANGE, "snapshot counted", || {
+        (inventory_messages(&metrics(&collector), "snapshot") == 1.0).then_some(())
+    });
+    let version = |store: &Connection| -> i64 {
+        store
+            .query_row(
+                "SELECT version FROM inventory_state WHERE agent_id = ?1",
+                [&id],
+                |r| r.get(0),
+            )
+            .expect("inventory_state row")
+    };
+    assert_eq!(
+        version(&store),
+        1,
+        "the agent's first discovery is version 1"
+    );
+    assert_eq!(ci(&store, &id, "listening_service", "tcp:8080"), None);
+
+    // The collector now believes it holds version 1000: the agent's next delta (base 1) does
+    // not match.
+    let rw = open_store_rw(&collector.data_dir);
+    let n = rw
+        .execute(
+            "UPDATE inventory_state SET version = 1000 WHERE agent_id = ?1",
+            [&id],
+        )
+        .expect("tamper with the stored version");
+    assert_eq!(n, 1);
+    drop(rw);
+    let before = max_history_id(&store);
+
+    // A new listener on 0.0.0.0:8080 (no process owns its inode), the table replaced atomically.
+    let tcp = root.join("proc/net/tcp");
+    let mut table = std::fs::read_to_string(&tcp).expect("read tcp table");
+    table.push_str(
+        "   2: 00000000:1F90 00000000:0000 0A 00000000:00000000 00:00000000 00000000     0        0 8003 1 0000000000000000 100 0 0 10 0\n",
+    );
+    let tmp = root.join("proc/net/tcp-new");
+    std::fs::write(&tmp, table).expect("write tcp table");
+    std::fs::rename(&tmp, &tcp).expect("replace tcp table");
+
+    let svc = wait_until(CHANGE, "tcp:8080 in the CMDB", || {
+        if !agent.is_running() {
+            panic!("agent exited; log:\n{}", agent.logs());
+        }
+        ci(&store, &id, "listening_service", "tcp:8080")
+    });
+    assert_eq!(svc.state, "active");
+    assert_eq!(svc.attrs["address"], "0.0.0.0", "{svc:?}");
+    assert_eq!(svc.attrs["port"], json!(8080), "{svc:?}");
+    // A few discovery intervals more: nothing else may follow.
+    std::thread::sleep(Duration::from_secs(2));
+    let text = metrics(&collector);
+    assert_eq!(inventory_messages(&text, "resync"), 1.0, "{text}");
+    assert_eq!(inventory_messages(&text, "snapshot"), 2.0, "{text}");
+    assert_eq!(inventory_messages(&text, "delta"), 0.0, "{text}");
+    // Stored by the snapshot, which gives the agent's version, not the tampered one.
+    assert_eq!(version(&store), 2);
+    let rows = history_since(&store, &id, before);
+    assert_eq!(rows.len(), 1, "{rows:#?}");
+    let ((ty, key), h) = &rows[0];
+    assert_eq!(
+        (ty.as_str(), key.as_str()),
+        ("listening_service", "tcp:8080")
+    );
+    assert_eq!(
+        (h.ci_id, h.attribute.as_str(), h.change.as_str()),
+        (svc.id, "*", "added")
+    );
+    assert_eq!(h.source, id);
+    let rel: i64 = store
+        .query_row(
+            "SELECT COUNT(*) FROM relations r JOIN cis h ON h.id = r.from_ci
+             WHERE h.agent_id = ?1 AND h.type = 'host' AND r.kind = 'runs' AND r.to_ci = ?2",
+            params![id, svc.id],
+            |r| r.get(0),
+        )
+        .expect("relation");
+    assert_eq!(rel, 1, "host runs tcp:8080");
+    let (clog, alog) = (collector.proc.logs(), agent.logs());
+    assert!(
+        clog.contains("asking for a snapshot") && clog.contains("1000"),
+        "collector log:\n{clog}"
+    );
+    assert!(
+        alog.contains("collector asked for a full inventory snapshot"),
+        "agent log:\n{alog}"
+    );
+    assert!(agent.is_running(), "agent log:\n{alog}");
+}

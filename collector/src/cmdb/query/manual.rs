@@ -2,6 +2,11 @@
 //! from a business service to hosts or listening services, and the manual attributes of any CI
 //! (owner, criticality 1-5, tags, vendor).
 //!
+//! Lifecycle: a business service is retired through the API ([`retire_ci`]: history `removed`,
+//! its relations removed, each with its history row); created again under the same name, the
+//! same CI is active again (history `added`, old value `"retired"`), as a discovered CI that
+//! reappears. Discovered CIs are retired by discovery only (a retire is a [`WriteError::Conflict`]).
+//!
 //! Ownership: discovered attributes (`attrs`, `name`, `key`, `type` of a `discovery` CI) belong
 //! to discovery and a write to them is a [`WriteError::Conflict`]; manual attributes
 //! (`cis.manual_attrs`) belong to the API. A business service's own `attrs`/`name` belong to the
@@ -328,7 +333,8 @@ fn service_named(conn: &Connection, name: &str, except: i64) -> Result<Option<i6
         .optional()?)
 }
 
-/// Creates a business service (the only CI type the API may create); returns its id.
+/// Creates a business service (the only CI type the API may create); returns its id. A retired
+/// one of the same name is made active again, with the given attributes.
 pub fn create_business_service(
     db: &Db,
     new: &NewCi,
@@ -352,9 +358,31 @@ pub fn create_business_service(
     metrics_for(db)?;
     let tx = begin(db)?;
     if let Some(id) = service_named(&tx, &name, 0)? {
-        return Err(WriteError::Conflict(format!(
-            "a business service named {name:?} already exists (CI {id})"
-        )));
+        let (_, state) = type_and_state(&tx, id)?;
+        if state != "retired" {
+            return Err(WriteError::Conflict(format!(
+                "a business service named {name:?} already exists (CI {id})"
+            )));
+        }
+        tx.prepare_cached(
+            "UPDATE cis SET attrs = ?2, manual_attrs = ?3, state = 'active', retired_at_ms = NULL,
+                 last_seen_ms = ?4
+             WHERE id = ?1",
+        )?
+        .execute(params![id, attrs, manual.to_sql()?, now])?;
+        let old = Value::from("retired");
+        history(
+            &tx,
+            id,
+            now,
+            ALL_ATTRIBUTES,
+            "added",
+            (Some(&old), None),
+            source,
+        )?;
+        tx.commit()?;
+        publish(db, ci_type::BUSINESS_SERVICE, 1, 1)?;
+        return Ok(id);
     }
     tx.prepare_cached(
         "INSERT INTO cis (agent_id, type, key, name, attrs, manual_attrs, source, state,
@@ -549,6 +577,61 @@ pub fn patch_ci(
     Ok(())
 }
 
+/// Retires a business service (any CI made through the API): state `retired` with the time,
+/// history `removed`, and every relation it has removed, each with a `relation.<kind>` history
+/// row on it (old value: the other end). Returns `false` when it was already retired (nothing
+/// written). A discovered CI is a [`WriteError::Conflict`]: discovery retires those.
+pub fn retire_ci(db: &Db, id: i64, source: &str, now: i64) -> Result<bool, WriteError> {
+    metrics_for(db)?;
+    let tx = begin(db)?;
+    let (ci_type, key, ci_source, state): (String, String, String, String) = tx
+        .prepare_cached("SELECT type, key, source, state FROM cis WHERE id = ?1")?
+        .query_row([id], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))
+        .optional()?
+        .ok_or_else(|| WriteError::NotFound(format!("no CI with id {id}")))?;
+    if ci_source != "api" {
+        return Err(WriteError::Conflict(format!(
+            "CI {id} ({ci_type} {key:?}) comes from discovery: it is retired when its agent no \
+             longer reports it; only CIs made through the API can be retired through the API"
+        )));
+    }
+    if state == "retired" {
+        return Ok(false);
+    }
+    let mut removed: Vec<(i64, String, i64)> = {
+        let mut stmt = tx.prepare_cached(
+            "DELETE FROM relations WHERE from_ci = ?1 OR to_ci = ?1 RETURNING from_ci, kind, to_ci",
+        )?;
+        let rows = stmt.query_map([id], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?;
+        rows.collect::<rusqlite::Result<_>>()?
+    };
+    removed.sort();
+    for (from, kind, to) in &removed {
+        let other = Value::from(if *from == id { *to } else { *from });
+        let attr = format!("relation.{kind}");
+        history(&tx, id, now, &attr, "changed", (Some(&other), None), source)?;
+    }
+    tx.prepare_cached(
+        "UPDATE cis SET state = 'retired', retired_at_ms = ?2, last_seen_ms = ?2 WHERE id = ?1",
+    )?
+    .execute(params![id, now])?;
+    history(
+        &tx,
+        id,
+        now,
+        ALL_ATTRIBUTES,
+        "removed",
+        (None, None),
+        source,
+    )?;
+    tx.commit()?;
+    let changes = u64::try_from(removed.len())
+        .unwrap_or(u64::MAX)
+        .saturating_add(1);
+    publish(db, &ci_type, -1, changes)?;
+    Ok(true)
+}
+
 /// `(type, state)` of CI `id`.
 fn type_and_state(conn: &Connection, id: i64) -> Result<(String, String), WriteError> {
     conn.prepare_cached("SELECT type, state FROM cis WHERE id = ?1")?
@@ -590,8 +673,11 @@ pub fn add_relation(
     check_kind(&rel.kind)?;
     metrics_for(db)?;
     let tx = begin(db)?;
-    let (from_type, _) = type_and_state(&tx, rel.from)?;
+    let (from_type, from_state) = type_and_state(&tx, rel.from)?;
     check_from(rel.from, &from_type)?;
+    if from_state == "retired" {
+        return Err(invalid(format!("CI {} is retired", rel.from)));
+    }
     let (to_type, to_state) = type_and_state(&tx, rel.to)?;
     if !API_RELATION_TARGETS.contains(&to_type.as_str()) {
         return Err(invalid(format!(

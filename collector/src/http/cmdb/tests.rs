@@ -206,6 +206,22 @@ async fn start(dir: &Path) -> (SocketAddr, oneshot::Sender<()>, ServerTask) {
     (addr, stop, task)
 }
 
+/// The chunks of a `Transfer-Encoding: chunked` body, checked to end with the zero chunk.
+fn dechunk(mut body: &str) -> Vec<&str> {
+    let mut chunks = Vec::new();
+    loop {
+        let (size, rest) = body.split_once("\r\n").expect("chunk size line");
+        let size = usize::from_str_radix(size.trim(), 16).expect("hex chunk size");
+        if size == 0 {
+            assert_eq!(rest, "\r\n", "nothing after the last chunk");
+            return chunks;
+        }
+        let (chunk, rest) = rest.split_at(size);
+        chunks.push(chunk);
+        body = rest.strip_prefix("\r\n").expect("CRLF after a chunk");
+    }
+}
+
 /// A status and a parsed JSON body.
 type Answer = (u16, Value);
 
@@ -214,14 +230,14 @@ impl Fixture {
         Db::open(self.tmp.path()).expect("open")
     }
 
-    /// One request over a fresh connection; `body` is sent as JSON text as given.
-    async fn call(
+    /// One request over a fresh connection: the head and the body as they came.
+    async fn raw(
         &self,
         method: &str,
         path: &str,
         token: Option<&str>,
         body: Option<&str>,
-    ) -> (u16, String, String) {
+    ) -> (String, String) {
         let mut stream = tokio::net::TcpStream::connect(self.addr)
             .await
             .expect("connect");
@@ -248,12 +264,30 @@ impl Fixture {
             .expect("read");
         let text = String::from_utf8(raw).expect("utf8");
         let (head, body) = text.split_once("\r\n\r\n").expect("head/body");
-        assert!(
-            !head
-                .to_ascii_lowercase()
-                .contains("transfer-encoding: chunked"),
-            "sized bodies only: {head}"
-        );
+        (head.to_owned(), body.to_owned())
+    }
+
+    /// One request over a fresh connection; `body` is sent as JSON text as given. The export
+    /// is streamed (when it succeeds): its chunks are joined; every other answer must have a
+    /// known size.
+    async fn call(
+        &self,
+        method: &str,
+        path: &str,
+        token: Option<&str>,
+        body: Option<&str>,
+    ) -> (u16, String, String) {
+        let (head, body) = self.raw(method, path, token, body).await;
+        let chunked = head
+            .to_ascii_lowercase()
+            .contains("transfer-encoding: chunked");
+        let streamed = path.starts_with("/api/v1/cmdb/export") && head.starts_with("HTTP/1.1 200");
+        assert_eq!(chunked, streamed, "{method} {path}: {head}");
+        let body = if chunked {
+            dechunk(&body).concat()
+        } else {
+            body
+        };
         let status = head
             .split(' ')
             .nth(1)
@@ -267,7 +301,7 @@ impl Fixture {
                     .then(|| v.trim().to_owned())
             })
             .unwrap_or_default();
-        (status, content_type, body.to_owned())
+        (status, content_type, body)
     }
 
     async fn json(&self, method: &str, path: &str, token: &str, body: Option<Value>) -> Answer {
@@ -541,7 +575,8 @@ async fn list_filters_paging_and_total() {
     assert_eq!(status, 401);
     for (method, path) in [
         ("PUT", "/api/v1/cis"),
-        ("DELETE", "/api/v1/cis/1"),
+        // DELETE /cis/{id} exists (admin: retire a business service); PUT does not.
+        ("PUT", "/api/v1/cis/1"),
         ("GET", "/api/v1/relations"),
     ] {
         let got = f.json(method, path, &f.viewer, None).await;
@@ -1300,4 +1335,308 @@ fn query_parameters_are_strict() {
     }
     let p = params(&[("type", "os,gpu")]).expect("ok");
     assert!(matches!(p.types(), Err(ApiError::BadRequest(m)) if m.contains("\"gpu\"")));
+}
+
+/// Registers `agent` (hostname `big1`) with a host CI and `packages` packages.
+fn seed_big_host(db: &Db, agent: &str, packages: usize) {
+    db.register_agent(
+        &NewAgent {
+            id: agent.into(),
+            hostname: "big1".into(),
+            version: "0.1.0".into(),
+            cert_pin: "00".repeat(32),
+            token_id: "tok".into(),
+        },
+        T0,
+    )
+    .expect("register agent");
+    let mut cis = vec![host("big1", "m-big1", "batch")];
+    let mut relations = Vec::new();
+    for p in 0..packages {
+        let ci = pkg(&format!("package-{p:05}"), "1.0.0-1").attr("source", "a".repeat(200));
+        relations.push(rel(HOST, relation::HAS, (ci_type::PACKAGE, &ci.key)));
+        cis.push(ci);
+    }
+    let mut inv = Inventory {
+        cis,
+        relations,
+        connections: vec![],
+    };
+    inv.canonicalize();
+    snapshot(db, agent, 1, inv, T0);
+}
+
+/// An export larger than a chunk arrives in several chunks, none much larger than
+/// `EXPORT_CHUNK` (the reader's memory bound), and parses to exactly what the store holds.
+#[tokio::test]
+async fn export_streams_in_bounded_chunks() {
+    let f = fixture().await;
+    seed_big_host(&f.db(), "agent-c", 3000);
+    let (head, raw) = f
+        .raw("GET", "/api/v1/cmdb/export", Some(&f.viewer), None)
+        .await;
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    let lower = head.to_ascii_lowercase();
+    assert!(
+        lower.contains("transfer-encoding: chunked") && lower.contains("application/json"),
+        "{head}"
+    );
+    let chunks = dechunk(&raw);
+    let sizes: Vec<usize> = chunks.iter().map(|c| c.len()).collect();
+    let total: usize = sizes.iter().sum();
+    assert!(total > 10 * super::EXPORT_CHUNK, "{total} bytes");
+    // Every chunk but the last was cut after the row that took it past EXPORT_CHUNK.
+    let (last, full) = sizes.split_last().expect("chunks");
+    assert!(*last <= super::EXPORT_CHUNK + 4096, "{sizes:?}");
+    for s in full {
+        assert!(
+            (super::EXPORT_CHUNK..super::EXPORT_CHUNK + 4096).contains(s),
+            "{sizes:?}"
+        );
+    }
+    let v: Value = serde_json::from_str(&chunks.concat()).expect("export is JSON");
+    let db = f.db();
+    let stored = |sql: &str| -> Vec<i64> {
+        let mut stmt = db.conn().prepare(sql).expect("prepare");
+        let rows = stmt.query_map([], |r| r.get(0)).expect("query");
+        rows.collect::<rusqlite::Result<_>>().expect("rows")
+    };
+    let exported: Vec<i64> = v["cis"]
+        .as_array()
+        .expect("cis")
+        .iter()
+        .map(|c| c["id"].as_i64().expect("id"))
+        .collect();
+    assert_eq!(exported, stored("SELECT id FROM cis ORDER BY id"));
+    assert_eq!(exported.len(), 15 + 3001);
+    let relations = v["relations"].as_array().expect("relations");
+    assert_eq!(
+        relations
+            .iter()
+            .map(|r| r["from"].as_i64().expect("from"))
+            .collect::<Vec<_>>(),
+        stored("SELECT from_ci FROM relations ORDER BY from_ci, kind, to_ci")
+    );
+    f.stop().await;
+}
+
+/// When the client goes away, the reader stops at its next chunk instead of reading the rest
+/// of the CMDB into a channel nobody drains.
+#[tokio::test]
+async fn export_reader_stops_when_the_client_goes_away() {
+    let f = fixture().await;
+    seed_big_host(&f.db(), "agent-c", 3000);
+    let (tx, mut rx) = tokio::sync::mpsc::channel(1);
+    let dir = f.tmp.path().to_owned();
+    let (done_tx, done_rx) = std::sync::mpsc::channel();
+    let reader = std::thread::spawn(move || {
+        super::export_reader(&dir, &tx);
+        let _ = done_tx.send(());
+    });
+    let first = rx.recv().await.expect("a chunk").expect("not an error");
+    assert!(first.starts_with(b"{\"exported_at\":"));
+    drop(rx);
+    tokio::task::spawn_blocking(move || {
+        done_rx
+            .recv_timeout(Duration::from_secs(10))
+            .expect("the reader stopped");
+        reader.join().expect("reader thread");
+    })
+    .await
+    .expect("join");
+    f.stop().await;
+}
+
+/// Keyset paging: `next_after` leads through every CI exactly once, whatever the filter, and
+/// the total is the whole match.
+#[tokio::test]
+async fn list_pages_by_after() {
+    let f = fixture().await;
+    for query in ["", "type=package&", "type=package&state=active&"] {
+        let all = ids(&f.get(&format!("/api/v1/cis?{query}limit=1000")).await);
+        let mut paged = Vec::new();
+        let mut url = format!("/api/v1/cis?{query}limit=3");
+        let mut pages = 0;
+        loop {
+            let v = f.get(&url).await;
+            assert_eq!(v["total"], json!(all.len()), "{url}");
+            paged.extend(ids(&v));
+            pages += 1;
+            match v["next_after"].as_i64() {
+                Some(next) => {
+                    assert_eq!(Some(next), paged.last().copied(), "{url}: {v}");
+                    url = format!("/api/v1/cis?{query}limit=3&after={next}");
+                }
+                None => break,
+            }
+            assert!(pages <= all.len(), "{url}: no end");
+        }
+        assert_eq!(paged, all, "{query}");
+        assert_eq!(pages, all.len().div_ceil(3), "{query}");
+    }
+    let v = f.get("/api/v1/cis?limit=2&after=0").await;
+    assert_eq!((&v["after"], &v["offset"]), (&json!(0), &json!(0)));
+    let v = f.get("/api/v1/cis?limit=1000").await;
+    assert_eq!(
+        (&v["after"], &v["next_after"]),
+        (&Value::Null, &Value::Null)
+    );
+    for bad in ["after=-1", "after=x", "after=1&offset=0", "after=1&after=2"] {
+        let got = f
+            .json("GET", &format!("/api/v1/cis?{bad}"), &f.viewer, None)
+            .await;
+        check_error(got, 400, "bad_request");
+    }
+    f.stop().await;
+}
+
+/// An admin retires a business service: its relations go (each with a history row), the CI
+/// stays with state `retired`; discovered CIs are discovery's to retire (409). Creating the
+/// name again brings the same CI back.
+#[tokio::test]
+async fn retiring_a_business_service() {
+    let f = fixture().await;
+    let db = f.db();
+    let host_a = id_of(&db, "agent-a", ci_type::HOST, "host");
+    let web_80 = id_of(&db, "agent-a", ci_type::LISTENING_SERVICE, "tcp:80");
+    let source = format!("api:{}", f.admin_id);
+    let (status, v) = f
+        .admin(
+            "POST",
+            "/api/v1/cis",
+            json!({"type": "business_service", "name": "Webshop"}),
+        )
+        .await;
+    assert_eq!(status, 201, "{v}");
+    let svc = v["id"].as_i64().expect("id");
+    for (kind, to) in [("depends_on", host_a), ("runs_on", web_80)] {
+        let (status, v) = f
+            .admin(
+                "POST",
+                "/api/v1/relations",
+                json!({"from": svc, "kind": kind, "to": to}),
+            )
+            .await;
+        assert_eq!(status, 201, "{v}");
+    }
+    let metrics = metrics_for(&db).expect("metrics");
+    let before = metrics.get(ci_type::BUSINESS_SERVICE);
+    let path = format!("/api/v1/cis/{svc}");
+
+    let check = |got: Answer, status: u16, code: &str| check_error(got, status, code);
+    check(
+        f.json("DELETE", &path, &f.viewer, None).await,
+        403,
+        "forbidden",
+    );
+    for (id, status, code) in [
+        (host_a, 409, "conflict"),
+        (web_80, 409, "conflict"),
+        (999_999, 404, "not_found"),
+    ] {
+        let got = f
+            .json("DELETE", &format!("/api/v1/cis/{id}"), &f.admin, None)
+            .await;
+        check(got, status, code);
+    }
+    assert_eq!(
+        f.get(&format!("/api/v1/cis/{host_a}")).await["state"],
+        "active"
+    );
+
+    let (status, v) = f.json("DELETE", &path, &f.admin, None).await;
+    assert_eq!(status, 200, "{v}");
+    assert_eq!((&v["id"], &v["state"]), (&json!(svc), &json!("retired")));
+    let retired_at = v["retired_at_ms"].as_i64().expect("retired_at_ms");
+    assert!(retired_at > T1, "{v}");
+    assert_eq!(v["last_seen_ms"], json!(retired_at));
+    let graph = f.get(&format!("{path}/relations?direction=both")).await;
+    assert_eq!(graph["edges"], json!([]), "{graph}");
+    let history = f.get(&format!("{path}/history")).await;
+    let rows: Vec<(String, String, Value, Value, String)> = history["items"]
+        .as_array()
+        .expect("items")
+        .iter()
+        .map(|h| {
+            (
+                h["attribute"].as_str().unwrap_or_default().to_owned(),
+                h["change"].as_str().unwrap_or_default().to_owned(),
+                h["old_value"].clone(),
+                h["new_value"].clone(),
+                h["source"].as_str().unwrap_or_default().to_owned(),
+            )
+        })
+        .collect();
+    let row = |a: &str, c: &str, old: Value, new: Value| {
+        (a.to_owned(), c.to_owned(), old, new, source.clone())
+    };
+    // Newest first: the retirement after its relations, then the creation's rows.
+    assert_eq!(
+        rows,
+        [
+            row("*", "removed", Value::Null, Value::Null),
+            row("relation.runs_on", "changed", json!(web_80), Value::Null),
+            row("relation.depends_on", "changed", json!(host_a), Value::Null),
+            row("relation.runs_on", "changed", Value::Null, json!(web_80)),
+            row("relation.depends_on", "changed", Value::Null, json!(host_a)),
+            row("*", "added", Value::Null, Value::Null),
+        ],
+        "{history}"
+    );
+    assert_eq!(
+        metrics.get(ci_type::BUSINESS_SERVICE),
+        (before.0 - 1, before.1 + 3)
+    );
+
+    // Again: nothing more happens.
+    let (status, v) = f.json("DELETE", &path, &f.admin, None).await;
+    assert_eq!((status, &v["retired_at_ms"]), (200, &json!(retired_at)));
+    assert_eq!(f.get(&format!("{path}/history")).await, history);
+    // A retired service takes no new relations.
+    check(
+        f.admin(
+            "POST",
+            "/api/v1/relations",
+            json!({"from": svc, "kind": "uses", "to": host_a}),
+        )
+        .await,
+        422,
+        "unprocessable",
+    );
+
+    // The same name again: the same CI, active, without its old relations.
+    let (status, v) = f
+        .admin(
+            "POST",
+            "/api/v1/cis",
+            json!({"type": "business_service", "name": "Webshop", "manual": {"owner": "team-b"}}),
+        )
+        .await;
+    assert_eq!(status, 201, "{v}");
+    assert_eq!(
+        (
+            &v["id"],
+            &v["state"],
+            &v["retired_at_ms"],
+            &v["manual"]["owner"]
+        ),
+        (
+            &json!(svc),
+            &json!("active"),
+            &Value::Null,
+            &json!("team-b")
+        )
+    );
+    let history = f.get(&format!("{path}/history?limit=1")).await;
+    assert_eq!(
+        (
+            &history["items"][0]["attribute"],
+            &history["items"][0]["change"],
+            &history["items"][0]["old_value"]
+        ),
+        (&json!("*"), &json!("added"), &json!("retired"))
+    );
+    assert_eq!(f.get(&path).await["relations"], json!({"out": 0, "in": 0}));
+    assert_eq!(metrics.get(ci_type::BUSINESS_SERVICE).0, before.0);
+    f.stop().await;
 }

@@ -64,6 +64,10 @@ pub(super) struct CiList {
     pub(super) total: u64,
     pub(super) limit: u32,
     pub(super) offset: u64,
+    /// The `after` cursor of the request (keyset paging), if any.
+    pub(super) after: Option<i64>,
+    /// The id to pass as `after` for the next page; null on the last page.
+    pub(super) next_after: Option<i64>,
 }
 
 #[derive(Debug, Serialize)]
@@ -201,7 +205,8 @@ pub(super) struct RelationDeleted {
     pub(super) deleted: bool,
 }
 
-/// Serializes an export into one buffer as rows arrive (no intermediate values per row).
+/// Serializes an export as rows arrive (no intermediate values per row) into a buffer that the
+/// caller empties with [`ExportWriter::take`] whenever it has grown past a chunk.
 pub(super) struct ExportWriter {
     pub(super) buf: Vec<u8>,
     pub(super) in_relations: bool,
@@ -250,12 +255,21 @@ impl ExportWriter {
         .map_err(ser_err)
     }
 
+    /// The JSON written since the last call, if there is at least `min` bytes of it.
+    pub(super) fn take(&mut self, min: usize) -> Option<Vec<u8>> {
+        (self.buf.len() >= min).then(|| {
+            let cap = self.buf.capacity();
+            std::mem::replace(&mut self.buf, Vec::with_capacity(cap))
+        })
+    }
+
     fn start_relations(&mut self) {
         self.buf.extend_from_slice(b"],\"relations\":[");
         self.in_relations = true;
         self.first = true;
     }
 
+    /// The rest of the JSON: whatever [`ExportWriter::take`] has not returned, and the end.
     pub(super) fn finish(mut self) -> Vec<u8> {
         if !self.in_relations {
             self.start_relations();
