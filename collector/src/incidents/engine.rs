@@ -1709,6 +1709,104 @@ mod tests {
     }
 
     #[test]
+    fn a_stale_inventory_opens_an_incident_until_the_host_reports_again() {
+        let mut f = fixture(Vec::new());
+        let rules: Vec<Rule> = builtin::rules()
+            .into_iter()
+            .filter(|r| r.name == builtin::INVENTORY_STALE_RULE)
+            .collect();
+        f.engine.config.rules.extend(rules);
+        f.engine.load_rules();
+        f.connect("a1", 0);
+        f.db.conn()
+            .execute(
+                "INSERT INTO inventory_state (agent_id, version, ts_ms, reported_ms, stale)
+                 VALUES ('a1', 1, 0, 0, 1)",
+                [],
+            )
+            .expect("state");
+        f.sample("a1", "check_up", Some(("check", "app")), 500, 1.0);
+        f.tick(1_000);
+        let inc = f.incident(builtin::INVENTORY_STALE_RULE, "a1");
+        assert_eq!((inc.state, inc.priority), (State::Open, 4));
+        f.db.conn()
+            .execute("UPDATE inventory_state SET stale = 0", [])
+            .expect("fresh");
+        for ms in [2_000, 4_000, 6_000, 8_000, 10_000, 12_000, 14_000] {
+            f.sample("a1", "check_up", Some(("check", "app")), ms - 500, 1.0);
+            f.tick(ms);
+        }
+        assert_eq!(
+            f.incident(builtin::INVENTORY_STALE_RULE, "a1").state,
+            State::Open
+        );
+        f.sample("a1", "check_up", Some(("check", "app")), 16_000, 1.0);
+        f.tick(16_500);
+        assert_eq!(
+            f.incident(builtin::INVENTORY_STALE_RULE, "a1").state,
+            State::Resolved,
+            "resolved at the next refresh (every 15 s)"
+        );
+    }
+
+    #[test]
+    fn a_flapping_series_keeps_one_incident_and_notifies_once_it_settles() {
+        let mut f = fixture(Vec::new());
+        f.connect("a1", 0);
+        let mut ms = 0;
+        let mut next = |f: &mut Fixture, v: f64| {
+            ms += 100;
+            f.sample("a1", "check_up", Some(("check", "app")), ms, v);
+        };
+        // Fail and recover in turns: open, resolve, reopen... until flapping is detected.
+        for i in 0..12 {
+            next(&mut f, if i % 2 == 0 { 0.0 } else { 1.0 });
+        }
+        let inc = f.incident("check", "a1");
+        assert!(inc.flapping, "{inc:?}");
+        let before = f.notifications(inc.id);
+        // While flapping: one incident, nothing more notified.
+        for i in 0..6 {
+            next(&mut f, if i % 2 == 0 { 0.0 } else { 1.0 });
+        }
+        let during = f.incident("check", "a1");
+        assert_eq!(during.id, inc.id);
+        assert_eq!(f.notifications(inc.id), before);
+        // It settles failing: still open, no longer flapping.
+        for _ in 0..25 {
+            next(&mut f, 0.0);
+        }
+        let settled = f.incident("check", "a1");
+        assert_eq!(
+            (settled.id, settled.state, settled.flapping),
+            (inc.id, State::Open, false)
+        );
+        let count = |f: &Fixture| {
+            store::list(
+                f.db.conn(),
+                &store::Filter {
+                    limit: 100,
+                    ..store::Filter::default()
+                },
+            )
+            .expect("list")
+            .1
+        };
+        assert_eq!(count(&f), 1, "one incident for the whole episode");
+        // The last word operators got is that it is open (held back while flapping, sent once
+        // it settled if the flapping episode hid a reopen).
+        let after = f.notifications(inc.id);
+        assert!(settled.announced);
+        assert!(
+            matches!(
+                after.last().map(String::as_str),
+                Some("opened" | "reopened")
+            ),
+            "{after:?}"
+        );
+    }
+
+    #[test]
     fn memory_ratio_is_derived_and_series_survive_a_restart() {
         let mut f = fixture(Vec::new());
         f.connect("a1", 0);

@@ -1070,6 +1070,30 @@ mod tests {
     }
 
     #[test]
+    fn resolved_incidents_close_after_close_after() {
+        let (_d, db) = db();
+        let c = db.conn();
+        let labels = BTreeMap::new();
+        let Opened::New { id, .. } = open(c, &opening(&labels, 0, 0), HOUR, 0).expect("open")
+        else {
+            panic!("new");
+        };
+        auto_resolve(c, id, 10 * MIN, Some(1.0), "cleared", 10 * MIN).expect("resolve");
+        let day = 24 * HOUR;
+        assert!(auto_close(c, 10 * MIN + day - day, day)
+            .expect("close")
+            .is_empty());
+        assert_eq!(auto_close(c, 10 * MIN + 1, day).expect("close"), [id]);
+        let inc = get(c, id).expect("get").expect("row");
+        assert_eq!((inc.state, inc.closed_ms), (State::Closed, Some(day)));
+        let last = timeline(c, id).expect("timeline").pop().expect("event");
+        assert_eq!(
+            (last.kind.as_str(), last.actor.as_str()),
+            ("closed", SYSTEM)
+        );
+    }
+
+    #[test]
     fn a_closed_incident_is_never_reopened() {
         let (_d, db) = db();
         let c = db.conn();
