@@ -110,6 +110,7 @@ fn main() {
     let mut cpu = Vec::with_capacity(passes);
     let mut kept: Option<Discovered> = None;
     let mut after_first = (0, 0, 0);
+    let mut after_second = (0, 0, 0);
     let mut cis = 0;
     let mut problems = 0;
     for i in 0..passes {
@@ -125,6 +126,11 @@ fn main() {
         }
         if i == 0 {
             after_first = memory_kb();
+        }
+        // From the second pass on two inventories are alive at once (the agent keeps the last
+        // one to diff against): the working set. Growth after that would be a leak.
+        if i == 1 {
+            after_second = memory_kb();
         }
         // Let the kernel's /proc tables and the page cache settle as between real intervals.
         std::thread::sleep(Duration::from_millis(20));
@@ -155,12 +161,14 @@ fn main() {
         before.0, before.2, after_first.0, after_first.2, after_last.0, after_last.2, after_last.1
     );
     println!(
-        "discovery_cost: cis {cis} median_ms {:.2} p90_ms {:.2} rss_first_kb {} rss_last_kb {} growth_kb {} hwm_kb {}",
+        "discovery_cost: cis {cis} median_ms {:.2} p90_ms {:.2} rss_first_kb {} rss_second_kb {} rss_last_kb {} growth_kb {} steady_growth_kb {} hwm_kb {}",
         ms(50),
         ms(90),
         after_first.0,
+        after_second.0,
         after_last.0,
         i128::from(after_last.0) - i128::from(after_first.0),
+        i128::from(after_last.0) - i128::from(after_second.0),
         after_last.1
     );
 }

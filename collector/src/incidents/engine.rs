@@ -628,6 +628,12 @@ impl Engine {
         }
         let series = &mut state.series[rule];
         if !series.contains_key(key) {
+            // Only series with something going on are kept (see `is_idle`): most samples are
+            // fine, and a fine sample of an unknown series changes nothing.
+            if r.rule.scope.ci.is_none() && value.is_finite() && !r.cond.breached(value) {
+                self.metrics.evaluations.inc();
+                return;
+            }
             let mut entry = Entry {
                 series: Series::new(),
                 ci_type,
@@ -662,15 +668,43 @@ impl Engine {
             }
             Observed::Invalid => return,
         }
-        if self.events.is_empty() {
-            return;
-        }
-        let events = std::mem::take(&mut self.events);
         let at = SeriesRef { agent, rule, key };
-        for ev in &events {
-            self.apply(&at, ev);
+        if !self.events.is_empty() {
+            let events = std::mem::take(&mut self.events);
+            for ev in &events {
+                self.apply(&at, ev);
+            }
+            self.events = events;
         }
-        self.events = events;
+        self.forget_if_idle(&at);
+    }
+
+    /// Drops a series that is back to a fresh one's state: not open, not pending, no state
+    /// change in its flap history, nothing to write. This keeps memory proportional to the
+    /// series with something going on, not to every series of every host. A late sample of a
+    /// forgotten series is caught by the store (a breach older than the last resolution never
+    /// reopens an incident).
+    fn forget_if_idle(&mut self, s: &SeriesRef<'_>) {
+        let flap = self.config.flap;
+        let Some(series) = self
+            .agents
+            .get_mut(s.agent)
+            .and_then(|a| a.series.get_mut(s.rule))
+        else {
+            return;
+        };
+        let idle = series.get(s.key).is_some_and(|e| {
+            !e.excluded
+                && e.incident.is_none()
+                && e.dirty.is_none()
+                && !e.series.is_open()
+                && !e.series.is_pending()
+                && !e.series.is_flapping()
+                && e.series.flap_percent(&flap) == 0.0
+        });
+        if idle {
+            series.remove(s.key);
+        }
     }
 
     fn entry_mut(&mut self, s: &SeriesRef<'_>) -> Option<&mut Entry> {
@@ -1804,6 +1838,64 @@ mod tests {
             ),
             "{after:?}"
         );
+    }
+
+    #[test]
+    fn only_series_with_something_going_on_are_kept() {
+        let mut f = fixture(Vec::new());
+        f.connect("a1", 0);
+        let kept = |f: &Fixture| -> usize {
+            f.engine
+                .agents
+                .get("a1")
+                .map_or(0, |a| a.series.iter().map(HashMap::len).sum())
+        };
+        for i in 0..100 {
+            f.sample(
+                "a1",
+                "filesystem_used_ratio",
+                Some(("mountpoint", "/")),
+                100 + i,
+                0.5,
+            );
+        }
+        assert_eq!(kept(&f), 0, "a fine series is not kept");
+        f.sample(
+            "a1",
+            "filesystem_used_ratio",
+            Some(("mountpoint", "/")),
+            300,
+            0.95,
+        );
+        assert_eq!(kept(&f), 1);
+        f.sample(
+            "a1",
+            "filesystem_used_ratio",
+            Some(("mountpoint", "/")),
+            400,
+            0.5,
+        );
+        assert_eq!(f.incident("fs", "a1").state, State::Resolved);
+        assert_eq!(kept(&f), 1, "kept while its flap history has a change");
+        for i in 0..25 {
+            f.sample(
+                "a1",
+                "filesystem_used_ratio",
+                Some(("mountpoint", "/")),
+                500 + i,
+                0.5,
+            );
+        }
+        assert_eq!(kept(&f), 0, "forgotten once nothing is going on");
+        // A late breach of the forgotten series cannot reopen the incident out of order.
+        f.sample(
+            "a1",
+            "filesystem_used_ratio",
+            Some(("mountpoint", "/")),
+            350,
+            0.99,
+        );
+        assert_eq!(f.incident("fs", "a1").state, State::Resolved);
     }
 
     #[test]
