@@ -374,16 +374,7 @@ pub fn open(
                     &json!({"value": o.value, "first_breach_ms": o.first_breach_ms,
                             "at_ms": o.at_ms}),
                 )?;
-                if let Some(s) = &o.suppression {
-                    add_event(
-                        conn,
-                        id,
-                        now_ms,
-                        "suppressed",
-                        SYSTEM,
-                        &suppression_detail(s),
-                    )?;
-                }
+                record_context(conn, id, o, now_ms)?;
                 return Ok(Opened::Reopened { id, event_id });
             }
         }
@@ -434,6 +425,25 @@ pub fn open(
         &json!({"value": o.value, "threshold": o.threshold, "first_breach_ms": o.first_breach_ms,
                 "at_ms": o.at_ms}),
     )?;
+    record_context(conn, id, o, now_ms)?;
+    Ok(Opened::New { id, event_id })
+}
+
+/// Marks the current episode as announced (an opened/reopened notification was queued).
+pub fn set_announced(conn: &Connection, id: i64) -> rusqlite::Result<()> {
+    conn.prepare_cached("UPDATE incidents SET announced = 1 WHERE id = ?1")?
+        .execute([id])?;
+    Ok(())
+}
+
+/// Timeline rows for why a just opened (or reopened) incident is suppressed and what probably
+/// caused it.
+fn record_context(
+    conn: &Connection,
+    id: i64,
+    o: &Opening<'_>,
+    now_ms: i64,
+) -> rusqlite::Result<()> {
     if let Some(s) = &o.suppression {
         add_event(
             conn,
@@ -454,13 +464,6 @@ pub fn open(
             &json!({"incident_id": cause}),
         )?;
     }
-    Ok(Opened::New { id, event_id })
-}
-
-/// Marks the current episode as announced (an opened/reopened notification was queued).
-pub fn set_announced(conn: &Connection, id: i64) -> rusqlite::Result<()> {
-    conn.prepare_cached("UPDATE incidents SET announced = 1 WHERE id = ?1")?
-        .execute([id])?;
     Ok(())
 }
 
