@@ -230,10 +230,7 @@ fn fire(
         ci_type,
         ci_id: host.as_ref().and_then(|h| h.ci_id),
     };
-    let window = windows
-        .iter()
-        .find(|w| w.covers(a.at_ms) && scope::matches(&w.scope, &target))
-        .map(|w| w.name.clone());
+    let window = maintenance::covering(windows, a.at_ms, &target).map(|w| w.name.clone());
     let suppression = match (window, &host) {
         (Some(window), _) => Some(Suppression::Maintenance { window }),
         (None, Some(h)) => {

@@ -30,7 +30,9 @@ use axum::{Json, Router};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use super::{now_ms, rfc3339_ms, ApiError, ApiJson, ApiPath, ApiQuery, Auth, HttpState};
+use super::{
+    now_ms, parse_time_ms, rfc3339_ms, ApiError, ApiJson, ApiPath, ApiQuery, Auth, HttpState,
+};
 use crate::config::{parse_priority, Recurrence, Threshold};
 use crate::incidents::announce;
 use crate::incidents::engine::in_tx;
@@ -209,16 +211,9 @@ fn bad(msg: impl Into<String>) -> ApiError {
     ApiError::BadRequest(msg.into())
 }
 
-/// RFC 3339 or Unix milliseconds.
+/// RFC 3339 (any offset) or Unix milliseconds, as a 400.
 fn parse_time(s: &str) -> Result<i64, ApiError> {
-    if let Ok(ms) = s.parse::<i64>() {
-        return Ok(ms);
-    }
-    vigil_shared::config::parse_rfc3339_ms(s).map_err(|e| {
-        bad(format!(
-            "invalid time {s:?}: {e} (RFC 3339 or Unix milliseconds)"
-        ))
-    })
+    parse_time_ms(s).map_err(bad)
 }
 
 fn filter(q: ListQuery) -> Result<Filter, ApiError> {
@@ -347,22 +342,17 @@ async fn detail(
             let timeline = store::timeline(c, id)?;
             let children = store::children(c, id)?;
             let changes = store::recent_changes(c, &inc)?;
-            let notifications = c
-                .prepare(
-                    "SELECT webhook, event, attempts, delivered_ms, failed_ms, last_error
-                     FROM notifications WHERE incident_id = ?1 ORDER BY id",
-                )?
-                .query_map([id], |r| {
-                    Ok(NotificationView {
-                        webhook: r.get(0)?,
-                        event: r.get(1)?,
-                        attempts: r.get(2)?,
-                        delivered_ms: r.get(3)?,
-                        failed_ms: r.get(4)?,
-                        last_error: r.get(5)?,
-                    })
-                })?
-                .collect::<rusqlite::Result<Vec<_>>>()?;
+            let notifications: Vec<NotificationView> = crate::notify::list_for_incident(c, id)?
+                .into_iter()
+                .map(|o| NotificationView {
+                    webhook: o.webhook,
+                    event: o.event,
+                    attempts: o.attempts,
+                    delivered_ms: o.delivered_ms,
+                    failed_ms: o.failed_ms,
+                    last_error: o.last_error,
+                })
+                .collect();
             Ok::<_, StoreError>(Some((inc, timeline, children, changes, notifications)))
         })
         .await?;
@@ -821,17 +811,11 @@ async fn create_window(
     let name = text("name", &b.name, MAX_NAME)?;
     let scope = b.scope.to_scope().map_err(unprocessable)?;
     let start_ms = match &b.start {
-        Value::Number(n) => n
-            .as_i64()
-            .ok_or_else(|| unprocessable("`start` must be Unix milliseconds or RFC 3339".into()))?,
-        Value::String(s) => vigil_shared::config::parse_rfc3339_ms(s)
-            .map_err(|e| unprocessable(format!("invalid `start`: {e}")))?,
-        _ => {
-            return Err(unprocessable(
-                "`start` must be Unix milliseconds or RFC 3339".into(),
-            ))
-        }
-    };
+        Value::Number(n) => n.as_i64(),
+        Value::String(s) => parse_time_ms(s).ok(),
+        _ => None,
+    }
+    .ok_or_else(|| unprocessable("`start` must be Unix milliseconds or RFC 3339".into()))?;
     let duration = vigil_shared::config::parse_duration(&b.duration)
         .map_err(|e| unprocessable(format!("invalid `duration`: {e}")))?;
     let every = match b.every.as_deref() {

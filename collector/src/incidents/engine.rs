@@ -248,6 +248,23 @@ impl AgentState {
         }
     }
 
+    /// New host name (when given), host CI and tags; rule scopes are re-matched when any changed.
+    fn set_host(
+        &mut self,
+        hostname: Option<String>,
+        host_ci: Option<i64>,
+        tags: BTreeMap<String, String>,
+        rules: &[CompiledRule],
+    ) {
+        let hostname = hostname.unwrap_or_else(|| self.hostname.clone());
+        if self.hostname != hostname || self.tags != tags || self.host_ci != host_ci {
+            self.hostname = hostname;
+            self.tags = tags;
+            self.host_ci = host_ci;
+            self.rescope(rules);
+        }
+    }
+
     fn rescope(&mut self, rules: &[CompiledRule]) {
         for (slot, r) in self.host_scope.iter_mut().zip(rules) {
             *slot = scope::host_matches(&r.rule.scope, &self.hostname, &self.tags);
@@ -791,11 +808,7 @@ impl Engine {
             ci_type,
             ci_id,
         };
-        let window = self
-            .windows
-            .iter()
-            .find(|w| w.covers(at_ms) && scope::matches(&w.scope, &target))
-            .map(|w| w.name.clone());
+        let window = maintenance::covering(&self.windows, at_ms, &target).map(|w| w.name.clone());
         let mut probable_cause = None;
         let suppression = if let Some(window) = window {
             Some(Suppression::Maintenance { window })
@@ -1158,12 +1171,7 @@ impl Engine {
                 .as_deref()
                 .map(|a| scope::host_tags(a, manual.as_deref()))
                 .unwrap_or_default();
-            if state.hostname != hostname || state.tags != tags || state.host_ci != host_ci {
-                state.hostname = hostname;
-                state.tags = tags;
-                state.host_ci = host_ci;
-                state.rescope(&self.rules);
-            }
+            state.set_host(Some(hostname), host_ci, tags, &self.rules);
         }
         Ok(())
     }
@@ -1207,9 +1215,8 @@ impl Engine {
         };
         match row {
             Ok(Some((id, attrs, manual))) => {
-                state.host_ci = Some(id);
-                state.tags = scope::host_tags(&attrs, manual.as_deref());
-                state.rescope(&self.rules);
+                let tags = scope::host_tags(&attrs, manual.as_deref());
+                state.set_host(None, Some(id), tags, &self.rules);
             }
             Ok(None) => {}
             Err(e) => tracing::warn!(error = %e, "cannot read the host CI"),

@@ -42,6 +42,18 @@ impl Window {
     }
 }
 
+/// The first window in force at `at_ms` whose scope covers `target`: a breach there opens a
+/// suppressed incident.
+pub fn covering<'a>(
+    windows: &'a [Window],
+    at_ms: i64,
+    target: &crate::incidents::scope::Target<'_>,
+) -> Option<&'a Window> {
+    windows
+        .iter()
+        .find(|w| w.covers(at_ms) && crate::incidents::scope::matches(&w.scope, target))
+}
+
 /// The stored form of a [`Scope`].
 #[derive(Debug, Default, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]

@@ -10,7 +10,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::TcpListener;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use rusqlite::{params, Connection, OptionalExtension};
@@ -170,6 +170,45 @@ fn wait_for_host(store: &Connection, agent_dir: &Path, agent: &mut Proc) -> Stri
 /// `(type, key)` with name and attributes, and relations.
 type CiMap = BTreeMap<(String, String), (String, Value)>;
 type RelSet = BTreeSet<(String, String, String, String, String)>;
+
+/// A collector and an agent discovering a copy of the `host-b` fixture every second, after the
+/// agent's first snapshot is stored.
+struct HostB {
+    collector: Collector,
+    root: PathBuf,
+    agent: Proc,
+    store: Connection,
+    id: String,
+}
+
+fn start_host_b(dir: &Path) -> HostB {
+    let collector = spawn_collector(&dir.join("collector"));
+    let token = enroll_token(&collector.data_dir, &[]);
+    let root = dir.join("root");
+    copy_tree(&fixture("host-b"), &root);
+    let agent_dir = dir.join("agent");
+    let mut agent = spawn_agent_with(
+        collector.quic,
+        Some(&token),
+        &agent_dir,
+        "1s",
+        &[
+            "--root",
+            root.to_str().expect("path"),
+            "--discovery-interval",
+            "1s",
+        ],
+    );
+    let store = open_store(&collector.data_dir);
+    let id = wait_for_host(&store, &agent_dir, &mut agent);
+    HostB {
+        collector,
+        root,
+        agent,
+        store,
+        id,
+    }
+}
 
 fn inventory_maps(inv: &Value) -> (CiMap, RelSet) {
     let s = |v: &Value| v.as_str().expect("string").to_string();
@@ -661,25 +700,13 @@ fn connection_to_another_hosts_listener_is_a_depends_on_relation() {
 #[test]
 fn unchanged_host_sends_nothing_and_a_change_is_one_delta() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let collector = spawn_collector(&dir.path().join("collector"));
-    let token = enroll_token(&collector.data_dir, &[]);
-    let root = dir.path().join("root");
-    copy_tree(&fixture("host-b"), &root);
-    let agent_dir = dir.path().join("agent");
-    let mut agent = spawn_agent_with(
-        collector.quic,
-        Some(&token),
-        &agent_dir,
-        "1s",
-        &[
-            "--root",
-            root.to_str().expect("path"),
-            "--discovery-interval",
-            "1s",
-        ],
-    );
-    let store = open_store(&collector.data_dir);
-    let id = wait_for_host(&store, &agent_dir, &mut agent);
+    let HostB {
+        collector,
+        root,
+        mut agent,
+        store,
+        id,
+    } = start_host_b(dir.path());
     let text = wait_until(CHANGE, "snapshot counted", || {
         let t = metrics(&collector);
         (inventory_messages(&t, "snapshot") == 1.0).then_some(t)
@@ -753,25 +780,13 @@ fn unchanged_host_sends_nothing_and_a_change_is_one_delta() {
 #[test]
 fn collector_asks_for_a_full_resync_when_versions_disagree() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let collector = spawn_collector(&dir.path().join("collector"));
-    let token = enroll_token(&collector.data_dir, &[]);
-    let root = dir.path().join("root");
-    copy_tree(&fixture("host-b"), &root);
-    let agent_dir = dir.path().join("agent");
-    let mut agent = spawn_agent_with(
-        collector.quic,
-        Some(&token),
-        &agent_dir,
-        "1s",
-        &[
-            "--root",
-            root.to_str().expect("path"),
-            "--discovery-interval",
-            "1s",
-        ],
-    );
-    let store = open_store(&collector.data_dir);
-    let id = wait_for_host(&store, &agent_dir, &mut agent);
+    let HostB {
+        collector,
+        root,
+        mut agent,
+        store,
+        id,
+    } = start_host_b(dir.path());
     wait_until(CHANGE, "snapshot counted", || {
         (inventory_messages(&metrics(&collector), "snapshot") == 1.0).then_some(())
     });

@@ -16,43 +16,7 @@ pub(super) fn bad(msg: impl Into<String>) -> ApiError {
     ApiError::BadRequest(msg.into())
 }
 
-/// A time given as Unix milliseconds or RFC 3339 (`Z` or a `±HH:MM` offset).
-pub fn parse_time_ms(s: &str) -> Result<i64, String> {
-    let s = s.trim();
-    let err = || {
-        format!("invalid time {s:?}: expected RFC 3339 (2026-01-31T12:00:00Z) or Unix milliseconds")
-    };
-    if !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit()) {
-        return s.parse::<i64>().map_err(|_| err());
-    }
-    if let Ok(ms) = vigil_shared::config::parse_rfc3339_ms(s) {
-        return Ok(ms);
-    }
-    // `...+02:00`: humantime only reads UTC, so shift by the offset ourselves.
-    let cut = s.len().checked_sub(6).ok_or_else(err)?;
-    let (Some(head), Some(off)) = (s.get(..cut), s.get(cut..)) else {
-        return Err(err());
-    };
-    let b = off.as_bytes();
-    let digits = |x: &[u8]| -> Option<i64> {
-        x.iter().try_fold(0i64, |acc, d| {
-            d.is_ascii_digit().then(|| acc * 10 + i64::from(d - b'0'))
-        })
-    };
-    let sign = match b[0] {
-        b'+' => 1,
-        b'-' => -1,
-        _ => return Err(err()),
-    };
-    let (Some(h), Some(m)) = (digits(&b[1..3]), digits(&b[4..6])) else {
-        return Err(err());
-    };
-    if b[3] != b':' || h > 23 || m > 59 {
-        return Err(err());
-    }
-    let utc = vigil_shared::config::parse_rfc3339_ms(&format!("{head}Z")).map_err(|_| err())?;
-    Ok(utc - sign * (h * 3600 + m * 60) * 1000)
-}
+pub use crate::http::parse_time_ms;
 
 /// Query parameters as given, checked against the names an endpoint takes.
 #[derive(Debug)]
