@@ -10,7 +10,15 @@
 //! commit with `synchronous=FULL`; "wall" is the sum of the per-message times for the first and
 //! the elapsed time of the whole round for the second.
 //!
+//! As in the collector, WAL checkpoints run on the store's checkpointer thread (`Checkpointer`),
+//! not in the commits; after each round the benchmark waits for that thread to catch up and
+//! prints how long it took. `CMDB_BENCH_INLINE_CHECKPOINTS=1` checkpoints in the commits instead
+//! (every 8,192 pages), as the collector did before the checkpointer.
+//!
 //! `cargo run --release -p vigil-collector --example cmdb_bench [-- HOSTS CIS_PER_HOST [DIR]]`
+//!
+//! To profile the delta rounds alone: `mkfifo ctl; PERF_CTL_FIFO=ctl perf record -g
+//! --control=fifo:ctl -D -1 target/release/examples/cmdb_bench`.
 //!
 //! Synthetic data only; the addresses are from the documentation ranges and nothing is contacted.
 
@@ -23,7 +31,7 @@ use std::sync::{Arc, Mutex};
 use vigil_collector::cmdb::{
     apply_delta, apply_snapshot, GroupCommit, InventoryMessage, InventoryOutcome,
 };
-use vigil_collector::store::{Db, NewAgent};
+use vigil_collector::store::{Checkpointer, Db, NewAgent};
 use vigil_shared::inventory::{
     ci_type, diff, relation, Ci, CiRef, Inventory, OutboundConnection, Relation,
 };
@@ -209,6 +217,23 @@ fn synthetic(h: usize, n: usize, generation: usize) -> Inventory {
     inv
 }
 
+/// With `PERF_CTL_FIFO=PATH`, writes `cmd` ("enable", "disable") to a
+/// `perf record --control=fifo:PATH -D -1` control fifo, so that a profile covers the delta
+/// rounds only.
+fn perf_ctl(cmd: &str) {
+    let Ok(path) = std::env::var("PERF_CTL_FIFO") else {
+        return;
+    };
+    use std::io::Write;
+    let sent = std::fs::OpenOptions::new()
+        .write(true)
+        .open(&path)
+        .and_then(|mut f| writeln!(f, "{cmd}"));
+    if let Err(e) = sent {
+        eprintln!("cannot write {cmd:?} to {path}: {e}");
+    }
+}
+
 fn store_size(dir: &Path) -> u64 {
     ["vigil.db", "vigil.db-wal", "vigil.db-shm"]
         .iter()
@@ -381,7 +406,35 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         Some(keep) => std::path::PathBuf::from(keep),
         None => temp.path().to_owned(),
     };
-    let db = Db::open(&dir)?;
+    let checkpointer = match std::env::var("CMDB_BENCH_INLINE_CHECKPOINTS") {
+        Ok(v) if v == "1" => None,
+        _ => Some(Checkpointer::spawn(&dir)?),
+    };
+    let open = || -> Result<Db, Box<dyn std::error::Error>> {
+        let mut db = Db::open(&dir)?;
+        if let Some(c) = &checkpointer {
+            db.attach_checkpoints(c.handle());
+        }
+        Ok(db)
+    };
+    let catch_up = || {
+        if let Some(c) = &checkpointer {
+            let (t, cpu) = (Instant::now(), cpu_time());
+            let idle = c.handle().wait_idle(Duration::from_secs(600));
+            println!(
+                "{:<44} {:>8.2} s wall {:>8.2} s CPU{}",
+                "  then the checkpointer catches up",
+                t.elapsed().as_secs_f64(),
+                cpu_time().saturating_sub(cpu).as_secs_f64(),
+                if idle {
+                    ""
+                } else {
+                    "   (still busy after 600 s)"
+                }
+            );
+        }
+    };
+    let db = open()?;
     let agent = |h: usize| format!("agent-{h:04}");
     for h in 0..hosts {
         db.register_agent(
@@ -410,6 +463,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         |h, snap| Ok(apply_snapshot(&db, &agent(h), snap, NOW)?),
     )?;
     full.print("full round (new store)");
+    catch_up();
     println!(
         "store size after full round: {:.1} MB",
         store_size(&dir) as f64 / 1e6
@@ -423,6 +477,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .iter()
         .map(|d| d.added.len() + d.changed.len() + d.removed.len())
         .sum();
+    perf_ctl("enable");
     let delta = round(
         hosts,
         |h| InventoryDeltaMsg {
@@ -433,7 +488,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         },
         |h, msg| Ok(apply_delta(&db, &agent(h), msg, NOW + 300_000)?),
     )?;
+    perf_ctl("disable");
     delta.print(&format!("delta round ({touched} CIs)"));
+    catch_up();
 
     // The next 1 %, every host at once through group commit.
     let msgs: Vec<InventoryMessage> = (0..hosts)
@@ -455,9 +512,12 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             InventoryMessage::Snapshot(_) => 0,
         })
         .sum();
-    let gc = Arc::new(GroupCommit::new(Db::open(&dir)?));
+    let gc = Arc::new(GroupCommit::new(open()?));
+    perf_ctl("enable");
     let grouped = burst(&gc, agent, msgs, NOW + 600_000)?;
+    perf_ctl("disable");
     grouped.print(&format!("delta round, group commit ({touched} CIs)"));
+    catch_up();
 
     let again = round(
         hosts,
@@ -469,6 +529,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         |h, snap| Ok(apply_snapshot(&db, &agent(h), snap, NOW + 900_000)?),
     )?;
     again.print("full round again (unchanged)");
+    catch_up();
     println!("store size: {:.1} MB", store_size(&dir) as f64 / 1e6);
     Ok(())
 }

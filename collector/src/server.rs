@@ -120,7 +120,11 @@ impl Ingest {
     ) -> Result<Self, crate::store::StoreError> {
         Ok(Ingest {
             db: Arc::new(Mutex::new(Db::open(&data_dir)?)),
-            cmdb: Arc::new(cmdb::GroupCommit::new(Db::open(&data_dir)?)),
+            cmdb: Arc::new(cmdb::GroupCommit::new({
+                let mut db = Db::open(&data_dir)?;
+                db.attach_checkpoints(writer.checkpoints());
+                db
+            })),
             data_dir,
             writer,
             table,

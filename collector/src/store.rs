@@ -10,11 +10,15 @@
 //!
 //! Every connection runs in WAL mode with `synchronous=FULL`, a 5 s busy timeout and foreign keys
 //! on, so readers never block the writer and a second process can write while a collector runs.
+//! The connections that write a lot (the ingest writer's, the CMDB's) leave WAL checkpoints to
+//! the [`Checkpointer`] thread that [`Writer::spawn`] starts, rather than checkpointing inside
+//! their commits.
 //!
 //! This module must never: panic on what it reads back from the file, store a token secret in
 //! clear (only SHA-256 hashes), block the async runtime (callers use the [`Writer`] channel or
 //! `spawn_blocking`), or report a batch stored before its transaction committed.
 
+mod checkpoint;
 mod tokens;
 mod writer;
 
@@ -28,6 +32,7 @@ use std::time::Duration;
 use rusqlite::{params, Connection, OptionalExtension};
 use rusqlite_migration::{Migrations, M};
 
+pub use checkpoint::{Checkpointer, Checkpoints, INLINE_PAGES, REQUEST_PAGES};
 pub use tokens::{ApiTokenRow, EnrollTokenRow, TokenRefusal, API_TOKEN_PREFIX};
 pub use writer::{
     AppendOutcome, Pending, Writer, WriterJoin, MAX_OPS_PER_TX, QUEUE_CAPACITY, SHUTDOWN_DEADLINE,
@@ -35,6 +40,9 @@ pub use writer::{
 
 /// File name of the database inside the data directory.
 pub const DB_FILE: &str = "vigil.db";
+
+/// Bytes the WAL file is cut back to when it restarts after a checkpoint (64 MiB).
+pub const WAL_SIZE_LIMIT: i64 = 64 << 20;
 
 /// How long a connection waits for another writer's lock before failing with "database is locked".
 pub const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
@@ -433,6 +441,9 @@ pub(crate) fn open_connection(data_dir: &Path) -> Result<Connection, StoreError>
     }
     conn.pragma_update(None, "synchronous", "FULL")?;
     conn.pragma_update(None, "foreign_keys", true)?;
+    // The WAL file keeps the size of its largest burst (a CMDB full round: hundreds of MB)
+    // unless it is cut back when it restarts.
+    conn.pragma_update(None, "journal_size_limit", WAL_SIZE_LIMIT)?;
     MIGRATIONS.to_latest(&mut conn)?;
     Ok(conn)
 }
@@ -451,6 +462,8 @@ fn is_constraint(e: &rusqlite::Error) -> bool {
 /// A synchronous handle on the store (one connection). Not for the ingest hot path: use [`Writer`].
 pub struct Db {
     conn: Connection,
+    /// Set by [`Db::attach_checkpoints`]: commits leave WAL checkpoints to that thread.
+    checkpoints: Option<Checkpoints>,
 }
 
 impl fmt::Debug for Db {
@@ -492,7 +505,21 @@ impl Db {
     pub fn open(data_dir: &Path) -> Result<Db, StoreError> {
         Ok(Db {
             conn: open_connection(data_dir)?,
+            checkpoints: None,
         })
+    }
+
+    /// Leaves this connection's WAL checkpoints to the store's checkpointer thread (see
+    /// [`Checkpoints`]): for a connection that writes a lot, the CMDB's. Only the CMDB's
+    /// transactions report their commits ([`Db::checkpoints`]); other writes through this `Db`
+    /// simply leave the WAL to the next checkpoint.
+    pub fn attach_checkpoints(&mut self, checkpoints: Checkpoints) {
+        checkpoints.attach(&self.conn);
+        self.checkpoints = Some(checkpoints);
+    }
+
+    pub(crate) fn checkpoints(&self) -> Option<&Checkpoints> {
+        self.checkpoints.as_ref()
     }
 
     /// The connection, for modules that run their own transactions (the CMDB).

@@ -172,13 +172,14 @@ impl CiState {
     }
 }
 
-/// WAL size (pages) at which a CMDB commit checkpoints. Bigger than SQLite's default 1,000: a
-/// checkpoint costs two fsyncs, and pages that every commit rewrites (table ends, interior pages,
-/// `inventory_state`) are copied once per checkpoint. Measured on the 1,000-host benchmark (with
-/// NORMAL commits then): delta round 1.7 s -> 1.0 s wall, full round 16 s -> 14 s; with FULL
-/// commits and group commit, 2,000, 8,192 and 32,768 pages cost the same (~0.3 s of checkpoint
-/// per delta round: the pages a round touches are distinct). Other connections keep their own
-/// setting (the ingest writer's 1,000 pages checkpoint the shared WAL while metrics flow).
+/// WAL size (pages) at which a CMDB commit checkpoints when the connection has no checkpointer
+/// thread ([`Db::attach_checkpoints`]; the collector attaches one). Bigger than SQLite's default
+/// 1,000: a checkpoint costs two fsyncs, and pages that every commit rewrites (table ends,
+/// interior pages, `inventory_state`) are copied once per checkpoint. Measured on the 1,000-host
+/// benchmark (with NORMAL commits then): delta round 1.7 s -> 1.0 s wall, full round 16 s -> 14
+/// s; with FULL commits and group commit, 2,000, 8,192 and 32,768 pages cost the same (~0.3 s of
+/// checkpoint per delta round: the pages a round touches are distinct). Other connections keep
+/// their own setting.
 const CHECKPOINT_PAGES: i64 = 8192;
 
 /// Most messages [`apply_batch`] callers should put in one transaction ([`GroupCommit`] does):
@@ -192,27 +193,38 @@ pub const MAX_MESSAGES_PER_TX: usize = 64;
 /// The transaction is IMMEDIATE, so the write lock is taken up front and a concurrent writer makes
 /// us wait (busy timeout) rather than fail on a lock upgrade. It commits with the connection's
 /// `synchronous=FULL` (the store's setting: a stored message is on disk before it is
-/// acknowledged) and checkpoints at [`CHECKPOINT_PAGES`], restoring the connection's checkpoint
-/// setting afterwards. The cost of FULL is one WAL fsync per transaction: callers with several
-/// messages at hand share it through [`apply_batch`].
+/// acknowledged), so callers with several messages at hand share one WAL fsync through
+/// [`apply_batch`]. The WAL is then checkpointed by the store's checkpointer thread if the `Db`
+/// has one (woken here past its threshold), otherwise in the commit at [`CHECKPOINT_PAGES`]
+/// (restoring the connection's checkpoint setting afterwards).
 fn in_tx<T>(
     db: &Db,
     f: impl FnOnce(&Transaction<'_>) -> Result<(T, bool), StoreError>,
 ) -> Result<T, StoreError> {
     let conn = db.conn();
     conn.set_prepared_statement_cache_capacity(64);
-    let checkpoint: i64 = conn.pragma_query_value(None, "wal_autocheckpoint", |r| r.get(0))?;
-    if checkpoint != CHECKPOINT_PAGES {
-        conn.pragma_update(None, "wal_autocheckpoint", CHECKPOINT_PAGES)?;
-    }
-    let result: Result<T, StoreError> = (|| {
+    // Each message's SAVEPOINT journals the pages it touches; past 64 KiB SQLite spills that
+    // journal to a temporary file (pwrite, ~13 % of a delta round's CPU). Keep it in memory: it
+    // holds at most the pages one message changes, and is gone at its RELEASE.
+    conn.pragma_update(None, "temp_store", "MEMORY")?;
+    let run = || -> Result<T, StoreError> {
         let tx = Transaction::new_unchecked(conn, TransactionBehavior::Immediate)?;
         let (out, commit) = f(&tx)?;
         if commit {
             tx.commit()?;
         }
         Ok(out)
-    })();
+    };
+    if let Some(checkpoints) = db.checkpoints() {
+        let result = run();
+        checkpoints.after_commit();
+        return result;
+    }
+    let checkpoint: i64 = conn.pragma_query_value(None, "wal_autocheckpoint", |r| r.get(0))?;
+    if checkpoint != CHECKPOINT_PAGES {
+        conn.pragma_update(None, "wal_autocheckpoint", CHECKPOINT_PAGES)?;
+    }
+    let result = run();
     let restored = if checkpoint != CHECKPOINT_PAGES {
         conn.pragma_update(None, "wal_autocheckpoint", checkpoint)
     } else {

@@ -1100,3 +1100,34 @@ fn group_commit_gives_every_thread_its_result() {
     assert_eq!(count(&db, "SELECT count(*) FROM cis"), 12 * 7);
     assert_eq!(count(&db, "SELECT count(*) FROM ci_history"), 12 * 7);
 }
+
+#[test]
+fn with_a_checkpointer_the_commit_leaves_the_wal_to_its_thread() {
+    let (dir, mut db) = store(&["agent-a"]);
+    let checkpointer = crate::store::Checkpointer::spawn(dir.path()).expect("checkpointer");
+    let checkpoints = checkpointer.handle();
+    db.attach_checkpoints(checkpoints.clone());
+    // Pages in the database file: only a checkpoint copies the snapshot there.
+    let db_pages =
+        || std::fs::metadata(dir.path().join(crate::store::DB_FILE)).map_or(0, |m| m.len()) / 4096;
+    let before = db_pages();
+    let mut cis = vec![host("m-1")];
+    cis.extend((0..25_000).map(|i| pkg(&format!("package-with-a-long-name-{i:05}"), "1.0")));
+    assert_eq!(
+        snapshot(&db, "agent-a", 1, &inventory(cis, vec![], vec![]), T0),
+        stored(1, 25_001, 0, 0)
+    );
+    // The commit (~2,500 WAL frames, past REQUEST_PAGES) asked the thread; it checkpoints once
+    // the writers are quiet, and the snapshot is then in the database file.
+    assert!(
+        checkpoints.wait_idle(std::time::Duration::from_secs(30)),
+        "checkpoint still under way"
+    );
+    assert_eq!(checkpoints.runs(), 1);
+    assert!(db_pages() >= before + 2_400, "{} pages", db_pages());
+    assert_eq!(
+        count(&db, "SELECT count(*) FROM cis WHERE agent_id = 'agent-a'"),
+        25_001
+    );
+    checkpointer.shutdown();
+}

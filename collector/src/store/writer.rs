@@ -19,7 +19,9 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use rusqlite::{params, Connection, TransactionBehavior};
 use tokio::sync::{mpsc, oneshot};
 
-use super::{is_constraint, open_connection, seq_to_sql, StoreError, BUSY_TIMEOUT};
+use super::{
+    is_constraint, open_connection, seq_to_sql, Checkpointer, Checkpoints, StoreError, BUSY_TIMEOUT,
+};
 
 /// Most operations committed in one transaction.
 pub const MAX_OPS_PER_TX: usize = 2_000;
@@ -58,6 +60,7 @@ enum Op {
 #[derive(Clone, Debug)]
 pub struct Writer {
     tx: mpsc::Sender<Op>,
+    checkpoints: Checkpoints,
 }
 
 /// A submitted batch: resolves once its transaction has committed (or failed).
@@ -98,12 +101,14 @@ impl Future for Pending {
     }
 }
 
-/// Owns the writer thread; [`WriterJoin::shutdown`] flushes and joins it.
+/// Owns the writer thread and the store's WAL checkpointer; [`WriterJoin::shutdown`] flushes and
+/// joins both.
 #[derive(Debug)]
 pub struct WriterJoin {
     tx: mpsc::WeakSender<Op>,
     done: std_mpsc::Receiver<()>,
     thread: JoinHandle<()>,
+    checkpointer: Checkpointer,
 }
 
 fn now_ms() -> i64 {
@@ -113,7 +118,8 @@ fn now_ms() -> i64 {
 }
 
 impl Writer {
-    /// Opens `<data_dir>/vigil.db` (running migrations) and starts the writer thread.
+    /// Opens `<data_dir>/vigil.db` (running migrations) and starts the writer thread and the
+    /// store's WAL checkpointer (see [`Writer::checkpoints`]).
     pub fn spawn(data_dir: &Path) -> Result<(Writer, WriterJoin), StoreError> {
         Self::spawn_with(data_dir, BUSY_TIMEOUT)
     }
@@ -124,12 +130,16 @@ impl Writer {
     ) -> Result<(Writer, WriterJoin), StoreError> {
         let conn = open_connection(data_dir)?;
         conn.busy_timeout(busy_timeout)?;
+        let checkpointer = Checkpointer::spawn(data_dir)?;
+        let checkpoints = checkpointer.handle();
+        checkpoints.attach(&conn);
         let (tx, rx) = mpsc::channel(QUEUE_CAPACITY);
         let (done_tx, done) = std_mpsc::channel();
+        let thread_checkpoints = checkpoints.clone();
         let thread = std::thread::Builder::new()
             .name("vigil-store-writer".into())
             .spawn(move || {
-                run(conn, rx);
+                run(conn, rx, &thread_checkpoints);
                 let _ = done_tx.send(());
             })
             .map_err(StoreError::Spawn)?;
@@ -137,8 +147,15 @@ impl Writer {
             tx: tx.downgrade(),
             done,
             thread,
+            checkpointer,
         };
-        Ok((Writer { tx }, join))
+        Ok((Writer { tx, checkpoints }, join))
+    }
+
+    /// The store's WAL checkpointer, for other connections that write a lot (the CMDB's) to
+    /// [`Checkpoints::attach`] to: their commits then leave checkpoints to its thread too.
+    pub fn checkpoints(&self) -> Checkpoints {
+        self.checkpoints.clone()
     }
 
     /// Queues one batch without waiting and returns a [`Pending`] that resolves after its
@@ -213,7 +230,12 @@ impl WriterJoin {
     /// Later submissions on any [`Writer`] fail with [`StoreError::WriterGone`]. Blocks the
     /// calling thread (use `spawn_blocking` from async code); never panics inside a runtime.
     pub fn shutdown_within(self, deadline: Duration) -> Result<(), StoreError> {
-        let WriterJoin { tx, done, thread } = self;
+        let WriterJoin {
+            tx,
+            done,
+            thread,
+            checkpointer,
+        } = self;
         let until = Instant::now() + deadline;
         // None: every Writer is gone already, so the thread is draining on its own.
         if let Some(tx) = tx.upgrade() {
@@ -237,11 +259,13 @@ impl WriterJoin {
                 return Err(StoreError::ShutdownTimeout(deadline))
             }
         }
-        thread.join().map_err(|_| StoreError::WriterGone)
+        thread.join().map_err(|_| StoreError::WriterGone)?;
+        checkpointer.shutdown();
+        Ok(())
     }
 }
 
-fn run(mut conn: Connection, mut rx: mpsc::Receiver<Op>) {
+fn run(mut conn: Connection, mut rx: mpsc::Receiver<Op>, checkpoints: &Checkpoints) {
     let mut ops = Vec::with_capacity(MAX_OPS_PER_TX);
     loop {
         ops.clear();
@@ -263,7 +287,9 @@ fn run(mut conn: Connection, mut rx: mpsc::Receiver<Op>) {
         if appends.is_empty() {
             continue;
         }
-        match write_all(&mut conn, &appends) {
+        let written = write_all(&mut conn, &appends);
+        checkpoints.after_commit();
+        match written {
             Ok(results) => {
                 for (reply, r) in replies.into_iter().zip(results) {
                     // A caller that went away no longer needs the answer.
