@@ -559,6 +559,11 @@ async fn retries_5xx_then_delivers_once_with_the_same_key() {
     }
     let row = &rows(&db)[0];
     assert_eq!((row.attempts, row.last_error.as_deref()), (3, None));
+    // The worker counts an outcome just after committing it: wait for the count too.
+    wait_until("delivery counted", || {
+        run.metrics.count("ops", outcome::DELIVERED) >= 1
+    })
+    .await;
     assert_eq!(run.metrics.count("ops", outcome::RETRIED), 2);
     assert_eq!(run.metrics.count("ops", outcome::DELIVERED), 1);
     assert_eq!(run.metrics.count("ops", outcome::FAILED), 0);
@@ -611,6 +616,10 @@ async fn receiver_down_then_up_is_delivered() {
     let rx = Receiver::start_on(addr, &[], Duration::ZERO).await;
     wait_until("delivery", || rows(&db)[0].delivered_ms.is_some()).await;
     assert_eq!(rx.received().len(), 1);
+    wait_until("delivery counted", || {
+        run.metrics.count("ops", outcome::DELIVERED) >= 1
+    })
+    .await;
     assert_eq!(run.metrics.count("ops", outcome::DELIVERED), 1);
     run.stop().await;
 }
@@ -721,6 +730,10 @@ async fn rows_of_unconfigured_webhooks_are_failed() {
         row.last_error.as_deref(),
         Some("webhook \"gone\" is no longer configured; not sent")
     );
+    wait_until("failure counted", || {
+        run.metrics.count("gone", outcome::FAILED) >= 1
+    })
+    .await;
     assert_eq!(run.metrics.count("gone", outcome::FAILED), 1);
     assert!(rx.received().is_empty());
     run.stop().await;
