@@ -281,6 +281,21 @@ const MIGRATION_STEPS: &[M<'static>] = &[
         created_by TEXT NOT NULL
     ) STRICT;",
     ),
+    // A CI's history as a chain instead of an index: `cis.last_history_id` is its newest
+    // `ci_history` row and each row's `prev_id` the one before (by id). The `(ci_id, ts_ms)`
+    // index made every delta rewrite about ten leaves per host (a host's entries span them
+    // all, and a 1 % delta lands in nearly every one); a chained row is only appended. See
+    // `cmdb::history` for writes and reads.
+    M::up(
+        "ALTER TABLE cis ADD COLUMN last_history_id INTEGER;
+    ALTER TABLE ci_history ADD COLUMN prev_id INTEGER;
+    UPDATE ci_history SET prev_id = p.prev
+        FROM (SELECT id, LAG(id) OVER (PARTITION BY ci_id ORDER BY id) AS prev
+              FROM ci_history) AS p
+        WHERE p.id = ci_history.id AND p.prev IS NOT NULL;
+    UPDATE cis SET last_history_id = (SELECT MAX(h.id) FROM ci_history h WHERE h.ci_id = cis.id);
+    DROP INDEX ci_history_ci;",
+    ),
 ];
 
 /// The migrations applied by every [`Db::open`] and [`Writer::spawn`].

@@ -574,16 +574,29 @@ pub fn relation_graph(
 /// History of CI `ci_id`, newest first: at most `page.limit + 1` rows (one more than asked, so
 /// the caller knows whether another page follows).
 pub fn history(db: &Db, ci_id: i64, page: &HistoryPage) -> Result<Vec<HistoryRecord>, StoreError> {
+    // The CI's rows are found along its chain (`super::history`), then filtered and ordered.
     let mut stmt = db.conn().prepare_cached(
-        "SELECT id, ci_id, ts_ms, attribute, change, old_value, new_value, source
-         FROM ci_history h
-         WHERE ci_id = ?1 AND (?2 IS NULL OR ts_ms >= ?2)
-           AND (?3 IS NULL OR (ts_ms, id) < (SELECT ts_ms, id FROM ci_history WHERE id = ?3))
-         ORDER BY ts_ms DESC, id DESC LIMIT ?4",
+        "WITH RECURSIVE chain(id, n) AS (
+             SELECT last_history_id, 1 FROM cis WHERE id = ?1 AND last_history_id IS NOT NULL
+             UNION ALL
+             SELECT h.prev_id, chain.n + 1 FROM chain JOIN ci_history h ON h.id = chain.id
+             WHERE h.prev_id IS NOT NULL AND chain.n < ?5
+         )
+         SELECT h.id, h.ci_id, h.ts_ms, h.attribute, h.change, h.old_value, h.new_value, h.source
+         FROM chain JOIN ci_history h ON h.id = chain.id
+         WHERE h.ci_id = ?1 AND (?2 IS NULL OR h.ts_ms >= ?2)
+           AND (?3 IS NULL OR (h.ts_ms, h.id) < (SELECT ts_ms, id FROM ci_history WHERE id = ?3))
+         ORDER BY h.ts_ms DESC, h.id DESC LIMIT ?4",
     )?;
     let rows = stmt
         .query_map(
-            params![ci_id, page.since_ms, page.before, i64::from(page.limit) + 1],
+            params![
+                ci_id,
+                page.since_ms,
+                page.before,
+                i64::from(page.limit) + 1,
+                super::history::CHAIN_LIMIT
+            ],
             history_record,
         )?
         .collect::<rusqlite::Result<Vec<_>>>()?;

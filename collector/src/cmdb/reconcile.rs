@@ -18,10 +18,6 @@ use super::{
 use crate::metrics::{cmdb_types, CmdbMetrics};
 use crate::store::{seq_to_sql, StoreError};
 
-pub(super) const INSERT_HISTORY: &str = "INSERT INTO ci_history
-     (ci_id, ts_ms, attribute, change, old_value, new_value, source)
-     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)";
-
 /// Relation kinds an agent may report (`depends_on` is the collector's to derive).
 const AGENT_RELATION_KINDS: &[&str] = &[relation::RUNS, relation::HAS, relation::PROVIDED_BY];
 
@@ -113,6 +109,8 @@ struct Row {
     name: String,
     attrs: String,
     state: CiState,
+    /// Its newest history row (see [`super::history`]).
+    last_history: Option<i64>,
 }
 
 /// How a delta touches the host CI.
@@ -135,6 +133,10 @@ pub(super) struct Session<'c> {
     /// Id of the next new CI: assigned here (we hold the write lock) so that new CIs, their
     /// history and relations can be written in multi-row statements.
     next_id: Option<i64>,
+    /// Id of the next history row, likewise: each row's `prev_id` is known before it is written.
+    next_history_id: Option<i64>,
+    /// Newest history row written by this session, per CI (the head of its chain).
+    chain: HashMap<i64, i64>,
     new_cis: BulkInsert,
     new_history: BulkInsert,
     new_relations: BulkInsert,
@@ -168,15 +170,17 @@ impl<'c> Session<'c> {
             changed: 0,
             removed: 0,
             next_id: None,
+            next_history_id: None,
+            chain: HashMap::new(),
             new_cis: BulkInsert::new(
                 "INSERT INTO cis (id, agent_id, type, key, name, attrs, source, state,
-                                  first_seen_ms, last_seen_ms)",
-                10,
+                                  first_seen_ms, last_seen_ms, last_history_id)",
+                11,
             ),
             new_history: BulkInsert::new(
                 "INSERT INTO ci_history
-                     (ci_id, ts_ms, attribute, change, old_value, new_value, source)",
-                7,
+                     (id, ci_id, ts_ms, attribute, change, old_value, new_value, source, prev_id)",
+                9,
             ),
             new_relations: BulkInsert::new(
                 "INSERT OR IGNORE INTO relations (from_ci, kind, to_ci, source, first_seen_ms)",
@@ -195,6 +199,23 @@ impl<'c> Session<'c> {
         };
         self.next_id = Some(next + 1);
         Ok(next)
+    }
+
+    fn alloc_history_id(&mut self) -> Result<i64, StoreError> {
+        let next = match self.next_history_id {
+            Some(n) => n,
+            None => self
+                .conn
+                .prepare_cached("SELECT COALESCE(MAX(id), 0) + 1 FROM ci_history")?
+                .query_row([], |r| r.get(0))?,
+        };
+        self.next_history_id = Some(next + 1);
+        Ok(next)
+    }
+
+    /// The head of `ci`'s history chain after this session's rows so far.
+    fn last_history(&self, row: &Row) -> Option<i64> {
+        self.chain.get(&row.id).copied().or(row.last_history)
     }
 
     /// Writes buffered rows in dependency order: CIs, then their history and relations.
@@ -373,7 +394,7 @@ impl<'c> Session<'c> {
     /// Every CI of the agent (retired ones too, to notice reappearance), by type then key.
     fn load_all(&self) -> Result<HashMap<String, HashMap<String, Row>>, StoreError> {
         let mut stmt = self.conn.prepare_cached(
-            "SELECT id, type, key, name, attrs, state FROM cis WHERE agent_id = ?1",
+            "SELECT id, type, key, name, attrs, state, last_history_id FROM cis WHERE agent_id = ?1",
         )?;
         let mut rows = stmt.query([self.agent])?;
         let mut out: HashMap<String, HashMap<String, Row>> = HashMap::new();
@@ -385,6 +406,7 @@ impl<'c> Session<'c> {
                 name: r.get(3)?,
                 attrs: r.get(4)?,
                 state: CiState::parse(&state)?,
+                last_history: r.get(6)?,
             };
             out.entry(ty).or_default().insert(r.get(2)?, row);
         }
@@ -395,35 +417,66 @@ impl<'c> Session<'c> {
         let row = self
             .conn
             .prepare_cached(
-                "SELECT id, name, attrs, state FROM cis
+                "SELECT id, name, attrs, state, last_history_id FROM cis
                  WHERE agent_id = ?1 AND type = ?2 AND key = ?3",
             )?
             .query_row(params![self.agent, ty, key], |r| {
-                Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get::<_, String>(3)?))
+                Ok((
+                    r.get(0)?,
+                    r.get(1)?,
+                    r.get(2)?,
+                    r.get::<_, String>(3)?,
+                    r.get(4)?,
+                ))
             })
             .optional()?;
-        row.map(|(id, name, attrs, state)| {
+        row.map(|(id, name, attrs, state, last_history)| {
             Ok(Row {
                 id,
                 name,
                 attrs,
                 state: CiState::parse(&state)?,
+                last_history,
             })
         })
         .transpose()
     }
 
+    /// Buffers a history row for CI `ci_id` whose chain head before this session was
+    /// `stored_last`; returns the row's id (the CI's new head).
+    #[allow(clippy::too_many_arguments)] // one row's columns
     fn history(
         &mut self,
         ci_id: i64,
+        stored_last: Option<i64>,
+        ty: &'static str,
+        attribute: &str,
+        change: &str,
+        old: Option<&str>,
+        new: Option<&str>,
+    ) -> Result<i64, StoreError> {
+        let id = self.alloc_history_id()?;
+        self.push_history(id, ci_id, stored_last, ty, attribute, change, old, new)?;
+        Ok(id)
+    }
+
+    /// [`Session::history`] with the row's id already allocated.
+    #[allow(clippy::too_many_arguments)]
+    fn push_history(
+        &mut self,
+        id: i64,
+        ci_id: i64,
+        stored_last: Option<i64>,
         ty: &'static str,
         attribute: &str,
         change: &str,
         old: Option<&str>,
         new: Option<&str>,
     ) -> Result<(), StoreError> {
+        let prev = self.chain.insert(ci_id, id).or(stored_last);
         let text = |v: Option<&str>| v.map_or(Value::Null, |s| Value::Text(s.to_owned()));
         let full = self.new_history.push([
+            Value::Integer(id),
             Value::Integer(ci_id),
             Value::Integer(self.now),
             Value::Text(attribute.to_owned()),
@@ -431,6 +484,7 @@ impl<'c> Session<'c> {
             text(old),
             text(new),
             Value::Text(self.agent.to_owned()),
+            prev.map_or(Value::Null, Value::Integer),
         ]);
         self.tally.add(ty, 0, 1);
         if full {
@@ -444,6 +498,8 @@ impl<'c> Session<'c> {
         let attrs = json_text(&ci.attrs)?;
         let Some(row) = row else {
             let id = self.alloc_id()?;
+            // The CI's first history row ("added") is its chain's head from the start.
+            let history_id = self.alloc_history_id()?;
             let full = self.new_cis.push([
                 Value::Integer(id),
                 Value::Text(self.agent.to_owned()),
@@ -455,11 +511,21 @@ impl<'c> Session<'c> {
                 Value::Text(CiState::Active.as_str().to_owned()),
                 Value::Integer(self.now),
                 Value::Integer(self.now),
+                Value::Integer(history_id),
             ]);
             if full {
                 self.flush()?;
             }
-            self.history(id, ty, ALL_ATTRIBUTES, "added", None, None)?;
+            self.push_history(
+                history_id,
+                id,
+                None,
+                ty,
+                ALL_ATTRIBUTES,
+                "added",
+                None,
+                None,
+            )?;
             self.tally.add(ty, 1, 0);
             self.added += 1;
             return Ok(id);
@@ -468,14 +534,24 @@ impl<'c> Session<'c> {
         match row.state {
             CiState::Retired => {
                 let old = CiState::Retired.json();
-                self.history(row.id, ty, ALL_ATTRIBUTES, "added", Some(&old), None)?;
+                let last = row.last_history;
+                self.history(row.id, last, ty, ALL_ATTRIBUTES, "added", Some(&old), None)?;
                 self.tally.add(ty, 1, 0);
                 self.added += 1;
                 touched = true;
             }
             CiState::Stale => {
                 let (old, new) = (CiState::Stale.json(), CiState::Active.json());
-                self.history(row.id, ty, ALL_ATTRIBUTES, "state", Some(&old), Some(&new))?;
+                let last = row.last_history;
+                self.history(
+                    row.id,
+                    last,
+                    ty,
+                    ALL_ATTRIBUTES,
+                    "state",
+                    Some(&old),
+                    Some(&new),
+                )?;
                 self.tally.add(ty, 1, 0);
                 touched = true;
             }
@@ -492,15 +568,17 @@ impl<'c> Session<'c> {
             // Only a state change names `state`: SQLite rewrites the `cis_type_state` entry of
             // every row whose UPDATE sets an indexed column, changed or not.
             let sql = if row.state == CiState::Active {
-                "UPDATE cis SET name = ?2, attrs = ?3, last_seen_ms = ?4 WHERE id = ?1"
+                "UPDATE cis SET name = ?2, attrs = ?3, last_seen_ms = ?4, last_history_id = ?5
+                 WHERE id = ?1"
             } else {
                 "UPDATE cis SET name = ?2, attrs = ?3, state = 'active', retired_at_ms = NULL,
-                     last_seen_ms = ?4
+                     last_seen_ms = ?4, last_history_id = ?5
                  WHERE id = ?1"
             };
+            let last = self.last_history(row);
             self.conn
                 .prepare_cached(sql)?
-                .execute(params![row.id, ci.name, attrs, self.now])?;
+                .execute(params![row.id, ci.name, attrs, self.now, last])?;
         }
         Ok(row.id)
     }
@@ -517,6 +595,7 @@ impl<'c> Session<'c> {
             let (old, new) = (json_text(&row.name)?, json_text(&ci.name)?);
             self.history(
                 row.id,
+                self.last_history(row),
                 ty,
                 NAME_ATTRIBUTE,
                 "changed",
@@ -537,7 +616,16 @@ impl<'c> Session<'c> {
             }
             let old = old.map(json_text).transpose()?;
             let new = new.map(json_text).transpose()?;
-            self.history(row.id, ty, name, "changed", old.as_deref(), new.as_deref())?;
+            let last = self.last_history(row);
+            self.history(
+                row.id,
+                last,
+                ty,
+                name,
+                "changed",
+                old.as_deref(),
+                new.as_deref(),
+            )?;
             n += 1;
         }
         Ok(n)
@@ -545,14 +633,15 @@ impl<'c> Session<'c> {
 
     /// Retires a CI the agent no longer reports; it was last seen in the previous report.
     fn retire(&mut self, ty: &'static str, row: &Row, prev_seen: i64) -> Result<(), StoreError> {
+        let last = self.last_history(row);
+        let history_id = self.history(row.id, last, ty, ALL_ATTRIBUTES, "removed", None, None)?;
         self.conn
             .prepare_cached(
                 "UPDATE cis SET state = 'retired', retired_at_ms = ?2,
-                     last_seen_ms = MAX(last_seen_ms, ?3)
+                     last_seen_ms = MAX(last_seen_ms, ?3), last_history_id = ?4
                  WHERE id = ?1",
             )?
-            .execute(params![row.id, self.now, prev_seen])?;
-        self.history(row.id, ty, ALL_ATTRIBUTES, "removed", None, None)?;
+            .execute(params![row.id, self.now, prev_seen, history_id])?;
         if row.state == CiState::Active {
             self.tally.add(ty, -1, 0);
         }
@@ -562,21 +651,25 @@ impl<'c> Session<'c> {
 
     /// The agent reports again after its CIs went stale: all of them are active again.
     fn revive_all(&mut self) -> Result<(), StoreError> {
-        let rows: Vec<(i64, String)> = {
+        let rows: Vec<(i64, String, Option<i64>)> = {
             let mut stmt = self.conn.prepare_cached(
                 "UPDATE cis SET state = 'active', last_seen_ms = ?2
                  WHERE agent_id = ?1 AND state = 'stale'
-                 RETURNING id, type",
+                 RETURNING id, type, last_history_id",
             )?;
             let rows = stmt.query_map(params![self.agent, self.now], |r| {
-                Ok((r.get(0)?, r.get(1)?))
+                Ok((r.get(0)?, r.get(1)?, r.get(2)?))
             })?;
             rows.collect::<rusqlite::Result<_>>()?
         };
         let (old, new) = (CiState::Stale.json(), CiState::Active.json());
-        for (id, ty) in rows {
+        for (id, ty, last) in rows {
             if let Some(t) = known_type(&ty) {
-                self.history(id, t, ALL_ATTRIBUTES, "state", Some(&old), Some(&new))?;
+                let history_id =
+                    self.history(id, last, t, ALL_ATTRIBUTES, "state", Some(&old), Some(&new))?;
+                self.conn
+                    .prepare_cached("UPDATE cis SET last_history_id = ?2 WHERE id = ?1")?
+                    .execute(params![id, history_id])?;
                 self.tally.add(t, 1, 0);
             }
         }

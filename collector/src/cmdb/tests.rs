@@ -1112,12 +1112,12 @@ fn with_a_checkpointer_the_commit_leaves_the_wal_to_its_thread() {
         || std::fs::metadata(dir.path().join(crate::store::DB_FILE)).map_or(0, |m| m.len()) / 4096;
     let before = db_pages();
     let mut cis = vec![host("m-1")];
-    cis.extend((0..25_000).map(|i| pkg(&format!("package-with-a-long-name-{i:05}"), "1.0")));
+    cis.extend((0..30_000).map(|i| pkg(&format!("package-with-a-long-name-{i:05}"), "1.0")));
     assert_eq!(
         snapshot(&db, "agent-a", 1, &inventory(cis, vec![], vec![]), T0),
-        stored(1, 25_001, 0, 0)
+        stored(1, 30_001, 0, 0)
     );
-    // The commit (~2,500 WAL frames, past REQUEST_PAGES) asked the thread; it checkpoints once
+    // The commit (~2,800 WAL frames, past REQUEST_PAGES) asked the thread; it checkpoints once
     // the writers are quiet, and the snapshot is then in the database file.
     assert!(
         checkpoints.wait_idle(std::time::Duration::from_secs(30)),
@@ -1127,7 +1127,117 @@ fn with_a_checkpointer_the_commit_leaves_the_wal_to_its_thread() {
     assert!(db_pages() >= before + 2_400, "{} pages", db_pages());
     assert_eq!(
         count(&db, "SELECT count(*) FROM cis WHERE agent_id = 'agent-a'"),
-        25_001
+        30_001
     );
     checkpointer.shutdown();
+}
+
+#[test]
+fn every_writer_keeps_each_cis_history_chain() {
+    use super::query::manual;
+    const DAY: i64 = 24 * 3600 * 1000;
+    let (_d, db) = store(&["agent-a", "agent-b"]);
+    let check = |what: &str| {
+        eprintln!("chains after {what}");
+        history::assert_chains(db.conn());
+    };
+    snapshot(&db, "agent-a", 1, &base(), T0);
+    check("a snapshot");
+    // Changed (several attributes at once), removed, added.
+    let d = InventoryDelta {
+        added: vec![pkg("zlib", "1.3")],
+        changed: vec![pkg("openssl", "3.0.2").attr("source", "openssl-src")],
+        removed: vec![CiRef::new(ci_type::PACKAGE, "curl:amd64")],
+        ..InventoryDelta::default()
+    };
+    assert_eq!(delta(&db, "agent-a", 1, 2, d, T0 + 1), stored(2, 1, 1, 1));
+    check("a delta");
+    // curl reappears in a snapshot, zlib goes.
+    snapshot(&db, "agent-a", 3, &base(), T0 + 2);
+    check("a snapshot with a reappearing CI");
+    // Stale, then revived by a delta.
+    assert!(mark_stale(&db, DEFAULT_STALE_AFTER, T0 + 8 * DAY).expect("mark") > 0);
+    check("stale marking");
+    let d = InventoryDelta {
+        changed: vec![pkg("openssl", "3.0.3")],
+        ..InventoryDelta::default()
+    };
+    assert_eq!(
+        delta(&db, "agent-a", 3, 4, d, T0 + 9 * DAY),
+        stored(4, 0, 1, 0)
+    );
+    check("a revival");
+    // A batch: one message on the wrong base (rolled back alone) between two good ones.
+    let bad = InventoryDeltaMsg {
+        base_version: 99,
+        version: 100,
+        ts_ms: T0 + 10 * DAY,
+        delta: InventoryDelta {
+            added: vec![pkg("nope", "1")],
+            ..InventoryDelta::default()
+        },
+    };
+    let good = InventoryDeltaMsg {
+        base_version: 4,
+        version: 5,
+        ts_ms: T0 + 10 * DAY,
+        delta: InventoryDelta {
+            changed: vec![pkg("openssl", "3.0.4")],
+            ..InventoryDelta::default()
+        },
+    };
+    let b = InventorySnapshot {
+        version: 1,
+        ts_ms: T0 + 10 * DAY,
+        inventory: base(),
+    };
+    let results = apply_batch(
+        &db,
+        &[
+            ("agent-a", InventoryMsg::Delta(&bad), T0 + 10 * DAY),
+            ("agent-a", InventoryMsg::Delta(&good), T0 + 10 * DAY),
+            ("agent-b", InventoryMsg::Snapshot(&b), T0 + 10 * DAY),
+        ],
+    )
+    .expect("batch");
+    assert_eq!(results.len(), 3);
+    check("a batch");
+    // The API's writes on a business service.
+    let new: manual::NewCi =
+        serde_json::from_value(serde_json::json!({"type": "business_service", "name": "shop"}))
+            .expect("new");
+    let id = manual::create_business_service(&db, &new, "api:tok", T0 + 11 * DAY).expect("create");
+    let patch: manual::CiPatch =
+        serde_json::from_value(serde_json::json!({"manual": {"owner": "ops", "criticality": 2}}))
+            .expect("patch");
+    manual::patch_ci(&db, id, &patch, "api:tok", T0 + 12 * DAY).expect("patch");
+    assert!(manual::retire_ci(&db, id, "api:tok", T0 + 13 * DAY).expect("retire"));
+    check("API writes");
+    // And what the history endpoint returns is that chain, newest first.
+    let openssl = ci(&db, "agent-a", ci_type::PACKAGE, "openssl:amd64").0;
+    let page = query::HistoryPage {
+        since_ms: None,
+        before: None,
+        limit: 100,
+    };
+    let got: Vec<(i64, String)> = query::history(&db, openssl, &page)
+        .expect("history")
+        .into_iter()
+        .map(|h| (h.ts_ms, h.change))
+        .collect();
+    let want: Vec<(i64, String)> = [
+        (T0 + 10 * DAY, "changed"),
+        (T0 + 9 * DAY, "changed"),
+        (T0 + 9 * DAY, "state"),
+        (T0 + 8 * DAY, "state"),
+        (T0 + 2, "changed"),
+        (T0 + 2, "changed"),
+        (T0 + 1, "changed"),
+        (T0 + 1, "changed"),
+        (T0, "added"),
+    ]
+    .into_iter()
+    .map(|(t, c)| (t, c.to_owned()))
+    .collect();
+    assert_eq!(got, want);
 }

@@ -930,14 +930,30 @@ pub fn recent_changes(conn: &Connection, inc: &Incident) -> rusqlite::Result<Vec
     let from = inc.started_ms.saturating_sub(RECENT_CHANGES_WINDOW_MS);
     let to = inc.started_ms;
     conn.prepare_cached(
-        "SELECT h.ts_ms, c.id, c.type, c.name, h.attribute, h.change, h.old_value, h.new_value,
+        // Each CI's history chain (`cmdb::history`) is walked back from its newest row until
+        // a row older than the window: one row for most CIs of the host.
+        "WITH RECURSIVE chain(id, n) AS (
+             SELECT last_history_id, 1 FROM cis
+             WHERE (agent_id = ?1 OR id = ?2) AND last_history_id IS NOT NULL
+             UNION ALL
+             SELECT h.prev_id, chain.n + 1 FROM chain JOIN ci_history h ON h.id = chain.id
+             WHERE h.prev_id IS NOT NULL AND h.ts_ms >= ?3 AND chain.n < ?6
+         )
+         SELECT h.ts_ms, c.id, c.type, c.name, h.attribute, h.change, h.old_value, h.new_value,
                 h.source
-         FROM cis c JOIN ci_history h ON h.ci_id = c.id
-         WHERE (c.agent_id = ?1 OR c.id = ?2) AND h.ts_ms BETWEEN ?3 AND ?4
+         FROM chain JOIN ci_history h ON h.id = chain.id JOIN cis c ON c.id = h.ci_id
+         WHERE h.ts_ms BETWEEN ?3 AND ?4
          ORDER BY h.ts_ms DESC, h.id DESC LIMIT ?5",
     )?
     .query_map(
-        params![inc.agent_id, inc.ci_id, from, to, RECENT_CHANGES_LIMIT],
+        params![
+            inc.agent_id,
+            inc.ci_id,
+            from,
+            to,
+            RECENT_CHANGES_LIMIT,
+            crate::cmdb::history::CHAIN_LIMIT
+        ],
         |r| {
             Ok(RecentChange {
                 ts_ms: r.get(0)?,
@@ -1220,20 +1236,31 @@ mod tests {
             .expect("ci");
         }
         let start = 3 * HOUR * 24;
+        // (agent, type, ts, attribute, change), written in time order as the CMDB writes them.
         let history = [
-            // (agent, type, ts, attribute, change)
-            ("a1", "package", start - HOUR, "version", "changed"),
-            ("a1", "listening_service", start - 2 * HOUR, "*", "added"),
             ("a1", "package", start - 25 * HOUR, "version", "changed"),
-            ("a1", "package", start + HOUR, "version", "changed"),
+            ("a1", "listening_service", start - 2 * HOUR, "*", "added"),
+            ("a1", "package", start - HOUR, "version", "changed"),
             ("a2", "package", start - HOUR, "version", "changed"),
+            ("a1", "package", start + HOUR, "version", "changed"),
         ];
         for (agent, ty, ts, attr, change) in history {
-            c.execute(
-                "INSERT INTO ci_history (ci_id, ts_ms, attribute, change, old_value, new_value, source)
-                 SELECT id, ?3, ?4, ?5, '\"3.0.1\"', '\"3.0.2\"', ?1 FROM cis
-                 WHERE agent_id = ?1 AND type = ?2",
-                params![agent, ty, ts, attr, change],
+            let ci: i64 = c
+                .query_row(
+                    "SELECT id FROM cis WHERE agent_id = ?1 AND type = ?2",
+                    params![agent, ty],
+                    |r| r.get(0),
+                )
+                .expect("ci");
+            crate::cmdb::history::append(
+                c,
+                ci,
+                ts,
+                attr,
+                change,
+                Some("\"3.0.1\""),
+                Some("\"3.0.2\""),
+                agent,
             )
             .expect("history");
         }

@@ -288,19 +288,17 @@ fn history(
     (old, new): (Option<&Value>, Option<&Value>),
     source: &str,
 ) -> Result<(), WriteError> {
-    conn.prepare_cached(
-        "INSERT INTO ci_history (ci_id, ts_ms, attribute, change, old_value, new_value, source)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
-    )?
-    .execute(params![
+    let (old, new) = (old.map(json_text), new.map(json_text));
+    crate::cmdb::history::append(
+        conn,
         ci,
         now,
         attribute,
         change,
-        old.map(json_text),
-        new.map(json_text),
-        source
-    ])?;
+        old.as_deref(),
+        new.as_deref(),
+        source,
+    )?;
     Ok(())
 }
 
