@@ -142,6 +142,19 @@ pub(super) struct Session<'c> {
     new_relations: BulkInsert,
 }
 
+/// The next id from `slot`, first read with `first_sql` (the table's highest id + 1; we hold the
+/// write lock, so nobody else takes ids meanwhile).
+fn next_id(conn: &Connection, slot: &mut Option<i64>, first_sql: &str) -> Result<i64, StoreError> {
+    let next = match *slot {
+        Some(n) => n,
+        None => conn
+            .prepare_cached(first_sql)?
+            .query_row([], |r| r.get(0))?,
+    };
+    *slot = Some(next + 1);
+    Ok(next)
+}
+
 fn json_text(v: &impl serde::Serialize) -> Result<String, StoreError> {
     serde_json::to_string(v).map_err(|e| StoreError::Corrupt {
         column: "cis.attrs",
@@ -190,27 +203,19 @@ impl<'c> Session<'c> {
     }
 
     fn alloc_id(&mut self) -> Result<i64, StoreError> {
-        let next = match self.next_id {
-            Some(n) => n,
-            None => self
-                .conn
-                .prepare_cached("SELECT COALESCE(MAX(id), 0) + 1 FROM cis")?
-                .query_row([], |r| r.get(0))?,
-        };
-        self.next_id = Some(next + 1);
-        Ok(next)
+        next_id(
+            self.conn,
+            &mut self.next_id,
+            "SELECT COALESCE(MAX(id), 0) + 1 FROM cis",
+        )
     }
 
     fn alloc_history_id(&mut self) -> Result<i64, StoreError> {
-        let next = match self.next_history_id {
-            Some(n) => n,
-            None => self
-                .conn
-                .prepare_cached("SELECT COALESCE(MAX(id), 0) + 1 FROM ci_history")?
-                .query_row([], |r| r.get(0))?,
-        };
-        self.next_history_id = Some(next + 1);
-        Ok(next)
+        next_id(
+            self.conn,
+            &mut self.next_history_id,
+            "SELECT COALESCE(MAX(id), 0) + 1 FROM ci_history",
+        )
     }
 
     /// The head of `ci`'s history chain after this session's rows so far.
