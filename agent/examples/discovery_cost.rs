@@ -25,6 +25,7 @@ use std::sync::Arc;
 
 use vigil_agent::discovery::{self, Options};
 use vigil_agent::inventory_sync;
+use vigil_agent::run::Process;
 use vigil_shared::inventory::Inventory;
 
 /// CPU time of the calling thread (CLOCK_THREAD_CPUTIME_ID), in ns.
@@ -78,7 +79,7 @@ fn pass(opts: &Options, previous: Option<Arc<Inventory>>, as_agent: bool) -> (Pa
     std::thread::spawn(move || {
         let c0 = thread_cpu_ns();
         let r = if as_agent {
-            let p = inventory_sync::discovery_pass(&opts, previous.as_deref());
+            let p = inventory_sync::discovery_pass(&opts, previous.as_deref(), Process::Own);
             PassResult {
                 changed: p.changed,
                 problems: p.problems.len(),

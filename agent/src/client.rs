@@ -12,6 +12,7 @@ use std::time::Duration;
 
 use quinn::{Connection, ConnectionError, Endpoint, RecvStream, SendStream, VarInt};
 use tracing::{debug, info, warn};
+use vigil_runtime::fs::{PRIVATE, PUBLIC};
 use vigil_shared::codec::{self, DecodeError, FrameDecoder, DEFAULT_MAX_FRAME};
 use vigil_shared::identity::{self, EnrollToken};
 use vigil_shared::proto::{self, codes, Enroll, Goodbye, Hello, Message, Welcome};
@@ -125,10 +126,10 @@ impl Identity {
     /// means the rest is complete.
     pub fn save(&self, dir: &Path) -> Result<(), ClientError> {
         create_private_dir(dir)?;
-        write_file(&dir.join(KEY_FILE), &self.key_pem, 0o600)?;
-        write_file(&dir.join(CERT_FILE), &self.cert_pem, 0o644)?;
-        write_file(&dir.join(CA_FILE), &self.ca_pem, 0o644)?;
-        write_file(&dir.join(ID_FILE), &self.agent_id, 0o644)
+        write_file(&dir.join(KEY_FILE), &self.key_pem, PRIVATE)?;
+        write_file(&dir.join(CERT_FILE), &self.cert_pem, PUBLIC)?;
+        write_file(&dir.join(CA_FILE), &self.ca_pem, PUBLIC)?;
+        write_file(&dir.join(ID_FILE), &self.agent_id, PUBLIC)
     }
 
     pub fn client_config(&self) -> Result<quinn::ClientConfig, ClientError> {
@@ -138,30 +139,11 @@ impl Identity {
 }
 
 pub fn create_private_dir(dir: &Path) -> Result<(), ClientError> {
-    use std::os::unix::fs::DirBuilderExt;
-    std::fs::DirBuilder::new()
-        .recursive(true)
-        .mode(0o700)
-        .create(dir)
-        .map_err(io_err(dir))
+    vigil_runtime::fs::create_private_dir(dir).map_err(io_err(dir))
 }
 
 fn write_file(path: &Path, contents: &str, mode: u32) -> Result<(), ClientError> {
-    use std::io::Write;
-    use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
-    let tmp = path.with_extension("tmp");
-    let mut f = std::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(mode)
-        .open(&tmp)
-        .map_err(io_err(&tmp))?;
-    f.set_permissions(std::fs::Permissions::from_mode(mode))
-        .map_err(io_err(&tmp))?;
-    f.write_all(contents.as_bytes()).map_err(io_err(&tmp))?;
-    f.sync_all().map_err(io_err(&tmp))?;
-    std::fs::rename(&tmp, path).map_err(io_err(path))
+    vigil_runtime::fs::write_atomic(path, contents.as_bytes(), mode).map_err(io_err(path))
 }
 
 pub fn quic_client_config(tls: rustls::ClientConfig) -> Result<quinn::ClientConfig, ClientError> {

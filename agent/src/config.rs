@@ -11,7 +11,6 @@
 //! for its `host:port` shape here), read environment variables, or panic on any input.
 
 use std::collections::BTreeMap;
-use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -114,7 +113,8 @@ impl AgentConfig {
 /// Reads and validates `path`. Every problem comes back at once, each with its position.
 pub fn load(path: &Path) -> Result<AgentConfig, ConfigErrors> {
     let name = path.display().to_string();
-    let text = read_capped(path).map_err(|msg| ConfigErrors::whole_file(&name, msg))?;
+    let text = vigil_runtime::fs::read_text_capped(path, MAX_CONFIG_FILE_SIZE)
+        .map_err(|e| ConfigErrors::whole_file(&name, e.to_string()))?;
     from_str(&name, &text)
 }
 
@@ -123,19 +123,6 @@ pub fn from_str(file: &str, text: &str) -> Result<AgentConfig, ConfigErrors> {
     let (raw, mut d) = cfg::parse::<RawAgent>(file, text)?;
     let config = convert(raw, &mut d);
     d.finish(config)
-}
-
-/// Reads a UTF-8 file of at most [`MAX_CONFIG_FILE_SIZE`] bytes.
-fn read_capped(path: &Path) -> Result<String, String> {
-    let file = std::fs::File::open(path).map_err(|e| format!("cannot open: {e}"))?;
-    let mut bytes = Vec::new();
-    file.take(MAX_CONFIG_FILE_SIZE + 1)
-        .read_to_end(&mut bytes)
-        .map_err(|e| format!("cannot read: {e}"))?;
-    if bytes.len() as u64 > MAX_CONFIG_FILE_SIZE {
-        return Err(format!("larger than {MAX_CONFIG_FILE_SIZE} bytes"));
-    }
-    String::from_utf8(bytes).map_err(|_| "not valid UTF-8".to_string())
 }
 
 #[derive(Debug, Deserialize)]

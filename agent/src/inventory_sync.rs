@@ -21,7 +21,8 @@ use vigil_shared::proto::{InventoryDeltaMsg, InventorySnapshot, Message};
 
 use crate::client::{self, ClientError};
 use crate::discovery::{self, Options};
-use crate::run::now_ms;
+use crate::run::Process;
+use vigil_runtime::clock::now_ms;
 
 /// One discovery result with the version the agent gave it.
 #[derive(Debug)]
@@ -38,6 +39,7 @@ pub type Latest = watch::Receiver<Option<Arc<Versioned>>>;
 pub async fn discovery_loop(
     opts: Options,
     interval: Duration,
+    process: Process,
     tx: watch::Sender<Option<Arc<Versioned>>>,
     shutdown: CancellationToken,
 ) {
@@ -47,7 +49,7 @@ pub async fn discovery_loop(
         let o = opts.clone();
         let previous = tx.borrow().clone();
         match tokio::task::spawn_blocking(move || {
-            discovery_pass(&o, previous.as_ref().map(|v| &v.inventory))
+            discovery_pass(&o, previous.as_ref().map(|v| &v.inventory), process)
         })
         .await
         {
@@ -167,8 +169,9 @@ pub struct Pass {
 /// nothing behind. A changed one was allocated in among the pass's buffers; it is copied once
 /// they are freed (the copy lands in the lowest free memory, ~0.3 ms for 850 CIs) and the
 /// original dropped, so that it does not pin scattered pages of the heap for as long as it is
-/// kept. Measured with `agent/examples/discovery_cost.rs`, which calls this.
-pub fn discovery_pass(opts: &Options, previous: Option<&Inventory>) -> Pass {
+/// kept. Measured with `agent/examples/discovery_cost.rs`, which calls this. Inside another
+/// program's process ([`Process::Embedded`]) the allocator is that program's: nothing is trimmed.
+pub fn discovery_pass(opts: &Options, previous: Option<&Inventory>, process: Process) -> Pass {
     let found = discovery::discover(opts);
     let problems = found.problems;
     let changed = if previous.is_some_and(|p| *p == found.inventory) {
@@ -179,7 +182,9 @@ pub fn discovery_pass(opts: &Options, previous: Option<&Inventory>) -> Pass {
         drop(found.inventory);
         Some(compact)
     };
-    release_freed_memory();
+    if process == Process::Own {
+        release_freed_memory();
+    }
     Pass { changed, problems }
 }
 
@@ -214,14 +219,16 @@ mod pass_tests {
 
     #[test]
     fn a_pass_returns_an_inventory_only_when_it_changed() {
-        let first = discovery_pass(&opts("web"), None)
+        let first = discovery_pass(&opts("web"), None, Process::Own)
             .changed
             .expect("no previous inventory: the first pass is a change");
         // The kept copy is the inventory discover() finds, intact.
         assert_eq!(first, discovery::discover(&opts("web")).inventory);
         assert!(first.cis.iter().any(|c| c.ci_type == "package"));
-        assert!(discovery_pass(&opts("web"), Some(&first)).changed.is_none());
-        let retagged = discovery_pass(&opts("db"), Some(&first))
+        assert!(discovery_pass(&opts("web"), Some(&first), Process::Own)
+            .changed
+            .is_none());
+        let retagged = discovery_pass(&opts("db"), Some(&first), Process::Embedded)
             .changed
             .expect("a tag changed");
         assert_ne!(retagged, first);

@@ -5,6 +5,7 @@ pub mod checks;
 pub mod client;
 pub mod config;
 pub mod discovery;
+pub mod embedded;
 pub mod inventory_sync;
 pub mod run;
 pub mod sampler;

@@ -5,15 +5,17 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use anyhow::{Context, Result};
-use clap::{Parser, Subcommand, ValueEnum};
+use clap::{Parser, Subcommand};
 use tokio_util::sync::CancellationToken;
 use vigil_agent::config::AgentConfig;
 use vigil_agent::simulate::{self, SimulateOptions};
+use vigil_runtime::logging::LogFormat;
 
 #[derive(Parser)]
 #[command(
     name = "vigil-agent",
     version,
+    propagate_version = true,
     about = "Vigil agent: host metrics and checks, streamed to a Vigil collector over QUIC"
 )]
 struct Cli {
@@ -22,12 +24,6 @@ struct Cli {
     log_format: LogFormat,
     #[command(subcommand)]
     command: Command,
-}
-
-#[derive(Clone, Copy, ValueEnum)]
-enum LogFormat {
-    Text,
-    Json,
 }
 
 #[derive(Subcommand)]
@@ -71,8 +67,10 @@ enum Command {
     },
     /// Load generator: N simulated agents over real mutually authenticated QUIC connections.
     Simulate {
+        /// How many agents to simulate, each with its own identity and connection.
         #[arg(long, default_value_t = 10)]
         agents: usize,
+        /// Collector address, HOST:PORT.
         #[arg(long)]
         collector: String,
         /// Enrollment token (not needed when --data-dir holds identities from an earlier run).
@@ -81,8 +79,10 @@ enum Command {
         /// Time between batches of one agent; 0s sends as fast as acknowledgements allow.
         #[arg(long, default_value = "10s", value_parser = parse_duration)]
         interval: Duration,
+        /// Samples in each batch of one agent.
         #[arg(long, default_value_t = 100)]
         metrics_per_agent: usize,
+        /// How long to send before printing the report.
         #[arg(long, default_value = "60s", value_parser = parse_duration)]
         duration: Duration,
         /// Keep the simulated agents' identities here and reuse them on later runs.
@@ -99,18 +99,6 @@ enum Command {
 
 fn parse_duration(s: &str) -> Result<Duration, String> {
     vigil_shared::config::parse_duration(s)
-}
-
-fn init_logging(format: LogFormat) {
-    let filter = tracing_subscriber::EnvFilter::try_from_env("VIGIL_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,quinn=warn"));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    match format {
-        LogFormat::Text => builder.init(),
-        LogFormat::Json => builder.json().init(),
-    }
 }
 
 /// One malloc arena: the agent has a handful of threads (the runtime, the blocking pool that
@@ -132,7 +120,7 @@ fn limit_malloc_arenas() {}
 fn main() -> ExitCode {
     limit_malloc_arenas();
     let cli = Cli::parse();
-    init_logging(cli.log_format);
+    vigil_runtime::logging::init(cli.log_format);
     match real_main(cli.command) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
@@ -196,12 +184,17 @@ fn real_main(command: Command) -> Result<()> {
                 .enable_all()
                 .build()?;
             rt.block_on(async {
+                let mut signals = vigil_runtime::signal::listen()?;
                 let shutdown = CancellationToken::new();
-                let agent = tokio::spawn(vigil_agent::run::run(cfg, shutdown.clone()));
+                let agent = tokio::spawn(vigil_agent::run::run(
+                    cfg,
+                    vigil_agent::run::Process::Own,
+                    shutdown.clone(),
+                ));
                 tokio::pin!(agent);
                 tokio::select! {
                     res = &mut agent => return res?,
-                    _ = wait_for_signal() => {}
+                    _ = signals.recv() => {}
                 }
                 shutdown.cancel();
                 match tokio::time::timeout(Duration::from_secs(10), agent).await {
@@ -307,18 +300,4 @@ fn print_inventory(found: &vigil_agent::discovery::Discovered, json: bool) -> st
         found.problems.len()
     )?;
     out.flush()
-}
-
-async fn wait_for_signal() {
-    let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-        Ok(t) => t,
-        Err(_) => {
-            let _ = tokio::signal::ctrl_c().await;
-            return;
-        }
-    };
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        _ = term.recv() => {}
-    }
 }

@@ -10,12 +10,13 @@ use std::path::Path;
 use std::str::FromStr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 use tokio::sync::{watch, Notify};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
+use vigil_runtime::clock::now_ms;
 use vigil_shared::backoff::Backoff;
 use vigil_shared::codec::FrameDecoder;
 use vigil_shared::identity::EnrollToken;
@@ -33,13 +34,6 @@ use crate::spool::Spool;
 const MAX_IN_FLIGHT: u64 = 256;
 /// Batches read from the spool per refill.
 const REFILL: usize = 64;
-
-pub fn now_ms() -> i64 {
-    SystemTime::now()
-        .duration_since(SystemTime::UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or(0)
-}
 
 fn lock(spool: &Mutex<Spool>) -> MutexGuard<'_, Spool> {
     spool.lock().unwrap_or_else(|p| p.into_inner())
@@ -89,8 +83,19 @@ pub async fn ensure_identity(
     }
 }
 
+/// Whose process the agent runs in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Process {
+    /// Its own (`vigil-agent run`): it tunes the allocator, handing freed memory back to the
+    /// kernel after each discovery pass.
+    Own,
+    /// Another program's (the collector's quickstart, through [`crate::embedded`]), whose
+    /// allocator it leaves alone.
+    Embedded,
+}
+
 /// Runs the agent until `shutdown` is cancelled or the collector refuses it for good.
-pub async fn run(config: AgentConfig, shutdown: CancellationToken) -> Result<()> {
+pub async fn run(config: AgentConfig, process: Process, shutdown: CancellationToken) -> Result<()> {
     client::create_private_dir(&config.data_dir)?;
     let hostname = config.hostname.clone().unwrap_or_else(sampler::hostname);
     let identity = ensure_identity(&config, &hostname, &shutdown).await?;
@@ -118,16 +123,17 @@ pub async fn run(config: AgentConfig, shutdown: CancellationToken) -> Result<()>
             hostname: config.hostname.clone(),
         },
         config.discovery_interval,
+        process,
         inventory_tx,
         shutdown.clone(),
     ));
-    let outbox = Outbox {
+    let inputs = SenderInputs {
         spool: spool.clone(),
         wake,
         interval: interval_tx,
         inventory: inventory_rx,
     };
-    let result = send_loop(&config, &identity, &hostname, outbox, shutdown.clone()).await;
+    let result = send_loop(&config, &identity, &hostname, inputs, shutdown.clone()).await;
     shutdown.cancel();
     let _ = sampling.await;
     let _ = discovering.await;
@@ -200,7 +206,7 @@ async fn sample_loop(
 }
 
 /// What the sampling and discovery tasks hand to the sender.
-struct Outbox {
+struct SenderInputs {
     spool: Arc<Mutex<Spool>>,
     /// Notified when the spool has a new batch.
     wake: Arc<Notify>,
@@ -213,15 +219,15 @@ async fn send_loop(
     config: &AgentConfig,
     identity: &Identity,
     hostname: &str,
-    outbox: Outbox,
+    inputs: SenderInputs,
     shutdown: CancellationToken,
 ) -> Result<()> {
-    let Outbox {
+    let SenderInputs {
         spool,
         wake,
         interval,
         inventory,
-    } = outbox;
+    } = inputs;
     let client_config = identity.client_config()?;
     let mut backoff = Backoff::new(Duration::from_millis(500), Duration::from_secs(30));
     while !shutdown.is_cancelled() {

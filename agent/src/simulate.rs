@@ -25,7 +25,7 @@ use vigil_shared::metric_names as m;
 use vigil_shared::proto::{self, Batch, Hello, Message, Sample};
 
 use crate::client::{self, Identity};
-use crate::run::now_ms;
+use vigil_runtime::clock::now_ms;
 
 /// Agents per client endpoint (UDP socket).
 const AGENTS_PER_ENDPOINT: usize = 100;

@@ -431,23 +431,11 @@ impl Spool {
 
     /// Atomically replaces `state` with the given watermark.
     fn write_state(&self, acked: u64, next_seq: u64) -> Result<(), SpoolError> {
-        let tmp = self.dir.join(STATE_TMP);
         let text = format!("{STATE_MAGIC}\nacked {acked}\nnext_seq {next_seq}\n");
-        let mut file = OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .mode(0o600)
-            .open(&tmp)
-            .map_err(io_err(&tmp))?;
-        file.write_all(text.as_bytes()).map_err(io_err(&tmp))?;
-        file.sync_all().map_err(io_err(&tmp))?;
         let state = self.dir.join(STATE_FILE);
-        fs::rename(&tmp, &state).map_err(io_err(&state))?;
-        // Make the rename itself durable.
-        File::open(&self.dir)
-            .and_then(|d| d.sync_all())
-            .map_err(io_err(&self.dir))
+        // Temporary file `state.tmp` (STATE_TMP), synced, renamed, directory synced.
+        vigil_runtime::fs::write_atomic(&state, text.as_bytes(), vigil_runtime::fs::PRIVATE)
+            .map_err(io_err(&state))
     }
 }
 

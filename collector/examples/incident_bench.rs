@@ -141,7 +141,7 @@ fn parse_args() -> Result<Args> {
 }
 
 fn now_ms() -> i64 {
-    vigil_collector::server::now_ms()
+    vigil_runtime::clock::now_ms()
 }
 
 // --- CPU accounting --------------------------------------------------------------------------

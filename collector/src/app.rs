@@ -19,7 +19,9 @@ use crate::config::CollectorConfig;
 use crate::http::{self, HttpState};
 use crate::latest::LatestTable;
 use crate::metrics::Metrics;
-use crate::server::{now_ms, Ingest};
+use vigil_runtime::clock::now_ms;
+
+use crate::server::Ingest;
 use crate::store::{Db, Writer};
 
 /// How long a stopping collector waits for connections to drain before it closes them.
@@ -41,11 +43,15 @@ pub struct Running {
     endpoint: quinn::Endpoint,
     writer_join: crate::store::WriterJoin,
     engine_join: crate::incidents::engine::EngineJoin,
+    /// Held until the collector has stopped.
+    _lock: crate::admin::DataDirLock,
 }
 
 /// Binds, opens and spawns everything `config` describes.
 pub async fn start(config: &CollectorConfig) -> Result<Running> {
     let data_dir = config.data_dir.clone();
+    // First: a second collector on this data dir stops here, before it touches anything.
+    let lock = crate::admin::lock_data_dir(&data_dir)?;
     let identity = ca::load_or_create(&data_dir, &config.quic.server_names, SystemTime::now())
         .context("cannot set up the collector CA")?;
     let db = Db::open(&data_dir).context("cannot open the store")?;
@@ -228,6 +234,7 @@ pub async fn start(config: &CollectorConfig) -> Result<Running> {
         endpoint,
         writer_join,
         engine_join,
+        _lock: lock,
     })
 }
 
@@ -271,25 +278,4 @@ impl Running {
             Err(e) => Err(e).context("store flush task failed"),
         }
     }
-}
-
-/// Resolves after SIGINT or SIGTERM.
-pub async fn wait_for_signal() {
-    let ctrl_c = tokio::signal::ctrl_c();
-    #[cfg(unix)]
-    {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut term) => {
-                tokio::select! {
-                    _ = ctrl_c => {}
-                    _ = term.recv() => {}
-                }
-            }
-            Err(_) => {
-                let _ = ctrl_c.await;
-            }
-        }
-    }
-    #[cfg(not(unix))]
-    let _ = ctrl_c.await;
 }

@@ -7,13 +7,12 @@
 //! module never regenerates an existing CA.
 
 use std::fs;
-use std::io::Write;
-use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::SystemTime;
 
 use anyhow::{Context, Result};
+use vigil_runtime::fs as rfs;
 use vigil_shared::identity::{self, CaBundle, Pin};
 
 /// What the QUIC server needs to present itself and sign agent certificates.
@@ -29,29 +28,37 @@ fn path(dir: &Path, name: &str) -> PathBuf {
     dir.join(name)
 }
 
-/// Writes `contents` to `path` atomically, readable only by the owner when `private`.
+/// Writes `contents` to `path` atomically: 0600 when `private` (keys, tokens), else 0644.
 pub fn write_file(path: &Path, contents: &[u8], private: bool) -> Result<()> {
-    let tmp = path.with_extension("tmp");
-    let mode = if private { 0o600 } else { 0o644 };
-    let mut f = fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(mode)
-        .open(&tmp)
-        .with_context(|| format!("cannot write {}", tmp.display()))?;
-    f.set_permissions(fs::Permissions::from_mode(mode))?;
-    f.write_all(contents)?;
-    f.sync_all()?;
-    fs::rename(&tmp, path).with_context(|| format!("cannot write {}", path.display()))?;
-    Ok(())
+    let mode = if private { rfs::PRIVATE } else { rfs::PUBLIC };
+    rfs::write_atomic(path, contents, mode)
+        .with_context(|| format!("cannot write {}", path.display()))
+}
+
+/// The CA certificate's file in a data dir.
+pub const CA_CERT_FILE: &str = "ca.pem";
+/// The CA key's file in a data dir (0600).
+pub const CA_KEY_FILE: &str = "ca.key";
+
+/// Loads the CA of a collector that has started at least once (admin commands: they never
+/// create a CA, so a mistyped data dir cannot mint tokens pinned to a CA no collector has).
+pub fn load_ca(data_dir: &Path) -> Result<(CaBundle, Pin)> {
+    let cert = path(data_dir, CA_CERT_FILE);
+    let cert_pem =
+        fs::read_to_string(&cert).with_context(|| format!("cannot read {}", cert.display()))?;
+    let pin = identity::pin_of_pem(&cert_pem)
+        .with_context(|| format!("bad CA certificate {}", cert.display()))?;
+    let key = path(data_dir, CA_KEY_FILE);
+    let key_pem =
+        fs::read_to_string(&key).with_context(|| format!("cannot read {}", key.display()))?;
+    Ok((CaBundle { cert_pem, key_pem }, pin))
 }
 
 /// Loads the CA, creating it on first use.
 pub fn load_or_create_ca(data_dir: &Path, now: SystemTime) -> Result<(CaBundle, Pin)> {
     fs::create_dir_all(data_dir)
         .with_context(|| format!("cannot create {}", data_dir.display()))?;
-    let (cert, key) = (path(data_dir, "ca.pem"), path(data_dir, "ca.key"));
+    let (cert, key) = (path(data_dir, CA_CERT_FILE), path(data_dir, CA_KEY_FILE));
     let ca = if cert.exists() {
         CaBundle {
             cert_pem: fs::read_to_string(&cert)
@@ -196,6 +203,8 @@ impl quinn::ConnectionIdGenerator for RandomCids {
 
 #[cfg(test)]
 mod tests {
+    use std::os::unix::fs::PermissionsExt;
+
     use super::*;
 
     #[test]

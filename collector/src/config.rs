@@ -16,7 +16,6 @@
 //! input. Its only I/O is reading the configuration files.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::io::Read;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -284,7 +283,8 @@ impl CollectorConfig {
 /// Reads and validates `path` and the files it includes. Every problem comes back at once.
 pub fn load(path: &Path) -> Result<CollectorConfig, ConfigErrors> {
     let name = path.display().to_string();
-    let text = read_capped(path).map_err(|msg| ConfigErrors::whole_file(&name, msg))?;
+    let text = vigil_runtime::fs::read_text_capped(path, MAX_CONFIG_FILE_SIZE)
+        .map_err(|e| ConfigErrors::whole_file(&name, e.to_string()))?;
     from_str(&name, &text)
 }
 
@@ -310,19 +310,6 @@ pub fn from_str(file: &str, text: &str) -> Result<CollectorConfig, ConfigErrors>
         &mut d,
     );
     d.finish(config)
-}
-
-/// Reads a UTF-8 file of at most [`MAX_CONFIG_FILE_SIZE`] bytes.
-fn read_capped(path: &Path) -> Result<String, String> {
-    let file = std::fs::File::open(path).map_err(|e| format!("cannot open: {e}"))?;
-    let mut bytes = Vec::new();
-    file.take(MAX_CONFIG_FILE_SIZE + 1)
-        .read_to_end(&mut bytes)
-        .map_err(|e| format!("cannot read: {e}"))?;
-    if bytes.len() as u64 > MAX_CONFIG_FILE_SIZE {
-        return Err(format!("larger than {MAX_CONFIG_FILE_SIZE} bytes"));
-    }
-    String::from_utf8(bytes).map_err(|_| "not valid UTF-8".to_string())
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -1099,7 +1086,7 @@ fn convert_maintenance(raw: &Spanned<RawMaintenance>, d: &mut Diagnostics) -> Op
     let name = object_name(d, span.clone(), "maintenance", m.name.as_ref());
     let scope = convert_scope(d, m.scope.as_ref());
     let start_ms = match &m.start {
-        Some(t) => d.parse_value(t, |t| cfg::parse_rfc3339_ms(&t.0)),
+        Some(t) => d.parse_value(t, |t| vigil_shared::time::parse_rfc3339_ms(&t.0)),
         None => {
             d.error(
                 span.clone(),
@@ -1218,10 +1205,10 @@ fn load_includes(
 
 fn include_file(path: &Path, config: &mut CollectorConfig, names: &mut Names, d: &mut Diagnostics) {
     let name = path.display().to_string();
-    let text = match read_capped(path) {
+    let text = match vigil_runtime::fs::read_text_capped(path, MAX_CONFIG_FILE_SIZE) {
         Ok(t) => t,
-        Err(msg) => {
-            d.extend(ConfigErrors::whole_file(&name, msg).0);
+        Err(e) => {
+            d.extend(ConfigErrors::whole_file(&name, e.to_string()).0);
             return;
         }
     };
@@ -1499,11 +1486,11 @@ mod tests {
             &[
                 "c.toml:3:10: `target` must be strictly between 0 and 1 (e.g. 0.999), got 1",
                 "c.toml:4:10: invalid SLA window \"quarter\": expected a duration such as \"30d\", or \"month\"",
-                "c.toml:7:9: invalid time \"tomorrow\": timestamp format is invalid (expected RFC 3339 UTC, \
-                 e.g. \"2026-12-01T02:00:00Z\")",
+                "c.toml:7:9: invalid time \"tomorrow\": expected RFC 3339 with Z or an offset, e.g. \
+                 \"2026-12-01T02:00:00Z\" or \"2026-12-01T03:00:00+01:00\"",
                 "c.toml:8:12: `duration` (8d) must be shorter than the repeat period",
-                "c.toml:12:9: invalid time \"2026-12-01T02:00:00\": timestamp format is invalid (expected \
-                 RFC 3339 UTC, e.g. \"2026-12-01T02:00:00Z\")",
+                "c.toml:12:9: invalid time \"2026-12-01T02:00:00\": expected RFC 3339 with Z or an offset, \
+                 e.g. \"2026-12-01T02:00:00Z\" or \"2026-12-01T03:00:00+01:00\"",
                 "c.toml:14:9: invalid `every` \"month\": expected \"day\" or \"week\"",
             ],
         );

@@ -17,7 +17,6 @@ use std::future::Future;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use axum::extract::State;
 use axum::http::{header, StatusCode, Uri};
@@ -91,56 +90,8 @@ impl HttpState {
     }
 }
 
-pub(crate) fn now_ms() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
-}
-
-/// RFC 3339 (UTC, milliseconds) for a Unix time in ms; `None` before 1970.
-pub fn rfc3339_ms(ms: i64) -> Option<String> {
-    let ms = u64::try_from(ms).ok()?;
-    let t = UNIX_EPOCH.checked_add(Duration::from_millis(ms))?;
-    Some(humantime::format_rfc3339_millis(t).to_string())
-}
-
-/// A time given as Unix milliseconds or RFC 3339 (`Z` or a `±HH:MM` offset).
-pub fn parse_time_ms(s: &str) -> Result<i64, String> {
-    let s = s.trim();
-    let err = || {
-        format!("invalid time {s:?}: expected RFC 3339 (2026-01-31T12:00:00Z) or Unix milliseconds")
-    };
-    if !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit()) {
-        return s.parse::<i64>().map_err(|_| err());
-    }
-    if let Ok(ms) = vigil_shared::config::parse_rfc3339_ms(s) {
-        return Ok(ms);
-    }
-    // `...+02:00`: humantime only reads UTC, so shift by the offset ourselves.
-    let cut = s.len().checked_sub(6).ok_or_else(err)?;
-    let (Some(head), Some(off)) = (s.get(..cut), s.get(cut..)) else {
-        return Err(err());
-    };
-    let b = off.as_bytes();
-    let digits = |x: &[u8]| -> Option<i64> {
-        x.iter().try_fold(0i64, |acc, d| {
-            d.is_ascii_digit().then(|| acc * 10 + i64::from(d - b'0'))
-        })
-    };
-    let sign = match b[0] {
-        b'+' => 1,
-        b'-' => -1,
-        _ => return Err(err()),
-    };
-    let (Some(h), Some(m)) = (digits(&b[1..3]), digits(&b[4..6])) else {
-        return Err(err());
-    };
-    if b[3] != b':' || h > 23 || m > 59 {
-        return Err(err());
-    }
-    let utc = vigil_shared::config::parse_rfc3339_ms(&format!("{head}Z")).map_err(|_| err())?;
-    Ok(utc - sign * (h * 3600 + m * 60) * 1000)
-}
+pub(crate) use vigil_runtime::clock::now_ms;
+use vigil_shared::time::format_rfc3339_ms;
 
 /// The whole HTTP surface.
 pub fn router(state: HttpState) -> Router {
@@ -221,9 +172,9 @@ impl From<AgentRow> for AgentView {
     fn from(a: AgentRow) -> Self {
         AgentView {
             revoked: a.is_revoked(),
-            revoked_at: a.revoked_at_ms.and_then(rfc3339_ms),
-            last_seen: a.last_seen_ms.and_then(rfc3339_ms),
-            enrolled_at: rfc3339_ms(a.enrolled_at_ms),
+            revoked_at: a.revoked_at_ms.and_then(format_rfc3339_ms),
+            last_seen: a.last_seen_ms.and_then(format_rfc3339_ms),
+            enrolled_at: format_rfc3339_ms(a.enrolled_at_ms),
             id: a.id,
             hostname: a.hostname,
             version: a.version,
@@ -253,10 +204,10 @@ pub struct TokenView {
 impl From<ApiTokenRow> for TokenView {
     fn from(t: ApiTokenRow) -> Self {
         TokenView {
-            created_at: rfc3339_ms(t.created_at_ms),
-            last_used: t.last_used_ms.and_then(rfc3339_ms),
+            created_at: format_rfc3339_ms(t.created_at_ms),
+            last_used: t.last_used_ms.and_then(format_rfc3339_ms),
             revoked: t.revoked_at_ms.is_some(),
-            revoked_at: t.revoked_at_ms.and_then(rfc3339_ms),
+            revoked_at: t.revoked_at_ms.and_then(format_rfc3339_ms),
             id: t.id,
             name: t.name,
             role: t.role,

@@ -62,18 +62,7 @@ const UNKNOWN_METRIC: usize = 2;
 
 const CHECK_LABELS: &[&str] = &["check"];
 
-/// Milliseconds since the Unix epoch, as the caller's clock sees it.
-pub type Clock = Arc<dyn Fn() -> i64 + Send + Sync>;
-
-/// The wall clock, for production use (tests pass their own).
-pub fn system_clock() -> Clock {
-    Arc::new(|| {
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
-            .unwrap_or(0)
-    })
-}
+use vigil_runtime::clock::Clock;
 
 /// One metric the table keeps: its wire name, exposed family and declared labels.
 struct MetricDef {

@@ -1,5 +1,5 @@
 //! `vigil-collector`: parse arguments and load configuration (no I/O beyond reading the file),
-//! then hand over to the library: `app::start` binds and spawns, `wait_for_signal` waits,
+//! then hand over to the library: `app::start` binds and spawns, `vigil_runtime::signal` waits,
 //! `Running::stop` drains under a deadline.
 
 use std::net::SocketAddr;
@@ -7,17 +7,21 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Duration;
 
-use anyhow::{Context, Result};
+use anyhow::Result;
 use clap::{Args, Parser, Subcommand, ValueEnum};
+use vigil_collector::admin::AdminStore;
 use vigil_collector::config::{self, CollectorConfig};
 use vigil_collector::quickstart;
-use vigil_collector::store::{Db, Role};
+use vigil_collector::store::Role;
 use vigil_collector::{admin, app};
+use vigil_runtime::clock::now_ms;
+use vigil_runtime::logging::LogFormat;
 
 #[derive(Parser)]
 #[command(
     name = "vigil-collector",
     version,
+    propagate_version = true,
     about = "Vigil collector: agents stream to it over QUIC; it keeps the CMDB, incidents and SLAs and serves /metrics"
 )]
 struct Cli {
@@ -28,20 +32,17 @@ struct Cli {
     command: Command,
 }
 
-#[derive(Clone, Copy, ValueEnum)]
-enum LogFormat {
-    Text,
-    Json,
-}
-
 #[derive(Subcommand)]
 enum Command {
     /// Everything in one command on embedded defaults: collector, CA, a local agent, example rules.
     Quickstart {
+        /// Where the store, the CA, the admin token and the local agent's files live.
         #[arg(long, default_value = "./vigil-data")]
         data_dir: PathBuf,
+        /// Address of the console, the API and /metrics (IP:PORT).
         #[arg(long, default_value = "127.0.0.1:8080")]
         http: SocketAddr,
+        /// Address agents connect to over QUIC (IP:PORT, UDP); 0.0.0.0:4433 accepts other hosts.
         #[arg(long, default_value = "127.0.0.1:4433")]
         quic: SocketAddr,
         /// Don't start the local agent.
@@ -50,11 +51,13 @@ enum Command {
     },
     /// Run the collector from a configuration file.
     Serve {
+        /// The collector's configuration file (TOML; see config/collector.toml).
         #[arg(long)]
         config: PathBuf,
     },
     /// Validate a configuration file: exit 0, or print every error as file:line:col: message.
     CheckConfig {
+        /// The configuration file to check, with the files it includes.
         #[arg(long)]
         config: PathBuf,
     },
@@ -91,9 +94,10 @@ struct StoreArgs {
 enum TokenCommand {
     /// Print a new enrollment token (it pins this collector's CA).
     Create {
-        /// How long the token can be used, e.g. 1h, 7d.
-        #[arg(long, default_value = "24h", value_parser = parse_duration)]
-        ttl: Duration,
+        /// How long the token can be used, e.g. 1h, 7d [default: `enroll.token_ttl` of --config,
+        /// else 24h].
+        #[arg(long, value_parser = parse_duration)]
+        ttl: Option<Duration>,
         /// The token enrolls one agent only.
         #[arg(long)]
         single_use: bool,
@@ -102,6 +106,7 @@ enum TokenCommand {
     },
     /// Revoke an enrollment token by id (the part after `v1.`).
     Revoke {
+        /// The token's id: the second part of `v1.<id>.<secret>.<pin>`.
         id: String,
         #[command(flatten)]
         store: StoreArgs,
@@ -117,6 +122,7 @@ enum AgentCommand {
     },
     /// Revoke an agent's certificate: a running collector drops its connection within a second.
     Revoke {
+        /// The agent's id, as `agent list` shows it.
         id: String,
         #[command(flatten)]
         store: StoreArgs,
@@ -127,8 +133,11 @@ enum AgentCommand {
 enum ApiTokenCommand {
     /// Print a new API bearer token.
     Create {
-        #[arg(long, value_parser = parse_role)]
-        role: Role,
+        /// What the token may do: viewer reads, operator also works incidents and maintenance,
+        /// admin also manages rules, agents and tokens.
+        #[arg(long, value_enum)]
+        role: RoleArg,
+        /// A name to recognise the token by in `GET /api/v1/tokens`.
         #[arg(long, default_value = "")]
         name: String,
         #[command(flatten)]
@@ -136,6 +145,7 @@ enum ApiTokenCommand {
     },
     /// Revoke an API token by id.
     Revoke {
+        /// The token's id, as `GET /api/v1/tokens` shows it.
         id: String,
         #[command(flatten)]
         store: StoreArgs,
@@ -146,26 +156,27 @@ fn parse_duration(s: &str) -> Result<Duration, String> {
     vigil_shared::config::parse_duration(s)
 }
 
-fn parse_role(s: &str) -> Result<Role, String> {
-    s.parse()
-        .map_err(|_| format!("unknown role {s:?}: viewer, operator or admin"))
+/// `--role`: the roles of the API, for clap to list.
+#[derive(Clone, Copy, ValueEnum)]
+enum RoleArg {
+    Viewer,
+    Operator,
+    Admin,
 }
 
-fn init_logging(format: LogFormat) {
-    let filter = tracing_subscriber::EnvFilter::try_from_env("VIGIL_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,quinn=warn"));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    match format {
-        LogFormat::Text => builder.init(),
-        LogFormat::Json => builder.json().init(),
+impl From<RoleArg> for Role {
+    fn from(r: RoleArg) -> Role {
+        match r {
+            RoleArg::Viewer => Role::Viewer,
+            RoleArg::Operator => Role::Operator,
+            RoleArg::Admin => Role::Admin,
+        }
     }
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    init_logging(cli.log_format);
+    vigil_runtime::logging::init(cli.log_format);
     match real_main(cli.command) {
         Ok(code) => code,
         Err(e) => {
@@ -179,19 +190,17 @@ fn load_config(path: &Path) -> Result<CollectorConfig> {
     config::load(path).map_err(|errors| anyhow::anyhow!("invalid configuration:\n{errors}"))
 }
 
-fn data_dir(store: &StoreArgs) -> Result<PathBuf> {
-    match (&store.config, &store.data_dir) {
-        (Some(path), _) => Ok(load_config(path)?.data_dir),
-        (None, Some(dir)) => Ok(dir.clone()),
+/// The store an admin command names, and the token lifetime its configuration sets.
+fn open_store(store: &StoreArgs) -> Result<(AdminStore, Duration)> {
+    let (dir, ttl) = match (&store.config, &store.data_dir) {
+        (Some(path), _) => {
+            let c = load_config(path)?;
+            (c.data_dir, c.enroll.token_ttl)
+        }
+        (None, Some(dir)) => (dir.clone(), config::DEFAULT_TOKEN_TTL),
         (None, None) => anyhow::bail!("give --config FILE or --data-dir DIR"),
-    }
-}
-
-fn open_db(store: &StoreArgs) -> Result<(PathBuf, Db)> {
-    let dir = data_dir(store)?;
-    let db =
-        Db::open(&dir).with_context(|| format!("cannot open the store in {}", dir.display()))?;
-    Ok((dir, db))
+    };
+    Ok((admin::open_existing(&dir)?, ttl))
 }
 
 fn runtime() -> Result<tokio::runtime::Runtime> {
@@ -218,12 +227,13 @@ fn real_main(command: Command) -> Result<ExitCode> {
         Command::Serve { config } => {
             let config = load_config(&config)?;
             runtime()?.block_on(async {
+                let mut signals = vigil_runtime::signal::listen()?;
                 let running = app::start(&config).await?;
                 println!(
                     "vigil-collector listening: QUIC {}, HTTP http://{}/",
                     running.quic_addr, running.http_addr
                 );
-                app::wait_for_signal().await;
+                signals.recv().await;
                 running.stop().await
             })?;
         }
@@ -240,14 +250,14 @@ fn real_main(command: Command) -> Result<ExitCode> {
                 single_use,
                 store,
             } => {
-                let (dir, db) = open_db(&store)?;
-                let token = admin::create_enroll_token(&dir, &db, ttl, single_use)?;
+                let (store, default_ttl) = open_store(&store)?;
+                let token = store.create_enroll_token(ttl.unwrap_or(default_ttl), single_use)?;
                 println!("{token}");
             }
             TokenCommand::Revoke { id, store } => {
-                let (_, db) = open_db(&store)?;
+                let (AdminStore { db, .. }, _) = open_store(&store)?;
                 admin::found(
-                    db.revoke_enroll_token(&id, admin::now_ms())?,
+                    db.revoke_enroll_token(&id, now_ms())?,
                     "enrollment token",
                     &id,
                 )?;
@@ -256,7 +266,7 @@ fn real_main(command: Command) -> Result<ExitCode> {
         },
         Command::Agent { command } => match command {
             AgentCommand::List { store } => {
-                let (_, db) = open_db(&store)?;
+                let (AdminStore { db, .. }, _) = open_store(&store)?;
                 for a in db.list_agents()? {
                     println!(
                         "{}\t{}\t{}\t{}",
@@ -276,21 +286,22 @@ fn real_main(command: Command) -> Result<ExitCode> {
                 }
             }
             AgentCommand::Revoke { id, store } => {
-                let (_, db) = open_db(&store)?;
-                admin::found(db.revoke_agent(&id, admin::now_ms())?, "agent", &id)?;
+                let (AdminStore { db, .. }, _) = open_store(&store)?;
+                admin::found(db.revoke_agent(&id, now_ms())?, "agent", &id)?;
                 eprintln!("agent {id} revoked");
             }
         },
         Command::ApiToken { command } => match command {
             ApiTokenCommand::Create { role, name, store } => {
-                let (_, db) = open_db(&store)?;
-                let (id, token) = db.create_api_token(role, &name, admin::now_ms())?;
+                let (AdminStore { db, .. }, _) = open_store(&store)?;
+                let role = Role::from(role);
+                let (id, token) = db.create_api_token(role, &name, now_ms())?;
                 eprintln!("API token {id} ({role}) created; it is shown only once:");
                 println!("{token}");
             }
             ApiTokenCommand::Revoke { id, store } => {
-                let (_, db) = open_db(&store)?;
-                admin::found(db.revoke_api_token(&id, admin::now_ms())?, "API token", &id)?;
+                let (AdminStore { db, .. }, _) = open_store(&store)?;
+                admin::found(db.revoke_api_token(&id, now_ms())?, "API token", &id)?;
                 eprintln!("API token {id} revoked");
             }
         },

@@ -12,7 +12,9 @@ use std::sync::Arc;
 
 use prometheus::{IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry, TextEncoder};
 
-use crate::latest::{Clock, LatestCollector, LatestTable};
+use vigil_runtime::clock::Clock;
+
+use crate::latest::{LatestCollector, LatestTable};
 
 pub const AGENTS_CONNECTED: &str = "vigil_agents_connected";
 pub const INGEST_SAMPLES_TOTAL: &str = "vigil_ingest_samples_total";

@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use anyhow::{Context, Result};
 use tokio_util::sync::CancellationToken;
-use vigil_agent::config::AgentConfig;
+use vigil_agent::embedded::LocalAgent;
 
 use crate::admin;
 use crate::app;
@@ -29,10 +29,14 @@ pub struct Options {
 const EXAMPLE_RULES: &str = include_str!("../../config/rules.d/example.toml");
 const EXAMPLE_RULES_NAME: &str = "config/rules.d/example.toml";
 
+/// How often the local agent samples this host.
+const LOCAL_AGENT_INTERVAL: Duration = Duration::from_secs(10);
+
 /// The admin API token quickstart prints, kept (0600) so later starts print the same one.
 const ADMIN_TOKEN_FILE: &str = "admin-token";
 
 pub async fn run(opts: Options) -> Result<()> {
+    let mut signals = vigil_runtime::signal::listen()?;
     let mut config = CollectorConfig::defaults_in(&opts.data_dir);
     config.http.listen = opts.http;
     config.quic.listen = opts.quic;
@@ -49,7 +53,8 @@ pub async fn run(opts: Options) -> Result<()> {
         let admin_token = match std::fs::read_to_string(&path) {
             Ok(t) if !t.trim().is_empty() => t.trim().to_string(),
             _ => {
-                let (_, token) = db.create_api_token(Role::Admin, "quickstart", admin::now_ms())?;
+                let (_, token) =
+                    db.create_api_token(Role::Admin, "quickstart", vigil_runtime::clock::now_ms())?;
                 write_file(&path, token.as_bytes(), true)?;
                 token
             }
@@ -65,18 +70,17 @@ pub async fn run(opts: Options) -> Result<()> {
     .await??;
 
     let shutdown = CancellationToken::new();
-    let agent = if opts.agent {
-        let mut cfg = AgentConfig::from_flags(
-            &running.quic_addr.to_string(),
-            agent_token,
-            Some(opts.data_dir.join("agent")),
-        )
-        .map_err(|e| anyhow::anyhow!("{e}"))?;
-        cfg.metrics_interval = Duration::from_secs(10);
-        Some(tokio::spawn(vigil_agent::run::run(cfg, shutdown.clone())))
-    } else {
-        None
-    };
+    let agent = opts.agent.then(|| {
+        tokio::spawn(vigil_agent::embedded::run(
+            LocalAgent {
+                collector: running.quic_addr,
+                token: agent_token,
+                data_dir: opts.data_dir.join("agent"),
+                interval: LOCAL_AGENT_INTERVAL,
+            },
+            shutdown.clone(),
+        ))
+    });
 
     let quic = running.quic_addr;
     let http = running.http_addr;
@@ -119,14 +123,14 @@ pub async fn run(opts: Options) -> Result<()> {
         }
     };
     tokio::select! {
-        _ = app::wait_for_signal() => {}
+        _ = signals.recv() => {}
         res = agent_failed => {
             match res {
                 Ok(Ok(())) => {}
                 Ok(Err(e)) => tracing::error!(error = %format!("{e:#}"), "local agent stopped"),
                 Err(e) => tracing::error!(error = %e, "local agent task failed"),
             }
-            app::wait_for_signal().await;
+            signals.recv().await;
         }
     }
     shutdown.cancel();

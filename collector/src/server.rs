@@ -14,6 +14,8 @@ use std::str::FromStr;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
+use vigil_runtime::clock::now_ms;
+
 use quinn::{Connection, ConnectionError, Incoming, RecvStream, SendStream, VarInt};
 use rustls::pki_types::CertificateDer;
 use tokio::sync::mpsc;
@@ -59,13 +61,6 @@ pub struct Ingest {
     pub engine: Option<crate::incidents::engine::EngineHandle>,
     /// Live connections by agent id, to close them on revocation.
     conns: Mutex<HashMap<String, Connection>>,
-}
-
-pub fn now_ms() -> i64 {
-    SystemTime::now()
-        .duration_since(SystemTime::UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or(0)
 }
 
 #[derive(Debug, thiserror::Error)]

@@ -22,7 +22,7 @@
 
 use std::fmt;
 use std::ops::Range;
-use std::time::{Duration, UNIX_EPOCH};
+use std::time::Duration;
 
 use serde::de::DeserializeOwned;
 use toml::de::{DeTable, DeValue};
@@ -438,18 +438,6 @@ pub fn parse_host_port(s: &str) -> Result<(String, u16), String> {
     Ok((host.to_string(), port))
 }
 
-/// An RFC 3339 UTC time (`"2026-12-01T02:00:00Z"`) as milliseconds since the Unix epoch.
-pub fn parse_rfc3339_ms(s: &str) -> Result<i64, String> {
-    let t = humantime::parse_rfc3339(s.trim()).map_err(|e| {
-        format!("invalid time {s:?}: {e} (expected RFC 3339 UTC, e.g. \"2026-12-01T02:00:00Z\")")
-    })?;
-    let ms = match t.duration_since(UNIX_EPOCH) {
-        Ok(d) => i64::try_from(d.as_millis()).unwrap_or(i64::MAX),
-        Err(before) => -i64::try_from(before.duration().as_millis()).unwrap_or(i64::MAX),
-    };
-    Ok(ms)
-}
-
 /// The window an SLA is measured over: a rolling duration or the current calendar month (UTC).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum SlaWindow {
@@ -727,16 +715,6 @@ mod tests {
     }
 
     #[test]
-    fn rfc3339_times() {
-        assert_eq!(parse_rfc3339_ms("1970-01-01T00:00:01Z"), Ok(1000));
-        assert_eq!(
-            parse_rfc3339_ms("2026-12-01T02:00:00Z"),
-            Ok(1_796_090_400_000)
-        );
-        assert!(parse_rfc3339_ms("2026-12-01 02:00").is_err());
-    }
-
-    #[test]
     fn display_formats() {
         let e = ConfigErrors(vec![
             ConfigError {
@@ -775,7 +753,7 @@ mod tests {
 
 /// A point in time as written in a config file: an RFC 3339 string (`"2026-12-01T02:00:00Z"`)
 /// or a bare TOML datetime (`2026-12-01T02:00:00Z`); both end up as text for
-/// [`parse_rfc3339_ms`].
+/// [`crate::time::parse_rfc3339_ms`].
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RawTime(pub String);
 

@@ -11,3 +11,4 @@ pub mod identity;
 pub mod inventory;
 pub mod metric_names;
 pub mod proto;
+pub mod time;

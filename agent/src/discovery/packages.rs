@@ -186,7 +186,7 @@ pub fn parse_rpm_output(text: &str) -> (Vec<Package>, usize) {
 /// the real root.
 pub fn discover(opts: &Options, out: &mut Discovered) {
     let status = opts.path("/var/lib/dpkg/status");
-    match read_capped(&status, MAX_STATUS_BYTES) {
+    match vigil_runtime::fs::read_text_lossy_capped(&status, MAX_STATUS_BYTES) {
         Ok(text) => {
             let (packages, malformed) = parse_dpkg_status(&text);
             if malformed > 0 {
@@ -233,19 +233,6 @@ fn on_path(name: &str) -> bool {
         return false;
     };
     std::env::split_paths(&path).any(|dir| dir.join(name).is_file())
-}
-
-/// Reads at most `cap` bytes of a text file (invalid UTF-8 replaced, so a stray byte costs one
-/// entry rather than the file).
-fn read_capped(path: &Path, cap: u64) -> std::io::Result<String> {
-    let mut bytes = Vec::new();
-    std::fs::File::open(path)?
-        .take(cap)
-        .read_to_end(&mut bytes)?;
-    Ok(match String::from_utf8(bytes) {
-        Ok(s) => s,
-        Err(e) => String::from_utf8_lossy(e.as_bytes()).into_owned(),
-    })
 }
 
 /// Owner look-ups already answered for one `info` directory, valid while its mtime is unchanged

@@ -6,7 +6,7 @@
 //! points at it.
 //!
 //! Every writer keeps the chain: reconciliation assigns ids itself for its multi-row INSERTs
-//! (`reconcile::Session`), every other writer goes through [`append`]. Readers walk it with a
+//! (`reconcile::Reconciliation`), every other writer goes through [`append`]. Readers walk it with a
 //! recursive query capped at [`CHAIN_LIMIT`] rows per CI, so a corrupt file (a cycle) cannot
 //! hang them.
 

@@ -262,7 +262,7 @@ fn apply_in(
     now_ms: i64,
 ) -> Result<Applied, StoreError> {
     let prev = reconcile::read_state(conn, agent_id)?;
-    let mut s = reconcile::Session::new(conn, agent_id, now_ms);
+    let mut s = reconcile::Reconciliation::new(conn, agent_id, now_ms);
     let outcome = match msg {
         InventoryMsg::Snapshot(snap) => s.snapshot(snap, prev.as_ref())?,
         InventoryMsg::Delta(d) => match prev {

@@ -121,7 +121,7 @@ enum HostChange<'a> {
 }
 
 /// One message's reconciliation.
-pub(super) struct Session<'c> {
+pub(super) struct Reconciliation<'c> {
     conn: &'c Connection,
     agent: &'c str,
     now: i64,
@@ -171,9 +171,9 @@ fn string_attr(ci: &Ci, name: &str) -> Option<String> {
         .map(str::to_owned)
 }
 
-impl<'c> Session<'c> {
-    pub(super) fn new(conn: &'c Connection, agent: &'c str, now: i64) -> Session<'c> {
-        Session {
+impl<'c> Reconciliation<'c> {
+    pub(super) fn new(conn: &'c Connection, agent: &'c str, now: i64) -> Reconciliation<'c> {
+        Reconciliation {
             conn,
             agent,
             now,
@@ -465,7 +465,7 @@ impl<'c> Session<'c> {
         Ok(id)
     }
 
-    /// [`Session::history`] with the row's id already allocated.
+    /// [`Reconciliation::history`] with the row's id already allocated.
     #[allow(clippy::too_many_arguments)]
     fn push_history(
         &mut self,

@@ -30,9 +30,9 @@ use axum::{Json, Router};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use super::{
-    now_ms, parse_time_ms, rfc3339_ms, ApiError, ApiJson, ApiPath, ApiQuery, Auth, HttpState,
-};
+use vigil_shared::time::{format_rfc3339_ms, parse_time_ms};
+
+use super::{now_ms, ApiError, ApiJson, ApiPath, ApiQuery, Auth, HttpState};
 use crate::config::{parse_priority, Recurrence, Threshold};
 use crate::incidents::announce;
 use crate::incidents::engine::in_tx;
@@ -166,7 +166,7 @@ impl From<Incident> for IncidentView {
             trigger_value: i.trigger_value,
             peak_value: i.peak_value,
             last_value: i.last_value,
-            started: rfc3339_ms(i.started_ms),
+            started: format_rfc3339_ms(i.started_ms),
             started_ms: i.started_ms,
             first_breach_ms: i.first_breach_ms,
             last_breach_ms: i.last_breach_ms,
@@ -364,7 +364,7 @@ async fn detail(
         timeline: timeline
             .into_iter()
             .map(|e| TimelineView {
-                at: rfc3339_ms(e.ts_ms),
+                at: format_rfc3339_ms(e.ts_ms),
                 at_ms: e.ts_ms,
                 kind: e.kind,
                 actor: e.actor,
@@ -383,7 +383,7 @@ async fn detail(
         recent_changes: changes
             .into_iter()
             .map(|c| ChangeView {
-                at: rfc3339_ms(c.ts_ms),
+                at: format_rfc3339_ms(c.ts_ms),
                 at_ms: c.ts_ms,
                 ci_id: c.ci_id,
                 ci_type: c.ci_type,
@@ -747,7 +747,7 @@ impl WindowView {
             active_now: w.covers(now),
             id: w.id,
             scope: ScopeJson::from_scope(&w.scope),
-            start: rfc3339_ms(w.start_ms),
+            start: format_rfc3339_ms(w.start_ms),
             start_ms: w.start_ms,
             duration: humantime::format_duration(std::time::Duration::from_millis(
                 w.duration_ms.max(0) as u64,

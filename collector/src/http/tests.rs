@@ -1,6 +1,7 @@
 //! End-to-end tests of the router over real loopback TCP (HTTP/1.1 by hand, `Connection: close`).
 
 use std::path::Path;
+use std::time::Duration;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::oneshot;
@@ -296,7 +297,7 @@ async fn probes_metrics_and_fallbacks() {
 #[test]
 fn rfc3339() {
     fn check(ms: i64, expected: Option<&str>) {
-        assert_eq!(rfc3339_ms(ms).as_deref(), expected, "{ms}");
+        assert_eq!(format_rfc3339_ms(ms).as_deref(), expected, "{ms}");
     }
     check(0, Some("1970-01-01T00:00:00.000Z"));
     check(1_700_000_000_123, Some("2023-11-14T22:13:20.123Z"));

@@ -45,6 +45,7 @@ use super::{announce, IncidentMetrics};
 use crate::config::{CollectorConfig, Rule, Threshold};
 use crate::notify::{EventKind, Webhook};
 use crate::store::StoreError;
+use vigil_runtime::clock::Clock;
 
 /// Inputs queued before senders wait.
 pub const QUEUE_CAPACITY: usize = 4096;
@@ -171,7 +172,7 @@ pub fn spawn(
     config: EngineConfig,
     metrics: IncidentMetrics,
     wake: Arc<dyn Fn() + Send + Sync>,
-    clock: crate::latest::Clock,
+    clock: Clock,
 ) -> Result<(EngineHandle, EngineJoin), StoreError> {
     let conn = crate::store::open_connection(data_dir)?;
     let now = clock();
@@ -292,7 +293,7 @@ struct Engine {
     config: EngineConfig,
     metrics: IncidentMetrics,
     wake: Arc<dyn Fn() + Send + Sync>,
-    clock: crate::latest::Clock,
+    clock: Clock,
     windows: Vec<Window>,
     reeval: Vec<Reeval>,
     events: Vec<Event>,
@@ -314,7 +315,7 @@ impl Engine {
         config: EngineConfig,
         metrics: IncidentMetrics,
         wake: Arc<dyn Fn() + Send + Sync>,
-        clock: crate::latest::Clock,
+        clock: Clock,
     ) -> Result<Engine, StoreError> {
         let mut engine = Engine {
             conn,
@@ -1460,7 +1461,7 @@ mod tests {
     fn start(dir: &Path, now: &Arc<AtomicI64>, windows: Vec<crate::config::Maintenance>) -> Engine {
         let conn = crate::store::open_connection(dir).expect("conn");
         let clock_now = now.clone();
-        let clock: crate::latest::Clock = Arc::new(move || clock_now.load(Ordering::SeqCst));
+        let clock: Clock = Arc::new(move || clock_now.load(Ordering::SeqCst));
         maintenance::sync_config(&conn, &windows, now.load(Ordering::SeqCst)).expect("windows");
         Engine::new(
             conn,

@@ -148,7 +148,7 @@ fn store(dir: &Path) -> Db {
 /// Enqueues in a transaction, as the incident engine does.
 fn enqueue_tx(db: &Db, hooks: &[Webhook], n: &Notification, event_id: i64) -> usize {
     let tx = db.conn().unchecked_transaction().expect("tx");
-    let count = enqueue(&tx, hooks, n, event_id, crate::server::now_ms()).expect("enqueue");
+    let count = enqueue(&tx, hooks, n, event_id, vigil_runtime::clock::now_ms()).expect("enqueue");
     tx.commit().expect("commit");
     count
 }

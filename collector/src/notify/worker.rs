@@ -18,8 +18,8 @@ use tracing::Instrument;
 
 use super::outbox::{self, Attempt, Backoff, DueRow, Update};
 use super::{header, payload, Webhook};
-use crate::server::now_ms;
 use crate::store::{DbPool, StoreError};
+use vigil_runtime::clock::now_ms;
 
 pub const NOTIFICATIONS_TOTAL: &str = "vigil_notifications_total";
 pub const NOTIFICATIONS_PENDING: &str = "vigil_notifications_pending";

@@ -14,7 +14,9 @@ use std::pin::Pin;
 use std::sync::{mpsc as std_mpsc, Arc};
 use std::task::{Context, Poll};
 use std::thread::JoinHandle;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
+
+use vigil_runtime::clock::now_ms;
 
 use rusqlite::{params, Connection, TransactionBehavior};
 use tokio::sync::{mpsc, oneshot};
@@ -109,12 +111,6 @@ pub struct WriterJoin {
     done: std_mpsc::Receiver<()>,
     thread: JoinHandle<()>,
     checkpointer: Checkpointer,
-}
-
-fn now_ms() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
 }
 
 impl Writer {

@@ -11,7 +11,7 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use serde_json::{json, Value};
-use vigil_collector::http::rfc3339_ms;
+use vigil_shared::time::format_rfc3339_ms;
 
 use crate::harness::*;
 
@@ -167,8 +167,8 @@ fn an_alert_through_the_real_alertmanager_opens_and_resolves_an_incident() {
     let (_am, am) = spawn_alertmanager(&tmp.path().join("alertmanager"), c.http, &api);
 
     // Two alerts fire: one on the agent's host, one on a host Vigil does not know.
-    let starts = rfc3339_ms(now_ms() - 5_000).expect("time");
-    let starts_ms = vigil_shared::config::parse_rfc3339_ms(&starts).expect("parse");
+    let starts = format_rfc3339_ms(now_ms() - 5_000).expect("time");
+    let starts_ms = vigil_shared::time::parse_rfc3339_ms(&starts).expect("parse");
     let on_host = json!({
         "labels": {"alertname": "VigilE2EHighLoad", "severity": "critical",
                    "instance": format!("{HOSTNAME}:9100"), "job": "node"},
@@ -221,8 +221,8 @@ fn an_alert_through_the_real_alertmanager_opens_and_resolves_an_incident() {
     );
 
     // Resolve the first alert in Alertmanager: the incident resolves at its endsAt.
-    let ends = rfc3339_ms(now_ms()).expect("time");
-    let ends_ms = vigil_shared::config::parse_rfc3339_ms(&ends).expect("parse");
+    let ends = format_rfc3339_ms(now_ms()).expect("time");
+    let ends_ms = vigil_shared::time::parse_rfc3339_ms(&ends).expect("parse");
     let mut resolved_alert = on_host.clone();
     resolved_alert["endsAt"] = json!(ends);
     post_alerts(&am, json!([resolved_alert]));

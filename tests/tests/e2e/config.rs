@@ -7,38 +7,9 @@
 use std::net::{SocketAddr, TcpListener, UdpSocket};
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitStatus, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use crate::harness::*;
-
-/// Runs `cmd` to completion within `timeout` (killed and failed otherwise); returns its exit
-/// status, stdout and stderr.
-fn run_bounded(mut cmd: Command, dir: &Path, timeout: Duration) -> (ExitStatus, String, String) {
-    let out_path = dir.join(format!("out-{}", std::process::id()));
-    let err_path = dir.join(format!("err-{}", std::process::id()));
-    cmd.stdin(Stdio::null())
-        .stdout(std::fs::File::create(&out_path).expect("stdout file"))
-        .stderr(std::fs::File::create(&err_path).expect("stderr file"))
-        .env("VIGIL_LOG", "warn");
-    let mut child = cmd.spawn().expect("spawn");
-    let deadline = Instant::now() + timeout;
-    let status = loop {
-        if let Some(status) = child.try_wait().expect("try_wait") {
-            break status;
-        }
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            let _ = child.wait();
-            panic!(
-                "{cmd:?} still running after {timeout:?}; stderr:\n{}",
-                std::fs::read_to_string(&err_path).unwrap_or_default()
-            );
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    };
-    let read = |p: &Path| std::fs::read_to_string(p).unwrap_or_default();
-    (status, read(&out_path), read(&err_path))
-}
 
 /// Asserts that `stderr` reports exactly `expected` — `(file, line, col, message prefix)` — as
 /// `file:line:col: message` lines, in this order, and nothing else positioned.
@@ -224,6 +195,7 @@ fn agent_run_refuses_a_bad_config_before_connecting() {
         .set_read_timeout(Some(Duration::from_millis(200)))
         .expect("timeout");
     let addr = silent.local_addr().expect("addr");
+    init_collector_dir(&d.join("collector"));
     let token = enroll_token(&d.join("collector"), &[]);
     let agent_data = d.join("agent-data");
 

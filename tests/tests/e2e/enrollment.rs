@@ -159,7 +159,8 @@ fn wrong_ca_pin_is_refused_and_nothing_is_stored() {
     let dir = tempfile::tempdir().expect("tempdir");
     let collector = spawn_collector(&dir.path().join("collector"));
     let token = enroll_token(&collector.data_dir, &[]);
-    // Another collector's CA (made by the admin command in a data dir of its own).
+    // Another collector's CA, in a data dir of its own.
+    init_collector_dir(&dir.path().join("other"));
     let other = enroll_token(&dir.path().join("other"), &[]);
     let bad = with_pin_of(&token, &other);
     assert_ne!(bad, token);
@@ -457,9 +458,9 @@ fn client_certificate_from_another_ca_is_refused_by_the_collector() {
     let rogue = identity::generate_ca("rogue", now).expect("rogue CA");
     let (key1, csr1) = identity::new_key_and_csr("forged").expect("csr");
     let cert1 = identity::sign_agent_csr(&rogue, &csr1, &id, validity, now).expect("sign");
-    // 2. Another collector's real CA (B, set up by the admin command).
+    // 2. Another collector's real CA (B's own data dir).
     let b_dir = dir.path().join("b");
-    enroll_token(&b_dir, &[]);
+    init_collector_dir(&b_dir);
     let b_ca = CaBundle {
         cert_pem: std::fs::read_to_string(b_dir.join("ca.pem")).expect("B's ca.pem"),
         key_pem: std::fs::read_to_string(b_dir.join("ca.key")).expect("B's ca.key"),

@@ -14,9 +14,19 @@ use std::time::{Duration, Instant};
 
 /// Path of a workspace binary. `cargo test --workspace` builds them next to the test binary's
 /// `deps/` folder; run `cargo build --bins` first when testing this package alone.
+/// `VIGIL_E2E_BIN_DIR` points the tests at other binaries (e.g. an older build, to show that a
+/// new test fails on it).
 pub fn bin(name: &str) -> PathBuf {
-    let exe = std::env::current_exe().expect("current_exe");
-    let dir = exe.parent().and_then(Path::parent).expect("target dir");
+    let dir = match std::env::var_os("VIGIL_E2E_BIN_DIR") {
+        Some(dir) => PathBuf::from(dir),
+        None => {
+            let exe = std::env::current_exe().expect("current_exe");
+            exe.parent()
+                .and_then(Path::parent)
+                .expect("target dir")
+                .to_path_buf()
+        }
+    };
     let path = dir.join(name);
     assert!(
         path.exists(),
@@ -204,6 +214,14 @@ fn unique() -> u128 {
         .unwrap_or(0)
 }
 
+/// Sets up a collector's data dir (store and CA) without leaving a collector running: starts
+/// one there and stops it. Admin commands refuse a directory no collector has set up.
+pub fn init_collector_dir(data_dir: &Path) {
+    let mut c = spawn_collector(data_dir);
+    let status = c.proc.terminate(Duration::from_secs(20));
+    assert!(status.success(), "collector stopped uncleanly: {status}");
+}
+
 /// Runs `vigil-collector <args> --data-dir DIR` and returns its output.
 pub fn admin(data_dir: &Path, args: &[&str]) -> Output {
     Command::new(bin("vigil-collector"))
@@ -250,6 +268,39 @@ pub fn spawn_agent(
     interval: &str,
 ) -> Proc {
     spawn_agent_with(collector, token, data_dir, interval, &[])
+}
+
+/// Runs `cmd` to completion within `timeout` (killed and failed otherwise); returns its exit
+/// status, stdout and stderr.
+pub fn run_bounded(
+    mut cmd: Command,
+    dir: &Path,
+    timeout: Duration,
+) -> (ExitStatus, String, String) {
+    let out_path = dir.join(format!("out-{}", std::process::id()));
+    let err_path = dir.join(format!("err-{}", std::process::id()));
+    cmd.stdin(Stdio::null())
+        .stdout(std::fs::File::create(&out_path).expect("stdout file"))
+        .stderr(std::fs::File::create(&err_path).expect("stderr file"))
+        .env("VIGIL_LOG", "warn");
+    let mut child = cmd.spawn().expect("spawn");
+    let deadline = Instant::now() + timeout;
+    let status = loop {
+        if let Some(status) = child.try_wait().expect("try_wait") {
+            break status;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!(
+                "{cmd:?} still running after {timeout:?}; stderr:\n{}",
+                std::fs::read_to_string(&err_path).unwrap_or_default()
+            );
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let read = |p: &Path| std::fs::read_to_string(p).unwrap_or_default();
+    (status, read(&out_path), read(&err_path))
 }
 
 /// Polls `f` every 100 ms until it returns `Some`, for at most `timeout`.

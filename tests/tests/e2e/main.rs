@@ -3,6 +3,7 @@
 
 mod alertmanager;
 mod bad_input;
+mod cli;
 mod cmdb;
 mod config;
 mod durability;

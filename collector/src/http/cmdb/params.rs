@@ -16,7 +16,7 @@ pub(super) fn bad(msg: impl Into<String>) -> ApiError {
     ApiError::BadRequest(msg.into())
 }
 
-pub use crate::http::parse_time_ms;
+pub use vigil_shared::time::parse_time_ms;
 
 /// Query parameters as given, checked against the names an endpoint takes.
 #[derive(Debug)]

@@ -17,8 +17,9 @@ use vigil_shared::inventory::{
 use vigil_shared::proto::InventorySnapshot;
 
 use crate::cmdb::{apply_snapshot, metrics_for};
-use crate::http::{rfc3339_ms, router, serve, HttpState};
+use crate::http::{router, serve, HttpState};
 use crate::store::{Db, NewAgent, Role};
+use vigil_shared::time::format_rfc3339_ms;
 
 const T0: i64 = 1_700_000_000_000;
 const T1: i64 = T0 + 3_600_000;
@@ -736,7 +737,7 @@ async fn history_and_changes_feed() {
     let v = f.get(&path).await;
     let changed = json!({
         "id": v["items"][0]["id"],
-        "ts": rfc3339_ms(T1),
+        "ts": format_rfc3339_ms(T1),
         "ts_ms": T1,
         "attribute": "version",
         "change": "changed",
@@ -759,7 +760,7 @@ async fn history_and_changes_feed() {
         (&v["items"], &v["next_before"]),
         (&json!([added]), &Value::Null)
     );
-    let t1 = rfc3339_ms(T1).expect("rfc3339");
+    let t1 = format_rfc3339_ms(T1).expect("rfc3339");
     assert_eq!(t1, "2023-11-14T23:13:20.000Z");
     // `+` must be sent as %2B in a query string (a bare `+` means a space).
     for since in [

@@ -6,9 +6,9 @@
 use serde::Serialize;
 use serde_json::Value;
 
-use super::super::rfc3339_ms;
 use crate::cmdb::query::{CiRecord, CiSummary, ExportRow, HistoryRecord, Manual};
 use crate::store::StoreError;
+use vigil_shared::time::format_rfc3339_ms;
 
 /// A CI as the API shows it.
 #[derive(Debug, Clone, Serialize)]
@@ -47,11 +47,11 @@ impl From<CiRecord> for CiView {
             manual: c.manual,
             source: c.source,
             state: c.state.as_str(),
-            first_seen: rfc3339_ms(c.first_seen_ms),
+            first_seen: format_rfc3339_ms(c.first_seen_ms),
             first_seen_ms: c.first_seen_ms,
-            last_seen: rfc3339_ms(c.last_seen_ms),
+            last_seen: format_rfc3339_ms(c.last_seen_ms),
             last_seen_ms: c.last_seen_ms,
-            retired_at: c.retired_at_ms.and_then(rfc3339_ms),
+            retired_at: c.retired_at_ms.and_then(format_rfc3339_ms),
             retired_at_ms: c.retired_at_ms,
             duplicate_of: c.duplicate_of,
         }
@@ -146,7 +146,7 @@ impl From<HistoryRecord> for HistoryView {
     fn from(h: HistoryRecord) -> Self {
         HistoryView {
             id: h.id,
-            ts: rfc3339_ms(h.ts_ms),
+            ts: format_rfc3339_ms(h.ts_ms),
             ts_ms: h.ts_ms,
             attribute: h.attribute,
             change: h.change,
@@ -221,7 +221,7 @@ impl ExportWriter {
     pub(super) fn new(now: i64) -> Result<ExportWriter, StoreError> {
         let mut buf = Vec::with_capacity(64 * 1024);
         buf.extend_from_slice(b"{\"exported_at\":");
-        serde_json::to_writer(&mut buf, &rfc3339_ms(now)).map_err(ser_err)?;
+        serde_json::to_writer(&mut buf, &format_rfc3339_ms(now)).map_err(ser_err)?;
         buf.extend_from_slice(format!(",\"exported_at_ms\":{now},\"cis\":[").as_bytes());
         Ok(ExportWriter {
             buf,
@@ -247,7 +247,7 @@ impl ExportWriter {
                     "kind": r.kind,
                     "to": r.to,
                     "source": r.source,
-                    "first_seen": rfc3339_ms(r.first_seen_ms),
+                    "first_seen": format_rfc3339_ms(r.first_seen_ms),
                     "first_seen_ms": r.first_seen_ms,
                 }),
             ),
