@@ -171,7 +171,10 @@ fn convert(raw: RawAgent, d: &mut Diagnostics) -> AgentConfig {
             c.get_ref().clone()
         }
         None => {
-            d.file_error("missing key `collector` (the collector's HOST:PORT)");
+            d.missing_top_level(
+                "collector",
+                "missing key `collector` (the collector's HOST:PORT)",
+            );
             String::new()
         }
     };
@@ -341,7 +344,7 @@ fn convert_check(
     let raw = check.get_ref();
     let mut ok = true;
     let missing = |d: &mut Diagnostics, key: &str| {
-        d.error(check.span(), format!("[[check]] is missing `{key}`"));
+        d.missing(check.span(), key, format!("[[check]] is missing `{key}`"));
     };
 
     let name = match &raw.name {

@@ -607,7 +607,7 @@ fn convert_webhook(
             Err(e) => Err(format!("invalid webhook url {s:?}: {e}")),
         }),
         None => {
-            d.error(span.clone(), "[[webhook]] is missing `url`");
+            d.missing(span.clone(), "url", "[[webhook]] is missing `url`");
             None
         }
     };
@@ -793,7 +793,7 @@ fn object_name(
     name: Option<&Spanned<String>>,
 ) -> Option<Spanned<String>> {
     let Some(name) = name else {
-        d.error(table, format!("[[{what}]] is missing `name`"));
+        d.missing(table, "name", format!("[[{what}]] is missing `name`"));
         return None;
     };
     let s = name.get_ref();
@@ -875,7 +875,7 @@ fn convert_rule(raw: &Spanned<RawRule>, names: &mut Names, d: &mut Diagnostics) 
             None
         }
         None => {
-            d.error(span.clone(), "[[rule]] is missing `metric`");
+            d.missing(span.clone(), "metric", "[[rule]] is missing `metric`");
             None
         }
     };
@@ -888,10 +888,12 @@ fn convert_rule(raw: &Spanned<RawRule>, names: &mut Names, d: &mut Diagnostics) 
             None
         }
         (None, None) => {
-            d.error(
-                span.clone(),
-                "[[rule]] needs a threshold: `above` or `below`",
-            );
+            if !d.mistyped(&span, "above") && !d.mistyped(&span, "below") {
+                d.error(
+                    span.clone(),
+                    "[[rule]] needs a threshold: `above` or `below`",
+                );
+            }
             None
         }
     };
@@ -1061,7 +1063,7 @@ fn convert_sla(raw: &Spanned<RawSla>, names: &mut Names, d: &mut Diagnostics) ->
             }
         }),
         None => {
-            d.error(span, "[[sla]] is missing `target` (e.g. 0.999)");
+            d.missing(span, "target", "[[sla]] is missing `target` (e.g. 0.999)");
             None
         }
     };
@@ -1088,8 +1090,9 @@ fn convert_maintenance(raw: &Spanned<RawMaintenance>, d: &mut Diagnostics) -> Op
     let start_ms = match &m.start {
         Some(t) => d.parse_value(t, |t| vigil_shared::time::parse_rfc3339_ms(&t.0)),
         None => {
-            d.error(
+            d.missing(
                 span.clone(),
+                "start",
                 "[[maintenance]] is missing `start` (e.g. \"2026-12-01T02:00:00Z\")",
             );
             None
@@ -1124,7 +1127,11 @@ fn convert_maintenance(raw: &Spanned<RawMaintenance>, d: &mut Diagnostics) -> Op
             }
         }),
         None => {
-            d.error(span, "[[maintenance]] is missing `duration` (e.g. \"2h\")");
+            d.missing(
+                span,
+                "duration",
+                "[[maintenance]] is missing `duration` (e.g. \"2h\")",
+            );
             None
         }
     };

@@ -14,8 +14,11 @@
 //! deserialization at the first unknown key. Instead [`parse`] runs serde through
 //! `serde_ignored`, which calls back for every key no struct field took; each one becomes an
 //! `unknown key` error at the key's own line and column, and deserialization goes on.
-//! Syntax and type errors (a string where a number belongs, a missing required key) do stop
-//! serde; they are reported together with the unknown keys found before them.
+//! A type error (a string where a number belongs) stops serde; [`parse`] records it, removes the
+//! offending key from the parsed document and deserializes again, so that every type error is
+//! reported together with the unknown keys and the value errors of the typed conversion (which
+//! then sees the key as absent: [`Diagnostics::missing`] does not also call it missing). Only
+//! syntax errors end the parse early.
 //!
 //! This module never does I/O (callers read files and pass `(file_name, text)`) and never reads
 //! the clock.
@@ -96,6 +99,10 @@ pub struct Diagnostics {
     /// Byte offset of the start of each line.
     line_starts: Vec<usize>,
     errors: Vec<ConfigError>,
+    /// Keys dropped because their value had the wrong type: (key, span of the table holding it).
+    mistyped: Vec<(String, Range<usize>)>,
+    /// Span of the whole document (the table top-level keys are in).
+    root: Range<usize>,
 }
 
 impl Diagnostics {
@@ -107,6 +114,8 @@ impl Diagnostics {
             text: text.to_string(),
             line_starts,
             errors: Vec::new(),
+            mistyped: Vec::new(),
+            root: 0..text.len(),
         }
     }
 
@@ -142,6 +151,28 @@ impl Diagnostics {
             col,
             message: message.into(),
         });
+    }
+
+    /// Records that the table at `table` lacks `key`, unless `key` was there with a value of the
+    /// wrong type (that error is reported already; "missing" would only confuse).
+    pub fn missing(&mut self, table: Range<usize>, key: &str, message: impl Into<String>) {
+        if !self.mistyped(&table, key) {
+            self.error(table, message);
+        }
+    }
+
+    /// [`Diagnostics::missing`] for a top-level key: the error has no position.
+    pub fn missing_top_level(&mut self, key: &str, message: impl Into<String>) {
+        if !self.mistyped(&self.root.clone(), key) {
+            self.file_error(message);
+        }
+    }
+
+    /// Whether `key` of the table at `table` was dropped for a value of the wrong type.
+    pub fn mistyped(&self, table: &Range<usize>, key: &str) -> bool {
+        self.mistyped
+            .iter()
+            .any(|(k, span)| k == key && span == table)
     }
 
     /// Records an error at a spanned value.
@@ -286,26 +317,97 @@ pub fn parse_with_hint<T: DeserializeOwned>(
         return Err(ConfigErrors(diag.into_errors()));
     }
 
-    let mut unknown: Vec<Vec<Segment>> = Vec::new();
-    let result: Result<T, toml::de::Error> =
-        serde_ignored::deserialize(toml::Deserializer::from(table.clone()), |path| {
-            unknown.push(segments(&path))
-        });
-    for path in &unknown {
-        let (span, message) = describe_unknown(&table, path);
-        let message = match unknown_key_hint {
-            Some(hint) => format!("{message} ({hint})"),
-            None => message,
+    let mut table = table;
+    diag.root = table.span();
+    let mut type_errors = Vec::new();
+    loop {
+        let mut unknown: Vec<Vec<Segment>> = Vec::new();
+        let result: Result<T, toml::de::Error> =
+            serde_ignored::deserialize(toml::Deserializer::from(table.clone()), |path| {
+                unknown.push(segments(&path))
+            });
+        let removed = match &result {
+            Err(e) if type_errors.len() < MAX_TYPE_ERRORS => e.span().and_then(|at| {
+                let whole = table.span();
+                remove_value_at(table.get_mut(), whole, &at)
+            }),
+            _ => None,
         };
-        diag.error(span, message);
+        if let (Err(e), Some(removed)) = (&result, removed) {
+            // Deserialize again without the offending key, to find the next problem.
+            type_errors.push(e.clone());
+            diag.mistyped.push(removed);
+            continue;
+        }
+        for e in &type_errors {
+            diag.toml_error(e);
+        }
+        for path in &unknown {
+            let (span, message) = describe_unknown(&table, path);
+            let message = match unknown_key_hint {
+                Some(hint) => format!("{message} ({hint})"),
+                None => message,
+            };
+            diag.error(span, message);
+        }
+        return match result {
+            Ok(value) => Ok((value, diag)),
+            Err(e) => {
+                diag.toml_error(&e);
+                Err(ConfigErrors(diag.into_errors()))
+            }
+        };
     }
-    match result {
-        Ok(value) => Ok((value, diag)),
-        Err(e) => {
-            diag.toml_error(&e);
-            Err(ConfigErrors(diag.into_errors()))
+}
+
+/// Type errors reported from one file at most (each costs one more deserialization).
+const MAX_TYPE_ERRORS: usize = 64;
+
+/// Removes from `table` (whose own span is `table_span`) the key whose value lies at `at`, the
+/// span of a type error, looking into tables and arrays of tables (a table's span is its
+/// header's, not its keys', so the whole tree is searched). Returns the key and the span of the
+/// table that held it, or `None` when no value of the document lies there.
+fn remove_value_at(
+    table: &mut DeTable<'_>,
+    table_span: Range<usize>,
+    at: &Range<usize>,
+) -> Option<(String, Range<usize>)> {
+    let hit = table
+        .iter()
+        .find(|(k, v)| v.span() == *at || k.span() == *at)
+        .map(|(k, _)| k.clone());
+    if let Some(key) = hit {
+        table.remove(&key);
+        return Some((key.get_ref().to_string(), table_span));
+    }
+    let mut whole_key = None;
+    for (key, value) in table.iter_mut() {
+        let span = value.span();
+        let found = match value.get_mut() {
+            DeValue::Table(t) => remove_value_at(t, span, at),
+            DeValue::Array(items) => {
+                if items.iter().any(|item| item.span() == *at) {
+                    // An element of the wrong type: the array goes as a whole.
+                    whole_key = Some(key.clone());
+                    break;
+                }
+                items.iter_mut().find_map(|item| {
+                    let span = item.span();
+                    match item.get_mut() {
+                        DeValue::Table(t) => remove_value_at(t, span, at),
+                        _ => None,
+                    }
+                })
+            }
+            _ => None,
+        };
+        if found.is_some() {
+            return found;
         }
     }
+    let key = whole_key?;
+    table.remove(&key);
+    Some((key.get_ref().to_string(), table_span))
 }
 
 /// One step of a path to an ignored key.
@@ -614,6 +716,66 @@ mod tests {
         assert_eq!(errs.len(), 1, "{errs:?}");
         assert!(errs[0].contains("missing field `name`"), "{errs:?}");
         assert!(errs[0].starts_with("t.toml:1:"), "{errs:?}");
+    }
+
+    #[test]
+    fn type_errors_do_not_hide_the_other_errors() {
+        // A type error at the top, one in a table, one in an array of tables, an unknown key
+        // after all of them and a value error: every one, in order.
+        check(
+            "count = \"three\"\n\
+             interval = \"ten seconds\"\n\
+             [section]\n\
+             listen = 5\n\
+             window = \"30d\"\n\
+             [[item]]\n\
+             name = \"a\"\n\
+             timeout = [1]\n\
+             [[item]]\n\
+             name = \"b\"\n\
+             timeout = \"1x\"\n\
+             zz = 1\n",
+            &[
+                "t.toml:1:9: invalid type: string \"three\", expected i64",
+                "t.toml:2:12: invalid duration \"ten seconds\" (expected e.g. \"10s\", \"5m\", \"2h\", \"30d\")",
+                "t.toml:4:10: invalid type: integer `5`, expected a string",
+                "t.toml:8:11: invalid type: sequence, expected a string",
+                "t.toml:11:11: invalid duration \"1x\": unknown unit \"x\" (use ms, s, m, h, d, e.g. \"10s\", \"5m\", \"2h\", \"30d\")",
+                "t.toml:12:1: unknown key `zz` in `item[1]`",
+            ],
+        );
+    }
+
+    #[test]
+    fn a_mistyped_key_is_not_also_missing() {
+        let text = "[[item]]\nname = 7\n[[item]]\ntimeout = \"1s\"\n";
+        let (raw, mut d) = parse::<Lenient>("t.toml", text).expect("parses");
+        for (i, item) in raw.item.iter().enumerate() {
+            if item.get_ref().name.is_none() {
+                d.missing(item.span(), "name", format!("item {i} is missing `name`"));
+            }
+        }
+        let errs: Vec<String> = d.into_errors().iter().map(ToString::to_string).collect();
+        assert_eq!(
+            errs,
+            [
+                "t.toml:2:8: invalid type: integer `7`, expected a string",
+                "t.toml:3:1: item 1 is missing `name`",
+            ]
+        );
+    }
+
+    #[derive(Debug, Deserialize)]
+    struct Lenient {
+        #[serde(default)]
+        item: Vec<Spanned<LenientItem>>,
+    }
+
+    #[derive(Debug, Deserialize)]
+    #[allow(dead_code)]
+    struct LenientItem {
+        name: Option<Spanned<String>>,
+        timeout: Option<Spanned<String>>,
     }
 
     #[test]

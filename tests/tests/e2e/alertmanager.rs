@@ -5,10 +5,10 @@
 //! `severity=critical`), and resolving it in Alertmanager resolves the incident. An alert on an
 //! unknown host opens a host-less incident.
 
-use std::net::{SocketAddr, TcpListener};
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use serde_json::{json, Value};
 use vigil_shared::time::format_rfc3339_ms;
@@ -34,20 +34,6 @@ fn alertmanager_bin() -> PathBuf {
     );
 }
 
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("free port")
-}
-
-fn now_ms() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .expect("clock")
-}
-
 /// Starts Alertmanager on loopback (clustering off) with one webhook receiver pointing at the
 /// collector; returns the process and its base URL once `/-/ready` answers.
 fn spawn_alertmanager(dir: &Path, collector: SocketAddr, token: &str) -> (Proc, String) {
@@ -64,50 +50,36 @@ fn spawn_alertmanager(dir: &Path, collector: SocketAddr, token: &str) -> (Proc, 
         ),
     )
     .expect("write alertmanager.yml");
-    let port = free_port();
-    let mut cmd = Command::new(alertmanager_bin());
-    cmd.arg(format!("--config.file={}", config.display()))
-        .arg(format!("--storage.path={}", dir.join("data").display()))
-        .arg(format!("--web.listen-address=127.0.0.1:{port}"))
-        .arg("--cluster.listen-address=")
-        .stdout(Stdio::null());
-    let mut am = Proc::spawn("alertmanager", cmd, dir.join("alertmanager.log"));
+    let (am, port) = spawn_on_free_port(
+        "alertmanager",
+        &dir.join("alertmanager.log"),
+        |port| {
+            let mut cmd = Command::new(alertmanager_bin());
+            cmd.arg(format!("--config.file={}", config.display()))
+                .arg(format!("--storage.path={}", dir.join("data").display()))
+                .arg(format!("--web.listen-address=127.0.0.1:{port}"))
+                .arg("--cluster.listen-address=")
+                .stdout(Stdio::null());
+            cmd
+        },
+        |port| http_get(&format!("http://127.0.0.1:{port}/-/ready"), None).0 == 200,
+    );
     let base = format!("http://127.0.0.1:{port}");
-    wait_until(Duration::from_secs(30), "Alertmanager ready", || {
-        assert!(am.is_running(), "alertmanager exited; log:\n{}", am.logs());
-        (http_get(&format!("{base}/-/ready"), None).0 == 200).then_some(())
-    });
     (am, base)
-}
-
-/// POSTs JSON; returns the status and body text.
-fn post_json(url: &str, body: &Value) -> (u16, String) {
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .expect("runtime");
-    rt.block_on(async {
-        let client = http_client_builder()
-            .timeout(Duration::from_secs(10))
-            .build()
-            .expect("client");
-        match client.post(url).json(body).send().await {
-            Ok(resp) => {
-                let status = resp.status().as_u16();
-                (status, resp.text().await.unwrap_or_default())
-            }
-            Err(e) => (0, e.to_string()),
-        }
-    })
 }
 
 /// Posts alerts to Alertmanager's v2 API.
 fn post_alerts(am: &str, alerts: Value) {
-    let (status, body) = post_json(&format!("{am}/api/v2/alerts"), &alerts);
+    let (status, body) = http(
+        "POST",
+        &format!("{am}/api/v2/alerts"),
+        None,
+        Some(&alerts.to_string()),
+    );
     assert_eq!(status, 200, "POST /api/v2/alerts: {body}");
 }
 
-/// The incident of `rule` once `pred` holds for it.
+/// The incident of `rule` once `pred` holds for it (one incident per alert, ever).
 fn incident_when(
     c: &Collector,
     token: &str,
@@ -115,17 +87,10 @@ fn incident_when(
     what: &str,
     pred: impl Fn(&Value) -> bool,
 ) -> Value {
-    wait_until(Duration::from_secs(60), what, || {
-        let (status, body) = http_get(
-            &format!("http://{}/api/v1/incidents?rule={rule}", c.http),
-            Some(token),
-        );
-        assert_eq!(status, 200, "GET /incidents: {body}");
-        let v: Value = serde_json::from_str(&body).expect("JSON");
-        let items = v["items"].as_array().cloned().unwrap_or_default();
-        assert!(items.len() <= 1, "one incident per alert: {v}");
-        items.into_iter().find(|i| pred(i))
-    })
+    let inc = wait_incident(c, token, &format!("rule={rule}"), what, pred);
+    let all = incidents(c, token, &format!("rule={rule}"));
+    assert_eq!(all.len(), 1, "one incident per alert: {all:?}");
+    inc
 }
 
 #[test]

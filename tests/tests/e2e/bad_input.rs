@@ -10,47 +10,22 @@
 //! keep being stored, its host stays up and the collector never panics.
 
 use std::collections::BTreeMap;
-use std::future::Future;
-use std::net::{SocketAddr, UdpSocket};
+use std::net::UdpSocket;
 use std::path::Path;
 use std::str::FromStr;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
-use quinn::{Connection, ConnectionError, Endpoint, VarInt};
-use vigil_agent::client::{self, ClientError, Identity, Session};
+use quinn::{Connection, ConnectionError, VarInt};
+use vigil_agent::client::{self, ClientError, Identity};
 use vigil_shared::codec::{self, FrameDecoder};
 use vigil_shared::identity::{self, EnrollToken};
-use vigil_shared::proto::{codes, kind, Ack, Batch, Enroll, Hello, Message, Sample};
+use vigil_shared::proto::{codes, kind, Ack, Enroll, Hello, Message};
 
 use crate::harness::*;
+use crate::wire::{self, batch, enroll, runtime, session, valid_batch, within};
 
 /// Host name of the hand-driven test identity (distinct from the real agent's host).
 const PROBER: &str = "e2e-bad-input-prober";
-/// Bound of every single network wait in these tests (a loaded 2-core CI machine).
-const WAIT: Duration = Duration::from_secs(30);
-
-fn runtime() -> tokio::runtime::Runtime {
-    // Multi-threaded so the QUIC connections keep being driven between `block_on` calls.
-    tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(1)
-        .enable_all()
-        .build()
-        .expect("runtime")
-}
-
-async fn within<T>(what: &str, fut: impl Future<Output = T>) -> T {
-    tokio::time::timeout(WAIT, fut)
-        .await
-        .unwrap_or_else(|_| panic!("timed out after {WAIT:?}: {what}"))
-}
-
-fn now_ms() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or(0)
-}
-
 /// `[len][kind][body]` by hand, so the header can lie.
 fn frame(kind_byte: u8, body: &[u8]) -> Vec<u8> {
     let mut out = ((body.len() + 1) as u32).to_be_bytes().to_vec();
@@ -63,64 +38,8 @@ fn encoded(msg: &Message) -> Vec<u8> {
     codec::encode(msg).expect("encode")
 }
 
-fn batch(seq: u64) -> Message {
-    Message::Batch(Batch {
-        seq,
-        samples: vec![Sample {
-            ts_ms: now_ms(),
-            name: "load1".into(),
-            labels: vec![],
-            value: 0.25,
-        }],
-    })
-}
-
-fn hello(identity: &Identity) -> Hello {
-    Hello {
-        agent_id: identity.agent_id.clone(),
-        hostname: PROBER.into(),
-        version: env!("CARGO_PKG_VERSION").into(),
-        capabilities: vec![],
-        interval_ms: 60_000,
-    }
-}
-
-/// Enrolls a test identity through the real protocol.
-async fn enroll(endpoint: &Endpoint, addr: SocketAddr, token: &str) -> Identity {
-    let token = EnrollToken::from_str(token.trim()).expect("token");
-    within("enrollment", client::enroll(endpoint, addr, &token, PROBER))
-        .await
-        .expect("enrollment of the test identity")
-}
-
-async fn session(endpoint: &Endpoint, addr: SocketAddr, identity: &Identity) -> Session {
-    let config = identity.client_config().expect("client config");
-    within(
-        "hello/welcome",
-        client::open_session(endpoint, config, addr, hello(identity)),
-    )
-    .await
-    .expect("authenticated session")
-}
-
-/// Sends one valid batch on a fresh stream of `conn` and returns the acknowledged sequence.
-async fn valid_batch(conn: &Connection, seq: u64) -> u64 {
-    within("valid batch acknowledged", async {
-        let (mut send, mut recv) = conn
-            .open_bi()
-            .await
-            .expect("a new stream on the surviving connection");
-        client::write_message(&mut send, &batch(seq))
-            .await
-            .expect("write batch");
-        send.finish().expect("finish");
-        let mut dec = FrameDecoder::new(codec::DEFAULT_MAX_FRAME);
-        match client::read_message(&mut recv, &mut dec).await {
-            Ok(Some(Message::Ack(Ack { seq }))) => seq,
-            other => panic!("expected an ack for batch {seq}, got {other:?}"),
-        }
-    })
-    .await
+fn prober_hello(identity: &Identity) -> Hello {
+    wire::hello(identity, PROBER, 60_000)
 }
 
 /// What the collector did with one abusive stream.
@@ -331,8 +250,8 @@ fn bad_frames_close_their_stream_and_the_connection_lives_on() {
     let token = enroll_token(&collector.data_dir, &[]);
     let (endpoint, identity, session) = rt.block_on(async {
         let endpoint = client::client_endpoint(addr).expect("endpoint");
-        let identity = enroll(&endpoint, addr, &token).await;
-        let session = session(&endpoint, addr, &identity).await;
+        let identity = enroll(&endpoint, addr, &token, PROBER).await;
+        let session = session(&endpoint, addr, &identity, prober_hello(&identity)).await;
         (endpoint, identity, session)
     });
     let conn = session.conn.clone();
@@ -345,7 +264,7 @@ fn bad_frames_close_their_stream_and_the_connection_lives_on() {
         b[4] = kind::BATCH;
         b
     };
-    let hello_frame = encoded(&Message::Hello(hello(&identity)));
+    let hello_frame = encoded(&Message::Hello(prober_hello(&identity)));
     let mut oversized = ((codec::DEFAULT_MAX_FRAME + 2) as u32)
         .to_be_bytes()
         .to_vec();
@@ -616,7 +535,7 @@ fn non_quic_datagrams_and_certless_or_helloless_misuse_are_refused() {
 
     // With a certificate, the first stream must carry hello: a batch there closes the
     // connection with UNEXPECTED, and the identity still works afterwards.
-    let identity = rt.block_on(enroll(&endpoint, addr, &token));
+    let identity = rt.block_on(enroll(&endpoint, addr, &token, PROBER));
     let closed = rt.block_on(within("batch before hello", async {
         let config = identity.client_config().expect("config");
         let conn = client::connect(&endpoint, config, addr)
@@ -639,7 +558,7 @@ fn non_quic_datagrams_and_certless_or_helloless_misuse_are_refused() {
         "batch before hello",
     );
     assert_eq!(stored(&collector.data_dir, &identity.agent_id), (0, None));
-    let session = rt.block_on(session(&endpoint, addr, &identity));
+    let session = rt.block_on(session(&endpoint, addr, &identity, prober_hello(&identity)));
     assert_eq!(rt.block_on(valid_batch(&session.conn, 1)), 1);
     assert_eq!(
         stored(&collector.data_dir, &identity.agent_id),

@@ -148,13 +148,6 @@ fn cmdb_metric(text: &str, name: &str, ty: &str) -> f64 {
     metric_value(text, &format!("{name}{{type=\"{ty}\"}}")).unwrap_or(-1.0)
 }
 
-fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or(0)
-}
-
 /// Waits for the agent enrolled from `agent_dir` to have its host CI stored; returns its id.
 fn wait_for_host(store: &Connection, agent_dir: &Path, agent: &mut Proc) -> String {
     wait_until(FIRST_REPORT, "the agent's first inventory snapshot", || {

@@ -4,7 +4,7 @@
 //! serve` and `vigil-agent run` (the agent has no separate check command: `run --config`
 //! validates first) refuse a bad file before touching the network or the data dir.
 
-use std::net::{SocketAddr, TcpListener, UdpSocket};
+use std::net::{SocketAddr, UdpSocket};
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitStatus, Stdio};
 use std::time::Duration;
@@ -44,16 +44,9 @@ fn check_errors(what: &str, stderr: &str, expected: &[(&Path, usize, usize, &str
     }
 }
 
-fn free_tcp_port() -> SocketAddr {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("free port")
-}
-
-fn free_udp_port() -> SocketAddr {
-    UdpSocket::bind("127.0.0.1:0")
-        .and_then(|s| s.local_addr())
-        .expect("free port")
+/// Port 0: these configurations are refused before anything binds, or only checked.
+fn any_port() -> SocketAddr {
+    "127.0.0.1:0".parse().expect("addr")
 }
 
 fn write(path: &Path, text: &str) -> PathBuf {
@@ -85,7 +78,7 @@ fn bad_collector_config(dir: &Path, data_dir: &Path, http: SocketAddr) -> PathBu
              [store]\n\
              retention = \"3 fortnights\"\n",
             data_dir.display().to_string(),
-            free_udp_port(),
+            any_port(),
         ),
     )
 }
@@ -97,7 +90,7 @@ fn collector_check_config_reports_every_error_at_its_position() {
     let data_dir = d.join("data");
 
     // Unknown key and bad duration on different lines: both, at their exact positions.
-    let bad = bad_collector_config(d, &data_dir, free_tcp_port());
+    let bad = bad_collector_config(d, &data_dir, any_port());
     let (status, _, stderr) = collector(&["check-config"], &bad, d);
     assert!(!status.success(), "{stderr}");
     check_errors(
@@ -147,7 +140,7 @@ fn collector_check_config_reports_every_error_at_its_position() {
     );
 
     // A valid file passes, and says so.
-    let good = collector_config(&data_dir, free_udp_port(), free_tcp_port(), "");
+    let good = collector_config(&data_dir, any_port(), any_port(), "");
     let (status, stdout, stderr) = collector(&["check-config"], &good, d);
     assert!(status.success(), "{stderr}");
     assert_eq!(stdout.trim(), format!("{}: ok", good.display()));
@@ -163,11 +156,55 @@ fn collector_check_config_reports_every_error_at_its_position() {
 }
 
 #[test]
+fn type_errors_are_reported_with_every_other_error() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let d = dir.path();
+    let rules = write(
+        &d.join("rules.d/typed.toml"),
+        "[[rule]]\n\
+         name = \"cpu\"\n\
+         metric = \"cpu_usage_ratio\"\n\
+         above = \"high\"\n",
+    );
+    let main = write(
+        &d.join("typed.toml"),
+        &format!(
+            "data_dir = {:?}\n\
+             include = [\"rules.d/*.toml\"]\n\
+             colour = \"blue\"\n\
+             [agents]\n\
+             down_after_intervals = \"three\"\n\
+             [store]\n\
+             retention = \"3 fortnights\"\n\
+             [[rule]]\n\
+             name = \"disk\"\n\
+             metric = \"filesystem_used_ratio\"\n\
+             above = 0.9\n\
+             for = 5\n",
+            d.join("data").display().to_string()
+        ),
+    );
+    let (status, _, stderr) = collector(&["check-config"], &main, d);
+    assert!(!status.success(), "{stderr}");
+    check_errors(
+        "type errors among the rest",
+        &stderr,
+        &[
+            (&main, 3, 1, "unknown key `colour`"),
+            (&main, 5, 24, "invalid type: string \"three\", expected i64"),
+            (&main, 7, 13, "invalid duration \"3 fortnights\""),
+            (&main, 12, 7, "invalid type: integer `5`, expected a string"),
+            (&rules, 4, 9, "invalid type: string \"high\", expected f64"),
+        ],
+    );
+}
+
+#[test]
 fn collector_serve_refuses_a_bad_config_before_binding() {
     let dir = tempfile::tempdir().expect("tempdir");
     let d = dir.path();
     let data_dir = d.join("data");
-    let http = free_tcp_port();
+    let http = any_port();
     let bad = bad_collector_config(d, &data_dir, http);
     let (status, stdout, stderr) = collector(&["serve"], &bad, d);
     assert!(!status.success(), "{stderr}");
@@ -180,9 +217,9 @@ fn collector_serve_refuses_a_bad_config_before_binding() {
         ],
     );
     assert!(!stdout.contains("listening"), "{stdout}");
-    // Nothing was created (the CA and the store come before the sockets) and the port is free.
+    // Nothing was created: the data dir's lock, the CA and the store all come before the
+    // sockets.
     assert!(!data_dir.exists(), "serve touched the data dir");
-    TcpListener::bind(http).expect("the configured HTTP port stays free");
 }
 
 #[test]

@@ -89,13 +89,6 @@ fn assert_contiguous(seqs: &[u64], who: &str) {
     }
 }
 
-fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .expect("clock")
-        .as_millis() as i64
-}
-
 /// Decodes a stored payload and checks it against its row: same sequence number and sample
 /// count, and the sample times span exactly `first_ts_ms..=last_ts_ms`.
 fn check_payload(b: &Stored) {

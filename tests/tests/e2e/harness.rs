@@ -12,6 +12,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Output, Stdio};
 use std::time::{Duration, Instant};
 
+pub use vigil_runtime::clock::now_ms;
+
 /// Path of a workspace binary. `cargo test --workspace` builds them next to the test binary's
 /// `deps/` folder; run `cargo build --bins` first when testing this package alone.
 /// `VIGIL_E2E_BIN_DIR` points the tests at other binaries (e.g. an older build, to show that a
@@ -208,10 +210,9 @@ pub fn spawn_collector_with(
 }
 
 fn unique() -> u128 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_nanos())
-        .unwrap_or(0)
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    u128::from(std::process::id()) << 32 | u128::from(NEXT.fetch_add(1, Ordering::Relaxed))
 }
 
 /// Sets up a collector's data dir (store and CA) without leaving a collector running: starts
@@ -303,6 +304,43 @@ pub fn run_bounded(
     (status, read(&out_path), read(&err_path))
 }
 
+/// Starts a program that must be told its listening port (one that cannot take port 0 and say
+/// which port it got): picks a free port, starts `make(port)`, and waits until `ready(port)`.
+/// A port taken between the pick and the program's bind makes the program exit; it is then
+/// started again on another port (at most 5 tries), so a race with another test never fails a
+/// test.
+pub fn spawn_on_free_port(
+    name: &str,
+    log: &Path,
+    make: impl Fn(u16) -> Command,
+    ready: impl Fn(u16) -> bool,
+) -> (Proc, u16) {
+    for attempt in 1..=5 {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .map(|a| a.port())
+            .expect("free port");
+        let mut proc = Proc::spawn(name, make(port), log.to_path_buf());
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if ready(port) {
+                return (proc, port);
+            }
+            if !proc.is_running() {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{name} not ready within 30 s; log:\n{}",
+                proc.logs()
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        assert!(attempt < 5, "{name} exited 5 times; log:\n{}", proc.logs());
+    }
+    unreachable!("the loop returns or fails")
+}
+
 /// Polls `f` every 100 ms until it returns `Some`, for at most `timeout`.
 pub fn wait_until<T>(timeout: Duration, what: &str, mut f: impl FnMut() -> Option<T>) -> T {
     let deadline = Instant::now() + timeout;
@@ -325,8 +363,9 @@ pub fn http_client_builder() -> reqwest::ClientBuilder {
     reqwest::Client::builder()
 }
 
-/// A blocking HTTP GET (the tests are synchronous; the runtime lives here).
-pub fn http_get(url: &str, bearer: Option<&str>) -> (u16, String) {
+/// A blocking HTTP request (the tests are synchronous; the runtime lives here): the status
+/// (0 when the request failed) and the body text. `body` is sent as JSON.
+pub fn http(method: &str, url: &str, bearer: Option<&str>, body: Option<&str>) -> (u16, String) {
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -336,9 +375,14 @@ pub fn http_get(url: &str, bearer: Option<&str>) -> (u16, String) {
             .timeout(Duration::from_secs(10))
             .build()
             .expect("client");
-        let mut req = client.get(url);
+        let mut req = client.request(method.parse().expect("method"), url);
         if let Some(t) = bearer {
             req = req.bearer_auth(t);
+        }
+        if let Some(b) = body {
+            req = req
+                .header("content-type", "application/json")
+                .body(b.to_string());
         }
         match req.send().await {
             Ok(resp) => {
@@ -347,6 +391,67 @@ pub fn http_get(url: &str, bearer: Option<&str>) -> (u16, String) {
             }
             Err(e) => (0, e.to_string()),
         }
+    })
+}
+
+/// A blocking HTTP GET.
+pub fn http_get(url: &str, bearer: Option<&str>) -> (u16, String) {
+    http("GET", url, bearer, None)
+}
+
+/// An authenticated request with an optional JSON (or raw) body: the status and the JSON
+/// answer (`Null` when the body is not JSON).
+pub fn http_json(
+    method: &str,
+    url: &str,
+    bearer: &str,
+    body: Option<&str>,
+) -> (u16, serde_json::Value) {
+    let (status, text) = http(method, url, Some(bearer), body);
+    (status, serde_json::from_str(&text).unwrap_or_default())
+}
+
+/// `POST /api/v1{path}` with a JSON body: the status and the JSON answer.
+pub fn api_post(
+    c: &Collector,
+    token: &str,
+    path: &str,
+    body: &serde_json::Value,
+) -> (u16, serde_json::Value) {
+    http_json(
+        "POST",
+        &format!("http://{}/api/v1{path}", c.http),
+        token,
+        Some(&body.to_string()),
+    )
+}
+
+/// `GET /api/v1{path}`, which must answer 200 with JSON.
+pub fn api_get(c: &Collector, token: &str, path: &str) -> serde_json::Value {
+    let (status, body) = http_get(&format!("http://{}/api/v1{path}", c.http), Some(token));
+    assert_eq!(status, 200, "GET {path}: {body}");
+    serde_json::from_str(&body).expect("JSON")
+}
+
+/// The incidents `GET /api/v1/incidents?{query}` lists, newest first.
+pub fn incidents(c: &Collector, token: &str, query: &str) -> Vec<serde_json::Value> {
+    api_get(c, token, &format!("/incidents?{query}"))["items"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default()
+}
+
+/// The first incident of `GET /api/v1/incidents?{query}` for which `pred` holds, waiting up to
+/// a minute for it.
+pub fn wait_incident(
+    c: &Collector,
+    token: &str,
+    query: &str,
+    what: &str,
+    pred: impl Fn(&serde_json::Value) -> bool,
+) -> serde_json::Value {
+    wait_until(Duration::from_secs(60), what, || {
+        incidents(c, token, query).into_iter().find(|i| pred(i))
     })
 }
 

@@ -155,56 +155,6 @@ fn verify_signature(r: &Received) {
     assert!(r.header("Idempotency-Key").is_some());
 }
 
-/// A blocking HTTP request with a JSON (or raw) body.
-fn http_send(method: &str, url: &str, bearer: &str, body: Option<&str>) -> (u16, Value) {
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .expect("runtime");
-    rt.block_on(async {
-        let client = http_client_builder().build().expect("client");
-        let mut req = client
-            .request(method.parse().expect("method"), url)
-            .bearer_auth(bearer)
-            .timeout(Duration::from_secs(10));
-        if let Some(b) = body {
-            req = req
-                .header("content-type", "application/json")
-                .body(b.to_string());
-        }
-        let resp = req.send().await.expect("request");
-        let status = resp.status().as_u16();
-        let text = resp.text().await.unwrap_or_default();
-        (status, serde_json::from_str(&text).unwrap_or(Value::Null))
-    })
-}
-
-fn get_json(c: &Collector, token: &str, path: &str) -> Value {
-    let (status, body) = http_get(&format!("http://{}/api/v1{path}", c.http), Some(token));
-    assert_eq!(status, 200, "GET {path}: {body}");
-    serde_json::from_str(&body).expect("JSON")
-}
-
-/// The incidents of `rule`, newest first.
-fn incidents(c: &Collector, token: &str, rule: &str) -> Vec<Value> {
-    get_json(c, token, &format!("/incidents?rule={rule}"))["items"]
-        .as_array()
-        .cloned()
-        .unwrap_or_default()
-}
-
-fn incident_where(
-    c: &Collector,
-    token: &str,
-    rule: &str,
-    what: &str,
-    pred: impl Fn(&Value) -> bool,
-) -> Value {
-    wait_until(Duration::from_secs(30), what, || {
-        incidents(c, token, rule).into_iter().find(|i| pred(i))
-    })
-}
-
 fn agent_config(
     dir: &Path,
     collector: SocketAddr,
@@ -266,7 +216,7 @@ fn a_failing_check_opens_and_resolves_an_incident_and_a_dead_agent_suppresses_it
 
     // Stop listening: the check fails; after `for` (2 s) an incident opens.
     drop(service);
-    let opened = incident_where(&c, &api, "check-down", "check-down incident", |i| {
+    let opened = wait_incident(&c, &api, "rule=check-down", "check-down incident", |i| {
         i["state"] == "open"
     });
     let id = opened["id"].as_i64().expect("id");
@@ -289,7 +239,7 @@ fn a_failing_check_opens_and_resolves_an_incident_and_a_dead_agent_suppresses_it
 
     // Listen again: resolved by the system.
     let service = TcpListener::bind(("127.0.0.1", port)).expect("listen again");
-    let resolved = incident_where(&c, &api, "check-down", "check-down resolved", |i| {
+    let resolved = wait_incident(&c, &api, "rule=check-down", "check-down resolved", |i| {
         i["id"] == id && i["state"] == "resolved"
     });
     assert_eq!(resolved["resolution"]["by"], "system", "{resolved}");
@@ -304,15 +254,15 @@ fn a_failing_check_opens_and_resolves_an_incident_and_a_dead_agent_suppresses_it
 
     // Operator actions on a resolved incident: acknowledging is illegal now.
     let base = format!("http://{}/api/v1/incidents", c.http);
-    let (status, body) = http_send("POST", &format!("{base}/{id}/acknowledge"), &api, None);
+    let (status, body) = http_json("POST", &format!("{base}/{id}/acknowledge"), &api, None);
     assert_eq!(status, 409, "{body}");
     assert_eq!(body["code"], "illegal_transition");
     assert_eq!(body["state"], "resolved");
     assert_eq!(body["allowed"], serde_json::json!(["comment", "close"]));
-    let (status, body) = http_send("POST", &format!("{base}/999999/acknowledge"), &api, None);
+    let (status, body) = http_json("POST", &format!("{base}/999999/acknowledge"), &api, None);
     assert_eq!(status, 404, "{body}");
     assert_eq!(body["code"], "not_found");
-    let (status, body) = http_send(
+    let (status, body) = http_json(
         "POST",
         &format!("{base}/{id}/comment"),
         &api,
@@ -320,14 +270,14 @@ fn a_failing_check_opens_and_resolves_an_incident_and_a_dead_agent_suppresses_it
     );
     assert_eq!(status, 400, "{body}");
     assert_eq!(body["code"], "bad_request");
-    let (status, body) = http_send(
+    let (status, body) = http_json(
         "POST",
         &format!("{base}/{id}/comment"),
         &api,
         Some(r#"{"txt": "x"}"#),
     );
     assert_eq!(status, 422, "{body}");
-    let (status, body) = http_send(
+    let (status, body) = http_json(
         "POST",
         &format!("{base}/{id}/comment"),
         &api,
@@ -335,18 +285,18 @@ fn a_failing_check_opens_and_resolves_an_incident_and_a_dead_agent_suppresses_it
     );
     assert_eq!(status, 200, "{body}");
     let viewer = api_token(&c.data_dir, "viewer");
-    let (status, _) = http_send("POST", &format!("{base}/{id}/close"), &viewer, None);
+    let (status, _) = http_json("POST", &format!("{base}/{id}/close"), &viewer, None);
     assert_eq!(status, 403);
 
     // The check fails again within reopen_within: the same incident reopens.
     drop(service);
-    let reopened = incident_where(&c, &api, "check-down", "check-down reopened", |i| {
+    let reopened = wait_incident(&c, &api, "rule=check-down", "check-down reopened", |i| {
         i["id"] == id && i["state"] == "open"
     });
     assert_eq!(reopened["reopen_count"], 1, "{reopened}");
 
     // An operator acknowledges and assigns it.
-    let (status, body) = http_send(
+    let (status, body) = http_json(
         "POST",
         &format!("{base}/{id}/acknowledge"),
         &api,
@@ -354,7 +304,7 @@ fn a_failing_check_opens_and_resolves_an_incident_and_a_dead_agent_suppresses_it
     );
     assert_eq!(status, 200, "{body}");
     assert_eq!(body["state"], "acknowledged");
-    let (status, body) = http_send(
+    let (status, body) = http_json(
         "POST",
         &format!("{base}/{id}/assign"),
         &api,
@@ -366,26 +316,26 @@ fn a_failing_check_opens_and_resolves_an_incident_and_a_dead_agent_suppresses_it
     // Kill the agent: the host is unreachable after 3 silent intervals; the check incident
     // becomes its suppressed symptom.
     agent.kill();
-    let host = incident_where(&c, &api, "host-unreachable", "host-unreachable", |i| {
+    let host = wait_incident(&c, &api, "rule=host-unreachable", "host-unreachable", |i| {
         i["state"] == "open"
     });
     let host_id = host["id"].as_i64().expect("id");
     assert_eq!(host["priority"], "P1");
     let child = wait_until(Duration::from_secs(10), "check incident suppressed", || {
-        let d = get_json(&c, &api, &format!("/incidents/{id}"));
+        let d = api_get(&c, &api, &format!("/incidents/{id}"));
         (d["suppressed"]["parent_id"] == host_id).then_some(d)
     });
     assert_eq!(child["suppressed"]["reason"], "parent");
-    let parent = get_json(&c, &api, &format!("/incidents/{host_id}"));
+    let parent = api_get(&c, &api, &format!("/incidents/{host_id}"));
     assert_eq!(parent["children"][0]["id"], id, "{parent}");
 
     // Service back, agent back: both resolve by themselves.
     let _service = TcpListener::bind(("127.0.0.1", port)).expect("listen again");
     let mut agent = spawn_agent_config(&config, &agent_dir);
-    incident_where(&c, &api, "host-unreachable", "host resolved", |i| {
+    wait_incident(&c, &api, "rule=host-unreachable", "host resolved", |i| {
         i["id"] == host_id && i["state"] == "resolved"
     });
-    let child = incident_where(&c, &api, "check-down", "symptom cleared", |i| {
+    let child = wait_incident(&c, &api, "rule=check-down", "symptom cleared", |i| {
         i["id"] == id && matches!(i["state"].as_str(), Some("resolved" | "closed"))
     });
     assert_eq!(child["resolution"]["by"], "system", "{child}");
@@ -402,7 +352,7 @@ fn a_failing_check_opens_and_resolves_an_incident_and_a_dead_agent_suppresses_it
     for r in receiver.received() {
         verify_signature(&r);
     }
-    let detail = get_json(&c, &api, &format!("/incidents/{id}"));
+    let detail = api_get(&c, &api, &format!("/incidents/{id}"));
     let kinds: Vec<&str> = detail["timeline"]
         .as_array()
         .expect("timeline")
@@ -455,12 +405,12 @@ fn a_notification_queued_while_the_receiver_is_down_is_delivered_once_after_a_re
         .port();
     let agent_dir = tmp.path().join("agent");
     let mut agent = spawn_agent_config(&agent_config(&agent_dir, c.quic, &token, port), &agent_dir);
-    let inc = incident_where(&c, &api, "check-down", "check-down incident", |i| {
+    let inc = wait_incident(&c, &api, "rule=check-down", "check-down incident", |i| {
         i["state"] == "open"
     });
     let id = inc["id"].as_i64().expect("id");
     wait_until(Duration::from_secs(20), "a failed attempt", || {
-        let d = get_json(&c, &api, &format!("/incidents/{id}"));
+        let d = api_get(&c, &api, &format!("/incidents/{id}"));
         d["notifications"][0]["attempts"]
             .as_i64()
             .filter(|n| *n >= 1)
@@ -484,7 +434,7 @@ fn a_notification_queued_while_the_receiver_is_down_is_delivered_once_after_a_re
     );
     let r = &receiver.received()[0];
     verify_signature(r);
-    let d = get_json(&c, &api, &format!("/incidents/{id}"));
+    let d = api_get(&c, &api, &format!("/incidents/{id}"));
     assert!(d["notifications"][0]["delivered_ms"].is_i64(), "{d}");
 }
 
@@ -504,7 +454,7 @@ fn rules_and_maintenance_windows_through_the_api() {
     let api = format!("http://{}/api/v1", c.http);
 
     // Rules: an API rule is checked like the configuration and listed with its origin.
-    let (status, body) = http_send(
+    let (status, body) = http_json(
         "POST",
         &format!("{api}/rules"),
         &admin,
@@ -514,14 +464,14 @@ fn rules_and_maintenance_windows_through_the_api() {
     );
     assert_eq!(status, 201, "{body}");
     assert_eq!(body["priority"], "P5");
-    let (status, body) = http_send(
+    let (status, body) = http_json(
         "POST",
         &format!("{api}/rules"),
         &operator,
         Some(r#"{"name": "x"}"#),
     );
     assert_eq!(status, 403, "{body}");
-    let (status, body) = http_send(
+    let (status, body) = http_json(
         "POST",
         &format!("{api}/rules"),
         &admin,
@@ -534,14 +484,14 @@ fn rules_and_maintenance_windows_through_the_api() {
             .is_some_and(|e| e.contains("unknown metric")),
         "{body}"
     );
-    let (status, body) = http_send(
+    let (status, body) = http_json(
         "POST",
         &format!("{api}/rules"),
         &admin,
         Some(r#"{"name": "check-down", "metric": "check_up", "below": 1}"#),
     );
     assert_eq!(status, 409, "{body}");
-    let rules = get_json(&c, &operator, "/rules");
+    let rules = api_get(&c, &operator, "/rules");
     let origin = |name: &str| {
         rules
             .as_array()
@@ -562,7 +512,7 @@ fn rules_and_maintenance_windows_through_the_api() {
     let body = format!(
         r#"{{"name": "patching", "scope": {{"host": "maint-*"}}, "start": {an_hour_ago}, "duration": "2h"}}"#
     );
-    let (status, window) = http_send(
+    let (status, window) = http_json(
         "POST",
         &format!("{api}/maintenance"),
         &operator,
@@ -570,7 +520,7 @@ fn rules_and_maintenance_windows_through_the_api() {
     );
     assert_eq!(status, 201, "{window}");
     assert_eq!(window["active_now"], true, "{window}");
-    let (status, body) = http_send(
+    let (status, body) = http_json(
         "POST",
         &format!("{api}/maintenance"),
         &operator,
@@ -590,9 +540,13 @@ fn rules_and_maintenance_windows_through_the_api() {
     std::fs::write(&config, format!("hostname = \"maint-web-1\"\n{text}")).expect("config");
     let mut agent = spawn_agent_config(&config, &agent_dir);
     for rule in ["check-down", "api-checks"] {
-        let inc = incident_where(&c, &operator, rule, "a suppressed incident", |i| {
-            i["state"] == "open"
-        });
+        let inc = wait_incident(
+            &c,
+            &operator,
+            &format!("rule={rule}"),
+            "a suppressed incident",
+            |i| i["state"] == "open",
+        );
         assert_eq!(inc["suppressed"]["reason"], "maintenance", "{inc}");
         assert_eq!(inc["suppressed"]["maintenance"], "patching", "{inc}");
     }
@@ -603,30 +557,30 @@ fn rules_and_maintenance_windows_through_the_api() {
     );
 
     // Deleting the API rule resolves its incident; the window can be deleted, once.
-    let (status, _) = http_send("DELETE", &format!("{api}/rules/api-checks"), &admin, None);
+    let (status, _) = http_json("DELETE", &format!("{api}/rules/api-checks"), &admin, None);
     assert_eq!(status, 204);
-    let (status, _) = http_send("DELETE", &format!("{api}/rules/api-checks"), &admin, None);
+    let (status, _) = http_json("DELETE", &format!("{api}/rules/api-checks"), &admin, None);
     assert_eq!(status, 404);
-    let gone = incident_where(&c, &operator, "api-checks", "rule_deleted", |i| {
+    let gone = wait_incident(&c, &operator, "rule=api-checks", "rule_deleted", |i| {
         i["state"] == "resolved"
     });
     assert_eq!(gone["resolution"]["code"], "rule_deleted", "{gone}");
     let id = window["id"].as_i64().expect("id");
-    let (status, body) = http_send(
+    let (status, body) = http_json(
         "DELETE",
         &format!("{api}/maintenance/{id}"),
         &operator,
         None,
     );
     assert_eq!(status, 200, "{body}");
-    let (status, _) = http_send(
+    let (status, _) = http_json(
         "DELETE",
         &format!("{api}/maintenance/{id}"),
         &operator,
         None,
     );
     assert_eq!(status, 409);
-    let kept = get_json(&c, &operator, "/maintenance?deleted=true");
+    let kept = api_get(&c, &operator, "/maintenance?deleted=true");
     assert!(
         kept[0]["deleted_ms"].is_i64(),
         "deleted windows are kept: {kept}"

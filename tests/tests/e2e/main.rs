@@ -13,3 +13,4 @@ mod incidents;
 mod prometheus;
 mod quickstart;
 mod settings;
+mod wire;
