@@ -139,8 +139,7 @@ pub async fn start(config: &CollectorConfig) -> Result<Running> {
         let notifier = notifier.clone();
         Arc::new(move || notifier.wake())
     };
-    let engine_config =
-        crate::incidents::engine::EngineConfig::from_config(config, webhooks.clone());
+    let engine_config = engine_config(config, webhooks.clone());
     let rules = Arc::new(engine_config.rules.clone());
     let (engine, engine_join) = crate::incidents::engine::spawn(
         &data_dir,
@@ -236,6 +235,27 @@ pub async fn start(config: &CollectorConfig) -> Result<Running> {
         engine_join,
         _lock: lock,
     })
+}
+
+/// What the incident engine takes from the configuration.
+fn engine_config(
+    c: &CollectorConfig,
+    webhooks: Arc<Vec<crate::notify::Webhook>>,
+) -> crate::incidents::engine::EngineConfig {
+    let ms = |d: Duration| i64::try_from(d.as_millis()).unwrap_or(i64::MAX);
+    crate::incidents::engine::EngineConfig {
+        rules: c.effective_rules(),
+        flap: crate::incidents::eval::FlapParams {
+            window: c.incidents.flap_window,
+            high: c.incidents.flap_start,
+            low: c.incidents.flap_stop,
+        },
+        reopen_within_ms: ms(c.incidents.reopen_within),
+        close_after_ms: ms(c.incidents.close_after),
+        down_after_intervals: c.agents.down_after_intervals,
+        webhooks,
+        maintenance: c.maintenance.clone(),
+    }
 }
 
 impl Running {

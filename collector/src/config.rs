@@ -15,14 +15,21 @@
 //! What it must never do: bind, open the store, read environment variables, or panic on any
 //! input. Its only I/O is reading the configuration files.
 
-use std::collections::{BTreeMap, BTreeSet};
+mod includes;
+
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use serde::Deserialize;
-use vigil_shared::config::{self as cfg, ConfigErrors, Diagnostics, RawTime, SlaWindow, Spanned};
-use vigil_shared::metric_names;
+use vigil_shared::config::{self as cfg, ConfigErrors, Diagnostics, SlaWindow, Spanned};
+
+pub use includes::{Files, MemFiles};
+
+use crate::incidents::maintenance::{convert_maintenance, Maintenance, RawMaintenance};
+use crate::incidents::rule::{convert_rule, parse_priority, RawRule, Rule};
+use crate::incidents::scope::{convert_scope, RawScope, Scope};
 
 pub const DEFAULT_DATA_DIR: &str = "./vigil-data";
 pub const DEFAULT_QUIC_LISTEN: SocketAddr =
@@ -124,91 +131,6 @@ impl Default for IncidentsConfig {
     }
 }
 
-/// ITIL impact or urgency.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum Level {
-    High,
-    Medium,
-    Low,
-}
-
-impl Level {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Level::High => "high",
-            Level::Medium => "medium",
-            Level::Low => "low",
-        }
-    }
-
-    pub fn parse(s: &str) -> Result<Level, String> {
-        match s {
-            "high" => Ok(Level::High),
-            "medium" => Ok(Level::Medium),
-            "low" => Ok(Level::Low),
-            _ => Err(format!(
-                "invalid level {s:?}: expected \"high\", \"medium\" or \"low\""
-            )),
-        }
-    }
-}
-
-/// Which CIs something applies to. Every given criterion must match; an empty scope matches all.
-#[derive(Debug, Clone, PartialEq, Eq, Default)]
-pub struct Scope {
-    /// CI type (`host`, `filesystem`, ...).
-    pub ci_type: Option<String>,
-    /// A tag the CI's host carries, `(key, value)` from `tag = "key=value"`.
-    pub tag: Option<(String, String)>,
-    /// Host name glob (`db-*`).
-    pub host: Option<glob::Pattern>,
-    /// One CI by id.
-    pub ci: Option<String>,
-}
-
-/// Which side of the threshold is the bad one.
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub enum Threshold {
-    Above(f64),
-    Below(f64),
-}
-
-/// A threshold rule (`[[rule]]`).
-#[derive(Debug, Clone, PartialEq)]
-pub struct Rule {
-    pub name: String,
-    /// Host metric name without the `vigil_host_` prefix, or `check_up` / `check_latency_seconds`.
-    pub metric: String,
-    pub threshold: Threshold,
-    /// Hysteresis: an open incident resolves only once the value is back past this. Always on
-    /// the good side of the threshold (equal to it when `clear` was not given).
-    pub clear: f64,
-    /// The breach must hold this long before an incident opens (`for`).
-    pub hold: Duration,
-    pub impact: Level,
-    pub urgency: Level,
-    pub scope: Scope,
-    pub labels: BTreeMap<String, String>,
-}
-
-impl Rule {
-    /// True when `value` is on the bad side of the threshold.
-    pub fn breached(&self, value: f64) -> bool {
-        match self.threshold {
-            Threshold::Above(t) => value > t,
-            Threshold::Below(t) => value < t,
-        }
-    }
-
-    /// True when `value` is back past `clear` (an open incident may resolve).
-    pub fn cleared(&self, value: f64) -> bool {
-        match self.threshold {
-            Threshold::Above(_) => value <= self.clear,
-            Threshold::Below(_) => value >= self.clear,
-        }
-    }
-}
-
 /// An availability objective (`[[sla]]`).
 #[derive(Debug, Clone, PartialEq)]
 pub struct Sla {
@@ -219,36 +141,17 @@ pub struct Sla {
     pub scope: Scope,
 }
 
-/// How often a maintenance window repeats.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Recurrence {
-    Daily,
-    Weekly,
-}
-
-impl Recurrence {
-    pub fn period(self) -> Duration {
-        match self {
-            Recurrence::Daily => Duration::from_secs(86_400),
-            Recurrence::Weekly => Duration::from_secs(7 * 86_400),
-        }
-    }
-}
-
-/// A maintenance window (`[[maintenance]]`): suppresses incidents in its scope and is excluded
-/// from SLA downtime.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Maintenance {
-    pub name: String,
-    pub scope: Scope,
-    /// First start, milliseconds since the Unix epoch (UTC).
-    pub start_ms: i64,
-    pub duration: Duration,
-    /// Repeats every day or week from `start_ms` when set (`every = "day" | "week"`).
-    pub every: Option<Recurrence>,
-}
-
 impl CollectorConfig {
+    /// The rules in force: the built-in ones not disabled nor replaced by a `[[rule]]` of the
+    /// same name, then every `[[rule]]`.
+    pub fn effective_rules(&self) -> Vec<Rule> {
+        crate::incidents::builtin::effective(
+            &self.rules,
+            self.incidents.builtin_rules,
+            &self.incidents.disable,
+        )
+    }
+
     /// Every default, with the store in `data_dir` (quickstart, `--data-dir`).
     pub fn defaults_in(data_dir: &Path) -> CollectorConfig {
         CollectorConfig {
@@ -280,17 +183,25 @@ impl CollectorConfig {
     }
 }
 
-/// Reads and validates `path` and the files it includes. Every problem comes back at once.
+/// Reads and validates `path` and the files it includes from the disk. Every problem comes
+/// back at once.
 pub fn load(path: &Path) -> Result<CollectorConfig, ConfigErrors> {
     let name = path.display().to_string();
-    let text = vigil_runtime::fs::read_text_capped(path, MAX_CONFIG_FILE_SIZE)
-        .map_err(|e| ConfigErrors::whole_file(&name, e.to_string()))?;
-    from_str(&name, &text)
+    let text = includes::DiskFiles
+        .read(path)
+        .map_err(|msg| ConfigErrors::whole_file(&name, msg))?;
+    parse(&name, &text, &includes::DiskFiles)
 }
 
-/// Validates the text of a collector config. `file` names it in messages and is the path
-/// `include` globs are resolved against (its directory), so includes are read from disk.
+/// Validates the text of a collector config that includes nothing (an `include` finds no file):
+/// pure, no I/O. `file` names it in messages.
 pub fn from_str(file: &str, text: &str) -> Result<CollectorConfig, ConfigErrors> {
+    parse(file, text, &includes::NoFiles)
+}
+
+/// Validates the text of a collector config; `include` globs (relative to `file`'s directory)
+/// are looked up and read through `files`.
+pub fn parse(file: &str, text: &str, files: &dyn Files) -> Result<CollectorConfig, ConfigErrors> {
     let (raw, mut d) = cfg::parse::<RawCollector>(file, text)?;
     let mut config = convert_main(&raw, &mut d);
     let mut names = Names::default();
@@ -302,11 +213,20 @@ pub fn from_str(file: &str, text: &str) -> Result<CollectorConfig, ConfigErrors>
         &mut names,
         &mut d,
     );
-    load_includes(
+    includes::load(
         Path::new(file),
         &raw.include,
-        &mut config,
-        &mut names,
+        files,
+        &mut |raw: &RawObjects, d: &mut Diagnostics| {
+            convert_objects(
+                &raw.rule,
+                &raw.sla,
+                &raw.maintenance,
+                &mut config,
+                &mut names,
+                d,
+            )
+        },
         &mut d,
     );
     d.finish(config)
@@ -340,7 +260,7 @@ struct RawCollector {
 
 /// What an included file may hold.
 #[derive(Debug, Default, Deserialize)]
-struct RawObjects {
+pub(crate) struct RawObjects {
     #[serde(default)]
     rule: Vec<Spanned<RawRule>>,
     #[serde(default)]
@@ -403,48 +323,12 @@ struct RawWebhook {
     timeout: Option<Spanned<String>>,
 }
 
-#[derive(Debug, Default, Deserialize)]
-struct RawScope {
-    #[serde(rename = "type")]
-    ci_type: Option<Spanned<String>>,
-    tag: Option<Spanned<String>>,
-    host: Option<Spanned<String>>,
-    ci: Option<Spanned<String>>,
-}
-
-#[derive(Debug, Deserialize)]
-struct RawRule {
-    name: Option<Spanned<String>>,
-    metric: Option<Spanned<String>>,
-    above: Option<Spanned<f64>>,
-    below: Option<Spanned<f64>>,
-    clear: Option<Spanned<f64>>,
-    #[serde(rename = "for")]
-    hold: Option<Spanned<String>>,
-    impact: Option<Spanned<String>>,
-    urgency: Option<Spanned<String>>,
-    scope: Option<RawScope>,
-    #[serde(default)]
-    // Keys cannot be `Spanned` (serde_ignored reads map keys as plain strings); key errors are
-    // reported at the value.
-    labels: BTreeMap<String, Spanned<String>>,
-}
-
 #[derive(Debug, Deserialize)]
 struct RawSla {
     name: Option<Spanned<String>>,
     target: Option<Spanned<f64>>,
     window: Option<Spanned<String>>,
     scope: Option<RawScope>,
-}
-
-#[derive(Debug, Deserialize)]
-struct RawMaintenance {
-    name: Option<Spanned<String>>,
-    scope: Option<RawScope>,
-    start: Option<Spanned<RawTime>>,
-    duration: Option<Spanned<String>>,
-    every: Option<Spanned<String>>,
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -592,7 +476,7 @@ fn convert_webhook(
     use crate::notify::{Format, Webhook};
     let (span, w) = (raw.span(), raw.get_ref());
     let mut ok = true;
-    let name = object_name(d, span.clone(), "webhook", w.name.as_ref());
+    let name = cfg::object_name(d, span.clone(), "webhook", w.name.as_ref());
     if let Some(n) = &name {
         ok &= unique(names, "webhook", n, d);
     }
@@ -640,7 +524,7 @@ fn convert_webhook(
     let timeout = positive_duration(d, w.timeout.as_ref(), "timeout", Duration::from_secs(10));
     let mut labels = BTreeMap::new();
     for (k, v) in &w.labels {
-        if !is_label_name(k) {
+        if !cfg::is_label_name(k) {
             d.error_at(
                 v,
                 format!("invalid label name {k:?}: use [a-zA-Z_][a-zA-Z0-9_]*"),
@@ -661,36 +545,6 @@ fn convert_webhook(
             timeout,
         }),
         _ => None,
-    }
-}
-
-/// Validates one rule given as JSON (the API's body, the same keys as `[[rule]]`) with exactly the
-/// checks of the configuration file. Errors come back as messages without positions.
-pub fn rule_from_json(v: &serde_json::Value) -> Result<Rule, Vec<String>> {
-    let serde_json::Value::Object(_) = v else {
-        return Err(vec!["a rule must be a JSON object".into()]);
-    };
-    let table = toml::Value::try_from(v).map_err(|e| vec![format!("not a valid rule: {e}")])?;
-    let doc = toml::Value::Table(toml::map::Map::from_iter([(
-        "rule".to_string(),
-        toml::Value::Array(vec![table]),
-    )]));
-    let text = toml::to_string(&doc).map_err(|e| vec![format!("not a valid rule: {e}")])?;
-    match from_str("rule", &text) {
-        Ok(mut c) if c.rules.len() == 1 => Ok(c.rules.remove(0)),
-        Ok(_) => Err(vec!["a rule must be a JSON object".into()]),
-        Err(errors) => Err(errors.0.into_iter().map(|e| e.message).collect()),
-    }
-}
-
-/// `P1`..`P5` (or `1`..`5`).
-pub fn parse_priority(s: &str) -> Result<u8, String> {
-    let digits = s.strip_prefix(['P', 'p']).unwrap_or(s);
-    match digits.parse::<u8>() {
-        Ok(p @ 1..=5) => Ok(p),
-        _ => Err(format!(
-            "invalid priority {s:?}: expected P1 (critical) .. P5 (planning)"
-        )),
     }
 }
 
@@ -769,7 +623,10 @@ fn convert_objects(
     d: &mut Diagnostics,
 ) {
     for r in rules {
-        if let Some(rule) = convert_rule(r, names, d) {
+        let rules = &mut names.rules;
+        let mut unique_rule =
+            |n: &Spanned<String>, d: &mut Diagnostics| unique(rules, "rule", n, d);
+        if let Some(rule) = convert_rule(r, &mut unique_rule, d) {
             config.rules.push(rule);
         }
     }
@@ -785,270 +642,10 @@ fn convert_objects(
     }
 }
 
-/// A required name: present, `[A-Za-z0-9_.-]+` (it appears in URLs and label values).
-fn object_name(
-    d: &mut Diagnostics,
-    table: std::ops::Range<usize>,
-    what: &str,
-    name: Option<&Spanned<String>>,
-) -> Option<Spanned<String>> {
-    let Some(name) = name else {
-        d.missing(table, "name", format!("[[{what}]] is missing `name`"));
-        return None;
-    };
-    let s = name.get_ref();
-    if s.is_empty()
-        || !s
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.'))
-    {
-        d.error_at(
-            name,
-            format!("invalid {what} name {s:?}: use letters, digits, '_', '-' or '.'"),
-        );
-        return None;
-    }
-    Some(name.clone())
-}
-
-/// The CI type the samples of `metric` belong to (see `crate::incidents::scope::ci_of`).
-pub fn metric_ci_type(metric: &str) -> &'static str {
-    let labels = metric_names::host_metric(metric).map_or(&[][..], |m| m.labels);
-    if labels.contains(&"mountpoint") {
-        "filesystem"
-    } else if labels.contains(&"interface") {
-        "network_interface"
-    } else if labels.contains(&"device") {
-        "disk"
-    } else if metric.starts_with("check_") {
-        crate::incidents::scope::CHECK
-    } else {
-        "host"
-    }
-}
-
-/// Names a metric a rule may watch.
-fn known_metric(name: &str) -> bool {
-    metric_names::host_metric(name).is_some()
-        || [
-            metric_names::CHECK_UP,
-            metric_names::CHECK_LATENCY_SECONDS,
-            crate::incidents::builtin::UP,
-            crate::incidents::builtin::MEMORY_USED_RATIO,
-            crate::incidents::builtin::INVENTORY_STALE,
-        ]
-        .contains(&name)
-}
-
-fn finite(d: &mut Diagnostics, v: &Spanned<f64>, key: &str) -> Option<f64> {
-    d.parse_value(v, |&x| {
-        if x.is_finite() {
-            Ok(x)
-        } else {
-            Err(format!("`{key}` must be a finite number"))
-        }
-    })
-}
-
-fn convert_rule(raw: &Spanned<RawRule>, names: &mut Names, d: &mut Diagnostics) -> Option<Rule> {
-    let (span, r) = (raw.span(), raw.get_ref());
-    let mut ok = true;
-    let name = object_name(d, span.clone(), "rule", r.name.as_ref());
-    if let Some(n) = &name {
-        ok &= unique(&mut names.rules, "rule", n, d);
-    }
-
-    let metric = match &r.metric {
-        Some(m) if known_metric(m.get_ref()) => Some(m.get_ref().clone()),
-        Some(m) => {
-            let known: Vec<&str> = metric_names::HOST_METRICS.iter().map(|m| m.name).collect();
-            d.error_at(
-                m,
-                format!(
-                    "unknown metric {:?}: expected a host metric name without the vigil_host_ prefix \
-                     ({}), check_up, check_latency_seconds, or one the collector derives: up, \
-                     memory_used_ratio, inventory_stale",
-                    m.get_ref(),
-                    known.join(", ")
-                ),
-            );
-            None
-        }
-        None => {
-            d.missing(span.clone(), "metric", "[[rule]] is missing `metric`");
-            None
-        }
-    };
-
-    let threshold = match (&r.above, &r.below) {
-        (Some(a), None) => finite(d, a, "above").map(Threshold::Above),
-        (None, Some(b)) => finite(d, b, "below").map(Threshold::Below),
-        (Some(_), Some(b)) => {
-            d.error_at(b, "give either `above` or `below`, not both");
-            None
-        }
-        (None, None) => {
-            if !d.mistyped(&span, "above") && !d.mistyped(&span, "below") {
-                d.error(
-                    span.clone(),
-                    "[[rule]] needs a threshold: `above` or `below`",
-                );
-            }
-            None
-        }
-    };
-
-    let clear = match (&r.clear, threshold) {
-        (None, Some(Threshold::Above(t) | Threshold::Below(t))) => Some(t),
-        (Some(raw_clear), Some(t)) => finite(d, raw_clear, "clear").and_then(|c| match t {
-            Threshold::Above(a) if c >= a => {
-                d.error_at(raw_clear, format!("`clear` ({c}) must be below `above` ({a}): it is where the incident resolves"));
-                None
-            }
-            Threshold::Below(b) if c <= b => {
-                d.error_at(raw_clear, format!("`clear` ({c}) must be above `below` ({b}): it is where the incident resolves"));
-                None
-            }
-            _ => Some(c),
-        }),
-        (_, None) => None,
-    };
-
-    let hold = d.duration_or(r.hold.as_ref(), Duration::ZERO);
-    let impact = level(d, r.impact.as_ref());
-    let urgency = level(d, r.urgency.as_ref());
-    let scope = convert_scope(d, r.scope.as_ref());
-    // A metric belongs to one CI type; a scope naming another could never match.
-    if let (Some(m), Some(t)) = (&metric, r.scope.as_ref().and_then(|s| s.ci_type.as_ref())) {
-        let natural = metric_ci_type(m);
-        if t.get_ref() != natural {
-            d.error_at(
-                t,
-                format!(
-                    "metric {m:?} belongs to CIs of type \"{natural}\", so a rule scoped to type {:?} would never fire",
-                    t.get_ref()
-                ),
-            );
-            ok = false;
-        }
-    }
-
-    let mut labels = BTreeMap::new();
-    for (k, v) in &r.labels {
-        if !is_label_name(k) {
-            d.error_at(
-                v,
-                format!(
-                    "invalid label name {k:?}: use [a-zA-Z_][a-zA-Z0-9_]*, not starting with __"
-                ),
-            );
-            ok = false;
-        }
-        labels.insert(k.clone(), v.get_ref().clone());
-    }
-
-    match (name, metric, threshold, clear, impact, urgency, scope) {
-        (
-            Some(name),
-            Some(metric),
-            Some(threshold),
-            Some(clear),
-            Some(impact),
-            Some(urgency),
-            Some(scope),
-        ) if ok => Some(Rule {
-            name: name.into_inner(),
-            metric,
-            threshold,
-            clear,
-            hold,
-            impact,
-            urgency,
-            scope,
-            labels,
-        }),
-        _ => None,
-    }
-}
-
-fn is_label_name(s: &str) -> bool {
-    let mut chars = s.chars();
-    matches!(chars.next(), Some(c) if c.is_ascii_alphabetic() || c == '_')
-        && chars.all(|c| c.is_ascii_alphanumeric() || c == '_')
-        && !s.starts_with("__")
-}
-
-fn level(d: &mut Diagnostics, v: Option<&Spanned<String>>) -> Option<Level> {
-    match v {
-        Some(v) => d.parse_value(v, |s| Level::parse(s)),
-        None => Some(Level::Medium),
-    }
-}
-
-/// `None` when a criterion is invalid (errors recorded).
-fn convert_scope(d: &mut Diagnostics, raw: Option<&RawScope>) -> Option<Scope> {
-    let Some(raw) = raw else {
-        return Some(Scope::default());
-    };
-    let mut ok = true;
-    let ci_type = raw.ci_type.as_ref().and_then(|t| {
-        let v = d.parse_value(t, |s| {
-            if !s.is_empty()
-                && s.chars()
-                    .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_')
-            {
-                Ok(s.clone())
-            } else {
-                Err(format!(
-                    "invalid CI type {s:?}: expected a name like \"host\" or \"filesystem\""
-                ))
-            }
-        });
-        ok &= v.is_some();
-        v
-    });
-    let tag = raw.tag.as_ref().and_then(|t| {
-        let v = d.parse_value(t, |s| match s.split_once('=') {
-            Some((k, v)) if !k.trim().is_empty() && !v.trim().is_empty() => {
-                Ok((k.trim().to_string(), v.trim().to_string()))
-            }
-            _ => Err(format!(
-                "invalid tag {s:?}: expected \"key=value\", e.g. \"role=web\""
-            )),
-        });
-        ok &= v.is_some();
-        v
-    });
-    let host = raw.host.as_ref().and_then(|h| {
-        let v = d.parse_value(h, |s| {
-            glob::Pattern::new(s).map_err(|e| format!("invalid host glob {s:?}: {}", e.msg))
-        });
-        ok &= v.is_some();
-        v
-    });
-    let ci = raw.ci.as_ref().and_then(|c| {
-        let v = d.parse_value(c, |s| {
-            if s.trim().is_empty() {
-                Err("`ci` must not be empty".to_string())
-            } else {
-                Ok(s.clone())
-            }
-        });
-        ok &= v.is_some();
-        v
-    });
-    ok.then_some(Scope {
-        ci_type,
-        tag,
-        host,
-        ci,
-    })
-}
-
 fn convert_sla(raw: &Spanned<RawSla>, names: &mut Names, d: &mut Diagnostics) -> Option<Sla> {
     let (span, s) = (raw.span(), raw.get_ref());
     let mut ok = true;
-    let name = object_name(d, span.clone(), "sla", s.name.as_ref());
+    let name = cfg::object_name(d, span.clone(), "sla", s.name.as_ref());
     if let Some(n) = &name {
         ok &= unique(&mut names.slas, "sla", n, d);
     }
@@ -1083,161 +680,10 @@ fn convert_sla(raw: &Spanned<RawSla>, names: &mut Names, d: &mut Diagnostics) ->
     }
 }
 
-fn convert_maintenance(raw: &Spanned<RawMaintenance>, d: &mut Diagnostics) -> Option<Maintenance> {
-    let (span, m) = (raw.span(), raw.get_ref());
-    let name = object_name(d, span.clone(), "maintenance", m.name.as_ref());
-    let scope = convert_scope(d, m.scope.as_ref());
-    let start_ms = match &m.start {
-        Some(t) => d.parse_value(t, |t| vigil_shared::time::parse_rfc3339_ms(&t.0)),
-        None => {
-            d.missing(
-                span.clone(),
-                "start",
-                "[[maintenance]] is missing `start` (e.g. \"2026-12-01T02:00:00Z\")",
-            );
-            None
-        }
-    };
-    let every = m.every.as_ref().map(|e| {
-        d.parse_value(e, |s| match s.as_str() {
-            "day" => Ok(Recurrence::Daily),
-            "week" => Ok(Recurrence::Weekly),
-            _ => Err(format!(
-                "invalid `every` {s:?}: expected \"day\" or \"week\""
-            )),
-        })
-    });
-    let duration = match &m.duration {
-        Some(v) => d.duration(v).and_then(|x| {
-            let period = every.flatten().map(Recurrence::period);
-            if x.is_zero() {
-                d.error_at(v, "`duration` must be positive");
-                None
-            } else if period.is_some_and(|p| x >= p) {
-                d.error_at(
-                    v,
-                    format!(
-                        "`duration` ({}) must be shorter than the repeat period",
-                        v.get_ref()
-                    ),
-                );
-                None
-            } else {
-                Some(x)
-            }
-        }),
-        None => {
-            d.missing(
-                span,
-                "duration",
-                "[[maintenance]] is missing `duration` (e.g. \"2h\")",
-            );
-            None
-        }
-    };
-    match (name, scope, start_ms, duration, every) {
-        (Some(name), Some(scope), Some(start_ms), Some(duration), None | Some(Some(_))) => {
-            Some(Maintenance {
-                name: name.into_inner(),
-                scope,
-                start_ms,
-                duration,
-                every: every.flatten(),
-            })
-        }
-        _ => None,
-    }
-}
-
-// ---------------------------------------------------------------------------------------------
-// Includes
-
-const INCLUDE_HINT: &str = "an included file may hold only `rule`, `sla` and `maintenance`";
-
-/// Reads every file the `include` globs match (relative to `main`'s directory, sorted, each
-/// once, never `main` itself) and adds their objects; their errors carry their own file name.
-fn load_includes(
-    main: &Path,
-    patterns: &[Spanned<String>],
-    config: &mut CollectorConfig,
-    names: &mut Names,
-    d: &mut Diagnostics,
-) {
-    let base = main.parent().unwrap_or(Path::new(""));
-    let main_canonical = std::fs::canonicalize(main).ok();
-    let mut done: BTreeSet<PathBuf> = BTreeSet::new();
-    for pattern in patterns {
-        let text = pattern.get_ref();
-        if let Err(e) = glob::Pattern::new(text) {
-            d.error_at(pattern, format!("invalid include glob {text:?}: {}", e.msg));
-            continue;
-        }
-        let full = if Path::new(text).is_absolute() || base.as_os_str().is_empty() {
-            text.clone()
-        } else {
-            format!("{}/{text}", glob::Pattern::escape(&base.to_string_lossy()))
-        };
-        let paths = match glob::glob(&full) {
-            Ok(paths) => paths,
-            Err(e) => {
-                d.error_at(pattern, format!("invalid include glob {text:?}: {}", e.msg));
-                continue;
-            }
-        };
-        let mut matched = 0;
-        for entry in paths {
-            let path = match entry {
-                Ok(p) => p,
-                Err(e) => {
-                    d.error_at(
-                        pattern,
-                        format!("cannot read {}: {}", e.path().display(), e.error()),
-                    );
-                    continue;
-                }
-            };
-            matched += 1;
-            let canonical = std::fs::canonicalize(&path).unwrap_or_else(|_| path.clone());
-            if Some(&canonical) == main_canonical.as_ref() || !done.insert(canonical) {
-                continue;
-            }
-            include_file(&path, config, names, d);
-        }
-        let literal = !text.contains(['*', '?', '[']);
-        if matched == 0 && literal {
-            d.error_at(pattern, format!("included file {full:?} does not exist"));
-        }
-    }
-}
-
-fn include_file(path: &Path, config: &mut CollectorConfig, names: &mut Names, d: &mut Diagnostics) {
-    let name = path.display().to_string();
-    let text = match vigil_runtime::fs::read_text_capped(path, MAX_CONFIG_FILE_SIZE) {
-        Ok(t) => t,
-        Err(e) => {
-            d.extend(ConfigErrors::whole_file(&name, e.to_string()).0);
-            return;
-        }
-    };
-    match cfg::parse_with_hint::<RawObjects>(&name, &text, Some(INCLUDE_HINT)) {
-        Ok((raw, mut inner)) => {
-            convert_objects(
-                &raw.rule,
-                &raw.sla,
-                &raw.maintenance,
-                config,
-                names,
-                &mut inner,
-            );
-            d.extend(inner.into_errors());
-        }
-        Err(errors) => d.extend(errors.0),
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::incidents::rule::{Level, Threshold};
 
     /// Error lines for `text` as file `c.toml`; empty when it is valid.
     fn errors_of(text: &str) -> Vec<String> {
@@ -1515,23 +961,24 @@ mod tests {
         );
     }
 
-    /// Writes `files` (relative path, text) under a fresh directory and loads `collector.toml`.
-    fn load_tree(
-        files: &[(&str, &str)],
-    ) -> (tempfile::TempDir, Result<CollectorConfig, ConfigErrors>) {
-        let dir = tempfile::tempdir().expect("tempdir");
-        for (rel, text) in files {
-            let path = dir.path().join(rel);
-            std::fs::create_dir_all(path.parent().expect("parent")).expect("mkdir");
-            std::fs::write(&path, text).expect("write");
-        }
-        let result = load(&dir.path().join("collector.toml"));
-        (dir, result)
+    /// Parses `collector.toml` of the in-memory tree `files` (relative path, text) under
+    /// `/etc/vigil`: no disk involved.
+    fn load_tree(files: &[(&str, &str)]) -> (&'static str, Result<CollectorConfig, ConfigErrors>) {
+        const BASE: &str = "/etc/vigil";
+        let mem = MemFiles(
+            files
+                .iter()
+                .map(|(rel, text)| (Path::new(BASE).join(rel), text.to_string()))
+                .collect(),
+        );
+        let main = format!("{BASE}/collector.toml");
+        let text = mem.read(Path::new(&main)).expect("main file");
+        (BASE, parse(&main, &text, &mem))
     }
 
     #[test]
     fn included_files_add_objects_and_report_errors_under_their_own_name() {
-        let (dir, result) = load_tree(&[
+        let (base, result) = load_tree(&[
             (
                 "collector.toml",
                 "include = [\"rules.d/*.toml\", \"more.toml\", \"[\"]\n[[rule]]\nname = \"a\"\nmetric = \"up\"\nbelow = 1\n",
@@ -1544,7 +991,6 @@ mod tests {
             ),
             ("rules.d/3.toml", "[[rule]\n"),
         ]);
-        let base = dir.path().display().to_string();
         let got: Vec<String> = result
             .expect_err("errors")
             .0

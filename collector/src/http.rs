@@ -54,7 +54,7 @@ pub struct IncidentsApi {
     pub webhooks: Arc<Vec<crate::notify::Webhook>>,
     pub wake: Arc<dyn Fn() + Send + Sync>,
     pub metrics: Option<crate::incidents::IncidentMetrics>,
-    pub rules: Arc<Vec<crate::config::Rule>>,
+    pub rules: Arc<Vec<crate::incidents::rule::Rule>>,
     /// `[incidents] reopen_within`, for incidents opened through the API (Alertmanager).
     pub reopen_within_ms: i64,
     /// Told when API rules change.

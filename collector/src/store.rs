@@ -271,7 +271,7 @@ const MIGRATION_STEPS: &[M<'static>] = &[
     CREATE UNIQUE INDEX maintenance_live_name ON maintenance_windows(name)
         WHERE deleted_ms IS NULL;",
     ),
-    // Rules made through the API (`crate::incidents::rules`): the request body as JSON, checked
+    // Rules made through the API (`crate::incidents::api_rules`): the request body as JSON, checked
     // by the same validation as `[[rule]]` in collector.toml.
     M::up(
         "CREATE TABLE api_rules (

@@ -490,6 +490,41 @@ fn describe_unknown(root: &Spanned<DeTable<'_>>, path: &[Segment]) -> (Range<usi
     (span, message)
 }
 
+/// A required name of a `[[what]]` table: present, `[A-Za-z0-9_.-]+` (it appears in URLs and
+/// label values).
+pub fn object_name(
+    d: &mut Diagnostics,
+    table: std::ops::Range<usize>,
+    what: &str,
+    name: Option<&Spanned<String>>,
+) -> Option<Spanned<String>> {
+    let Some(name) = name else {
+        d.missing(table, "name", format!("[[{what}]] is missing `name`"));
+        return None;
+    };
+    let s = name.get_ref();
+    if s.is_empty()
+        || !s
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.'))
+    {
+        d.error_at(
+            name,
+            format!("invalid {what} name {s:?}: use letters, digits, '_', '-' or '.'"),
+        );
+        return None;
+    }
+    Some(name.clone())
+}
+
+/// A Prometheus label name: `[a-zA-Z_][a-zA-Z0-9_]*`, not starting with `__` (reserved).
+pub fn is_label_name(s: &str) -> bool {
+    let mut chars = s.chars();
+    matches!(chars.next(), Some(c) if c.is_ascii_alphabetic() || c == '_')
+        && chars.all(|c| c.is_ascii_alphanumeric() || c == '_')
+        && !s.starts_with("__")
+}
+
 /// A duration in humantime syntax: `"10s"`, `"5m"`, `"2h"`, `"30d"`, `"1h 30m"`, `"500ms"`.
 pub fn parse_duration(s: &str) -> Result<Duration, String> {
     humantime::parse_duration(s.trim()).map_err(|e| match e {

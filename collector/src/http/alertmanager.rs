@@ -58,8 +58,8 @@ use crate::incidents::announce;
 use crate::incidents::builtin::HOST_UNREACHABLE;
 use crate::incidents::engine::in_tx;
 use crate::incidents::maintenance::{self, Window};
+use crate::incidents::records::{self, Opened, Opening, Origin, Suppression};
 use crate::incidents::scope::{self, Target};
-use crate::incidents::store::{self, Opened, Opening, Origin, Suppression};
 use crate::notify::{EventKind, Webhook};
 use crate::store::{Role, StoreError};
 
@@ -261,7 +261,7 @@ fn fire(
         suppression: suppression.clone(),
         probable_cause_id: None,
     };
-    let opened = store::open(c, &opening, reopen_within_ms, now)?;
+    let opened = records::open(c, &opening, reopen_within_ms, now)?;
     let announce_as = match opened {
         Opened::New { id, event_id } => Some((id, event_id, EventKind::Opened)),
         Opened::Reopened { id, event_id } => Some((id, event_id, EventKind::Reopened)),
@@ -280,11 +280,11 @@ fn resolve(
     a: &Mapped,
     now: i64,
 ) -> rusqlite::Result<Option<(i64, f64)>> {
-    let Some(inc) = store::active_by_key(c, &a.dedup_key)? else {
+    let Some(inc) = records::active_by_key(c, &a.dedup_key)? else {
         return Ok(None);
     };
     let at = a.at_ms.max(inc.started_ms);
-    let Some(event_id) = store::resolve_as(c, inc.id, at, None, RESOLUTION_CODE, ACTOR, now)?
+    let Some(event_id) = records::resolve_as(c, inc.id, at, None, RESOLUTION_CODE, ACTOR, now)?
     else {
         return Ok(None);
     };
@@ -294,7 +294,7 @@ fn resolve(
     }
     if inc.suppressed.as_deref() == Some("parent") {
         // A symptom whose condition cleared: done with it (as the engine does).
-        store::close_system(c, inc.id, "symptom_cleared", now)?;
+        records::close_system(c, inc.id, "symptom_cleared", now)?;
     }
     Ok(Some((
         inc.id,
@@ -403,9 +403,9 @@ mod tests {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
     use super::*;
-    use crate::config::Scope;
     use crate::incidents::alertmanager::Alert;
-    use crate::incidents::store::Incident;
+    use crate::incidents::records::Incident;
+    use crate::incidents::scope::Scope;
     use crate::store::{Db, NewAgent};
 
     const NOW: i64 = 1_800_000_000_000;
@@ -503,7 +503,7 @@ mod tests {
                 |r| r.get(0),
             )
             .expect("incident");
-        store::get(db.conn(), id).expect("get").expect("row")
+        records::get(db.conn(), id).expect("get").expect("row")
     }
 
     fn notifications(db: &Db, id: i64) -> Vec<String> {
@@ -570,7 +570,7 @@ mod tests {
             summary(0, 0, 0, 1)
         );
         let inc = incident(&db, "fp1");
-        assert_eq!(inc.state, store::State::Resolved);
+        assert_eq!(inc.state, records::State::Resolved);
         assert_eq!(inc.resolved_ms, Some(T_MS + 5 * MIN));
         assert_eq!(inc.resolution_code.as_deref(), Some(RESOLUTION_CODE));
         assert_eq!(notifications(&db, inc.id), ["opened", "resolved"]);
@@ -583,7 +583,7 @@ mod tests {
         let again = alert(Status::Firing, "fp1", &labels, "2027-01-15T07:20:00Z");
         assert_eq!(run(&db, &[again], NOW), summary(0, 1, 0, 0));
         let inc = incident(&db, "fp1");
-        assert_eq!((inc.state, inc.reopen_count), (store::State::Open, 1));
+        assert_eq!((inc.state, inc.reopen_count), (records::State::Open, 1));
         assert_eq!(
             notifications(&db, inc.id),
             ["opened", "resolved", "reopened"]
@@ -657,7 +657,7 @@ mod tests {
         let db = store(tmp.path());
         let labels = BTreeMap::new();
         let parent = in_tx(db.conn(), |c| {
-            store::open(
+            records::open(
                 c,
                 &Opening {
                     dedup_key: "host-unreachable|a1|host|host",
@@ -668,8 +668,8 @@ mod tests {
                     ci_type: "host",
                     ci_key: "host",
                     title: "web1 unreachable",
-                    impact: crate::config::Level::High,
-                    urgency: crate::config::Level::High,
+                    impact: crate::incidents::rule::Level::High,
+                    urgency: crate::incidents::rule::Level::High,
                     metric: Some("up"),
                     op: Some("<"),
                     threshold: Some(1.0),
@@ -702,7 +702,7 @@ mod tests {
         // Its resolve is not notified either, and the cleared symptom is closed.
         run(&db, &[alert(Status::Resolved, "s1", &on_web1, T)], NOW);
         let child = incident(&db, "s1");
-        assert_eq!(child.state, store::State::Closed);
+        assert_eq!(child.state, records::State::Closed);
         assert!(notifications(&db, child.id).is_empty());
 
         // Another host: not suppressed.

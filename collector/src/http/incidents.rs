@@ -33,13 +33,15 @@ use serde_json::Value;
 use vigil_shared::time::{format_rfc3339_ms, parse_time_ms};
 
 use super::{now_ms, ApiError, ApiJson, ApiPath, ApiQuery, Auth, HttpState};
-use crate::config::{parse_priority, Recurrence, Threshold};
 use crate::incidents::announce;
 use crate::incidents::engine::in_tx;
-use crate::incidents::maintenance::{self, ScopeJson, Window};
-use crate::incidents::store::{
+use crate::incidents::maintenance::Recurrence;
+use crate::incidents::maintenance::{self, Window};
+use crate::incidents::records::{
     self, Filter, Incident, Request, State as IncState, TransitionError,
 };
+use crate::incidents::rule::{parse_priority, Rule, Threshold};
+use crate::incidents::scope::ScopeJson;
 use crate::notify::EventKind;
 use crate::store::{Role, StoreError};
 
@@ -261,7 +263,7 @@ async fn list(
     let (limit, offset) = (f.limit, f.offset);
     let (items, total) = state
         .db
-        .run(move |db| Ok(store::list(db.conn(), &f)?))
+        .run(move |db| Ok(records::list(db.conn(), &f)?))
         .await?;
     Ok(Json(ListView {
         items: items.into_iter().map(IncidentView::from).collect(),
@@ -336,12 +338,12 @@ async fn detail(
         .db
         .run(move |db| {
             let c = db.conn();
-            let Some(inc) = store::get(c, id)? else {
+            let Some(inc) = records::get(c, id)? else {
                 return Ok(None);
             };
-            let timeline = store::timeline(c, id)?;
-            let children = store::children(c, id)?;
-            let changes = store::recent_changes(c, &inc)?;
+            let timeline = records::timeline(c, id)?;
+            let children = records::children(c, id)?;
+            let changes = records::recent_changes(c, &inc)?;
             let notifications: Vec<NotificationView> = crate::notify::list_for_incident(c, id)?
                 .into_iter()
                 .map(|o| NotificationView {
@@ -527,7 +529,7 @@ async fn act(
         .db
         .run(move |db| {
             let res = in_tx(db.conn(), |c| {
-                let t = match store::transition(c, id, &req, &actor, now) {
+                let t = match records::transition(c, id, &req, &actor, now) {
                     Ok(t) => t,
                     Err(TransitionError::Sql(e)) => return Err(e),
                     Err(other) => return Ok(Err(other)),
@@ -544,7 +546,7 @@ async fn act(
                 }
                 Ok(Ok(t))
             })?;
-            let counts = store::open_counts(db.conn())?;
+            let counts = records::open_counts(db.conn())?;
             Ok::<_, StoreError>(res.map(|t| (t, counts)))
         })
         .await?;
@@ -605,7 +607,7 @@ struct RuleView {
     origin: &'static str,
 }
 
-fn rule_view(r: &crate::config::Rule, origin: &'static str) -> RuleView {
+fn rule_view(r: &Rule, origin: &'static str) -> RuleView {
     RuleView {
         name: r.name.clone(),
         metric: r.metric.clone(),
@@ -621,14 +623,14 @@ fn rule_view(r: &crate::config::Rule, origin: &'static str) -> RuleView {
         hold: humantime::format_duration(r.hold).to_string(),
         impact: r.impact.as_str(),
         urgency: r.urgency.as_str(),
-        priority: format!("P{}", crate::incidents::eval::priority(r.impact, r.urgency)),
+        priority: format!("P{}", crate::incidents::rule::priority(r.impact, r.urgency)),
         scope: ScopeJson::from_scope(&r.scope),
         labels: r.labels.clone(),
         origin,
     }
 }
 
-fn base_origin(r: &crate::config::Rule) -> &'static str {
+fn base_origin(r: &Rule) -> &'static str {
     if crate::incidents::builtin::NAMES.contains(&r.name.as_str())
         && r.labels.get("builtin").is_some_and(|v| v == "true")
     {
@@ -645,7 +647,7 @@ async fn rules(
     auth.require(Role::Viewer)?;
     let api = state
         .db
-        .run(|db| Ok(crate::incidents::rules::load(db.conn())?))
+        .run(|db| Ok(crate::incidents::api_rules::load(db.conn())?))
         .await?;
     let mut out: Vec<RuleView> = state
         .incidents
@@ -664,7 +666,7 @@ async fn create_rule(
     ApiJson(body): ApiJson<Value>,
 ) -> Result<impl IntoResponse, ApiError> {
     auth.require(Role::Admin)?;
-    let rule = crate::config::rule_from_json(&body)
+    let rule = crate::incidents::rule::rule_from_json(&body)
         .map_err(|errors| ApiError::Unprocessable(errors.join("; ")))?;
     if state.incidents.rules.iter().any(|r| r.name == rule.name) {
         return Err(ApiError::Conflict(format!(
@@ -678,7 +680,7 @@ async fn create_rule(
     let created = state
         .db
         .run(move |db| {
-            Ok(crate::incidents::rules::create(
+            Ok(crate::incidents::api_rules::create(
                 db.conn(),
                 &stored,
                 &body,
@@ -713,7 +715,7 @@ async fn delete_rule(
     let n = name.clone();
     let deleted = state
         .db
-        .run(move |db| Ok(crate::incidents::rules::delete(db.conn(), &n)?))
+        .run(move |db| Ok(crate::incidents::api_rules::delete(db.conn(), &n)?))
         .await?;
     if !deleted {
         return Err(ApiError::NotFound(format!("rule {name:?} not found")));

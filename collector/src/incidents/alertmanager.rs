@@ -35,7 +35,7 @@ use std::collections::BTreeMap;
 
 use serde::Deserialize;
 
-use crate::config::Level;
+use super::rule::Level;
 
 /// The only payload version understood.
 pub const VERSION: &str = "4";
@@ -479,7 +479,7 @@ mod tests {
             let got = severity(label);
             assert_eq!(got, expected, "{label:?}");
             assert_eq!(
-                crate::incidents::eval::priority(got.0, got.1),
+                crate::incidents::rule::priority(got.0, got.1),
                 p,
                 "{label:?}"
             );

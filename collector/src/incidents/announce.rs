@@ -6,7 +6,7 @@
 use rusqlite::Connection;
 use serde_json::json;
 
-use super::store::{self, Incident};
+use super::records::{self, Incident};
 use crate::notify::{self, EventKind, Notification, Webhook};
 
 /// The payload of `kind` for `inc`, caused by `actor` at `at_ms`.
@@ -56,11 +56,11 @@ pub fn announce(
     actor: &str,
     now_ms: i64,
 ) -> rusqlite::Result<usize> {
-    let Some(inc) = store::get(conn, id)? else {
+    let Some(inc) = records::get(conn, id)? else {
         return Ok(0);
     };
     if matches!(kind, EventKind::Opened | EventKind::Reopened) {
-        store::set_announced(conn, id)?;
+        records::set_announced(conn, id)?;
     }
     let n = notification(&inc, kind, actor, now_ms);
     let queued = notify::enqueue(conn, hooks, &n, event_id, now_ms)?;
@@ -70,12 +70,12 @@ pub fn announce(
             .filter(|h| notify::matches(h, &n))
             .map(|h| h.name.as_str())
             .collect();
-        store::add_event(
+        records::add_event(
             conn,
             id,
             now_ms,
             "notification",
-            store::SYSTEM,
+            records::SYSTEM,
             &json!({"event": kind.as_str(), "webhooks": names}),
         )?;
     }

@@ -12,7 +12,8 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use crate::config::{CollectorConfig, Level, Rule, Scope, Threshold};
+use super::rule::{Level, Rule, Threshold};
+use super::scope::Scope;
 
 pub const UP: &str = "up";
 pub const MEMORY_USED_RATIO: &str = "memory_used_ratio";
@@ -111,42 +112,42 @@ pub fn rules() -> Vec<Rule> {
     ]
 }
 
-impl CollectorConfig {
-    /// The rules in force: the built-in ones not disabled nor replaced by a `[[rule]]` of the
-    /// same name, then every `[[rule]]`.
-    pub fn effective_rules(&self) -> Vec<Rule> {
-        let mut out = Vec::new();
-        if self.incidents.builtin_rules {
-            for r in rules() {
-                let replaced = self.rules.iter().any(|own| own.name == r.name);
-                if !replaced && !self.incidents.disable.contains(&r.name) {
-                    out.push(r);
-                }
+/// The rules in force: the built-in ones (when `builtin_on`) not disabled nor replaced by an own
+/// rule of the same name, then every own rule (`[[rule]]`).
+pub fn effective(own: &[Rule], builtin_on: bool, disable: &[String]) -> Vec<Rule> {
+    let mut out = Vec::new();
+    if builtin_on {
+        for r in rules() {
+            let replaced = own.iter().any(|o| o.name == r.name);
+            if !replaced && !disable.contains(&r.name) {
+                out.push(r);
             }
         }
-        out.extend(self.rules.iter().cloned());
-        out
     }
+    out.extend(own.iter().cloned());
+    out
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    fn names(c: &CollectorConfig) -> Vec<String> {
-        c.effective_rules().into_iter().map(|r| r.name).collect()
+    fn names(own: &[Rule], on: bool, disable: &[&str]) -> Vec<String> {
+        let disable: Vec<String> = disable.iter().map(|s| s.to_string()).collect();
+        effective(own, on, &disable)
+            .into_iter()
+            .map(|r| r.name)
+            .collect()
     }
 
     #[test]
     fn builtins_can_be_replaced_disabled_or_switched_off() {
-        let mut c = CollectorConfig::defaults_in(std::path::Path::new("/tmp"));
-        assert_eq!(names(&c), NAMES);
+        assert_eq!(names(&[], true, &[]), NAMES);
         let mut own = rules().remove(1);
         own.hold = Duration::from_secs(1);
-        c.rules.push(own);
-        c.incidents.disable.push(MEMORY_FULL.to_string());
+        let own = [own];
         assert_eq!(
-            names(&c),
+            names(&own, true, &[MEMORY_FULL]),
             [
                 HOST_UNREACHABLE,
                 FILESYSTEM_FULL,
@@ -154,9 +155,8 @@ mod tests {
                 CHECK_DOWN
             ]
         );
-        assert_eq!(c.effective_rules()[3].hold, Duration::from_secs(1));
-        c.incidents.builtin_rules = false;
-        assert_eq!(names(&c), [CHECK_DOWN]);
+        assert_eq!(effective(&own, true, &[])[4].hold, Duration::from_secs(1));
+        assert_eq!(names(&own, false, &[]), [CHECK_DOWN]);
     }
 
     #[test]

@@ -38,11 +38,12 @@ use vigil_shared::proto::Sample;
 
 use super::builtin::{HOST_UNREACHABLE, INVENTORY_STALE, MEMORY_USED_RATIO, UP};
 use super::eval::{Condition, Event, FlapParams, Observed, Series};
+use super::maintenance::Maintenance;
 use super::maintenance::{self, Window};
+use super::records::{self, Opened, Opening, Origin, Suppression};
+use super::rule::{Rule, Threshold};
 use super::scope::{self, Target};
-use super::store::{self, Opened, Opening, Origin, Suppression};
 use super::{announce, IncidentMetrics};
-use crate::config::{CollectorConfig, Rule, Threshold};
 use crate::notify::{EventKind, Webhook};
 use crate::store::StoreError;
 use vigil_runtime::clock::Clock;
@@ -140,29 +141,11 @@ pub struct EngineConfig {
     pub close_after_ms: i64,
     pub down_after_intervals: u32,
     pub webhooks: Arc<Vec<Webhook>>,
-    pub maintenance: Vec<crate::config::Maintenance>,
+    pub maintenance: Vec<Maintenance>,
 }
 
 fn ms(d: Duration) -> i64 {
     i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
-}
-
-impl EngineConfig {
-    pub fn from_config(c: &CollectorConfig, webhooks: Arc<Vec<Webhook>>) -> EngineConfig {
-        EngineConfig {
-            rules: c.effective_rules(),
-            flap: FlapParams {
-                window: c.incidents.flap_window,
-                high: c.incidents.flap_start,
-                low: c.incidents.flap_stop,
-            },
-            reopen_within_ms: ms(c.incidents.reopen_within),
-            close_after_ms: ms(c.incidents.close_after),
-            down_after_intervals: c.agents.down_after_intervals,
-            webhooks,
-            maintenance: c.maintenance.clone(),
-        }
-    }
 }
 
 /// Starts the engine thread on the store in `data_dir`. `wake` is called after a commit that
@@ -354,8 +337,8 @@ impl Engine {
             );
         }
         self.refresh(now);
-        for inc in store::active(&self.conn)? {
-            if inc.origin != store::Origin::Rule.as_str() {
+        for inc in records::active(&self.conn)? {
+            if inc.origin != records::Origin::Rule.as_str() {
                 continue;
             }
             let Some(rule) = self.rules.iter().position(|r| r.rule.name == inc.rule) else {
@@ -382,7 +365,7 @@ impl Engine {
                         peak,
                         inc.flapping,
                     ),
-                    ci_type: static_type(&inc.ci_type),
+                    ci_type: scope::static_ci_type(&inc.ci_type),
                     incident: Some(inc.id),
                     ci_id: Some(inc.ci_id),
                     excluded: false,
@@ -397,7 +380,7 @@ impl Engine {
     /// The configured (and built-in) rules plus the API's.
     fn load_rules(&mut self) {
         let mut all = self.config.rules.clone();
-        match super::rules::load(&self.conn) {
+        match super::api_rules::load(&self.conn) {
             Ok(api) => {
                 for r in api {
                     if all.iter().any(|x| x.name == r.rule.name) {
@@ -462,17 +445,17 @@ impl Engine {
     fn resolve_orphan(&mut self, id: i64, code: &str, now: i64) {
         let hooks = self.config.webhooks.clone();
         let res = in_tx(&self.conn, |c| {
-            let Some(event_id) = store::auto_resolve(c, id, now, None, code, now)? else {
+            let Some(event_id) = records::auto_resolve(c, id, now, None, code, now)? else {
                 return Ok(());
             };
-            if store::get(c, id)?.is_some_and(|i| i.announced) {
+            if records::get(c, id)?.is_some_and(|i| i.announced) {
                 announce::announce(
                     c,
                     &hooks,
                     id,
                     EventKind::Resolved,
                     event_id,
-                    store::SYSTEM,
+                    records::SYSTEM,
                     now,
                 )?;
             }
@@ -504,7 +487,7 @@ impl Engine {
             // Something was written: wake the notifier, refresh the open-incident gauges.
             if std::mem::take(&mut self.notified) {
                 (self.wake)();
-                match store::open_counts(&self.conn) {
+                match records::open_counts(&self.conn) {
                     Ok(counts) => self.metrics.set_open(counts),
                     Err(e) => tracing::warn!(error = %e, "cannot count open incidents"),
                 }
@@ -766,7 +749,7 @@ impl Engine {
                     return;
                 };
                 let res = in_tx(&self.conn, |c| {
-                    store::set_flapping(c, id, flapping, percent, now)
+                    records::set_flapping(c, id, flapping, percent, now)
                 });
                 if let Err(e) = res {
                     self.write_failed("flapping", &e);
@@ -859,7 +842,7 @@ impl Engine {
         let reopen_within = self.config.reopen_within_ms;
         let agent_id: &str = s.agent;
         let res = in_tx(&self.conn, |c| {
-            let opened = store::open(c, &opening, reopen_within, now)?;
+            let opened = records::open(c, &opening, reopen_within, now)?;
             let (id, event_id, kind) = match opened {
                 Opened::New { id, event_id } => (id, event_id, EventKind::Opened),
                 Opened::Reopened { id, event_id } => (id, event_id, EventKind::Reopened),
@@ -867,12 +850,12 @@ impl Engine {
                 Opened::OutOfOrder { .. } => return Ok((opened, 0, 0)),
             };
             if suppression.is_none() && !flapping {
-                announce::announce(c, &hooks, id, kind, event_id, store::SYSTEM, now)?;
+                announce::announce(c, &hooks, id, kind, event_id, records::SYSTEM, now)?;
             }
             let mut symptoms = 0;
             if is_host {
                 for child in host_symptoms(c, agent_id, id)? {
-                    if store::suppress_under(c, child, id, now)? {
+                    if records::suppress_under(c, child, id, now)? {
                         symptoms += 1;
                     }
                 }
@@ -923,10 +906,10 @@ impl Engine {
         let is_host = self.rules[s.rule].is_host_unreachable;
         let hooks = self.config.webhooks.clone();
         let res = in_tx(&self.conn, |c| {
-            let Some(inc) = store::get(c, id)? else {
+            let Some(inc) = records::get(c, id)? else {
                 return Ok(None);
             };
-            let Some(event_id) = store::auto_resolve(c, id, at_ms, Some(value), "cleared", now)?
+            let Some(event_id) = records::auto_resolve(c, id, at_ms, Some(value), "cleared", now)?
             else {
                 return Ok(None);
             };
@@ -938,16 +921,16 @@ impl Engine {
                     id,
                     EventKind::Resolved,
                     event_id,
-                    store::SYSTEM,
+                    records::SYSTEM,
                     now,
                 )?;
             }
             if inc.suppressed.as_deref() == Some("parent") {
                 // A symptom whose condition cleared: done with it.
-                store::close_system(c, id, "symptom_cleared", now)?;
+                records::close_system(c, id, "symptom_cleared", now)?;
             }
             let children = if is_host {
-                store::children(c, id)?
+                records::children(c, id)?
                     .into_iter()
                     .filter(|ch| ch.state.is_active())
                     .map(|ch| ch.id)
@@ -987,18 +970,18 @@ impl Engine {
     fn announce_if_quiet(&mut self, id: i64, now: i64) {
         let hooks = self.config.webhooks.clone();
         let res = in_tx(&self.conn, |c| {
-            let Some(inc) = store::get(c, id)? else {
+            let Some(inc) = records::get(c, id)? else {
                 return Ok(false);
             };
             if !inc.state.is_active() || inc.announced || inc.is_suppressed() || inc.flapping {
                 return Ok(false);
             }
-            let event_id = store::add_event(
+            let event_id = records::add_event(
                 c,
                 id,
                 now,
                 "announced",
-                store::SYSTEM,
+                records::SYSTEM,
                 &serde_json::json!({"reason": "no longer suppressed or flapping"}),
             )?;
             let kind = if inc.reopen_count > 0 {
@@ -1006,7 +989,7 @@ impl Engine {
             } else {
                 EventKind::Opened
             };
-            announce::announce(c, &hooks, id, kind, event_id, store::SYSTEM, now)?;
+            announce::announce(c, &hooks, id, kind, event_id, records::SYSTEM, now)?;
             Ok(true)
         });
         match res {
@@ -1024,7 +1007,9 @@ impl Engine {
             return;
         };
         entry.last_flush_ms = now;
-        if let Err(e) = in_tx(&self.conn, |c| store::record_breach(c, id, at, value, peak)) {
+        if let Err(e) = in_tx(&self.conn, |c| {
+            records::record_breach(c, id, at, value, peak)
+        }) {
             self.write_failed("breach", &e);
         }
     }
@@ -1050,7 +1035,7 @@ impl Engine {
         }
         let res = in_tx(&self.conn, |c| {
             for (id, (at, value, peak)) in &updates {
-                store::record_breach(c, *id, *at, *value, *peak)?;
+                records::record_breach(c, *id, *at, *value, *peak)?;
             }
             Ok(())
         });
@@ -1073,7 +1058,7 @@ impl Engine {
         if now.saturating_sub(self.last_close_ms) >= CLOSE_EVERY_MS {
             self.last_close_ms = now;
             let cutoff = now.saturating_sub(self.config.close_after_ms);
-            match in_tx(&self.conn, |c| store::auto_close(c, cutoff, now)) {
+            match in_tx(&self.conn, |c| records::auto_close(c, cutoff, now)) {
                 Ok(ids) if !ids.is_empty() => {
                     tracing::info!(
                         incidents = ids.len(),
@@ -1095,7 +1080,7 @@ impl Engine {
             .partition(|r| r.deadline_ms <= now);
         self.reeval = later;
         for r in due {
-            let res = in_tx(&self.conn, |c| store::unsuppress(c, r.incident, now));
+            let res = in_tx(&self.conn, |c| records::unsuppress(c, r.incident, now));
             match res {
                 Ok(Some(_)) => {
                     tracing::info!(
@@ -1131,7 +1116,7 @@ impl Engine {
             }
             Err(e) => tracing::warn!(error = %e, "cannot read stale inventories"),
         }
-        match store::open_counts(&self.conn) {
+        match records::open_counts(&self.conn) {
             Ok(counts) => self.metrics.set_open(counts),
             Err(e) => tracing::warn!(error = %e, "cannot count open incidents"),
         }
@@ -1233,15 +1218,6 @@ impl Engine {
 /// The stable dedup key of a rule series.
 pub fn dedup_key(rule: &str, agent: &str, ci_type: &str, ci_key: &str) -> String {
     format!("{rule}|{agent}|{ci_type}|{ci_key}")
-}
-
-fn static_type(t: &str) -> &'static str {
-    ci_type::DISCOVERED
-        .iter()
-        .copied()
-        .chain([scope::CHECK])
-        .find(|k| *k == t)
-        .unwrap_or(ci_type::HOST)
 }
 
 fn title(rule: &Rule, hostname: &str, ci_type: &str, key: &str, value: f64) -> String {
@@ -1358,9 +1334,10 @@ mod tests {
     use std::sync::atomic::{AtomicI64, Ordering};
 
     use super::*;
-    use crate::config::{Level, Scope};
     use crate::incidents::builtin;
-    use crate::incidents::store::State;
+    use crate::incidents::records::State;
+    use crate::incidents::rule::Level;
+    use crate::incidents::scope::Scope;
     use crate::store::{Db, NewAgent};
 
     const T0: i64 = 1_800_000_000_000;
@@ -1389,7 +1366,7 @@ mod tests {
         }
     }
 
-    fn config(windows: Vec<crate::config::Maintenance>) -> EngineConfig {
+    fn config(windows: Vec<Maintenance>) -> EngineConfig {
         let mut rules: Vec<Rule> = builtin::rules()
             .into_iter()
             .filter(|r| r.name == HOST_UNREACHABLE || r.name == builtin::MEMORY_FULL)
@@ -1432,7 +1409,7 @@ mod tests {
         }
     }
 
-    fn fixture(windows: Vec<crate::config::Maintenance>) -> Fixture {
+    fn fixture(windows: Vec<Maintenance>) -> Fixture {
         let dir = tempfile::tempdir().expect("tempdir");
         let db = Db::open(dir.path()).expect("db");
         for (id, host) in [("a1", "web-1"), ("a2", "db-1")] {
@@ -1458,7 +1435,7 @@ mod tests {
         }
     }
 
-    fn start(dir: &Path, now: &Arc<AtomicI64>, windows: Vec<crate::config::Maintenance>) -> Engine {
+    fn start(dir: &Path, now: &Arc<AtomicI64>, windows: Vec<Maintenance>) -> Engine {
         let conn = crate::store::open_connection(dir).expect("conn");
         let clock_now = now.clone();
         let clock: Clock = Arc::new(move || clock_now.load(Ordering::SeqCst));
@@ -1517,14 +1494,14 @@ mod tests {
             self.engine.tick(at);
         }
 
-        fn incident(&self, rule: &str, agent: &str) -> store::Incident {
-            let (items, _) = store::list(
+        fn incident(&self, rule: &str, agent: &str) -> records::Incident {
+            let (items, _) = records::list(
                 self.db.conn(),
-                &store::Filter {
+                &records::Filter {
                     rule: Some(rule.into()),
                     host: Some(agent.into()),
                     limit: 10,
-                    ..store::Filter::default()
+                    ..records::Filter::default()
                 },
             )
             .expect("list");
@@ -1616,14 +1593,14 @@ mod tests {
         f.connect("a1", 0);
         f.sample("a1", "check_up", Some(("check", "app")), 1_000, 1.0);
         f.tick(3_900);
-        assert!(store::active(f.db.conn()).expect("active").is_empty());
+        assert!(records::active(f.db.conn()).expect("active").is_empty());
         f.tick(4_100);
         assert_eq!(f.incident(HOST_UNREACHABLE, "a1").state, State::Open);
     }
 
     #[test]
     fn maintenance_windows_suppress_matching_breaches_only() {
-        let window = crate::config::Maintenance {
+        let window = Maintenance {
             name: "patch-night".into(),
             scope: Scope {
                 host: Some(glob::Pattern::new("db-*").expect("glob")),
@@ -1704,8 +1681,8 @@ mod tests {
         let mut f = fixture(Vec::new());
         f.connect("a1", 0);
         let body = serde_json::json!({"name": "api-load", "metric": "load1", "above": 4});
-        let rule = crate::config::rule_from_json(&body).expect("rule");
-        super::super::rules::create(f.db.conn(), &rule, &body, "api:t", T0).expect("create");
+        let rule = crate::incidents::rule::rule_from_json(&body).expect("rule");
+        super::super::api_rules::create(f.db.conn(), &rule, &body, "api:t", T0).expect("create");
         f.engine.handle(Input::RulesChanged);
         f.sample("a1", "load1", None, 100, 9.0);
         let inc = f.incident("api-load", "a1");
@@ -1716,7 +1693,7 @@ mod tests {
         f.sample("a1", "check_up", Some(("check", "app")), 300, 1.0);
         assert_eq!(f.incident("check", "a1").state, State::Resolved);
 
-        super::super::rules::delete(f.db.conn(), "api-load").expect("delete");
+        super::super::api_rules::delete(f.db.conn(), "api-load").expect("delete");
         f.engine.handle(Input::RulesChanged);
         let inc = f.incident("api-load", "a1");
         assert_eq!(
@@ -1741,7 +1718,7 @@ mod tests {
         // Silent from now on, yet never unreachable: it is gone. (a2, which never connected
         // since the start, is: not checked here.)
         f.tick(60_000);
-        let active: Vec<(String, String)> = store::active(f.db.conn())
+        let active: Vec<(String, String)> = records::active(f.db.conn())
             .expect("active")
             .into_iter()
             .filter(|i| i.agent_id.as_deref() == Some("a1"))
@@ -1824,11 +1801,11 @@ mod tests {
             (inc.id, State::Open, false)
         );
         let count = |f: &Fixture| {
-            store::list(
+            records::list(
                 f.db.conn(),
-                &store::Filter {
+                &records::Filter {
                     limit: 100,
-                    ..store::Filter::default()
+                    ..records::Filter::default()
                 },
             )
             .expect("list")

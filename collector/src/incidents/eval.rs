@@ -16,20 +16,7 @@
 //! - an open incident resolves only once the value is back past `clear` (hysteresis);
 //! - Nagios-style flap detection: while a series flaps its incident never resolves.
 
-use crate::config::{Level, Rule, Threshold};
-
-/// ITIL priority matrix: high=1, medium=2, low=3; priority = impact + urgency - 1 (P1 critical ..
-/// P5 planning).
-pub fn priority(impact: Level, urgency: Level) -> u8 {
-    fn rank(l: Level) -> u8 {
-        match l {
-            Level::High => 1,
-            Level::Medium => 2,
-            Level::Low => 3,
-        }
-    }
-    rank(impact) + rank(urgency) - 1
-}
+use super::rule::{Rule, Threshold};
 
 /// What evaluation needs from a rule (built-in rules build it directly).
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -392,6 +379,7 @@ impl Series {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::incidents::rule::Level;
     use std::collections::BTreeMap;
     use std::time::Duration;
 
@@ -459,25 +447,6 @@ mod tests {
 
     fn resolved(at: i64, value: f64) -> Event {
         Event::Resolved { at_ms: at, value }
-    }
-
-    #[test]
-    fn priority_matrix() {
-        use Level::*;
-        let cells = [
-            (High, High, 1),
-            (High, Medium, 2),
-            (High, Low, 3),
-            (Medium, High, 2),
-            (Medium, Medium, 3),
-            (Medium, Low, 4),
-            (Low, High, 3),
-            (Low, Medium, 4),
-            (Low, Low, 5),
-        ];
-        for (impact, urgency, p) in cells {
-            assert_eq!(priority(impact, urgency), p, "{impact:?}/{urgency:?}");
-        }
     }
 
     #[test]

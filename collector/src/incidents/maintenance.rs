@@ -8,9 +8,122 @@
 //! panic on a scope stored by an older version (an unreadable scope matches nothing, logged).
 
 use rusqlite::{params, Connection};
-use serde::{Deserialize, Serialize};
+use serde::Deserialize;
 
-use crate::config::{Maintenance, Recurrence, Scope};
+use std::time::Duration;
+
+use vigil_shared::config::{self as cfg, Diagnostics, RawTime, Spanned};
+
+use super::scope::{Scope, ScopeJson};
+
+/// How often a maintenance window repeats.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Recurrence {
+    Daily,
+    Weekly,
+}
+
+impl Recurrence {
+    pub fn period(self) -> Duration {
+        match self {
+            Recurrence::Daily => Duration::from_secs(86_400),
+            Recurrence::Weekly => Duration::from_secs(7 * 86_400),
+        }
+    }
+}
+
+/// A maintenance window (`[[maintenance]]`): suppresses incidents in its scope and is excluded
+/// from SLA downtime.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Maintenance {
+    pub name: String,
+    pub scope: Scope,
+    /// First start, milliseconds since the Unix epoch (UTC).
+    pub start_ms: i64,
+    pub duration: Duration,
+    /// Repeats every day or week from `start_ms` when set (`every = "day" | "week"`).
+    pub every: Option<Recurrence>,
+}
+
+/// `[[maintenance]]` as written.
+#[derive(Debug, Deserialize)]
+pub(crate) struct RawMaintenance {
+    name: Option<Spanned<String>>,
+    scope: Option<super::scope::RawScope>,
+    start: Option<Spanned<RawTime>>,
+    duration: Option<Spanned<String>>,
+    every: Option<Spanned<String>>,
+}
+
+/// Validates one `[[maintenance]]`.
+pub(crate) fn convert_maintenance(
+    raw: &Spanned<RawMaintenance>,
+    d: &mut Diagnostics,
+) -> Option<Maintenance> {
+    let (span, m) = (raw.span(), raw.get_ref());
+    let name = cfg::object_name(d, span.clone(), "maintenance", m.name.as_ref());
+    let scope = super::scope::convert_scope(d, m.scope.as_ref());
+    let start_ms = match &m.start {
+        Some(t) => d.parse_value(t, |t| vigil_shared::time::parse_rfc3339_ms(&t.0)),
+        None => {
+            d.missing(
+                span.clone(),
+                "start",
+                "[[maintenance]] is missing `start` (e.g. \"2026-12-01T02:00:00Z\")",
+            );
+            None
+        }
+    };
+    let every = m.every.as_ref().map(|e| {
+        d.parse_value(e, |s| match s.as_str() {
+            "day" => Ok(Recurrence::Daily),
+            "week" => Ok(Recurrence::Weekly),
+            _ => Err(format!(
+                "invalid `every` {s:?}: expected \"day\" or \"week\""
+            )),
+        })
+    });
+    let duration = match &m.duration {
+        Some(v) => d.duration(v).and_then(|x| {
+            let period = every.flatten().map(Recurrence::period);
+            if x.is_zero() {
+                d.error_at(v, "`duration` must be positive");
+                None
+            } else if period.is_some_and(|p| x >= p) {
+                d.error_at(
+                    v,
+                    format!(
+                        "`duration` ({}) must be shorter than the repeat period",
+                        v.get_ref()
+                    ),
+                );
+                None
+            } else {
+                Some(x)
+            }
+        }),
+        None => {
+            d.missing(
+                span,
+                "duration",
+                "[[maintenance]] is missing `duration` (e.g. \"2h\")",
+            );
+            None
+        }
+    };
+    match (name, scope, start_ms, duration, every) {
+        (Some(name), Some(scope), Some(start_ms), Some(duration), None | Some(Some(_))) => {
+            Some(Maintenance {
+                name: name.into_inner(),
+                scope,
+                start_ms,
+                duration,
+                every: every.flatten(),
+            })
+        }
+        _ => None,
+    }
+}
 
 /// A window as the engine matches it.
 #[derive(Debug, Clone, PartialEq)]
@@ -52,58 +165,6 @@ pub fn covering<'a>(
     windows
         .iter()
         .find(|w| w.covers(at_ms) && crate::incidents::scope::matches(&w.scope, target))
-}
-
-/// The stored form of a [`Scope`].
-#[derive(Debug, Default, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct ScopeJson {
-    #[serde(rename = "type", default, skip_serializing_if = "Option::is_none")]
-    pub ci_type: Option<String>,
-    /// `key=value`
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub tag: Option<String>,
-    /// Host name glob.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub host: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub ci: Option<String>,
-}
-
-impl ScopeJson {
-    pub fn from_scope(s: &Scope) -> ScopeJson {
-        ScopeJson {
-            ci_type: s.ci_type.clone(),
-            tag: s.tag.as_ref().map(|(k, v)| format!("{k}={v}")),
-            host: s.host.as_ref().map(|g| g.as_str().to_string()),
-            ci: s.ci.clone(),
-        }
-    }
-
-    /// Validates into a [`Scope`]; the message names the bad field.
-    pub fn to_scope(&self) -> Result<Scope, String> {
-        let tag = match &self.tag {
-            None => None,
-            Some(t) => match t.split_once('=') {
-                Some((k, v)) if !k.trim().is_empty() && !v.trim().is_empty() => {
-                    Some((k.trim().to_string(), v.trim().to_string()))
-                }
-                _ => return Err(format!("invalid tag {t:?}: expected \"key=value\"")),
-            },
-        };
-        let host = match &self.host {
-            None => None,
-            Some(h) => Some(
-                glob::Pattern::new(h).map_err(|e| format!("invalid host glob {h:?}: {}", e.msg))?,
-            ),
-        };
-        Ok(Scope {
-            ci_type: self.ci_type.clone(),
-            tag,
-            host,
-            ci: self.ci.clone(),
-        })
-    }
 }
 
 fn every_str(r: Option<Recurrence>) -> Option<&'static str> {

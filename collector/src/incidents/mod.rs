@@ -19,13 +19,14 @@
 
 pub mod alertmanager;
 pub mod announce;
+pub mod api_rules;
 pub mod builtin;
 pub mod engine;
 pub mod eval;
 pub mod maintenance;
-pub mod rules;
+pub mod records;
+pub mod rule;
 pub mod scope;
-pub mod store;
 
 use prometheus::{
     Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGaugeVec, Opts, Registry,

@@ -15,8 +15,7 @@ use std::fmt;
 use rusqlite::{params, Connection, OptionalExtension, Row};
 use serde_json::json;
 
-use crate::config::Level;
-use crate::incidents::eval::priority;
+use super::rule::{priority, Level};
 
 /// Incident states. `open -> acknowledged -> resolved -> closed`; `resolved -> open` again when
 /// the condition recurs within `reopen_within`.

@@ -1,6 +1,6 @@
 //! Rules made through the API (`POST /api/v1/rules`, admin), stored in `api_rules` and evaluated
 //! next to the built-in and configured ones. The body has the keys of `[[rule]]` and is checked
-//! by the same validation ([`crate::config::rule_from_json`]); names are unique across built-in,
+//! by the same validation ([`super::rule::rule_from_json`]); names are unique across built-in,
 //! configured and API rules. Deleting an API rule resolves its open incidents
 //! (`resolution_code = "rule_deleted"`).
 //!
@@ -9,7 +9,7 @@
 
 use rusqlite::{params, Connection, OptionalExtension};
 
-use crate::config::{rule_from_json, Rule};
+use super::rule::{rule_from_json, Rule};
 
 /// One stored API rule.
 #[derive(Debug, Clone)]
