@@ -1,11 +1,12 @@
 //! Building and running a collector: bind the sockets, open the store, spawn the QUIC ingest
 //! server, the HTTP server and the housekeeping tasks, and stop them all within a deadline.
+//! Every long-lived thread and task is watched by a [`Supervisor`]: one that dies fails
+//! `/readyz` and resolves [`Running::failed`], on which `serve` exits non-zero.
 //!
 //! `main` parses arguments and loads the configuration; everything that binds or opens lives
 //! here, so tests and `quickstart` start a collector the same way `serve` does.
 
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
@@ -19,9 +20,11 @@ use crate::config::CollectorConfig;
 use crate::http::{self, HttpState};
 use crate::latest::LatestTable;
 use crate::metrics::Metrics;
+use crate::presence::{Presence, Restored};
+use crate::supervise::{Failure, Supervisor};
 use vigil_runtime::clock::now_ms;
 
-use crate::server::Ingest;
+use crate::server::{Ingest, IngestParts};
 use crate::store::{Db, Writer};
 
 /// How long a stopping collector waits for connections to drain before it closes them.
@@ -43,6 +46,7 @@ pub struct Running {
     endpoint: quinn::Endpoint,
     writer_join: crate::store::WriterJoin,
     engine_join: crate::incidents::engine::EngineJoin,
+    supervisor: Supervisor,
     /// Held until the collector has stopped.
     _lock: crate::admin::DataDirLock,
 }
@@ -55,14 +59,28 @@ pub async fn start(config: &CollectorConfig) -> Result<Running> {
     let identity = ca::load_or_create(&data_dir, &config.quic.server_names, SystemTime::now())
         .context("cannot set up the collector CA")?;
     let db = Db::open(&data_dir).context("cannot open the store")?;
+    let supervisor = Supervisor::new();
+    // Every enrolled agent, as it was when the collector last ran: none is connected now, a
+    // host that was down stays down until heard from, a clean stop stays one.
+    let presence = Arc::new(Presence::new(crate::presence::Policy {
+        down_after_intervals: config.agents.down_after_intervals,
+        shutdown_grace_ms: i64::try_from(config.agents.shutdown_grace.as_millis())
+            .unwrap_or(i64::MAX),
+    }));
+    presence.restore(
+        restored_agents(&db).context("cannot read the agents")?,
+        now_ms(),
+    );
     db.mark_all_disconnected()
         .context("cannot open the store")?;
-    let (writer, writer_join) =
-        Writer::spawn(&data_dir).context("cannot start the store writer")?;
+    let (writer, writer_join) = Writer::spawn_supervised(&data_dir, &supervisor)
+        .context("cannot start the store writer")?;
 
-    let table = Arc::new(LatestTable::new(config.agents.down_after_intervals));
-    let metrics =
-        Arc::new(Metrics::new(table.clone(), Arc::new(now_ms)).context("cannot register metrics")?);
+    let table = Arc::new(LatestTable::new());
+    let metrics = Arc::new(
+        Metrics::new(table.clone(), presence.clone(), Arc::new(now_ms))
+            .context("cannot register metrics")?,
+    );
     // vigil_cmdb_items / vigil_cmdb_changes_total: shared by every connection to this store file.
     let cmdb_metrics = crate::cmdb::metrics_for(&db).context("cannot load the CMDB metrics")?;
     metrics
@@ -122,16 +140,16 @@ pub async fn start(config: &CollectorConfig) -> Result<Running> {
 
     let shutdown = CancellationToken::new();
     let tracker = TaskTracker::new();
-    let ready = Arc::new(AtomicBool::new(false));
 
     // Incidents: the notifier delivers what the engine and the API queue in the outbox.
     let webhooks = Arc::new(config.webhooks.clone());
-    let notifier = crate::notify::Notifier::spawn(
+    let notifier = crate::notify::Notifier::spawn_supervised(
         &data_dir,
         config.webhooks.clone(),
         notify_metrics,
         &tracker,
         shutdown.clone(),
+        &supervisor,
     )
     .context("cannot start the notifier")?;
     let notifier = Arc::new(notifier);
@@ -143,31 +161,46 @@ pub async fn start(config: &CollectorConfig) -> Result<Running> {
     let rules = Arc::new(engine_config.rules.clone());
     let (engine, engine_join) = crate::incidents::engine::spawn(
         &data_dir,
-        engine_config,
-        incident_metrics.clone(),
-        wake.clone(),
-        Arc::new(now_ms),
+        crate::incidents::engine::EngineParts {
+            config: engine_config,
+            metrics: incident_metrics.clone(),
+            wake: wake.clone(),
+            presence: presence.clone(),
+            clock: Arc::new(now_ms),
+            on_exit: supervisor.sentinel("incident engine").into_exit_hook(),
+        },
     )
     .context("cannot start the incident engine")?;
-    let ingest = Arc::new(Ingest::new(
-        data_dir.clone(),
-        writer.clone(),
+    let ingest = Arc::new(Ingest::new(IngestParts {
+        data_dir: data_dir.clone(),
+        writer: writer.clone(),
         table,
-        metrics.clone(),
-        Arc::new(identity.clone()),
-        vigil_shared::codec::DEFAULT_MAX_FRAME,
-        vigil_shared::proto::Settings {
-            interval_ms: config.agents.interval.map(|i| i.as_millis() as u64),
+        presence: presence.clone(),
+        metrics: metrics.clone(),
+        identity: Arc::new(identity.clone()),
+        max_frame: vigil_shared::codec::DEFAULT_MAX_FRAME,
+        settings: vigil_shared::proto::Settings {
+            interval_ms: config
+                .agents
+                .interval
+                .map(|i| u64::try_from(i.as_millis()).unwrap_or(u64::MAX)),
         },
-        Some(engine.clone()),
-    )?);
-    tracker.spawn(ingest.run(endpoint.clone(), shutdown.clone()));
+        engine: Some(engine.clone()),
+    })?);
+    let quic_sentinel = supervisor.sentinel("QUIC server");
+    let quic_shutdown = shutdown.clone();
+    let quic_endpoint = endpoint.clone();
+    tracker.spawn(async move {
+        let _sentinel = quic_sentinel;
+        ingest.run(quic_endpoint, quic_shutdown).await
+    });
 
     let metrics_text = {
         let metrics = metrics.clone();
         Arc::new(move || metrics.encode()) as Arc<dyn Fn() -> String + Send + Sync>
     };
-    let mut http_state = HttpState::new(data_dir.clone(), metrics_text, ready.clone())?;
+    let mut http_state = HttpState::new(data_dir.clone(), metrics_text, supervisor.clone())?;
+    http_state.presence = Some(presence);
     http_state.incidents = Arc::new(http::IncidentsApi {
         webhooks,
         wake,
@@ -179,7 +212,9 @@ pub async fn start(config: &CollectorConfig) -> Result<Running> {
     });
     let router = http::router(http_state);
     let http_shutdown = shutdown.clone();
+    let http_sentinel = supervisor.sentinel("HTTP server");
     tracker.spawn(async move {
+        let _sentinel = http_sentinel;
         if let Err(e) = http::serve(http_listener, router, http_shutdown.cancelled_owned()).await {
             tracing::error!(error = %e, "HTTP server failed");
         }
@@ -189,7 +224,9 @@ pub async fn start(config: &CollectorConfig) -> Result<Running> {
     let stale_after = config.store.stale_after;
     let prune_shutdown = shutdown.clone();
     let prune_dir = data_dir.clone();
+    let prune_sentinel = supervisor.sentinel("housekeeping");
     tracker.spawn(async move {
+        let _sentinel = prune_sentinel;
         let mut tick = tokio::time::interval(PRUNE_EVERY);
         loop {
             tokio::select! {
@@ -198,7 +235,8 @@ pub async fn start(config: &CollectorConfig) -> Result<Running> {
             }
             let dir = prune_dir.clone();
             let now = now_ms();
-            let cutoff = now - retention.as_millis() as i64;
+            let cutoff =
+                now.saturating_sub(i64::try_from(retention.as_millis()).unwrap_or(i64::MAX));
             let res = tokio::task::spawn_blocking(move || {
                 let db = Db::open(&dir)?;
                 let pruned = db.prune_batches(cutoff)?;
@@ -222,7 +260,7 @@ pub async fn start(config: &CollectorConfig) -> Result<Running> {
             }
         }
     });
-    ready.store(true, Ordering::SeqCst);
+    supervisor.set_ready();
     tracing::info!(quic = %quic_addr, http = %http_addr, data_dir = %data_dir.display(), "collector started");
     Ok(Running {
         quic_addr,
@@ -233,8 +271,31 @@ pub async fn start(config: &CollectorConfig) -> Result<Running> {
         endpoint,
         writer_join,
         engine_join,
+        supervisor,
         _lock: lock,
     })
+}
+
+/// The agents a restarted collector knows: every enrolled, unrevoked one, with what liveness
+/// needs (its last interval and sighting, a goodbye, an outage still open).
+fn restored_agents(db: &Db) -> Result<Vec<Restored>> {
+    let outages: std::collections::HashSet<String> =
+        crate::incidents::records::agents_with_open_outage(db.conn())?
+            .into_iter()
+            .collect();
+    Ok(db
+        .list_agents()?
+        .into_iter()
+        .filter(|a| !a.is_revoked())
+        .map(|a| Restored {
+            outage_open: outages.contains(&a.id),
+            agent_id: a.id,
+            hostname: a.hostname,
+            interval_ms: a.interval_ms,
+            last_seen_ms: a.last_seen_ms,
+            stopped_ms: a.stopped_ms,
+        })
+        .collect())
 }
 
 /// What the incident engine takes from the configuration.
@@ -252,7 +313,6 @@ fn engine_config(
         },
         reopen_within_ms: ms(c.incidents.reopen_within),
         close_after_ms: ms(c.incidents.close_after),
-        down_after_intervals: c.agents.down_after_intervals,
         webhooks,
         maintenance: c.maintenance.clone(),
     }
@@ -264,9 +324,15 @@ impl Running {
         self.shutdown.clone()
     }
 
+    /// Resolves when a component of the collector died (it is logged, and `/readyz` fails).
+    pub async fn failed(&self) -> Failure {
+        self.supervisor.failed().await
+    }
+
     /// Stops accepting, lets connections acknowledge what they read, flushes the store.
     pub async fn stop(self) -> Result<()> {
         tracing::info!("collector stopping");
+        self.supervisor.stopping();
         self.shutdown.cancel();
         self.tracker.close();
         if tokio::time::timeout(DRAIN_DEADLINE, self.tracker.wait())

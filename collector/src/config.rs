@@ -38,6 +38,7 @@ pub const DEFAULT_HTTP_LISTEN: SocketAddr =
     SocketAddr::new(std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST), 8080);
 pub const DEFAULT_RETENTION: Duration = Duration::from_secs(30 * 86_400);
 pub const DEFAULT_DOWN_AFTER_INTERVALS: u32 = 3;
+pub const DEFAULT_SHUTDOWN_GRACE: Duration = Duration::from_secs(600);
 pub const DEFAULT_TOKEN_TTL: Duration = Duration::from_secs(24 * 3600);
 pub const DEFAULT_SLA_WINDOW: SlaWindow = SlaWindow::Rolling(Duration::from_secs(30 * 86_400));
 /// Configuration files larger than this are refused unread.
@@ -90,6 +91,9 @@ pub struct AgentsConfig {
     /// Sampling interval pushed to every agent at connect (overrides the agent's own); `None`
     /// lets each agent keep its configured interval.
     pub interval: Option<Duration>,
+    /// An agent that said goodbye (a deliberate stop) counts as unreachable only this long
+    /// after it.
+    pub shutdown_grace: Duration,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -170,6 +174,7 @@ impl CollectorConfig {
             agents: AgentsConfig {
                 down_after_intervals: DEFAULT_DOWN_AFTER_INTERVALS,
                 interval: None,
+                shutdown_grace: DEFAULT_SHUTDOWN_GRACE,
             },
             enroll: EnrollConfig {
                 token_ttl: DEFAULT_TOKEN_TTL,
@@ -290,6 +295,7 @@ struct RawStore {
 struct RawAgents {
     down_after_intervals: Option<Spanned<i64>>,
     interval: Option<Spanned<String>>,
+    shutdown_grace: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -382,11 +388,16 @@ fn convert_main(raw: &RawCollector, d: &mut Diagnostics) -> CollectorConfig {
     }
     if let Some(v) = raw.agents.as_ref().and_then(|a| a.interval.as_ref()) {
         if let Some(i) = d.duration(v) {
-            if i < Duration::from_secs(1) {
-                d.error_at(v, "`interval` must be at least 1s");
+            if i < Duration::from_secs(1) || i > Duration::from_secs(3600) {
+                d.error_at(v, "`interval` must be between 1s and 1h");
             } else {
                 config.agents.interval = Some(i);
             }
+        }
+    }
+    if let Some(v) = raw.agents.as_ref().and_then(|a| a.shutdown_grace.as_ref()) {
+        if let Some(g) = d.duration(v) {
+            config.agents.shutdown_grace = g;
         }
     }
     if let Some(e) = &raw.enroll {

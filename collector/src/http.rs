@@ -15,7 +15,6 @@ mod incidents;
 
 use std::future::Future;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use axum::extract::State;
@@ -41,8 +40,11 @@ pub struct HttpState {
     pub db: DbPool,
     /// Renders the Prometheus text (called on a blocking thread for each scrape).
     pub metrics_text: Arc<dyn Fn() -> String + Send + Sync>,
-    /// `/readyz` answers 200 once this is true (store open, QUIC listening).
-    pub ready: Arc<AtomicBool>,
+    /// `/readyz` answers 200 once everything started and while nothing died.
+    pub supervisor: crate::supervise::Supervisor,
+    /// Live liveness of the agents (`state` in `GET /api/v1/agents`); without it the stored
+    /// state is shown.
+    pub presence: Option<Arc<crate::presence::Presence>>,
     /// What the incident endpoints need besides the store.
     pub incidents: Arc<IncidentsApi>,
 }
@@ -79,12 +81,13 @@ impl HttpState {
     pub fn new(
         data_dir: PathBuf,
         metrics_text: Arc<dyn Fn() -> String + Send + Sync>,
-        ready: Arc<AtomicBool>,
+        supervisor: crate::supervise::Supervisor,
     ) -> Result<HttpState, StoreError> {
         Ok(HttpState {
             db: DbPool::open(&data_dir, POOL_IDLE)?,
             metrics_text,
-            ready,
+            supervisor,
+            presence: None,
             incidents: Arc::new(IncidentsApi::default()),
         })
     }
@@ -133,11 +136,10 @@ async fn metrics(State(state): State<HttpState>) -> Response {
     }
 }
 
-async fn readyz(State(state): State<HttpState>) -> (StatusCode, &'static str) {
-    if state.ready.load(Ordering::Acquire) {
-        (StatusCode::OK, "ready")
-    } else {
-        (StatusCode::SERVICE_UNAVAILABLE, "not ready")
+async fn readyz(State(state): State<HttpState>) -> (StatusCode, String) {
+    match state.supervisor.readiness() {
+        Ok(()) => (StatusCode::OK, "ready\n".into()),
+        Err(why) => (StatusCode::SERVICE_UNAVAILABLE, format!("{why}\n")),
     }
 }
 
@@ -159,29 +161,64 @@ pub struct AgentView {
     /// Last known peer address.
     pub address: Option<String>,
     pub connected: bool,
+    /// `up`, `stopped` (it said goodbye and the shutdown grace is not over), `down`; `revoked`
+    /// for a revoked agent.
+    pub state: &'static str,
+    /// When it last stopped cleanly (said goodbye), unless it connected since.
+    pub stopped_at_ms: Option<i64>,
+    pub stopped_at: Option<String>,
     pub last_seen_ms: Option<i64>,
     pub last_seen: Option<String>,
     pub last_seq: Option<u64>,
+    /// Its sampling interval, milliseconds, as of its last hello.
+    pub interval_ms: Option<u64>,
     pub enrolled_at_ms: i64,
     pub enrolled_at: Option<String>,
     pub revoked: bool,
     pub revoked_at: Option<String>,
 }
 
-impl From<AgentRow> for AgentView {
-    fn from(a: AgentRow) -> Self {
+impl AgentView {
+    /// `a` as stored, its connection and state from `presence` when the collector knows it.
+    fn new(a: AgentRow, live: Option<crate::presence::AgentStatus>) -> AgentView {
+        use crate::presence::{Health, Link};
+        let (connected, state, stopped_at_ms) = match (&live, a.is_revoked()) {
+            (_, true) => (false, "revoked", a.stopped_ms),
+            (Some(s), false) => (
+                s.connected(),
+                s.health.as_str(),
+                match s.observed.link {
+                    Link::Stopped { at_ms } => Some(at_ms),
+                    _ => None,
+                },
+            ),
+            (None, false) => (
+                a.connected,
+                if a.connected {
+                    Health::Up
+                } else {
+                    Health::Down
+                }
+                .as_str(),
+                a.stopped_ms,
+            ),
+        };
         AgentView {
             revoked: a.is_revoked(),
             revoked_at: a.revoked_at_ms.and_then(format_rfc3339_ms),
             last_seen: a.last_seen_ms.and_then(format_rfc3339_ms),
             enrolled_at: format_rfc3339_ms(a.enrolled_at_ms),
+            stopped_at: stopped_at_ms.and_then(format_rfc3339_ms),
+            stopped_at_ms,
+            state,
+            connected,
             id: a.id,
             hostname: a.hostname,
             version: a.version,
             address: a.last_addr,
-            connected: a.connected,
             last_seen_ms: a.last_seen_ms,
             last_seq: a.last_seq,
+            interval_ms: a.interval_ms,
             enrolled_at_ms: a.enrolled_at_ms,
         }
     }
@@ -223,7 +260,15 @@ async fn list_agents(
 ) -> Result<Json<Vec<AgentView>>, ApiError> {
     auth.require(Role::Viewer)?;
     let rows = state.db.run(|db| db.list_agents()).await?;
-    Ok(Json(rows.into_iter().map(AgentView::from).collect()))
+    let now = now_ms();
+    Ok(Json(
+        rows.into_iter()
+            .map(|a| {
+                let live = state.presence.as_ref().and_then(|p| p.status(&a.id, now));
+                AgentView::new(a, live)
+            })
+            .collect(),
+    ))
 }
 
 async fn list_tokens(

@@ -1,15 +1,18 @@
 //! The latest-value table behind `/metrics`: the newest value of every host metric of every
-//! agent, kept in memory, plus host liveness (`vigil_host_up`).
+//! agent, kept in memory.
 //!
 //! Ingest calls [`LatestTable::apply`] once per batch; the table takes the agent's entry once per
 //! batch (a read lock on the agent map, then that agent's own mutex), so agents never contend
 //! with each other and a known series costs a hash and a compare, no allocation.
-//! [`LatestCollector`] turns the table into Prometheus metric families at scrape time.
+//! [`LatestCollector`] turns the table into Prometheus metric families at scrape time, with
+//! `vigil_host_up` for every agent [`Presence`] knows (every enrolled, unrevoked host, connected
+//! or not), decided by [`crate::presence::health`].
 //!
-//! Liveness: an agent is up while it is connected and something (its connection, or a batch)
-//! arrived within `down_after_intervals` × its interval. A connection counts as "seen", so a
-//! freshly connected agent is up before its first sample and one that connects and then stays
-//! silent goes down after the same number of intervals.
+//! A series its agent no longer reports goes away, as Prometheus marks series stale: one not
+//! updated for twice `down_after_intervals` of its agent's intervals
+//! ([`Presence::series_expiry_ms`]) is left out of the exposition and dropped from the table. A
+//! host that stopped keeps `vigil_host_up` (0) and loses its other series; a check removed from
+//! an agent's configuration loses its `vigil_check_*` series.
 //!
 //! What gets exposed (and what is ignored, counted in
 //! `vigil_ingest_ignored_samples_total{reason}`): only metric names of
@@ -25,7 +28,7 @@
 use std::collections::hash_map::RandomState;
 use std::collections::{BTreeMap, HashMap};
 use std::hash::{BuildHasher, BuildHasherDefault, Hasher};
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError, RwLock};
 
 use prometheus::core::{Collector, Desc};
@@ -63,6 +66,8 @@ const UNKNOWN_METRIC: usize = 2;
 const CHECK_LABELS: &[&str] = &["check"];
 
 use vigil_runtime::clock::Clock;
+
+use crate::presence::{AgentStatus, Presence};
 
 /// One metric the table keeps: its wire name, exposed family and declared labels.
 struct MetricDef {
@@ -108,24 +113,15 @@ pub struct LatestValue {
     pub ts_ms: i64,
 }
 
-/// One agent as [`LatestTable::hosts`] reports it.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct HostStatus {
-    pub agent_id: String,
-    pub hostname: String,
-    pub connected: bool,
-    pub up: bool,
-    /// Last connection or batch, milliseconds since the epoch.
-    pub last_seen_ms: i64,
-    pub series: usize,
-}
-
 struct Series {
     metric: u8,
     /// Values of the metric's declared labels, in declaration order; "" = absent.
     labels: Box<[Box<str>]>,
     value: f64,
     ts_ms: i64,
+    /// When a sample of it last arrived (the collector's clock): what expiry looks at, so an
+    /// agent's clock cannot keep a series alive or age it early.
+    updated_ms: i64,
 }
 
 impl Series {
@@ -180,35 +176,44 @@ impl Hasher for IdHasher {
 }
 
 struct HostEntry {
-    hostname: Arc<str>,
-    interval_ms: u64,
-    /// Open connections of this agent (a reconnect may overlap the old connection's end).
-    connections: u32,
-    /// Set by [`LatestTable::remove`]: a stale handle must not touch the counters any more.
+    /// Set by [`LatestTable::remove`]: a batch racing the revocation changes nothing.
     removed: bool,
-    last_seen_ms: i64,
     series: HashMap<u64, Slot, BuildHasherDefault<IdHasher>>,
     series_count: usize,
 }
 
 impl HostEntry {
-    fn up(&self, now_ms: i64, down_after_intervals: u32) -> bool {
-        let window = self
-            .interval_ms
-            .max(1)
-            .saturating_mul(u64::from(down_after_intervals));
-        let window = i64::try_from(window).unwrap_or(i64::MAX);
-        self.connections > 0 && now_ms.saturating_sub(self.last_seen_ms) <= window
+    /// Drops the series not updated since `before_ms`; returns how many went.
+    fn expire(&mut self, before_ms: i64) -> usize {
+        let mut gone = 0;
+        self.series.retain(|_, slot| {
+            slot.more.retain(|s| {
+                let keep = s.updated_ms >= before_ms;
+                gone += usize::from(!keep);
+                keep
+            });
+            if slot.first.updated_ms >= before_ms {
+                return true;
+            }
+            gone += 1;
+            match slot.more.pop() {
+                Some(next) => {
+                    slot.first = next;
+                    true
+                }
+                None => false,
+            }
+        });
+        self.series_count -= gone;
+        gone
     }
 }
 
 /// The in-memory latest-value table. Share it as `Arc<LatestTable>`.
 pub struct LatestTable {
-    down_after_intervals: u32,
     defs: Vec<MetricDef>,
     hasher: RandomState,
     hosts: RwLock<HashMap<Arc<str>, Arc<Mutex<HostEntry>>>>,
-    connected: AtomicUsize,
     ignored: [AtomicU64; 3],
 }
 
@@ -216,15 +221,18 @@ fn lock(entry: &Mutex<HostEntry>) -> MutexGuard<'_, HostEntry> {
     entry.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
+impl Default for LatestTable {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
 impl LatestTable {
-    /// `down_after_intervals`: silent intervals after which a connected agent counts as down.
-    pub fn new(down_after_intervals: u32) -> Self {
+    pub fn new() -> Self {
         LatestTable {
-            down_after_intervals,
             defs: metric_defs(),
             hasher: RandomState::new(),
             hosts: RwLock::new(HashMap::new()),
-            connected: AtomicUsize::new(0),
             ignored: Default::default(),
         }
     }
@@ -234,60 +242,26 @@ impl LatestTable {
         hosts.get(agent_id).cloned()
     }
 
-    /// An agent said hello on a new connection. Every call must be matched by one
-    /// [`disconnected`](Self::disconnected) when that connection ends.
-    pub fn connected(&self, agent_id: &str, hostname: &str, interval_ms: u64, now_ms: i64) {
-        // Under the write lock, so a concurrent `remove` cannot strand the counter.
+    /// An agent said hello: its batches are kept from now on (idempotent).
+    pub fn attach(&self, agent_id: &str) {
+        if self.entry(agent_id).is_some() {
+            return;
+        }
         let mut hosts = self.hosts.write().unwrap_or_else(PoisonError::into_inner);
-        let entry = hosts.entry(Arc::from(agent_id)).or_insert_with(|| {
+        hosts.entry(Arc::from(agent_id)).or_insert_with(|| {
             Arc::new(Mutex::new(HostEntry {
-                hostname: Arc::from(hostname),
-                interval_ms,
-                connections: 0,
                 removed: false,
-                last_seen_ms: now_ms,
                 series: HashMap::default(),
                 series_count: 0,
             }))
         });
-        let mut e = lock(entry);
-        if &*e.hostname != hostname {
-            e.hostname = Arc::from(hostname);
-        }
-        e.interval_ms = interval_ms;
-        e.last_seen_ms = e.last_seen_ms.max(now_ms);
-        if e.connections == 0 {
-            self.connected.fetch_add(1, Ordering::Relaxed);
-        }
-        e.connections = e.connections.saturating_add(1);
-    }
-
-    /// One connection of the agent ended (closed, lost or timed out).
-    pub fn disconnected(&self, agent_id: &str, now_ms: i64) {
-        let Some(entry) = self.entry(agent_id) else {
-            return;
-        };
-        let mut e = lock(&entry);
-        if e.removed || e.connections == 0 {
-            return;
-        }
-        e.connections -= 1;
-        if e.connections == 0 {
-            self.connected.fetch_sub(1, Ordering::Relaxed);
-            tracing::debug!(agent_id, now_ms, "agent disconnected");
-        }
     }
 
     /// The agent is revoked: forget it and its series.
     pub fn remove(&self, agent_id: &str) {
         let mut hosts = self.hosts.write().unwrap_or_else(PoisonError::into_inner);
         if let Some(entry) = hosts.remove(agent_id) {
-            let mut e = lock(&entry);
-            if e.connections > 0 {
-                self.connected.fetch_sub(1, Ordering::Relaxed);
-            }
-            e.connections = 0;
-            e.removed = true;
+            lock(&entry).removed = true;
         }
     }
 
@@ -316,9 +290,9 @@ impl LatestTable {
     }
 
     /// Applies one batch of the agent's samples received at `now_ms`. A sample older than the
-    /// stored value of its series (late spool replay) does not overwrite it. Records the agent
-    /// as seen. Returns how many samples updated the table (late and ignored ones do not
-    /// count); samples of an agent that never [`connected`](Self::connected) are dropped.
+    /// stored value of its series (late spool replay) does not overwrite it. Returns how many
+    /// samples updated the table (late and ignored ones do not count); samples of an agent
+    /// never [`attach`](Self::attach)ed are dropped.
     pub fn apply(&self, agent_id: &str, samples: &[Sample], now_ms: i64) -> usize {
         let Some(entry) = self.entry(agent_id) else {
             tracing::debug!(agent_id, "samples for an agent not in the table dropped");
@@ -328,7 +302,6 @@ impl LatestTable {
         if e.removed {
             return 0;
         }
-        e.last_seen_ms = e.last_seen_ms.max(now_ms);
         let mut applied = 0;
         let mut ignored = [0u64; 3];
         let mut buf = [""; MAX_LABELS];
@@ -353,6 +326,7 @@ impl LatestTable {
                     if s.ts_ms >= series.ts_ms {
                         series.value = s.value;
                         series.ts_ms = s.ts_ms;
+                        series.updated_ms = now_ms;
                         applied += 1;
                     }
                     continue;
@@ -367,6 +341,7 @@ impl LatestTable {
                 labels: values.iter().map(|v| Box::from(*v)).collect(),
                 value: s.value,
                 ts_ms: s.ts_ms,
+                updated_ms: now_ms,
             };
             match e.series.get_mut(&hash) {
                 Some(slot) => slot.more.push(series),
@@ -392,17 +367,6 @@ impl LatestTable {
         applied
     }
 
-    /// Is the agent connected and seen within `down_after_intervals` × its interval?
-    pub fn host_up(&self, agent_id: &str, now_ms: i64) -> bool {
-        self.entry(agent_id)
-            .is_some_and(|e| lock(&e).up(now_ms, self.down_after_intervals))
-    }
-
-    /// Agents with at least one open connection.
-    pub fn connected_count(&self) -> usize {
-        self.connected.load(Ordering::Relaxed)
-    }
-
     /// Samples ignored so far, per reason of [`IGNORED_REASONS`].
     pub fn ignored_counts(&self) -> [u64; 3] {
         [0, 1, 2].map(|i| self.ignored[i].load(Ordering::Relaxed))
@@ -425,33 +389,9 @@ impl LatestTable {
         })
     }
 
-    /// Every agent in the table, sorted by agent id.
-    pub fn hosts(&self, now_ms: i64) -> Vec<HostStatus> {
-        let mut out: Vec<HostStatus> = self
-            .snapshot()
-            .into_iter()
-            .map(|(agent_id, entry)| {
-                let e = lock(&entry);
-                HostStatus {
-                    agent_id: agent_id.to_string(),
-                    hostname: e.hostname.to_string(),
-                    connected: e.connections > 0,
-                    up: e.up(now_ms, self.down_after_intervals),
-                    last_seen_ms: e.last_seen_ms,
-                    series: e.series_count,
-                }
-            })
-            .collect();
-        out.sort_by(|a, b| a.agent_id.cmp(&b.agent_id));
-        out
-    }
-
-    fn snapshot(&self) -> Vec<(Arc<str>, Arc<Mutex<HostEntry>>)> {
-        let hosts = self.hosts.read().unwrap_or_else(PoisonError::into_inner);
-        hosts
-            .iter()
-            .map(|(k, v)| (Arc::clone(k), Arc::clone(v)))
-            .collect()
+    /// How many series the agent has in the table.
+    pub fn series_count(&self, agent_id: &str) -> usize {
+        self.entry(agent_id).map_or(0, |e| lock(&e).series_count)
     }
 }
 
@@ -462,6 +402,7 @@ impl LatestTable {
 /// disconnected one, then the most recently seen, then the smallest agent id.
 pub struct LatestCollector {
     table: Arc<LatestTable>,
+    presence: Arc<Presence>,
     clock: Clock,
     descs: Vec<Desc>,
     up_help: String,
@@ -502,10 +443,15 @@ fn family(name: &str, help: &str, counter: bool, metrics: Vec<proto::Metric>) ->
 }
 
 impl LatestCollector {
-    pub fn new(table: Arc<LatestTable>, clock: Clock) -> Result<Self, prometheus::Error> {
+    pub fn new(
+        table: Arc<LatestTable>,
+        presence: Arc<Presence>,
+        clock: Clock,
+    ) -> Result<Self, prometheus::Error> {
         let up_help = format!(
-            "1 if the host's agent is connected and was heard from within the last {} intervals, else 0.",
-            table.down_after_intervals
+            "1 if the host's agent is connected and was heard from within the last {} intervals, \
+             else 0 (also 0 while it is stopped on purpose).",
+            presence.policy().down_after_intervals
         );
         let strings = |l: &[&str]| l.iter().map(|s| (*s).to_owned()).collect::<Vec<_>>();
         let mut descs = Vec::with_capacity(table.defs.len() + 2);
@@ -533,6 +479,7 @@ impl LatestCollector {
         )?);
         Ok(LatestCollector {
             table,
+            presence,
             clock,
             descs,
             up_help,
@@ -540,22 +487,14 @@ impl LatestCollector {
     }
 }
 
-/// An agent competing to be exposed under its hostname.
-struct Candidate {
-    connected: bool,
-    seen: i64,
-    agent_id: Arc<str>,
-    entry: Arc<Mutex<HostEntry>>,
-}
-
-impl Candidate {
-    fn rank(&self) -> (bool, i64, std::cmp::Reverse<&str>) {
-        (
-            self.connected,
-            self.seen,
-            std::cmp::Reverse(&*self.agent_id),
-        )
-    }
+/// The rank of an agent competing to be exposed under its hostname: connected first, then the
+/// most recently seen, then the smaller agent id.
+fn rank(a: &AgentStatus) -> (bool, i64, std::cmp::Reverse<&str>) {
+    (
+        a.connected(),
+        a.observed.last_seen_ms,
+        std::cmp::Reverse(&*a.agent_id),
+    )
 }
 
 const IGNORED_HELP: &str = "Samples received but not kept as latest values (unknown metric name, \
@@ -569,40 +508,33 @@ impl Collector for LatestCollector {
     fn collect(&self) -> Vec<MetricFamily> {
         let now_ms = (self.clock)();
         let table = &self.table;
-        let n = table.down_after_intervals;
 
         // One agent per hostname: the best by (connected, last seen, smaller agent id).
-        let mut chosen: BTreeMap<Arc<str>, Candidate> = BTreeMap::new();
-        for (agent_id, entry) in table.snapshot() {
-            let (hostname, connected, seen) = {
-                let e = lock(&entry);
-                (Arc::clone(&e.hostname), e.connections > 0, e.last_seen_ms)
-            };
-            let candidate = Candidate {
-                connected,
-                seen,
-                agent_id,
-                entry,
-            };
+        let mut chosen: BTreeMap<Arc<str>, AgentStatus> = BTreeMap::new();
+        for status in self.presence.all(now_ms) {
             if chosen
-                .get(&hostname)
-                .is_none_or(|best| candidate.rank() > best.rank())
+                .get(&status.hostname)
+                .is_none_or(|best| rank(&status) > rank(best))
             {
-                chosen.insert(hostname, candidate);
+                chosen.insert(Arc::clone(&status.hostname), status);
             }
         }
 
         let mut per_metric: Vec<Vec<proto::Metric>> =
             table.defs.iter().map(|_| Vec::new()).collect();
         let mut up = Vec::with_capacity(chosen.len());
-        for (hostname, candidate) in &chosen {
-            let e = lock(&candidate.entry);
-            let is_up = e.up(now_ms, n);
+        for (hostname, status) in &chosen {
             up.push(sample(
                 vec![label("host", hostname)],
-                f64::from(u8::from(is_up)),
+                status.health.metric(),
                 false,
             ));
+            let Some(entry) = table.entry(&status.agent_id) else {
+                continue;
+            };
+            let mut e = lock(&entry);
+            let expiry = self.presence.series_expiry_ms(&status.observed);
+            e.expire(now_ms.saturating_sub(expiry));
             let mut series: Vec<&Series> = e.series.values().flat_map(Slot::iter).collect();
             series.sort_unstable_by(|a, b| (a.metric, &a.labels).cmp(&(b.metric, &b.labels)));
             for s in &series {
@@ -672,8 +604,8 @@ mod tests {
         applied: &[usize],
         expected: Option<(f64, i64)>,
     ) {
-        let t = LatestTable::new(3);
-        t.connected("a1", "web1", 10_000, 0);
+        let t = LatestTable::new();
+        t.attach("a1");
         let got: Vec<usize> = batches
             .iter()
             .map(|(b, now)| t.apply("a1", b, *now))
@@ -776,8 +708,8 @@ mod tests {
 
     #[test]
     fn apply_ignores_and_counts_bad_samples() {
-        let t = LatestTable::new(3);
-        t.connected("a1", "web1", 10_000, 0);
+        let t = LatestTable::new();
+        t.attach("a1");
         let long = "x".repeat(MAX_LABEL_VALUE_BYTES + 1);
         let b = [
             s("no_such_metric", &[], 1, 1.0),
@@ -798,126 +730,36 @@ mod tests {
         assert_eq!(t.ignored_counts(), [3, 6, 1]);
         // Known series still update at the limit.
         assert_eq!(t.apply("a1", &[s("load1", &[], 5, 2.0)], 3), 1);
-        assert_eq!(t.hosts(3)[0].series, MAX_SERIES_PER_HOST);
+        assert_eq!(t.series_count("a1"), MAX_SERIES_PER_HOST);
     }
 
     #[test]
     fn apply_for_unknown_or_removed_agent_is_dropped() {
-        let t = LatestTable::new(3);
+        let t = LatestTable::new();
         assert_eq!(t.apply("ghost", &[s("load1", &[], 1, 1.0)], 1), 0);
-        t.connected("a1", "web1", 10_000, 0);
+        t.attach("a1");
         t.remove("a1");
         assert_eq!(t.apply("a1", &[s("load1", &[], 1, 1.0)], 1), 0);
-        assert!(t.hosts(1).is_empty());
+        assert_eq!(t.series_count("a1"), 0);
         assert_eq!(t.get("a1", "load1", &[]), None);
     }
 
-    enum Ev {
-        Connect(i64),
-        Disconnect(i64),
-        Batch(i64),
-        Remove,
+    fn presence() -> Arc<Presence> {
+        Arc::new(Presence::new(crate::presence::Policy {
+            down_after_intervals: 3,
+            shutdown_grace_ms: 600_000,
+        }))
     }
 
-    /// Interval 10 s, down after 3 intervals: replays `events`, then checks `host_up` at
-    /// each `(now, expected)` and the connected count.
-    fn check_up(events: &[Ev], probes: &[(i64, bool)], connected: usize) {
-        let t = LatestTable::new(3);
-        for ev in events {
-            match *ev {
-                Ev::Connect(now) => t.connected("a1", "web1", 10_000, now),
-                Ev::Disconnect(now) => t.disconnected("a1", now),
-                Ev::Batch(now) => {
-                    t.apply("a1", &[s("load1", &[], 0, 1.0)], now);
-                }
-                Ev::Remove => t.remove("a1"),
-            }
-        }
-        for &(now, want) in probes {
-            assert_eq!(t.host_up("a1", now), want, "host_up at {now}");
-        }
-        assert_eq!(t.connected_count(), connected, "connected_count");
+    /// Connects `agent` at `now` (interval 10 s) in both the registry and the table.
+    fn connect(t: &LatestTable, p: &Presence, agent: &str, host: &str, now: i64) -> u64 {
+        t.attach(agent);
+        p.connected(agent, host, 10_000, now)
     }
 
-    #[test]
-    fn host_up_timings() {
-        use Ev::*;
-        // Never connected.
-        check_up(&[], &[(0, false)], 0);
-        // Connected, no sample yet: up for 3 intervals (inclusive), then down.
-        check_up(
-            &[Connect(1_000)],
-            &[(1_000, true), (31_000, true), (31_001, false)],
-            1,
-        );
-        // Each batch moves last_seen; sample timestamps (here 0) do not matter.
-        check_up(
-            &[Connect(0), Batch(25_000)],
-            &[(55_000, true), (55_001, false)],
-            1,
-        );
-        // A batch received earlier than the connection does not move last_seen back.
-        check_up(
-            &[Connect(20_000), Batch(5_000)],
-            &[(50_000, true), (50_001, false)],
-            1,
-        );
-        // Disconnected is down at once, even with a fresh batch.
-        check_up(
-            &[Connect(0), Batch(1_000), Disconnect(2_000)],
-            &[(2_000, false)],
-            0,
-        );
-        // Reconnect overlapping the old connection's end: still connected.
-        check_up(
-            &[Connect(0), Connect(5_000), Disconnect(6_000)],
-            &[(6_000, true)],
-            1,
-        );
-        check_up(
-            &[
-                Connect(0),
-                Connect(5_000),
-                Disconnect(6_000),
-                Disconnect(7_000),
-            ],
-            &[(7_000, false)],
-            0,
-        );
-        // Unmatched disconnects do nothing.
-        check_up(
-            &[Disconnect(0), Connect(1), Disconnect(2), Disconnect(3)],
-            &[(3, false)],
-            0,
-        );
-        // Reconnect after a drop comes back up.
-        check_up(
-            &[Connect(0), Disconnect(1_000), Connect(100_000)],
-            &[(100_000, true)],
-            1,
-        );
-        // Revoked: gone.
-        check_up(
-            &[Connect(0), Connect(1), Remove, Disconnect(2)],
-            &[(2, false)],
-            0,
-        );
-    }
-
-    #[test]
-    fn host_up_window_saturates() {
-        let t = LatestTable::new(u32::MAX);
-        t.connected("a1", "web1", u64::MAX, i64::MIN);
-        assert!(t.host_up("a1", i64::MAX));
-        // A zero interval counts as 1 ms.
-        let t = LatestTable::new(3);
-        t.connected("a1", "web1", 0, 0);
-        assert!(t.host_up("a1", 3));
-        assert!(!t.host_up("a1", 4));
-    }
-
-    fn collect_text(t: &Arc<LatestTable>, now_ms: i64) -> String {
-        let c = LatestCollector::new(Arc::clone(t), Arc::new(move || now_ms)).expect("collector");
+    fn collect_text(t: &Arc<LatestTable>, p: &Arc<Presence>, now_ms: i64) -> String {
+        let c = LatestCollector::new(Arc::clone(t), Arc::clone(p), Arc::new(move || now_ms))
+            .expect("collector");
         let mut out = String::new();
         TextEncoder::new()
             .encode_utf8(&c.collect(), &mut out)
@@ -927,14 +769,15 @@ mod tests {
 
     #[test]
     fn one_agent_per_hostname_is_exposed() {
-        let t = Arc::new(LatestTable::new(3));
+        let t = Arc::new(LatestTable::new());
+        let p = presence();
         // The old install of web1 disconnected; the new one is connected.
-        t.connected("old", "web1", 10_000, 0);
+        let g = connect(&t, &p, "old", "web1", 0);
         t.apply("old", &[s("load1", &[], 1, 9.0)], 1);
-        t.disconnected("old", 2);
-        t.connected("new", "web1", 10_000, 5);
+        p.disconnected("old", g, false, 2);
+        connect(&t, &p, "new", "web1", 5);
         t.apply("new", &[s("load1", &[], 6, 1.0)], 6);
-        let text = collect_text(&t, 10);
+        let text = collect_text(&t, &p, 10);
         assert!(
             text.contains("vigil_host_load1{host=\"web1\"} 1\n"),
             "{text}"
@@ -945,9 +788,10 @@ mod tests {
 
     #[test]
     fn collect_is_deterministic_and_sorted() {
-        let t = Arc::new(LatestTable::new(3));
+        let t = Arc::new(LatestTable::new());
+        let p = presence();
         for (id, host) in [("b", "zeta"), ("a", "alpha"), ("c", "mid")] {
-            t.connected(id, host, 10_000, 0);
+            connect(&t, &p, id, host, 0);
             let b = [
                 s("filesystem_used_ratio", &[("mountpoint", "/var")], 1, 0.2),
                 s("filesystem_used_ratio", &[("mountpoint", "/")], 1, 0.1),
@@ -955,8 +799,8 @@ mod tests {
             ];
             t.apply(id, &b, 1);
         }
-        let text = collect_text(&t, 1);
-        assert_eq!(text, collect_text(&t, 1));
+        let text = collect_text(&t, &p, 1);
+        assert_eq!(text, collect_text(&t, &p, 1));
         let fs: Vec<&str> = text
             .lines()
             .filter(|l| l.starts_with("vigil_host_filesystem_used_ratio{"))
@@ -979,6 +823,59 @@ mod tests {
         let mut sorted = families.clone();
         sorted.sort_unstable();
         assert_eq!(families, sorted);
+    }
+
+    #[test]
+    fn series_an_agent_stops_sending_leave_the_exposition_host_up_stays() {
+        let t = Arc::new(LatestTable::new());
+        let p = presence();
+        let g = connect(&t, &p, "a1", "web1", 0);
+        let b = [
+            s("load1", &[], 0, 1.0),
+            s("check_up", &[("check", "gone")], 0, 1.0),
+        ];
+        t.apply("a1", &b, 0);
+        // The check leaves the agent's configuration; load1 goes on.
+        for now in (10_000..=70_000).step_by(10_000) {
+            t.apply("a1", &[s("load1", &[], now, 1.0)], now);
+        }
+        // Expiry: 2 x 3 intervals of 10 s = 60 s without a sample.
+        let text = collect_text(&t, &p, 60_000);
+        assert!(text.contains("check=\"gone\""), "not yet: {text}");
+        let text = collect_text(&t, &p, 60_001);
+        assert!(!text.contains("check=\"gone\""), "{text}");
+        assert!(
+            text.contains("vigil_host_load1{host=\"web1\"} 1\n"),
+            "{text}"
+        );
+        assert_eq!(t.series_count("a1"), 1, "dropped from the table too");
+        // The host stops: its series go, vigil_host_up stays, as 0.
+        p.disconnected("a1", g, true, 70_000);
+        let text = collect_text(&t, &p, 130_001);
+        assert!(!text.contains("vigil_host_load1"), "{text}");
+        assert!(text.contains("vigil_host_up{host=\"web1\"} 0\n"), "{text}");
+    }
+
+    #[test]
+    fn every_known_host_has_host_up() {
+        let t = Arc::new(LatestTable::new());
+        let p = presence();
+        p.restore(
+            vec![crate::presence::Restored {
+                agent_id: "quiet".into(),
+                hostname: "never-connected".into(),
+                interval_ms: None,
+                last_seen_ms: None,
+                stopped_ms: None,
+                outage_open: true,
+            }],
+            0,
+        );
+        let text = collect_text(&t, &p, 1);
+        assert!(
+            text.contains("vigil_host_up{host=\"never-connected\"} 0\n"),
+            "{text}"
+        );
     }
 
     /// 100 series per agent, as a real host might have them.
@@ -1032,10 +929,11 @@ mod tests {
     fn apply_throughput_smoke() {
         const AGENTS: usize = 1_000;
         const ROUNDS: i64 = 5;
-        let t = Arc::new(LatestTable::new(3));
+        let t = Arc::new(LatestTable::new());
+        let p = presence();
         let ids: Vec<String> = (0..AGENTS).map(|i| format!("agent-{i:04}")).collect();
         for (i, id) in ids.iter().enumerate() {
-            t.connected(id, &format!("host-{i:04}"), 10_000, 0);
+            connect(&t, &p, id, &format!("host-{i:04}"), 0);
         }
         // Round 0 creates the series; later rounds are the steady state being measured.
         let batches: Vec<Vec<Sample>> = (0..=ROUNDS).map(host_batch).collect();
@@ -1063,9 +961,11 @@ mod tests {
             elapsed,
             total / elapsed.as_secs_f64()
         );
-        let hosts = t.hosts(ROUNDS);
-        assert_eq!(hosts.len(), AGENTS);
-        assert!(hosts.iter().all(|h| h.series == 100 && h.up));
+        assert!(ids.iter().all(|id| t.series_count(id) == 100));
+        assert!(p
+            .all(ROUNDS)
+            .iter()
+            .all(|a| a.health == crate::presence::Health::Up));
         let probe = t.get(
             "agent-0999",
             "filesystem_size_bytes",
@@ -1082,7 +982,8 @@ mod tests {
         let registry = Registry::new();
         registry
             .register(Box::new(
-                LatestCollector::new(Arc::clone(&t), Arc::new(|| ROUNDS)).expect("collector"),
+                LatestCollector::new(Arc::clone(&t), Arc::clone(&p), Arc::new(|| ROUNDS))
+                    .expect("collector"),
             ))
             .expect("register");
         let start = Instant::now();

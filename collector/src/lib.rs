@@ -11,6 +11,8 @@ pub mod incidents;
 pub mod latest;
 pub mod metrics;
 pub mod notify;
+pub mod presence;
 pub mod quickstart;
 pub mod server;
 pub mod store;
+pub mod supervise;

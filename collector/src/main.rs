@@ -233,8 +233,24 @@ fn real_main(command: Command) -> Result<ExitCode> {
                     "vigil-collector listening: QUIC {}, HTTP http://{}/",
                     running.quic_addr, running.http_addr
                 );
-                signals.recv().await;
-                running.stop().await
+                let failure = tokio::select! {
+                    _ = signals.recv() => None,
+                    f = running.failed() => Some(f),
+                };
+                running.stop().await?;
+                match failure {
+                    // Exit non-zero, so that a supervisor restarts the collector.
+                    Some(f) => anyhow::bail!(
+                        "the {} {}: the collector stopped",
+                        f.component,
+                        if f.why == "panicked" {
+                            "panicked"
+                        } else {
+                            "died"
+                        }
+                    ),
+                    None => Ok(()),
+                }
             })?;
         }
         Command::CheckConfig { config } => match config::load(&config) {

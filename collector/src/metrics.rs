@@ -15,6 +15,7 @@ use prometheus::{IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registr
 use vigil_runtime::clock::Clock;
 
 use crate::latest::{LatestCollector, LatestTable};
+use crate::presence::Presence;
 
 pub const AGENTS_CONNECTED: &str = "vigil_agents_connected";
 pub const INGEST_SAMPLES_TOTAL: &str = "vigil_ingest_samples_total";
@@ -125,8 +126,8 @@ impl CmdbMetrics {
 /// Self metrics plus the registry `/metrics` is rendered from.
 pub struct Metrics {
     registry: Registry,
-    table: Arc<LatestTable>,
-    /// Set from the table at every [`encode`](Metrics::encode).
+    presence: Arc<Presence>,
+    /// Set from [`Presence`] at every [`encode`](Metrics::encode).
     pub agents_connected: IntGauge,
     /// Samples in accepted (durable, not duplicate) batches.
     pub samples: IntCounter,
@@ -140,15 +141,20 @@ pub struct Metrics {
 }
 
 impl Metrics {
-    /// A fresh registry with the self metrics and the host metrics of `table`.
-    pub fn new(table: Arc<LatestTable>, clock: Clock) -> Result<Metrics, prometheus::Error> {
-        Self::with_registry(Registry::new(), table, clock)
+    /// A fresh registry with the self metrics and the host metrics of `table` and `presence`.
+    pub fn new(
+        table: Arc<LatestTable>,
+        presence: Arc<Presence>,
+        clock: Clock,
+    ) -> Result<Metrics, prometheus::Error> {
+        Self::with_registry(Registry::new(), table, presence, clock)
     }
 
     /// As [`new`](Metrics::new), on a registry the caller made (e.g. with a prefix or labels).
     pub fn with_registry(
         registry: Registry,
         table: Arc<LatestTable>,
+        presence: Arc<Presence>,
         clock: Clock,
     ) -> Result<Metrics, prometheus::Error> {
         let agents_connected = IntGauge::new(
@@ -200,11 +206,15 @@ impl Metrics {
         registry.register(Box::new(ingest_duplicate_batches.clone()))?;
         registry.register(Box::new(ingest_rejected.clone()))?;
         registry.register(Box::new(enrollments.clone()))?;
-        registry.register(Box::new(LatestCollector::new(Arc::clone(&table), clock)?))?;
+        registry.register(Box::new(LatestCollector::new(
+            table,
+            Arc::clone(&presence),
+            clock,
+        )?))?;
 
         Ok(Metrics {
             registry,
-            table,
+            presence,
             agents_connected,
             samples: ingest_samples,
             batches: ingest_batches,
@@ -253,7 +263,7 @@ impl Metrics {
     /// The whole registry in the Prometheus text format (`prometheus::TEXT_FORMAT`).
     pub fn encode(&self) -> String {
         self.agents_connected
-            .set(i64::try_from(self.table.connected_count()).unwrap_or(i64::MAX));
+            .set(i64::try_from(self.presence.connected_count()).unwrap_or(i64::MAX));
         let mut out = String::new();
         if let Err(e) = TextEncoder::new().encode_utf8(&self.registry.gather(), &mut out) {
             // Only an empty or unnamed family can fail, which gather() never yields.
@@ -283,12 +293,32 @@ mod tests {
         }
     }
 
+    /// A table and a registry of agents with the default policy; the clock says `now_ms`.
+    fn parts(now_ms: i64) -> (Arc<LatestTable>, Arc<Presence>, Metrics) {
+        let table = Arc::new(LatestTable::new());
+        let presence = Arc::new(Presence::new(crate::presence::Policy {
+            down_after_intervals: 3,
+            shutdown_grace_ms: 600_000,
+        }));
+        let metrics = Metrics::new(
+            Arc::clone(&table),
+            Arc::clone(&presence),
+            Arc::new(move || now_ms),
+        )
+        .expect("metrics");
+        (table, presence, metrics)
+    }
+
+    fn connect(table: &LatestTable, presence: &Presence, agent: &str, host: &str) {
+        presence.connected(agent, host, 10_000, 0);
+        table.attach(agent);
+    }
+
     /// Two hosts at t=0 with 10 s intervals; the clock says `now_ms`.
     fn two_hosts(now_ms: i64) -> (Arc<LatestTable>, Metrics) {
-        let table = Arc::new(LatestTable::new(3));
-        let metrics = Metrics::new(Arc::clone(&table), Arc::new(move || now_ms)).expect("metrics");
-        table.connected("agent-a", "web1", 10_000, 0);
-        table.connected("agent-b", "db1", 10_000, 0);
+        let (table, presence, metrics) = parts(now_ms);
+        connect(&table, &presence, "agent-a", "web1");
+        connect(&table, &presence, "agent-b", "db1");
         let web = [
             s("cpu_usage_ratio", &[], 0.25),
             s(
@@ -321,6 +351,7 @@ mod tests {
         ];
         assert_eq!(table.apply("agent-a", &web, 0), 6);
         assert_eq!(table.apply("agent-b", &db, 20_000), 3);
+        presence.heard("agent-b", 20_000);
         metrics.batch(web.len());
         metrics.batch(db.len());
         (table, metrics)
@@ -373,7 +404,7 @@ vigil_host_network_receive_bytes_total{host="web1",interface="eth0"} 1234
 # TYPE vigil_host_cpu_usage_ratio gauge
 vigil_host_cpu_usage_ratio{host="db1"} 0.9
 vigil_host_cpu_usage_ratio{host="web1"} 0.25
-# HELP vigil_host_up 1 if the host's agent is connected and was heard from within the last 3 intervals, else 0.
+# HELP vigil_host_up 1 if the host's agent is connected and was heard from within the last 3 intervals, else 0 (also 0 while it is stopped on purpose).
 # TYPE vigil_host_up gauge
 vigil_host_up{host="db1"} 1
 vigil_host_up{host="web1"} 0
@@ -459,9 +490,8 @@ vigil_ingest_rejected_total{reason="unknown_kind"} 0
 
     #[test]
     fn label_values_are_escaped() {
-        let table = Arc::new(LatestTable::new(3));
-        let metrics = Metrics::new(Arc::clone(&table), Arc::new(|| 0)).expect("metrics");
-        table.connected("a1", "we\"b\\1\nx", 10_000, 0);
+        let (table, presence, metrics) = parts(0);
+        connect(&table, &presence, "a1", "we\"b\\1\nx");
         let mp = "/mnt/a \"b\" c\\d\ne";
         table.apply(
             "a1",
@@ -483,8 +513,7 @@ vigil_host_filesystem_used_ratio{host="we\"b\\1\nx",mountpoint="/mnt/a \"b\" c\\
 
     #[test]
     fn empty_registry_exposes_self_metrics_only() {
-        let table = Arc::new(LatestTable::new(3));
-        let metrics = Metrics::new(table, Arc::new(|| 0)).expect("metrics");
+        let (_table, _presence, metrics) = parts(0);
         let text = metrics.encode();
         assert!(!text.contains("vigil_host_"), "{text}");
         assert!(text.contains("vigil_agents_connected 0\n"), "{text}");
@@ -500,9 +529,8 @@ vigil_host_filesystem_used_ratio{host="we\"b\\1\nx",mountpoint="/mnt/a \"b\" c\\
 
     #[test]
     fn registering_twice_on_one_registry_fails() {
-        let table = Arc::new(LatestTable::new(3));
-        let m = Metrics::new(Arc::clone(&table), Arc::new(|| 0)).expect("metrics");
-        let again = Metrics::with_registry(m.registry().clone(), table, Arc::new(|| 0));
+        let (table, presence, m) = parts(0);
+        let again = Metrics::with_registry(m.registry().clone(), table, presence, Arc::new(|| 0));
         assert!(again.is_err());
     }
 

@@ -116,28 +116,46 @@ pub async fn run(opts: Options) -> Result<()> {
     println!();
     println!("Press Ctrl-C to stop.");
 
-    let agent_failed = async {
-        match agent {
+    let mut agent = agent;
+    let agent_ended = async {
+        match agent.as_mut() {
             Some(handle) => handle.await,
             None => std::future::pending().await,
         }
     };
+    let mut failure = None;
     tokio::select! {
         _ = signals.recv() => {}
-        res = agent_failed => {
+        f = running.failed() => failure = Some(f),
+        res = agent_ended => {
+            agent = None;
             match res {
                 Ok(Ok(())) => {}
                 Ok(Err(e)) => tracing::error!(error = %format!("{e:#}"), "local agent stopped"),
                 Err(e) => tracing::error!(error = %e, "local agent task failed"),
             }
-            signals.recv().await;
+            tokio::select! {
+                _ = signals.recv() => {}
+                f = running.failed() => failure = Some(f),
+            }
         }
     }
     shutdown.cancel();
     // The agent says goodbye before the collector stops listening.
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    if let Some(handle) = agent {
+        if tokio::time::timeout(Duration::from_secs(10), handle)
+            .await
+            .is_err()
+        {
+            tracing::warn!("the local agent did not stop within 10 s");
+        }
+    }
     running
         .stop()
         .await
-        .context("collector did not stop cleanly")
+        .context("collector did not stop cleanly")?;
+    match failure {
+        Some(f) => anyhow::bail!("the {} {}: the collector stopped", f.component, f.why),
+        None => Ok(()),
+    }
 }

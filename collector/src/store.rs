@@ -296,7 +296,37 @@ const MIGRATION_STEPS: &[M<'static>] = &[
     UPDATE cis SET last_history_id = (SELECT MAX(h.id) FROM ci_history h WHERE h.ci_id = cis.id);
     DROP INDEX ci_history_ci;",
     ),
+    // Liveness across restarts: the interval an agent last said hello with, and when it last
+    // said goodbye (NULL once it connects again), so a restarted collector knows a clean stop
+    // from an outage (`crate::presence`).
+    M::up(
+        "ALTER TABLE agents ADD COLUMN interval_ms INTEGER;
+    ALTER TABLE agents ADD COLUMN stopped_ms INTEGER;",
+    ),
 ];
+
+/// Runs `f` in a `BEGIN IMMEDIATE` transaction: the write lock is taken up front, so a
+/// concurrent writer waits for the busy timeout instead of failing on a lock upgrade. Commits
+/// when `f` returns `Ok`, rolls back otherwise (or when the commit fails).
+pub fn in_tx<T, E: From<rusqlite::Error>>(
+    conn: &Connection,
+    f: impl FnOnce(&Connection) -> Result<T, E>,
+) -> Result<T, E> {
+    conn.execute_batch("BEGIN IMMEDIATE")?;
+    match f(conn) {
+        Ok(v) => {
+            if let Err(e) = conn.execute_batch("COMMIT") {
+                let _ = conn.execute_batch("ROLLBACK");
+                return Err(e.into());
+            }
+            Ok(v)
+        }
+        Err(e) => {
+            let _ = conn.execute_batch("ROLLBACK");
+            Err(e)
+        }
+    }
+}
 
 /// The migrations applied by every [`Db::open`] and [`Writer::spawn`].
 pub const MIGRATIONS: Migrations<'static> = Migrations::from_slice(MIGRATION_STEPS);
@@ -408,6 +438,10 @@ pub struct AgentRow {
     pub last_seq: Option<u64>,
     pub connected: bool,
     pub revoked_at_ms: Option<i64>,
+    /// The sampling interval of its last hello (ms).
+    pub interval_ms: Option<u64>,
+    /// When it last said goodbye, unless it connected since.
+    pub stopped_ms: Option<i64>,
 }
 
 impl AgentRow {
@@ -490,7 +524,7 @@ impl fmt::Debug for Db {
 }
 
 const AGENT_COLUMNS: &str = "id, hostname, version, cert_pin, enrolled_at_ms, token_id, \
-     last_seen_ms, last_addr, last_seq, connected, revoked_at_ms";
+     last_seen_ms, last_addr, last_seq, connected, revoked_at_ms, interval_ms, stopped_ms";
 
 /// Reads column `idx` as a `u64` (SQLite integers are `i64`; negative means a corrupt file).
 fn get_u64(row: &rusqlite::Row<'_>, idx: usize) -> rusqlite::Result<Option<u64>> {
@@ -512,6 +546,8 @@ fn agent_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<AgentRow> {
         last_seq: get_u64(row, 8)?,
         connected: row.get(9)?,
         revoked_at_ms: row.get(10)?,
+        interval_ms: get_u64(row, 11)?,
+        stopped_ms: row.get(12)?,
     })
 }
 
@@ -586,26 +622,53 @@ impl Db {
         Ok(ids)
     }
 
-    /// Records a connect or disconnect, the peer address when known, and the `(hostname,
-    /// version)` an agent announced in its hello when given. Returns whether the agent exists.
-    pub fn set_connected(
+    /// An agent said hello from `addr` on a new connection: connected, seen now, its host name,
+    /// version and interval recorded, any earlier goodbye forgotten.
+    pub fn agent_connected(
         &self,
         id: &str,
-        connected: bool,
-        addr: Option<&str>,
-        hello: Option<(&str, &str)>,
+        addr: &str,
+        hostname: &str,
+        version: &str,
+        interval_ms: u64,
         now_ms: i64,
     ) -> Result<bool, StoreError> {
-        let (hostname, version) = hello.unzip();
         let n = self
             .conn
             .prepare_cached(
-                "UPDATE agents SET connected = ?2, last_addr = COALESCE(?3, last_addr),
-                     hostname = COALESCE(?4, hostname), version = COALESCE(?5, version),
+                "UPDATE agents SET connected = 1, last_addr = ?2, hostname = ?3, version = ?4,
+                     interval_ms = ?5, stopped_ms = NULL,
                      last_seen_ms = MAX(COALESCE(last_seen_ms, ?6), ?6)
                  WHERE id = ?1",
             )?
-            .execute(params![id, connected, addr, hostname, version, now_ms])?;
+            .execute(params![
+                id,
+                addr,
+                hostname,
+                version,
+                i64::try_from(interval_ms).unwrap_or(i64::MAX),
+                now_ms
+            ])?;
+        Ok(n > 0)
+    }
+
+    /// The agent's current connection ended; `goodbye` when it said so first (a clean stop at
+    /// `now_ms`).
+    pub fn agent_disconnected(
+        &self,
+        id: &str,
+        goodbye: bool,
+        now_ms: i64,
+    ) -> Result<bool, StoreError> {
+        let n = self
+            .conn
+            .prepare_cached(
+                "UPDATE agents SET connected = 0,
+                     stopped_ms = CASE WHEN ?2 THEN ?3 ELSE NULL END,
+                     last_seen_ms = MAX(COALESCE(last_seen_ms, ?3), ?3)
+                 WHERE id = ?1",
+            )?
+            .execute(params![id, goodbye, now_ms])?;
         Ok(n > 0)
     }
 

@@ -100,6 +100,15 @@ pub fn encode(msg: &Message) -> Result<Vec<u8>, EncodeError> {
     Ok(out)
 }
 
+/// The body of a frame carrying `msg` (what [`RawFrame::body`] holds): the message as a
+/// MessagePack map, without the header.
+pub fn encode_body(msg: &Message) -> Result<Vec<u8>, EncodeError> {
+    let mut out = Vec::new();
+    encode_into(msg, &mut out, usize::MAX)?;
+    out.drain(..HEADER_LEN);
+    Ok(out)
+}
+
 fn write_body<T: Serialize>(out: &mut Vec<u8>, body: &T) -> Result<(), rmp_serde::encode::Error> {
     body.serialize(&mut rmp_serde::Serializer::new(out).with_struct_map())
 }

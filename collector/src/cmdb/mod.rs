@@ -64,7 +64,7 @@
 //!
 //! # Cost
 //! Each message is one `BEGIN IMMEDIATE` transaction committed with `synchronous=FULL` (a
-//! concurrent writer waits for the busy timeout instead of failing; see `in_tx`), or a SAVEPOINT
+//! concurrent writer waits for the busy timeout instead of failing; see `in_reconcile_tx`), or a SAVEPOINT
 //! in a transaction shared with other agents' messages ([`apply_batch`], [`GroupCommit`]: one WAL
 //! fsync per batch, and the pages every message rewrites, such as table ends, written once).
 //! Within it: cached prepared statements, one SELECT of the agent's CIs per snapshot (one per
@@ -85,6 +85,7 @@ mod bulk;
 mod deps;
 mod group;
 pub(crate) mod history;
+pub mod lookup;
 pub mod query;
 mod reconcile;
 mod stats;
@@ -200,7 +201,7 @@ pub const MAX_MESSAGES_PER_TX: usize = 64;
 /// [`apply_batch`]. The WAL is then checkpointed by the store's checkpointer thread if the `Db`
 /// has one (woken here past its threshold), otherwise in the commit at [`CHECKPOINT_PAGES`]
 /// (restoring the connection's checkpoint setting afterwards).
-fn in_tx<T>(
+fn in_reconcile_tx<T>(
     db: &Db,
     f: impl FnOnce(&Transaction<'_>) -> Result<(T, bool), StoreError>,
 ) -> Result<T, StoreError> {
@@ -317,7 +318,7 @@ pub fn apply(
 ) -> Result<InventoryOutcome, StoreError> {
     // Before the transaction: a first call loads the item counts, which must not include ours.
     let metrics = metrics_for(db)?;
-    let applied = in_tx(db, |tx| {
+    let applied = in_reconcile_tx(db, |tx| {
         let a = apply_in(tx, agent_id, msg, now_ms)?;
         let keep = a.keep;
         Ok((a, keep))
@@ -337,7 +338,7 @@ pub fn apply_batch(
     msgs: &[(&str, InventoryMsg<'_>, i64)],
 ) -> Result<Vec<Result<InventoryOutcome, StoreError>>, StoreError> {
     let metrics = metrics_for(db)?;
-    let applied = in_tx(db, |tx| {
+    let applied = in_reconcile_tx(db, |tx| {
         let mut out = Vec::with_capacity(msgs.len());
         for (agent, msg, now) in msgs {
             tx.execute_batch("SAVEPOINT inventory_message")?;
@@ -388,7 +389,7 @@ pub fn mark_stale(db: &Db, stale_after: Duration, now_ms: i64) -> Result<usize, 
     let metrics = metrics_for(db)?;
     let after_ms = i64::try_from(stale_after.as_millis()).unwrap_or(i64::MAX);
     let cutoff = now_ms.saturating_sub(after_ms);
-    let (n, agents, tally) = in_tx(db, |tx| {
+    let (n, agents, tally) = in_reconcile_tx(db, |tx| {
         let agents: Vec<String> = {
             let mut stmt = tx.prepare_cached(
                 "UPDATE inventory_state SET stale = 1 WHERE ts_ms < ?1 AND stale = 0

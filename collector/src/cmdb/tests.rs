@@ -808,8 +808,13 @@ fn metrics_count_active_items_and_history_rows() {
     stats::load_into(&db, &fresh).expect("load");
     assert_eq!(fresh.get(ci_type::PACKAGE), (3, 0));
 
-    let table = std::sync::Arc::new(crate::latest::LatestTable::new(3));
-    let metrics = crate::metrics::Metrics::new(table, std::sync::Arc::new(|| 0)).expect("metrics");
+    let table = std::sync::Arc::new(crate::latest::LatestTable::new());
+    let presence = std::sync::Arc::new(crate::presence::Presence::new(crate::presence::Policy {
+        down_after_intervals: 3,
+        shutdown_grace_ms: 0,
+    }));
+    let metrics =
+        crate::metrics::Metrics::new(table, presence, std::sync::Arc::new(|| 0)).expect("metrics");
     metrics.register_cmdb(&m).expect("register");
     let text = metrics.encode();
     for line in [
@@ -950,11 +955,11 @@ fn large_snapshots_go_through_multi_row_writes_intact() {
 #[test]
 fn commits_are_synchronous_full() {
     let (_d, db) = store(&["agent-a"]);
-    let inside: i64 = in_tx(&db, |tx| {
+    let inside: i64 = in_reconcile_tx(&db, |tx| {
         let sync = tx.pragma_query_value(None, "synchronous", |r| r.get(0))?;
         Ok((sync, false))
     })
-    .expect("in_tx");
+    .expect("in_reconcile_tx");
     assert_eq!(inside, 2, "synchronous=FULL inside the CMDB's transactions");
 }
 

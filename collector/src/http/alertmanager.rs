@@ -40,28 +40,25 @@
 //! This module must never: open two incidents for one fingerprint, notify for a suppressed
 //! incident, trust a label's size, or run SQLite on the async runtime.
 
-use std::net::IpAddr;
-
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
 use axum::extract::{DefaultBodyLimit, State};
 use axum::http::StatusCode;
 use axum::routing::post;
 use axum::{Json, Router};
-use rusqlite::{params, Connection, OptionalExtension};
+use rusqlite::Connection;
 use serde::Serialize;
 use vigil_shared::inventory::ci_type;
 
 use super::{now_ms, ApiError, Auth, HttpState};
+use crate::cmdb::lookup::{self, HostRow};
 use crate::incidents::alertmanager::{self as am, Mapped, PayloadError, Status};
-use crate::incidents::announce;
-use crate::incidents::builtin::HOST_UNREACHABLE;
-use crate::incidents::engine::in_tx;
+use crate::incidents::lifecycle::Lifecycle;
 use crate::incidents::maintenance::{self, Window};
 use crate::incidents::records::{self, Opened, Opening, Origin, Suppression};
-use crate::incidents::scope::{self, Target};
-use crate::notify::{EventKind, Webhook};
-use crate::store::{Role, StoreError};
+use crate::incidents::scope::Target;
+use crate::notify::Webhook;
+use crate::store::{in_tx, Role, StoreError};
 
 /// Largest webhook body.
 pub const MAX_BODY_BYTES: usize = 1024 * 1024;
@@ -201,15 +198,6 @@ pub fn apply(
     Ok(out)
 }
 
-/// The agent an alert names, with its host CI.
-#[derive(Debug, Clone, PartialEq)]
-struct Host {
-    agent_id: String,
-    hostname: String,
-    ci_id: Option<i64>,
-    tags: std::collections::BTreeMap<String, String>,
-}
-
 fn fire(
     c: &Connection,
     hooks: &[Webhook],
@@ -218,7 +206,7 @@ fn fire(
     reopen_within_ms: i64,
     now: i64,
 ) -> rusqlite::Result<Opened> {
-    let host = find_host(c, &a.hosts)?;
+    let host: Option<HostRow> = lookup::agent_named(c, &a.hosts)?;
     let (ci_type, ci_key) = match host {
         Some(_) => (ci_type::HOST, ci_type::HOST),
         None => (am::CI_TYPE_ALERT, a.fingerprint.as_str()),
@@ -233,9 +221,8 @@ fn fire(
     let window = maintenance::covering(windows, a.at_ms, &target).map(|w| w.name.clone());
     let suppression = match (window, &host) {
         (Some(window), _) => Some(Suppression::Maintenance { window }),
-        (None, Some(h)) => {
-            host_unreachable(c, &h.agent_id)?.map(|parent_id| Suppression::Parent { parent_id })
-        }
+        (None, Some(h)) => records::host_unreachable(c, &h.agent_id)?
+            .map(|parent_id| Suppression::Parent { parent_id }),
         (None, None) => None,
     };
     let opening = Opening {
@@ -258,18 +245,13 @@ fn fire(
         at_ms: a.at_ms,
         labels: &a.labels,
         flapping: false,
-        suppression: suppression.clone(),
+        suppression,
         probable_cause_id: None,
     };
-    let opened = records::open(c, &opening, reopen_within_ms, now)?;
-    let announce_as = match opened {
-        Opened::New { id, event_id } => Some((id, event_id, EventKind::Opened)),
-        Opened::Reopened { id, event_id } => Some((id, event_id, EventKind::Reopened)),
-        Opened::Active { .. } | Opened::OutOfOrder { .. } => None,
-    };
-    if let (Some((id, event_id, kind)), None) = (announce_as, &suppression) {
-        announce::announce(c, hooks, id, kind, event_id, ACTOR, now)?;
-    }
+    let (opened, _) =
+        Lifecycle::new(c, hooks, now)
+            .by(ACTOR)
+            .open(&opening, reopen_within_ms, None)?;
     Ok(opened)
 }
 
@@ -284,126 +266,27 @@ fn resolve(
         return Ok(None);
     };
     let at = a.at_ms.max(inc.started_ms);
-    let Some(event_id) = records::resolve_as(c, inc.id, at, None, RESOLUTION_CODE, ACTOR, now)?
-    else {
-        return Ok(None);
-    };
-    // Whoever was told it opened hears that it resolved, suppressed since or not.
-    if inc.announced {
-        announce::announce(c, hooks, inc.id, EventKind::Resolved, event_id, ACTOR, now)?;
-    }
-    if inc.suppressed.as_deref() == Some("parent") {
-        // A symptom whose condition cleared: done with it (as the engine does).
-        records::close_system(c, inc.id, "symptom_cleared", now)?;
-    }
-    Ok(Some((
-        inc.id,
-        ((at - inc.started_ms).max(0) as f64) / 1000.0,
-    )))
-}
-
-/// The active `host-unreachable` incident of an agent.
-fn host_unreachable(c: &Connection, agent_id: &str) -> rusqlite::Result<Option<i64>> {
-    c.prepare_cached(
-        "SELECT id FROM incidents WHERE agent_id = ?1 AND rule = ?2 AND origin = 'rule'
-            AND state IN ('open', 'acknowledged')
-         ORDER BY id DESC LIMIT 1",
-    )?
-    .query_row(params![agent_id, HOST_UNREACHABLE], |r| r.get(0))
-    .optional()
-}
-
-/// The first of `names` that names an enrolled agent (see the module docs).
-fn find_host(c: &Connection, names: &[String]) -> rusqlite::Result<Option<Host>> {
-    for name in names {
-        let agent = match name.parse::<IpAddr>() {
-            Ok(ip) => agent_by_ip(c, ip)?,
-            Err(_) => agent_by_name(c, name)?,
-        };
-        if let Some(agent_id) = agent {
-            return host_of(c, agent_id);
-        }
-    }
-    Ok(None)
-}
-
-fn agent_by_name(c: &Connection, name: &str) -> rusqlite::Result<Option<String>> {
-    let short = name.split('.').next().unwrap_or(name);
-    c.prepare_cached(
-        "SELECT id FROM agents
-         WHERE revoked_at_ms IS NULL AND (
-            lower(hostname) = lower(?1)
-            OR lower(hostname) = lower(?2)
-            OR substr(lower(hostname), 1, length(?1) + 1) = lower(?1) || '.')
-         ORDER BY lower(hostname) = lower(?1) DESC, last_seen_ms IS NULL, last_seen_ms DESC,
-            enrolled_at_ms DESC
-         LIMIT 1",
-    )?
-    .query_row(params![name, short], |r| r.get(0))
-    .optional()
-}
-
-fn agent_by_ip(c: &Connection, ip: IpAddr) -> rusqlite::Result<Option<String>> {
-    let local = match ip {
-        IpAddr::V4(v4) => v4.is_loopback() || v4.is_link_local() || v4.is_unspecified(),
-        IpAddr::V6(v6) => {
-            v6.is_loopback() || v6.is_unspecified() || (v6.segments()[0] & 0xffc0) == 0xfe80
-        }
-    };
-    if local {
-        return Ok(None);
-    }
-    let ip = ip.to_string();
-    let agents: Vec<String> = c
-        .prepare_cached(
-            "SELECT DISTINCT c.agent_id FROM cis c JOIN agents a ON a.id = c.agent_id
-             WHERE c.type = 'ip_address' AND c.state = 'active' AND a.revoked_at_ms IS NULL
-                AND substr(c.key, 1, length(?1) + 1) = ?1 || '/'
-             LIMIT 2",
-        )?
-        .query_map([&ip], |r| r.get(0))?
-        .collect::<rusqlite::Result<_>>()?;
-    // An address two hosts claim (NAT, a private range reused) names neither.
-    Ok(match agents.as_slice() {
-        [one] => Some(one.clone()),
-        _ => None,
-    })
-}
-
-fn host_of(c: &Connection, agent_id: String) -> rusqlite::Result<Option<Host>> {
-    c.prepare_cached(
-        "SELECT a.hostname, c.id, c.attrs, c.manual_attrs FROM agents a
-         LEFT JOIN cis c ON c.agent_id = a.id AND c.type = 'host' AND c.key = 'host'
-         WHERE a.id = ?1",
-    )?
-    .query_row([&agent_id], |r| {
-        let attrs: Option<String> = r.get(2)?;
-        let manual: Option<String> = r.get(3)?;
-        Ok(Host {
-            hostname: r.get(0)?,
-            ci_id: r.get(1)?,
-            tags: attrs
-                .as_deref()
-                .map(|a| scope::host_tags(a, manual.as_deref()))
-                .unwrap_or_default(),
-            agent_id: agent_id.clone(),
-        })
-    })
-    .optional()
+    let resolved =
+        Lifecycle::new(c, hooks, now)
+            .by(ACTOR)
+            .resolve(inc.id, at, None, RESOLUTION_CODE, true)?;
+    Ok(resolved.map(|r| (inc.id, ((at - r.before.started_ms).max(0) as f64) / 1000.0)))
 }
 
 #[cfg(test)]
 mod tests {
     use std::collections::BTreeMap;
     use std::path::Path;
-    use std::sync::atomic::AtomicBool;
     use std::sync::Arc;
     use std::time::Duration;
 
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
+    use rusqlite::params;
+
     use super::*;
     use crate::incidents::alertmanager::Alert;
+    use crate::incidents::builtin::HOST_UNREACHABLE;
     use crate::incidents::records::Incident;
     use crate::incidents::scope::Scope;
     use crate::store::{Db, NewAgent};
@@ -657,8 +540,7 @@ mod tests {
         let db = store(tmp.path());
         let labels = BTreeMap::new();
         let parent = in_tx(db.conn(), |c| {
-            records::open(
-                c,
+            Lifecycle::new(c, &[], NOW).open(
                 &Opening {
                     dedup_key: "host-unreachable|a1|host|host",
                     rule: HOST_UNREACHABLE,
@@ -683,11 +565,11 @@ mod tests {
                     probable_cause_id: None,
                 },
                 DEFAULT_REOPEN_WITHIN_MS,
-                NOW,
+                None,
             )
         })
         .expect("parent");
-        let Opened::New { id: parent_id, .. } = parent else {
+        let (Opened::New { id: parent_id, .. }, _) = parent else {
             panic!("{parent:?}");
         };
         let on_web1 = [("alertname", "Down"), ("instance", "web1:9100")];
@@ -767,11 +649,11 @@ mod tests {
         let (_, viewer) = db
             .create_api_token(Role::Viewer, "ro", 1_000)
             .expect("viewer");
-        let state = HttpState::new(
-            tmp.path().to_owned(),
-            Arc::new(String::new),
-            Arc::new(AtomicBool::new(true)),
-        )
+        let state = HttpState::new(tmp.path().to_owned(), Arc::new(String::new), {
+            let s = crate::supervise::Supervisor::new();
+            s.set_ready();
+            s
+        })
         .expect("state");
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await

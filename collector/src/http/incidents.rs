@@ -33,8 +33,8 @@ use serde_json::Value;
 use vigil_shared::time::{format_rfc3339_ms, parse_time_ms};
 
 use super::{now_ms, ApiError, ApiJson, ApiPath, ApiQuery, Auth, HttpState};
-use crate::incidents::announce;
-use crate::incidents::engine::in_tx;
+use crate::incidents::engine::Input;
+use crate::incidents::lifecycle::Lifecycle;
 use crate::incidents::maintenance::Recurrence;
 use crate::incidents::maintenance::{self, Window};
 use crate::incidents::records::{
@@ -42,8 +42,7 @@ use crate::incidents::records::{
 };
 use crate::incidents::rule::{parse_priority, Rule, Threshold};
 use crate::incidents::scope::ScopeJson;
-use crate::notify::EventKind;
-use crate::store::{Role, StoreError};
+use crate::store::{in_tx, Role, StoreError};
 
 /// Largest page.
 const MAX_LIMIT: u32 = 500;
@@ -207,6 +206,13 @@ struct ListQuery {
     suppressed: Option<bool>,
     limit: Option<u32>,
     offset: Option<u32>,
+}
+
+/// Tells the engine, if there is one (a dead engine is the supervisor's to report).
+async fn tell_engine(state: &HttpState, input: Input) {
+    if let Some(engine) = &state.incidents.engine {
+        let _ = engine.send(input).await;
+    }
 }
 
 fn bad(msg: impl Into<String>) -> ApiError {
@@ -529,22 +535,11 @@ async fn act(
         .db
         .run(move |db| {
             let res = in_tx(db.conn(), |c| {
-                let t = match records::transition(c, id, &req, &actor, now) {
-                    Ok(t) => t,
-                    Err(TransitionError::Sql(e)) => return Err(e),
-                    Err(other) => return Ok(Err(other)),
-                };
-                let kind = match req {
-                    Request::Acknowledge { .. } => Some(EventKind::Acknowledged),
-                    Request::Resolve { .. } => Some(EventKind::Resolved),
-                    _ => None,
-                };
-                if let Some(kind) = kind {
-                    if t.incident.announced && !t.incident.is_suppressed() {
-                        announce::announce(c, &hooks, id, kind, t.event_id, &actor, now)?;
-                    }
+                match Lifecycle::new(c, &hooks, now).by(&actor).operator(id, &req) {
+                    Ok(t) => Ok(Ok(t)),
+                    Err(TransitionError::Sql(e)) => Err(e),
+                    Err(other) => Ok(Err(other)),
                 }
-                Ok(Ok(t))
             })?;
             let counts = records::open_counts(db.conn())?;
             Ok::<_, StoreError>(res.map(|t| (t, counts)))
@@ -574,6 +569,10 @@ async fn act(
         Err(TransitionError::Sql(e)) => return Err(ApiError::internal(e)),
     };
     (state.incidents.wake)();
+    if !t.incident.state.is_active() {
+        // Its series goes back to idle in the engine: a breach that goes on opens again.
+        tell_engine(&state, Input::IncidentChanged { id }).await;
+    }
     if let Some(m) = &state.incidents.metrics {
         let since_start = |at: i64| ((at - t.incident.started_ms).max(0) as f64) / 1000.0;
         match (t.before, t.incident.state) {
@@ -692,11 +691,7 @@ async fn create_rule(
     if !created {
         return Err(ApiError::Conflict(format!("rule {:?} exists", rule.name)));
     }
-    if let Some(engine) = &state.incidents.engine {
-        engine
-            .send(crate::incidents::engine::Input::RulesChanged)
-            .await;
-    }
+    tell_engine(&state, Input::RulesChanged).await;
     Ok((StatusCode::CREATED, Json(rule_view(&rule, "api"))))
 }
 
@@ -720,11 +715,7 @@ async fn delete_rule(
     if !deleted {
         return Err(ApiError::NotFound(format!("rule {name:?} not found")));
     }
-    if let Some(engine) = &state.incidents.engine {
-        engine
-            .send(crate::incidents::engine::Input::RulesChanged)
-            .await;
-    }
+    tell_engine(&state, Input::RulesChanged).await;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -857,6 +848,9 @@ async fn create_window(
             )
         })
         .await?;
+    if created.is_some() {
+        tell_engine(&state, Input::WindowsChanged).await;
+    }
     match created {
         Some(w) => Ok((StatusCode::CREATED, Json(WindowView::new(w, now)))),
         None => Err(ApiError::Conflict(
@@ -895,5 +889,6 @@ async fn delete_window(
             }
         })
         .await??;
+    tell_engine(&state, Input::WindowsChanged).await;
     Ok(Json(WindowView::new(res, now)))
 }

@@ -11,18 +11,18 @@ use crate::store::{Db, NewAgent};
 
 struct Server {
     addr: std::net::SocketAddr,
-    ready: Arc<AtomicBool>,
+    supervisor: crate::supervise::Supervisor,
     stop: Option<oneshot::Sender<()>>,
     task: tokio::task::JoinHandle<std::io::Result<()>>,
 }
 
 impl Server {
     async fn start(data_dir: &Path) -> Server {
-        let ready = Arc::new(AtomicBool::new(false));
+        let supervisor = crate::supervise::Supervisor::new();
         let metrics_text: Arc<dyn Fn() -> String + Send + Sync> =
             Arc::new(|| "# TYPE vigil_agents_connected gauge\nvigil_agents_connected 2\n".into());
         let state =
-            HttpState::new(data_dir.to_owned(), metrics_text, ready.clone()).expect("state");
+            HttpState::new(data_dir.to_owned(), metrics_text, supervisor.clone()).expect("state");
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await
             .expect("bind");
@@ -33,7 +33,7 @@ impl Server {
         }));
         Server {
             addr,
-            ready,
+            supervisor,
             stop: Some(stop),
             task,
         }
@@ -137,11 +137,12 @@ async fn fixture() -> Fixture {
         1_700_000_000_000,
     )
     .expect("agent");
-    db.set_connected(
+    db.agent_connected(
         "a1b2",
-        true,
-        Some("10.0.0.7:40000"),
-        None,
+        "10.0.0.7:40000",
+        "web1",
+        "0.1.0",
+        10_000,
         1_700_000_001_000,
     )
     .expect("connected");
@@ -214,9 +215,13 @@ async fn agents_list_for_viewer() {
         "version": "0.1.0",
         "address": "10.0.0.7:40000",
         "connected": true,
+        "state": "up",
+        "stopped_at_ms": null,
+        "stopped_at": null,
         "last_seen_ms": 1_700_000_001_000i64,
         "last_seen": "2023-11-14T22:13:21.000Z",
         "last_seq": null,
+        "interval_ms": 10_000,
         "enrolled_at_ms": 1_700_000_000_000i64,
         "enrolled_at": "2023-11-14T22:13:20.000Z",
         "revoked": false,
@@ -271,10 +276,17 @@ async fn probes_metrics_and_fallbacks() {
     let s = &f.server;
     assert_eq!(s.get("/healthz", None).await.2, "ok");
     let (status, _, body) = s.get("/readyz", None).await;
-    assert_eq!((status, body.as_str()), (503, "not ready"));
-    s.ready.store(true, Ordering::Release);
+    assert_eq!((status, body.as_str()), (503, "not ready: starting\n"));
+    s.supervisor.set_ready();
     let (status, _, body) = s.get("/readyz", None).await;
-    assert_eq!((status, body.as_str()), (200, "ready"));
+    assert_eq!((status, body.as_str()), (200, "ready\n"));
+    // A component that dies fails readiness, naming it.
+    drop(s.supervisor.sentinel("incident engine"));
+    let (status, _, body) = s.get("/readyz", None).await;
+    assert_eq!(
+        (status, body.as_str()),
+        (503, "not ready: failed: incident engine (stopped)\n")
+    );
 
     let (status, ct, body) = s.get("/metrics", None).await;
     assert_eq!(status, 200);

@@ -313,6 +313,16 @@ impl Series {
         Observed::Evaluated
     }
 
+    /// The series' incident was resolved by someone else (an operator) while the series was
+    /// open: the series goes back to idle, keeping its flap history and last timestamp, so that
+    /// a breach that goes on opens again after a full `for` from its next sample.
+    pub fn resolved_elsewhere(&mut self) {
+        if self.phase == Phase::Open {
+            self.phase = Phase::Idle;
+        }
+        self.flapping = false;
+    }
+
     /// True while an incident is open for this series.
     pub fn is_open(&self) -> bool {
         self.phase == Phase::Open

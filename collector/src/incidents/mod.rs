@@ -18,11 +18,11 @@
 //! One active incident per dedup key (rule, CI).
 
 pub mod alertmanager;
-pub mod announce;
 pub mod api_rules;
 pub mod builtin;
 pub mod engine;
 pub mod eval;
+pub mod lifecycle;
 pub mod maintenance;
 pub mod records;
 pub mod rule;

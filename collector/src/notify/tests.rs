@@ -363,6 +363,7 @@ fn start(dir: &Path, hooks: Vec<Webhook>, tuning: Tuning) -> Running {
         &tracker,
         shutdown.clone(),
         tuning,
+        None,
     )
     .expect("spawn notifier");
     Running {

@@ -144,6 +144,27 @@ impl Notifier {
             tracker,
             shutdown,
             Tuning::default(),
+            None,
+        )
+    }
+
+    /// [`Notifier::spawn`], every delivery task watched by `supervisor`.
+    pub fn spawn_supervised(
+        data_dir: &Path,
+        hooks: Vec<Webhook>,
+        metrics: NotifyMetrics,
+        tracker: &TaskTracker,
+        shutdown: CancellationToken,
+        supervisor: &crate::supervise::Supervisor,
+    ) -> Result<Notifier, StoreError> {
+        Self::spawn_tuned(
+            data_dir,
+            hooks,
+            metrics,
+            tracker,
+            shutdown,
+            Tuning::default(),
+            Some(supervisor),
         )
     }
 
@@ -154,6 +175,7 @@ impl Notifier {
         tracker: &TaskTracker,
         shutdown: CancellationToken,
         tuning: Tuning,
+        supervisor: Option<&crate::supervise::Supervisor>,
     ) -> Result<Notifier, StoreError> {
         let pool = DbPool::open(data_dir, hooks.len() + 1)?;
         let client = http_client(&hooks, tuning.env_proxy)
@@ -166,14 +188,28 @@ impl Notifier {
             shutdown,
         });
         let names: Vec<String> = hooks.iter().map(|h| h.name.clone()).collect();
-        tracker.spawn(janitor(Arc::clone(&ctx), names));
+        let sentinel = || supervisor.map(|s| s.sentinel("notifier"));
+        let janitor_sentinel = sentinel();
+        let janitor_ctx = Arc::clone(&ctx);
+        tracker.spawn(async move {
+            let _sentinel = janitor_sentinel;
+            if vigil_runtime::failpoint::hit("notifier-exit") {
+                return;
+            }
+            janitor(janitor_ctx, names).await
+        });
         let mut wakers = Vec::with_capacity(hooks.len());
         for hook in hooks {
             ctx.metrics.init(&hook.name);
             let wake = Arc::new(Notify::new());
             wakers.push(Arc::clone(&wake));
             let span = tracing::info_span!("webhook", name = %hook.name);
-            tracker.spawn(deliver_loop(Arc::clone(&ctx), Arc::new(hook), wake).instrument(span));
+            let deliver = deliver_loop(Arc::clone(&ctx), Arc::new(hook), wake).instrument(span);
+            let task_sentinel = sentinel();
+            tracker.spawn(async move {
+                let _sentinel = task_sentinel;
+                deliver.await
+            });
         }
         Ok(Notifier {
             wakers: wakers.into(),

@@ -186,6 +186,14 @@ impl std::fmt::Debug for Checkpointer {
 impl Checkpointer {
     /// Opens its own connection to `<data_dir>/vigil.db` and starts the thread.
     pub fn spawn(data_dir: &Path) -> Result<Checkpointer, StoreError> {
+        Self::spawn_watched(data_dir, None)
+    }
+
+    /// [`Checkpointer::spawn`], the thread holding `sentinel` (its end is reported).
+    pub fn spawn_watched(
+        data_dir: &Path,
+        sentinel: Option<crate::supervise::Sentinel>,
+    ) -> Result<Checkpointer, StoreError> {
         let conn = open_connection(data_dir)?;
         let handle = Checkpoints {
             shared: Arc::new(Shared {
@@ -204,7 +212,10 @@ impl Checkpointer {
         let shared = handle.shared.clone();
         let thread = std::thread::Builder::new()
             .name("vigil-checkpoint".into())
-            .spawn(move || run(&conn, &shared))
+            .spawn(move || {
+                let _sentinel = sentinel;
+                run(&conn, &shared)
+            })
             .map_err(StoreError::Spawn)?;
         Ok(Checkpointer {
             handle,

@@ -76,16 +76,10 @@ fn agent_lifecycle() {
     assert!(!row.connected && row.last_seq.is_none() && !row.is_revoked());
 
     assert!(db
-        .set_connected(
-            "a1",
-            true,
-            Some("10.0.0.1:5000"),
-            Some(("web1", "0.2.0")),
-            3_000
-        )
+        .agent_connected("a1", "10.0.0.1:5000", "web1", "0.2.0", 2_000, 3_000)
         .expect("set"));
     assert!(!db
-        .set_connected("nope", true, None, None, 3_000)
+        .agent_connected("nope", "x", "y", "z", 1_000, 3_000)
         .expect("set"));
     let row = db.agent("a1").expect("query").expect("exists");
     assert!(row.connected);
@@ -94,22 +88,30 @@ fn agent_lifecycle() {
         ("web1", "0.2.0")
     );
     assert_eq!(row.last_addr.as_deref(), Some("10.0.0.1:5000"));
-    assert_eq!(row.last_seen_ms, Some(3_000));
-    // Disconnect without an address keeps the last one.
-    db.set_connected("a1", false, None, None, 4_000)
-        .expect("set");
+    assert_eq!(
+        (row.last_seen_ms, row.interval_ms),
+        (Some(3_000), Some(2_000))
+    );
+    // A clean stop is remembered (until the next connection); the address is kept.
+    db.agent_disconnected("a1", true, 4_000).expect("set");
     let row = db.agent("a1").expect("query").expect("exists");
     assert_eq!(
         (
             row.connected,
             row.last_addr.as_deref(),
-            row.hostname.as_str()
+            row.hostname.as_str(),
+            row.stopped_ms
         ),
-        (false, Some("10.0.0.1:5000"), "web1")
+        (false, Some("10.0.0.1:5000"), "web1", Some(4_000))
     );
+    db.agent_connected("a1", "10.0.0.1:5001", "web1", "0.2.0", 2_000, 4_500)
+        .expect("set");
+    db.agent_disconnected("a1", false, 5_000).expect("set");
+    let row = db.agent("a1").expect("query").expect("exists");
+    assert_eq!(row.stopped_ms, None, "a lost connection is no clean stop");
 
     db.register_agent(&agent("a2"), 1_000).expect("register");
-    db.set_connected("a2", true, None, None, 5_000)
+    db.agent_connected("a2", "x", "db1", "0.2.0", 1_000, 5_000)
         .expect("set");
     assert_eq!(db.mark_all_disconnected().expect("mark"), 1);
     assert!(db.list_agents().expect("list").iter().all(|a| !a.connected));

@@ -117,16 +117,29 @@ impl Writer {
     /// Opens `<data_dir>/vigil.db` (running migrations) and starts the writer thread and the
     /// store's WAL checkpointer (see [`Writer::checkpoints`]).
     pub fn spawn(data_dir: &Path) -> Result<(Writer, WriterJoin), StoreError> {
-        Self::spawn_with(data_dir, BUSY_TIMEOUT)
+        Self::spawn_with(data_dir, BUSY_TIMEOUT, None)
+    }
+
+    /// [`Writer::spawn`], with the writer and checkpointer threads watched by `supervisor`.
+    pub fn spawn_supervised(
+        data_dir: &Path,
+        supervisor: &crate::supervise::Supervisor,
+    ) -> Result<(Writer, WriterJoin), StoreError> {
+        Self::spawn_with(data_dir, BUSY_TIMEOUT, Some(supervisor))
     }
 
     pub(crate) fn spawn_with(
         data_dir: &Path,
         busy_timeout: Duration,
+        supervisor: Option<&crate::supervise::Supervisor>,
     ) -> Result<(Writer, WriterJoin), StoreError> {
         let conn = open_connection(data_dir)?;
         conn.busy_timeout(busy_timeout)?;
-        let checkpointer = Checkpointer::spawn(data_dir)?;
+        let checkpointer = Checkpointer::spawn_watched(
+            data_dir,
+            supervisor.map(|s| s.sentinel("WAL checkpointer")),
+        )?;
+        let sentinel = supervisor.map(|s| s.sentinel("store writer"));
         let checkpoints = checkpointer.handle();
         checkpoints.attach(&conn);
         let (tx, rx) = mpsc::channel(QUEUE_CAPACITY);
@@ -135,6 +148,10 @@ impl Writer {
         let thread = std::thread::Builder::new()
             .name("vigil-store-writer".into())
             .spawn(move || {
+                let _sentinel = sentinel;
+                if vigil_runtime::failpoint::hit("writer-panic") {
+                    panic!("failpoint writer-panic");
+                }
                 run(conn, rx, &thread_checkpoints);
                 let _ = done_tx.send(());
             })
@@ -510,8 +527,12 @@ mod tests {
             for i in 0..200 {
                 db.create_api_token(crate::store::Role::Viewer, &format!("t{i}"), i)
                     .expect("no 'database is locked' within busy_timeout");
-                db.set_connected("a1", i % 2 == 0, Some("127.0.0.1:1"), None, i)
-                    .expect("set_connected");
+                if i % 2 == 0 {
+                    db.agent_connected("a1", "127.0.0.1:1", "h", "v", 1_000, i)
+                } else {
+                    db.agent_disconnected("a1", false, i)
+                }
+                .expect("connected or not");
             }
         });
         for seq in 0..400u64 {
@@ -532,7 +553,8 @@ mod tests {
         let tmp = tempfile::tempdir().expect("tempdir");
         let db = Db::open(tmp.path()).expect("open");
         db.register_agent(&agent("a1"), 0).expect("register");
-        let (w, join) = Writer::spawn_with(tmp.path(), Duration::from_millis(50)).expect("spawn");
+        let (w, join) =
+            Writer::spawn_with(tmp.path(), Duration::from_millis(50), None).expect("spawn");
         // Another connection holds the write lock longer than the writer's busy timeout.
         db.conn.execute_batch("BEGIN IMMEDIATE").expect("lock");
         let err = append(&w, "a1", 1).await.expect_err("locked");

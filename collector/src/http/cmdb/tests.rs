@@ -4,7 +4,6 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
 use std::path::Path;
-use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -190,11 +189,11 @@ type ServerTask = tokio::task::JoinHandle<std::io::Result<()>>;
 
 async fn start(dir: &Path) -> (SocketAddr, oneshot::Sender<()>, ServerTask) {
     let metrics_text: Arc<dyn Fn() -> String + Send + Sync> = Arc::new(String::new);
-    let state = HttpState::new(
-        dir.to_owned(),
-        metrics_text,
-        Arc::new(AtomicBool::new(true)),
-    )
+    let state = HttpState::new(dir.to_owned(), metrics_text, {
+        let s = crate::supervise::Supervisor::new();
+        s.set_ready();
+        s
+    })
     .expect("state");
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
         .await

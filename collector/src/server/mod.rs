@@ -1,20 +1,27 @@
-//! The QUIC ingest server: accepts agent connections, enrolls new agents, authenticates known
-//! ones by their client certificate, and turns batch streams into durable rows and fresh values.
+//! The QUIC ingest server: accepts agent connections, enrolls new agents (`enroll.rs`),
+//! authenticates known ones by their client certificate, and turns batch streams into durable
+//! rows and fresh values, inventory streams into CMDB reconciliations.
 //!
-//! One task per connection and per stream, all owned by a [`TaskTracker`] and stopped by a
-//! [`CancellationToken`]. A misbehaving peer costs at most its own stream or connection: decode
-//! errors close that stream with an error code and are counted; nothing here panics on peer
-//! input, and the accept loop never ends because of one peer. A batch is acknowledged only once
-//! the store has committed it.
+//! This is the tokio shell: it moves bytes and acts on the decisions of the I/O-free session
+//! core (`session.rs`), which validates and clamps every number, length and count an agent
+//! sends. One task per connection and per stream, all owned by a [`TaskTracker`] and stopped by
+//! a [`CancellationToken`]. A misbehaving peer costs at most its own stream or connection:
+//! decode errors close that stream with an error code and are counted; nothing here panics on
+//! peer input, and the accept loop never ends because of one peer. A batch is acknowledged only
+//! once the store has committed it, and counted (`vigil_ingest_batches_total`) only then.
+//!
+//! Liveness goes through [`Presence`]: a connection's end changes the agent's state only when it
+//! is still the agent's newest connection (a generation), so a reconnect is never undone by the
+//! old connection's end.
+
+mod enroll;
+pub mod session;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::str::FromStr;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, SystemTime};
-
-use vigil_runtime::clock::now_ms;
+use std::time::Duration;
 
 use quinn::{Connection, ConnectionError, Incoming, RecvStream, SendStream, VarInt};
 use rustls::pki_types::CertificateDer;
@@ -22,16 +29,19 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{debug, info, warn, Instrument};
+use vigil_runtime::clock::now_ms;
 use vigil_shared::codec::{self, DecodeError, FrameDecoder, RawFrame};
-use vigil_shared::identity::{self, EnrollToken};
-use vigil_shared::proto::{self, codes, kind, Ack, ErrorMsg, Message, Welcome};
+use vigil_shared::identity;
+use vigil_shared::proto::{self, codes, kind, Ack, Batch, Message, Welcome};
 
 use crate::ca::ServerIdentity;
 use crate::cmdb::{self, InventoryOutcome};
-use crate::incidents::engine::Input;
+use crate::incidents::engine::{EngineHandle, Input};
 use crate::latest::LatestTable;
 use crate::metrics::Metrics;
-use crate::store::{AppendOutcome, Db, NewAgent, Writer};
+use crate::presence::Presence;
+use crate::store::{AppendOutcome, Db, Writer};
+use session::Limits;
 
 /// How long a fresh connection may take to open its control stream and say hello.
 const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
@@ -43,6 +53,21 @@ const MAX_UNACKED: usize = 1024;
 /// Validity of agent certificates.
 const AGENT_CERT_VALIDITY: Duration = Duration::from_secs(365 * 24 * 3600);
 
+/// What the ingest server needs besides its own store connections.
+pub struct IngestParts {
+    pub data_dir: PathBuf,
+    pub writer: Writer,
+    pub table: Arc<LatestTable>,
+    pub presence: Arc<Presence>,
+    pub metrics: Arc<Metrics>,
+    pub identity: Arc<ServerIdentity>,
+    pub max_frame: usize,
+    /// Settings pushed to every agent in its welcome.
+    pub settings: proto::Settings,
+    /// The incident engine: evaluates rules on what agents send.
+    pub engine: Option<EngineHandle>,
+}
+
 /// Everything the ingest tasks share.
 pub struct Ingest {
     pub data_dir: PathBuf,
@@ -52,13 +77,13 @@ pub struct Ingest {
     pub cmdb: Arc<cmdb::GroupCommit>,
     pub writer: Writer,
     pub table: Arc<LatestTable>,
+    pub presence: Arc<Presence>,
     pub metrics: Arc<Metrics>,
     pub identity: Arc<ServerIdentity>,
     pub max_frame: usize,
-    /// Settings pushed to every agent in its welcome.
     pub settings: proto::Settings,
-    /// The incident engine: evaluates rules on what agents send.
-    pub engine: Option<crate::incidents::engine::EngineHandle>,
+    pub engine: Option<EngineHandle>,
+    pub limits: Limits,
     /// Live connections by agent id, to close them on revocation.
     conns: Mutex<HashMap<String, Connection>>,
 }
@@ -101,18 +126,19 @@ async fn write_msg(send: &mut SendStream, msg: &Message) -> Result<(), StreamErr
 }
 
 impl Ingest {
-    #[allow(clippy::too_many_arguments)] // one call site (app.rs), every part named there
-    /// Opens its own store connections in `data_dir`.
-    pub fn new(
-        data_dir: PathBuf,
-        writer: Writer,
-        table: Arc<LatestTable>,
-        metrics: Arc<Metrics>,
-        identity: Arc<ServerIdentity>,
-        max_frame: usize,
-        settings: proto::Settings,
-        engine: Option<crate::incidents::engine::EngineHandle>,
-    ) -> Result<Self, crate::store::StoreError> {
+    /// Opens its own store connections in `parts.data_dir`.
+    pub fn new(parts: IngestParts) -> Result<Self, crate::store::StoreError> {
+        let IngestParts {
+            data_dir,
+            writer,
+            table,
+            presence,
+            metrics,
+            identity,
+            max_frame,
+            settings,
+            engine,
+        } = parts;
         Ok(Ingest {
             db: Arc::new(Mutex::new(Db::open(&data_dir)?)),
             cmdb: Arc::new(cmdb::GroupCommit::new({
@@ -123,13 +149,23 @@ impl Ingest {
             data_dir,
             writer,
             table,
+            presence,
             metrics,
             identity,
             max_frame,
             settings,
             engine,
+            limits: Limits::default(),
             conns: Mutex::new(HashMap::new()),
         })
+    }
+
+    /// Tells the engine, if there is one.
+    async fn tell_engine(&self, input: Input) {
+        if let Some(engine) = &self.engine {
+            // A dead engine is reported by the supervisor; the send only logs.
+            let _ = engine.send(input).await;
+        }
     }
 
     /// Runs a closure on the store connection off the async runtime.
@@ -194,161 +230,6 @@ impl Ingest {
     fn refuse(&self, conn: &Connection, code: u32, reason: &'static str, message: &str) {
         self.metrics.reject(reason);
         conn.close(VarInt::from_u32(code), message.as_bytes());
-    }
-
-    /// A connection without a client certificate may do one thing: enroll.
-    async fn serve_enrollment(self: Arc<Self>, conn: Connection) {
-        let result = tokio::time::timeout(HELLO_TIMEOUT, self.enroll(&conn)).await;
-        let (mut send, outcome) = match result {
-            Ok(Ok(v)) => v,
-            Ok(Err((send, e))) => (send, Err(e)),
-            Err(_) => {
-                warn!("enrollment refused: no request within {HELLO_TIMEOUT:?}");
-                self.refuse(
-                    &conn,
-                    codes::ENROLL_REFUSED,
-                    "enroll_refused",
-                    "enrollment timed out",
-                );
-                return;
-            }
-        };
-        match outcome {
-            Ok(enrolled) => {
-                info!(agent = %enrolled.agent_id, "agent enrolled");
-                self.metrics.enrollment(true);
-                if let Some(send) = send.as_mut() {
-                    let _ = write_msg(send, &Message::Enrolled(enrolled)).await;
-                    let _ = send.finish();
-                }
-                // Let the agent read the certificate and close; don't wait forever.
-                let _ = tokio::time::timeout(Duration::from_secs(5), conn.closed()).await;
-            }
-            Err(refusal) => {
-                warn!(reason = %refusal.message, "enrollment refused");
-                self.metrics.enrollment(false);
-                if let Some(send) = send.as_mut() {
-                    let _ = write_msg(send, &Message::Error(refusal.clone())).await;
-                    let _ = send.finish();
-                    let _ = tokio::time::timeout(Duration::from_secs(2), send.stopped()).await;
-                }
-                self.refuse(
-                    &conn,
-                    codes::ENROLL_REFUSED,
-                    "enroll_refused",
-                    &refusal.message,
-                );
-            }
-        }
-    }
-
-    #[allow(clippy::type_complexity)]
-    async fn enroll(
-        &self,
-        conn: &Connection,
-    ) -> Result<
-        (Option<SendStream>, Result<proto::Enrolled, ErrorMsg>),
-        (Option<SendStream>, ErrorMsg),
-    > {
-        let refused = |msg: String| ErrorMsg {
-            code: "enroll_refused".into(),
-            message: msg,
-        };
-        let (send, mut recv) = match conn.accept_bi().await {
-            Ok(s) => s,
-            Err(e) => return Err((None, refused(format!("no enrollment stream: {e}")))),
-        };
-        let mut dec = FrameDecoder::new(64 * 1024);
-        let req = match read_frame(&mut recv, &mut dec).await {
-            Ok(Some(frame)) => match frame.decode() {
-                Ok(Message::Enroll(req)) => req,
-                Ok(other) => {
-                    self.metrics.reject("unexpected");
-                    return Err((
-                        Some(send),
-                        refused(format!(
-                            "expected an enrollment request, got kind {}",
-                            other.kind()
-                        )),
-                    ));
-                }
-                Err(e) => {
-                    self.metrics.reject(e.reason());
-                    return Err((Some(send), refused(format!("bad enrollment request: {e}"))));
-                }
-            },
-            Ok(None) => {
-                return Err((
-                    Some(send),
-                    refused("stream ended before the request".into()),
-                ))
-            }
-            Err(e) => {
-                if let StreamError::Decode(d) = &e {
-                    self.metrics.reject(d.reason());
-                }
-                return Err((Some(send), refused(format!("bad enrollment request: {e}"))));
-            }
-        };
-        let token = match EnrollToken::from_str(req.token.trim()) {
-            Ok(t) => t,
-            Err(e) => return Ok((Some(send), Err(refused(format!("malformed token: {e}"))))),
-        };
-        if token.ca_pin != self.identity.pin {
-            return Ok((
-                Some(send),
-                Err(refused("token pins another collector's CA".into())),
-            ));
-        }
-        let agent_id = identity::new_agent_id();
-        let cert_pem = match identity::sign_agent_csr(
-            &self.identity.ca,
-            &req.csr_pem,
-            &agent_id,
-            AGENT_CERT_VALIDITY,
-            SystemTime::now(),
-        ) {
-            Ok(c) => c,
-            Err(e) => {
-                return Ok((
-                    Some(send),
-                    Err(refused(format!("bad certificate request: {e}"))),
-                ))
-            }
-        };
-        let cert_pin = match identity::pin_of_pem(&cert_pem) {
-            Ok(p) => identity::pin_to_hex(&p),
-            Err(e) => return Ok((Some(send), Err(refused(format!("internal error: {e}"))))),
-        };
-        let hostname: String = req.hostname.chars().take(255).collect();
-        let version: String = req.version.chars().take(64).collect();
-        let id = agent_id.clone();
-        let stored = self
-            .with_db(move |db| {
-                let agent = NewAgent {
-                    id,
-                    hostname,
-                    version,
-                    cert_pin,
-                    token_id: token.id.clone(),
-                };
-                // Token spent and agent recorded in one transaction: a refusal stores nothing.
-                db.enroll_agent(&token.id, &token.secret, &agent, now_ms())
-                    .map_err(|r| r.to_string())
-            })
-            .await;
-        match stored {
-            Ok(Ok(_)) => Ok((
-                Some(send),
-                Ok(proto::Enrolled {
-                    agent_id,
-                    cert_pem,
-                    ca_pem: self.identity.ca.cert_pem.clone(),
-                }),
-            )),
-            Ok(Err(reason)) => Ok((Some(send), Err(refused(reason)))),
-            Err(e) => Ok((Some(send), Err(refused(format!("internal error: {e}"))))),
-        }
     }
 
     /// A mutually authenticated agent: control stream first, then any number of batch streams.
@@ -465,7 +346,18 @@ impl Ingest {
                 return;
             }
         };
-        let hostname = hello.hostname.chars().take(255).collect::<String>();
+        let given_interval = hello.interval_ms;
+        let hello = session::accept_hello(hello, self.settings.interval_ms, &self.limits);
+        for problem in &hello.problems {
+            self.metrics.reject(problem);
+        }
+        if hello.problems.contains(&session::reason::BAD_INTERVAL) {
+            warn!(
+                given = given_interval,
+                used = hello.interval_ms,
+                "hello interval out of range: clamped"
+            );
+        }
         info!(%remote, version = %hello.version, interval_ms = hello.interval_ms, "agent connected");
         if let Some(old) = self.lock_conns().insert(agent_id.clone(), conn.clone()) {
             old.close(
@@ -473,40 +365,31 @@ impl Ingest {
                 b"replaced by a newer connection",
             );
         }
-        // The pushed interval wins over the agent's own; an agent that names none gets 10 s.
-        let interval_ms = match (self.settings.interval_ms, hello.interval_ms) {
-            (Some(pushed), _) => pushed,
-            (None, 0) => 10_000,
-            (None, own) => own,
-        };
-        self.table
-            .connected(&agent_id, &hostname, interval_ms, now_ms());
-        self.metrics
-            .agents_connected
-            .set(self.table.connected_count() as i64);
+        let now = now_ms();
+        let generation =
+            self.presence
+                .connected(&agent_id, &hello.hostname, hello.interval_ms, now);
+        self.table.attach(&agent_id);
         let (id, addr) = (agent_id.clone(), remote.to_string());
-        let host = hostname.clone();
-        let version = hello.version.clone();
+        let (host, version, interval) = (
+            hello.hostname.clone(),
+            hello.version.clone(),
+            hello.interval_ms,
+        );
         if let Err(e) = self
-            .with_db(move |db| {
-                db.set_connected(&id, true, Some(&addr), Some((&host, &version)), now_ms())
-            })
+            .with_db(move |db| db.agent_connected(&id, &addr, &host, &version, interval, now))
             .await
         {
             warn!(error = %e, "cannot record connection");
         }
 
         let agent: Arc<str> = Arc::from(agent_id.as_str());
-        if let Some(engine) = &self.engine {
-            engine
-                .send(Input::Connected {
-                    agent: agent.clone(),
-                    hostname: hostname.clone(),
-                    interval_ms,
-                    at_ms: now_ms(),
-                })
-                .await;
-        }
+        self.tell_engine(Input::Connected {
+            agent: agent.clone(),
+            hostname: hello.hostname.clone(),
+            at_ms: now,
+        })
+        .await;
         let streams = TaskTracker::new();
         let mut goodbye = false;
         // `goodbye` also ends reading a broken control stream; this is only the agent's word.
@@ -525,7 +408,8 @@ impl Ingest {
                 frame = read_frame(&mut control_recv, &mut control_dec), if !goodbye => match frame {
                     Ok(Some(f)) => match f.decode() {
                         Ok(Message::Goodbye(g)) => {
-                            info!(reason = %g.reason, "agent said goodbye");
+                            let reason: String = g.reason.chars().take(200).collect();
+                            info!(reason = %reason, "agent said goodbye");
                             goodbye = true;
                             said_goodbye = true;
                         }
@@ -560,24 +444,26 @@ impl Ingest {
                 conns.remove(&agent_id);
             }
         }
-        self.table.disconnected(&agent_id, now_ms());
-        if let Some(engine) = &self.engine {
-            engine
-                .send(Input::Disconnected {
-                    agent: agent.clone(),
-                    goodbye: said_goodbye,
-                    at_ms: now_ms(),
-                })
-                .await;
+        let now = now_ms();
+        // Only the agent's newest connection speaks for it: the end of one that a reconnect
+        // replaced changes nothing.
+        if !self
+            .presence
+            .disconnected(&agent_id, generation, said_goodbye, now)
+        {
+            info!("replaced connection ended");
+            return;
         }
-        self.metrics
-            .agents_connected
-            .set(self.table.connected_count() as i64);
+        self.tell_engine(Input::Disconnected {
+            agent: agent.clone(),
+            at_ms: now,
+        })
+        .await;
         let id = agent_id.clone();
         let _ = self
-            .with_db(move |db| db.set_connected(&id, false, None, None, now_ms()))
+            .with_db(move |db| db.agent_disconnected(&id, said_goodbye, now))
             .await;
-        info!("agent disconnected");
+        info!(clean = said_goodbye, "agent disconnected");
     }
 
     /// A stream sent something undecodable: count it, log it, and stop that stream (only).
@@ -662,6 +548,38 @@ impl Ingest {
                 return;
             }
         };
+        let mut msg = msg;
+        let inventory = match &mut msg {
+            Message::InventorySnapshot(s) => Some(&mut s.inventory),
+            _ => None,
+        };
+        if let Some(inventory) = inventory {
+            match session::accept_inventory(inventory, &self.limits) {
+                Ok(dropped) => {
+                    for reason in dropped {
+                        self.metrics.reject(reason);
+                    }
+                }
+                Err(refusal) => {
+                    self.metrics.reject(refusal.reason);
+                    warn!("closing inventory stream: the inventory is larger than allowed");
+                    let _ = recv.stop(VarInt::from_u32(refusal.code));
+                    return;
+                }
+            }
+        }
+        if let Message::InventoryDelta(d) = &mut msg {
+            let too_many = d.delta.added.len() + d.delta.changed.len() + d.delta.removed.len()
+                > self.limits.max_cis
+                || d.delta.relations_added.len() + d.delta.relations_removed.len()
+                    > self.limits.max_relations;
+            if too_many {
+                self.metrics.reject(session::reason::BAD_INVENTORY);
+                warn!("closing inventory stream: the delta is larger than allowed");
+                let _ = recv.stop(VarInt::from_u32(codes::MALFORMED));
+                return;
+            }
+        }
         let snapshot = matches!(msg, Message::InventorySnapshot(_));
         let gc = Arc::clone(&self.cmdb);
         let id = agent.to_string();
@@ -687,13 +605,10 @@ impl Ingest {
             })) => {
                 self.metrics
                     .inventory(if snapshot { "snapshot" } else { "delta" });
-                if let Some(engine) = &self.engine {
-                    engine
-                        .send(Input::InventoryStored {
-                            agent: agent.clone(),
-                        })
-                        .await;
-                }
+                self.tell_engine(Input::InventoryStored {
+                    agent: agent.clone(),
+                })
+                .await;
                 if snapshot || added + changed + removed > 0 {
                     info!(
                         version,
@@ -735,12 +650,13 @@ impl Ingest {
         mut dec: FrameDecoder,
         shutdown: CancellationToken,
     ) {
-        let (ack_tx, mut ack_rx) = mpsc::channel::<(u64, crate::store::Pending)>(MAX_UNACKED);
+        let (ack_tx, mut ack_rx) =
+            mpsc::channel::<(u64, usize, crate::store::Pending)>(MAX_UNACKED);
         let metrics = self.metrics.clone();
         let acker = tokio::spawn(async move {
-            while let Some((seq, pending)) = ack_rx.recv().await {
+            while let Some((seq, samples, pending)) = ack_rx.recv().await {
                 match pending.await {
-                    Ok(AppendOutcome::Stored) => {}
+                    Ok(AppendOutcome::Stored) => metrics.batch(samples),
                     Ok(AppendOutcome::Duplicate) => metrics.duplicate_batches.inc(),
                     Err(e) => {
                         warn!(seq, error = %e, "store failed: not acknowledging");
@@ -805,35 +721,55 @@ impl Ingest {
                 }
             };
             let now = now_ms();
-            let n = batch.samples.len();
-            let (first, last) = batch
-                .samples
-                .iter()
-                .fold((i64::MAX, i64::MIN), |(lo, hi), s| {
-                    (lo.min(s.ts_ms), hi.max(s.ts_ms))
+            let batch = match session::accept_batch(batch, now, &self.limits) {
+                Ok(b) => b,
+                Err(refusal) => {
+                    self.metrics.reject(refusal.reason);
+                    warn!(
+                        reason = refusal.reason,
+                        "closing batch stream: batch refused"
+                    );
+                    let _ = recv.stop(VarInt::from_u32(refusal.code));
+                    break;
+                }
+            };
+            // What is stored is what was accepted: re-encoded only when samples were dropped.
+            let payload = if batch.dropped.is_empty() {
+                frame.body.to_vec()
+            } else {
+                for reason in &batch.dropped {
+                    self.metrics.reject(reason);
+                }
+                let kept = Message::Batch(Batch {
+                    seq: batch.seq,
+                    samples: batch.samples.clone(),
                 });
-            let (first, last) = if n == 0 { (now, now) } else { (first, last) };
+                match codec::encode_body(&kept) {
+                    Ok(body) => body,
+                    Err(e) => {
+                        warn!(error = %e, "cannot re-encode a batch");
+                        break;
+                    }
+                }
+            };
+            let n = batch.samples.len();
+            self.presence.heard(&agent, now);
             self.table.apply(&agent, &batch.samples, now);
-            if let Some(engine) = &self.engine {
-                engine
-                    .send(Input::Samples {
-                        agent: agent.clone(),
-                        samples: batch.samples,
-                        received_ms: now,
-                    })
-                    .await;
-            }
-            self.metrics.samples.inc_by(n as u64);
-            self.metrics.batches.inc();
             let pending = self.writer.submit_batch(
                 agent.clone(),
                 batch.seq,
-                first,
-                last,
-                n as u32,
-                frame.body.to_vec(),
+                batch.first_ts_ms,
+                batch.last_ts_ms,
+                u32::try_from(n).unwrap_or(u32::MAX),
+                payload,
             );
-            if ack_tx.send((batch.seq, pending)).await.is_err() {
+            self.tell_engine(Input::Samples {
+                agent: agent.clone(),
+                samples: batch.samples,
+                received_ms: now,
+            })
+            .await;
+            if ack_tx.send((batch.seq, n, pending)).await.is_err() {
                 break;
             }
         }
@@ -869,16 +805,14 @@ impl Ingest {
                 if let Some(conn) = conn {
                     warn!(agent = %id, "agent revoked: closing its connection");
                     // First, so the engine does not take the closed connection for an outage.
-                    if let Some(engine) = &self.engine {
-                        engine
-                            .send(Input::Revoked {
-                                agent: Arc::from(id.as_str()),
-                            })
-                            .await;
-                    }
+                    self.presence.remove(id);
+                    self.table.remove(id);
+                    self.tell_engine(Input::Revoked {
+                        agent: Arc::from(id.as_str()),
+                    })
+                    .await;
                     self.metrics.reject("revoked");
                     conn.close(VarInt::from_u32(codes::REVOKED), b"certificate revoked");
-                    self.table.remove(id);
                 }
             }
         }

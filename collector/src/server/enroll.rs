@@ -1,0 +1,175 @@
+//! Enrollment: a connection without a client certificate may do one thing, send one
+//! enrollment request (token + CSR) and receive a certificate. A token that is malformed,
+//! expired, spent, revoked or pinned to another CA is refused with a reason; a refusal stores
+//! nothing (the token is spent and the agent recorded in one transaction).
+
+use std::str::FromStr;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use quinn::{Connection, SendStream};
+use tracing::{info, warn};
+use vigil_runtime::clock::now_ms;
+use vigil_shared::codec::FrameDecoder;
+use vigil_shared::identity::{self, EnrollToken};
+use vigil_shared::proto::{self, codes, ErrorMsg, Message};
+
+use super::{read_frame, write_msg, Ingest, StreamError, AGENT_CERT_VALIDITY, HELLO_TIMEOUT};
+use crate::store::NewAgent;
+
+impl Ingest {
+    /// A connection without a client certificate may do one thing: enroll.
+    pub(super) async fn serve_enrollment(self: Arc<Self>, conn: Connection) {
+        let result = tokio::time::timeout(HELLO_TIMEOUT, self.enroll(&conn)).await;
+        let (mut send, outcome) = match result {
+            Ok(Ok(v)) => v,
+            Ok(Err((send, e))) => (send, Err(e)),
+            Err(_) => {
+                warn!("enrollment refused: no request within {HELLO_TIMEOUT:?}");
+                self.refuse(
+                    &conn,
+                    codes::ENROLL_REFUSED,
+                    "enroll_refused",
+                    "enrollment timed out",
+                );
+                return;
+            }
+        };
+        match outcome {
+            Ok(enrolled) => {
+                info!(agent = %enrolled.agent_id, "agent enrolled");
+                self.metrics.enrollment(true);
+                if let Some(send) = send.as_mut() {
+                    let _ = write_msg(send, &Message::Enrolled(enrolled)).await;
+                    let _ = send.finish();
+                }
+                // Let the agent read the certificate and close; don't wait forever.
+                let _ = tokio::time::timeout(Duration::from_secs(5), conn.closed()).await;
+            }
+            Err(refusal) => {
+                warn!(reason = %refusal.message, "enrollment refused");
+                self.metrics.enrollment(false);
+                if let Some(send) = send.as_mut() {
+                    let _ = write_msg(send, &Message::Error(refusal.clone())).await;
+                    let _ = send.finish();
+                    let _ = tokio::time::timeout(Duration::from_secs(2), send.stopped()).await;
+                }
+                self.refuse(
+                    &conn,
+                    codes::ENROLL_REFUSED,
+                    "enroll_refused",
+                    &refusal.message,
+                );
+            }
+        }
+    }
+
+    #[allow(clippy::type_complexity)]
+    async fn enroll(
+        &self,
+        conn: &Connection,
+    ) -> Result<
+        (Option<SendStream>, Result<proto::Enrolled, ErrorMsg>),
+        (Option<SendStream>, ErrorMsg),
+    > {
+        let refused = |msg: String| ErrorMsg {
+            code: "enroll_refused".into(),
+            message: msg,
+        };
+        let (send, mut recv) = match conn.accept_bi().await {
+            Ok(s) => s,
+            Err(e) => return Err((None, refused(format!("no enrollment stream: {e}")))),
+        };
+        let mut dec = FrameDecoder::new(64 * 1024);
+        let req = match read_frame(&mut recv, &mut dec).await {
+            Ok(Some(frame)) => match frame.decode() {
+                Ok(Message::Enroll(req)) => req,
+                Ok(other) => {
+                    self.metrics.reject("unexpected");
+                    return Err((
+                        Some(send),
+                        refused(format!(
+                            "expected an enrollment request, got kind {}",
+                            other.kind()
+                        )),
+                    ));
+                }
+                Err(e) => {
+                    self.metrics.reject(e.reason());
+                    return Err((Some(send), refused(format!("bad enrollment request: {e}"))));
+                }
+            },
+            Ok(None) => {
+                return Err((
+                    Some(send),
+                    refused("stream ended before the request".into()),
+                ))
+            }
+            Err(e) => {
+                if let StreamError::Decode(d) = &e {
+                    self.metrics.reject(d.reason());
+                }
+                return Err((Some(send), refused(format!("bad enrollment request: {e}"))));
+            }
+        };
+        let token = match EnrollToken::from_str(req.token.trim()) {
+            Ok(t) => t,
+            Err(e) => return Ok((Some(send), Err(refused(format!("malformed token: {e}"))))),
+        };
+        if token.ca_pin != self.identity.pin {
+            return Ok((
+                Some(send),
+                Err(refused("token pins another collector's CA".into())),
+            ));
+        }
+        let agent_id = identity::new_agent_id();
+        let cert_pem = match identity::sign_agent_csr(
+            &self.identity.ca,
+            &req.csr_pem,
+            &agent_id,
+            AGENT_CERT_VALIDITY,
+            SystemTime::now(),
+        ) {
+            Ok(c) => c,
+            Err(e) => {
+                return Ok((
+                    Some(send),
+                    Err(refused(format!("bad certificate request: {e}"))),
+                ))
+            }
+        };
+        let cert_pin = match identity::pin_of_pem(&cert_pem) {
+            Ok(p) => identity::pin_to_hex(&p),
+            Err(e) => return Ok((Some(send), Err(refused(format!("internal error: {e}"))))),
+        };
+        let hostname: String = req.hostname.chars().take(255).collect();
+        let version: String = req.version.chars().take(64).collect();
+        let id = agent_id.clone();
+        let stored = self
+            .with_db(move |db| {
+                let agent = NewAgent {
+                    id,
+                    hostname,
+                    version,
+                    cert_pin,
+                    token_id: token.id.clone(),
+                };
+                // Token spent and agent recorded in one transaction: a refusal stores nothing.
+                db.enroll_agent(&token.id, &token.secret, &agent, now_ms())
+                    .map_err(|r| r.to_string())
+            })
+            .await;
+        match stored {
+            Ok(Ok(_)) => Ok((
+                Some(send),
+                Ok(proto::Enrolled {
+                    agent_id,
+                    cert_pem,
+                    ca_pem: self.identity.ca.cert_pem.clone(),
+                }),
+            )),
+            Ok(Err(reason)) => Ok((Some(send), Err(refused(reason)))),
+            Err(e) => Ok((Some(send), Err(refused(format!("internal error: {e}"))))),
+        }
+    }
+}
