@@ -25,7 +25,7 @@ use std::sync::Arc;
 
 use vigil_agent::discovery::{self, Options};
 use vigil_agent::inventory_sync;
-use vigil_agent::run::Process;
+use vigil_agent::Process;
 use vigil_shared::inventory::Inventory;
 
 /// CPU time of the calling thread (CLOCK_THREAD_CPUTIME_ID), in ns.

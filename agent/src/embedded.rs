@@ -4,7 +4,7 @@
 //! Narrow on purpose: the caller says where the collector is, where the agent keeps its
 //! identity and spool, how often it samples, and when to stop; nothing else of the agent's
 //! configuration or loops is reachable from here. The agent leaves the host program's
-//! allocator alone ([`crate::run::Process::Embedded`]).
+//! allocator alone ([`crate::Process::Embedded`]).
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -14,7 +14,8 @@ use anyhow::Result;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::AgentConfig;
-use crate::run::{self, Process};
+use crate::run;
+use crate::Process;
 
 /// An agent for this host, run in the caller's process.
 #[derive(Debug, Clone)]

@@ -21,7 +21,7 @@ use vigil_shared::proto::{InventoryDeltaMsg, InventorySnapshot, Message};
 
 use crate::client::{self, ClientError};
 use crate::discovery::{self, Options};
-use crate::run::Process;
+use crate::Process;
 use vigil_runtime::clock::now_ms;
 
 /// One discovery result with the version the agent gave it.

@@ -11,3 +11,14 @@ pub mod run;
 pub mod sampler;
 pub mod simulate;
 pub mod spool;
+
+/// Whose process the agent runs in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Process {
+    /// Its own (`vigil-agent run`): it tunes the allocator, handing freed memory back to the
+    /// kernel after each discovery pass.
+    Own,
+    /// Another program's (the collector's quickstart, through [`embedded`]), whose
+    /// allocator it leaves alone.
+    Embedded,
+}

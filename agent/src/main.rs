@@ -117,6 +117,11 @@ fn limit_malloc_arenas() {
 #[cfg(not(all(target_os = "linux", target_env = "gnu")))]
 fn limit_malloc_arenas() {}
 
+/// The exit status when the collector refused this agent for good (revoked, enrollment refused,
+/// a collector that does not hold the pinned CA): restarting cannot help, so the systemd unit
+/// names it in `RestartPreventExitStatus` (78 is `EX_CONFIG` of sysexits.h).
+const REFUSED_EXIT_CODE: u8 = 78;
+
 fn main() -> ExitCode {
     limit_malloc_arenas();
     let cli = Cli::parse();
@@ -125,7 +130,15 @@ fn main() -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("vigil-agent: {e:#}");
-            ExitCode::FAILURE
+            let refused = e
+                .chain()
+                .filter_map(|c| c.downcast_ref::<vigil_agent::client::ClientError>())
+                .any(|c| c.is_fatal());
+            if refused {
+                ExitCode::from(REFUSED_EXIT_CODE)
+            } else {
+                ExitCode::FAILURE
+            }
         }
     }
 }
@@ -188,7 +201,7 @@ fn real_main(command: Command) -> Result<()> {
                 let shutdown = CancellationToken::new();
                 let agent = tokio::spawn(vigil_agent::run::run(
                     cfg,
-                    vigil_agent::run::Process::Own,
+                    vigil_agent::Process::Own,
                     shutdown.clone(),
                 ));
                 tokio::pin!(agent);

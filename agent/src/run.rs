@@ -29,6 +29,7 @@ use crate::discovery;
 use crate::inventory_sync;
 use crate::sampler::{self, Sampler};
 use crate::spool::Spool;
+use crate::Process;
 
 /// Batches written to the stream but not yet acknowledged; the sender waits beyond this.
 const MAX_IN_FLIGHT: u64 = 256;
@@ -81,17 +82,6 @@ pub async fn ensure_identity(
             }
         }
     }
-}
-
-/// Whose process the agent runs in.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Process {
-    /// Its own (`vigil-agent run`): it tunes the allocator, handing freed memory back to the
-    /// kernel after each discovery pass.
-    Own,
-    /// Another program's (the collector's quickstart, through [`crate::embedded`]), whose
-    /// allocator it leaves alone.
-    Embedded,
 }
 
 /// Runs the agent until `shutdown` is cancelled or the collector refuses it for good.

@@ -55,11 +55,11 @@
 //! ```json
 //! {"version": 1, "event": "opened", "idempotency_key": "vigil-12-345-3fa2c1d0e9b87a65",
 //!  "sent_by": "vigil", "at_ms": 1718000000000, "actor": "system",
-//!  "summary": "[P2] OPENED #12 filesystem-almost-full on web-1 /var: 0.93 >= 0.90",
+//!  "summary": "[P2] OPENED #12 filesystem-almost-full on web-1 /var: 0.93 > 0.90",
 //!  "incident": {"id": 12, "rule": "filesystem-almost-full", "title": "...", "state": "open",
-//!   "priority": 2, "impact": "high", "urgency": "medium", "host": "web-1", "agent_id": "...",
-//!   "ci": {"id": 7, "type": "filesystem", "key": "/var"}, "metric": "fs.used_ratio",
-//!   "op": ">=", "value": 0.93, "last_value": 0.93, "threshold": 0.9, "peak": 0.95,
+//!   "priority": 2, "priority_name": "P2", "impact": "high", "urgency": "medium", "host": "web-1", "agent_id": "...",
+//!   "ci": {"id": 7, "type": "filesystem", "key": "/var"}, "metric": "filesystem_used_ratio",
+//!   "op": ">", "value": 0.93, "last_value": 0.93, "threshold": 0.9, "peak": 0.95,
 //!   "started_ms": 1717999700000, "acknowledged_ms": null, "resolved_ms": null,
 //!   "assignee": null, "resolution_code": null, "resolution_note": null, "reopen_count": 0,
 //!   "labels": {"team": "ops"}}}
@@ -71,11 +71,13 @@
 //! - `idempotency_key`: as the header; the same for every retry of this notification.
 //! - `sent_by`: always `"vigil"`.
 //! - `at_ms`: when the event happened; `actor`: who caused it (`system` for the rule engine, an
-//!   API token's name for an operator, `alertmanager` for the receiver).
+//!   `api:<token id>` for an operator, `alertmanager` for the receiver).
 //! - `summary`: the one-line text of the Slack format, unescaped.
 //! - `incident.id`: the incident number (`/api/v1/incidents/<id>`); `rule`: the rule name;
 //!   `title`: human title; `state`: `open`, `acknowledged`, `resolved` or `closed` after the event;
-//!   `priority`: 1..=5 (P1 critical ... P5 planning); `impact`, `urgency`: `high`, `medium`, `low`.
+//!   `priority`: 1..=5 (P1 critical ... P5 planning), and `priority_name` the same as the API
+//!   writes it (`"P2"`; added in 0.1, the integer keeps its type within version 1); `impact`,
+//!   `urgency`: `high`, `medium`, `low`.
 //! - `host`: host name of the CI's agent; `agent_id`: that agent; `ci.id`: CMDB id (null when the
 //!   CI is not in the CMDB); `ci.type`, `ci.key`: the CI's type and key (e.g. `filesystem`, `/var`).
 //! - `metric`: the metric or check name; `op`: how `value` compared with `threshold` when the

@@ -49,6 +49,7 @@ pub(super) fn render(format: Format, n: &Notification, key: &str, event_id: i64)
                 title: &n.title,
                 state: &n.state,
                 priority: n.priority,
+                priority_name: format!("P{}", n.priority),
                 impact: &n.impact,
                 urgency: &n.urgency,
                 host: n.host.as_deref(),
@@ -103,6 +104,9 @@ struct Incident<'a> {
     title: &'a str,
     state: &'a str,
     priority: u8,
+    /// `P1`..`P5`, as the API writes it (`priority` stays an integer: a version-1 field keeps
+    /// its type).
+    priority_name: String,
     impact: &'a str,
     urgency: &'a str,
     host: Option<&'a str>,

@@ -446,6 +446,7 @@ async fn delivers_signed_json_v1() {
                 "title": "/var on web-1 is 93% full",
                 "state": "open",
                 "priority": 2,
+                "priority_name": "P2",
                 "impact": "high",
                 "urgency": "medium",
                 "host": "web-1",

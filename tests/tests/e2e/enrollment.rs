@@ -16,6 +16,8 @@ use crate::harness::*;
 
 /// Generous bound for anything that should take a second or two on an idle machine.
 const WAIT: Duration = Duration::from_secs(30);
+/// The agent's exit status when the collector refused it for good.
+const REFUSED_EXIT_CODE: i32 = 78;
 
 /// The log with terminal colour codes removed, so messages and fields read as one string.
 fn plain_log(p: &Proc) -> String {
@@ -292,6 +294,17 @@ fn revoked_agent_is_cut_off_and_stays_out() {
     let status = wait_exit(&mut agent);
     let log = plain_log(&agent);
     assert!(!status.success(), "a revoked agent must fail; log:\n{log}");
+    // A distinct status, so a supervisor does not restart it forever
+    // (RestartPreventExitStatus in config/systemd/vigil-agent.service).
+    assert_eq!(status.code(), Some(REFUSED_EXIT_CODE), "log:\n{log}");
+    let unit = std::fs::read_to_string(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../config/systemd/vigil-agent.service"),
+    )
+    .expect("unit file");
+    assert!(
+        unit.contains(&format!("RestartPreventExitStatus={REFUSED_EXIT_CODE}")),
+        "the systemd unit must not restart a refused agent"
+    );
     assert!(log.contains("certificate revoked"), "agent log:\n{log}");
     wait_until(WAIT, "agents_connected back to 0", || {
         (metric(&collector, "vigil_agents_connected") == 0.0).then_some(())
@@ -317,6 +330,7 @@ fn revoked_agent_is_cut_off_and_stays_out() {
         !status.success(),
         "a revoked agent must not start; log:\n{log}"
     );
+    assert_eq!(status.code(), Some(REFUSED_EXIT_CODE), "log:\n{log}");
     assert!(log.contains("certificate revoked"), "agent log:\n{log}");
     wait_log(&collector.proc, &["refused: agent certificate revoked"]);
     assert!(rejected(&collector, "revoked") > revoked_mid);
