@@ -12,6 +12,8 @@ mod auth;
 mod cmdb;
 mod error;
 mod incidents;
+mod maintenance;
+mod rules;
 
 use std::future::Future;
 use std::path::PathBuf;
@@ -96,6 +98,36 @@ impl HttpState {
 pub(crate) use vigil_runtime::clock::now_ms;
 use vigil_shared::time::format_rfc3339_ms;
 
+impl HttpState {
+    /// Tells the incident engine, if there is one (a dead engine is the supervisor's to
+    /// report; the send only logs).
+    pub(crate) async fn tell_engine(&self, input: crate::incidents::engine::Input) {
+        if let Some(engine) = &self.incidents.engine {
+            let _ = engine.send(input).await;
+        }
+    }
+}
+
+/// Longest name (assignee, window name) an API body may give.
+const MAX_NAME: usize = 200;
+
+/// A required text field of a body: trimmed, not empty, at most `max` characters (a 422
+/// otherwise).
+fn text_field(field: &str, v: &str, max: usize) -> Result<String, ApiError> {
+    let t = v.trim();
+    if t.is_empty() {
+        return Err(ApiError::Unprocessable(format!(
+            "`{field}` must not be empty"
+        )));
+    }
+    if t.chars().count() > max {
+        return Err(ApiError::Unprocessable(format!(
+            "`{field}` is longer than {max} characters"
+        )));
+    }
+    Ok(t.to_string())
+}
+
 /// The whole HTTP surface.
 pub fn router(state: HttpState) -> Router {
     let api = Router::new()
@@ -103,6 +135,8 @@ pub fn router(state: HttpState) -> Router {
         .route("/tokens", get(list_tokens))
         .merge(cmdb::routes())
         .merge(incidents::routes())
+        .merge(rules::routes())
+        .merge(maintenance::routes())
         .merge(alertmanager::routes());
     Router::new()
         .route("/metrics", get(metrics))

@@ -1,4 +1,4 @@
-//! Incidents, rules and maintenance windows under `/api/v1`.
+//! Incidents under `/api/v1` (rules: `rules.rs`; maintenance windows: `maintenance.rs`).
 //!
 //! | method | path | role | answer |
 //! |---|---|---|---|
@@ -9,39 +9,31 @@
 //! | POST | `/incidents/{id}/comment` `{text}` | operator | the incident |
 //! | POST | `/incidents/{id}/resolve` `{code, note?}` | operator | the incident |
 //! | POST | `/incidents/{id}/close` `{note?}` | operator | the incident |
-//! | GET | `/rules` | viewer | the rules in force |
-//! | GET | `/maintenance?deleted=true` | viewer | windows |
-//! | POST | `/maintenance` `{name, scope, start, duration, every?}` | operator | 201 + the window |
-//! | DELETE | `/maintenance/{id}` | operator | the window (API-made ones only) |
 //!
 //! An action the incident's state does not allow is a 409 `illegal_transition` whose body lists
 //! `state` and `allowed`; an unknown incident a 404; a body that is not JSON a 400; a body with a
 //! missing or unknown field or a bad value a 422. `state` and `priority` take comma lists
 //! (`priority=P1,P2`); `since` (RFC 3339 or Unix ms) filters on the incident's start.
 //!
-//! This module must never: run SQLite on the runtime, let a viewer change an incident, or notify
-//! for a suppressed or not yet announced incident.
+//! This module must never: run SQLite on the runtime, let a viewer change an incident, or write
+//! incident rows itself (every change goes through `crate::incidents::lifecycle`, which also
+//! decides what is notified).
 
 use axum::extract::State;
-use axum::http::StatusCode;
-use axum::response::IntoResponse;
-use axum::routing::{delete, get, post};
+use axum::routing::{get, post};
 use axum::{Json, Router};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use vigil_shared::time::{format_rfc3339_ms, parse_time_ms};
 
-use super::{now_ms, ApiError, ApiJson, ApiPath, ApiQuery, Auth, HttpState};
+use super::{now_ms, text_field, ApiError, ApiJson, ApiPath, ApiQuery, Auth, HttpState, MAX_NAME};
 use crate::incidents::engine::Input;
 use crate::incidents::lifecycle::Lifecycle;
-use crate::incidents::maintenance::Recurrence;
-use crate::incidents::maintenance::{self, Window};
 use crate::incidents::records::{
     self, Filter, Incident, Request, State as IncState, TransitionError,
 };
-use crate::incidents::rule::{parse_priority, Rule, Threshold};
-use crate::incidents::scope::ScopeJson;
+use crate::incidents::rule::parse_priority;
 use crate::store::{in_tx, Role, StoreError};
 
 /// Largest page.
@@ -58,7 +50,6 @@ pub const RESOLUTION_CODES: &[&str] = &[
     "other",
 ];
 const MAX_TEXT: usize = 10_000;
-const MAX_NAME: usize = 200;
 
 pub(super) fn routes() -> Router<HttpState> {
     Router::new()
@@ -69,10 +60,6 @@ pub(super) fn routes() -> Router<HttpState> {
         .route("/incidents/{id}/comment", post(comment))
         .route("/incidents/{id}/resolve", post(resolve))
         .route("/incidents/{id}/close", post(close))
-        .route("/rules", get(rules).post(create_rule))
-        .route("/rules/{name}", delete(delete_rule))
-        .route("/maintenance", get(list_windows).post(create_window))
-        .route("/maintenance/{id}", delete(delete_window))
 }
 
 /// An incident as the API shows it.
@@ -206,13 +193,6 @@ struct ListQuery {
     suppressed: Option<bool>,
     limit: Option<u32>,
     offset: Option<u32>,
-}
-
-/// Tells the engine, if there is one (a dead engine is the supervisor's to report).
-async fn tell_engine(state: &HttpState, input: Input) {
-    if let Some(engine) = &state.incidents.engine {
-        let _ = engine.send(input).await;
-    }
 }
 
 fn bad(msg: impl Into<String>) -> ApiError {
@@ -432,21 +412,6 @@ struct ResolveBody {
     note: Option<String>,
 }
 
-fn text(field: &str, v: &str, max: usize) -> Result<String, ApiError> {
-    let t = v.trim();
-    if t.is_empty() {
-        return Err(ApiError::Unprocessable(format!(
-            "`{field}` must not be empty"
-        )));
-    }
-    if t.chars().count() > max {
-        return Err(ApiError::Unprocessable(format!(
-            "`{field}` is longer than {max} characters"
-        )));
-    }
-    Ok(t.to_string())
-}
-
 /// An optional JSON body: empty is the default; not JSON is a 400, the wrong shape a 422.
 fn optional_body<T: serde::de::DeserializeOwned + Default>(bytes: &[u8]) -> Result<T, ApiError> {
     if bytes.iter().all(u8::is_ascii_whitespace) {
@@ -459,7 +424,7 @@ fn optional_body<T: serde::de::DeserializeOwned + Default>(bytes: &[u8]) -> Resu
 }
 
 fn note(v: Option<String>) -> Result<Option<String>, ApiError> {
-    v.map(|n| text("note", &n, MAX_TEXT)).transpose()
+    v.map(|n| text_field("note", &n, MAX_TEXT)).transpose()
 }
 
 async fn acknowledge(
@@ -478,7 +443,7 @@ async fn assign(
     ApiPath(id): ApiPath<i64>,
     ApiJson(b): ApiJson<AssignBody>,
 ) -> Result<Json<IncidentView>, ApiError> {
-    let assignee = text("assignee", &b.assignee, MAX_NAME)?;
+    let assignee = text_field("assignee", &b.assignee, MAX_NAME)?;
     act(auth, state, id, Request::Assign { assignee }).await
 }
 
@@ -488,7 +453,7 @@ async fn comment(
     ApiPath(id): ApiPath<i64>,
     ApiJson(b): ApiJson<CommentBody>,
 ) -> Result<Json<IncidentView>, ApiError> {
-    let text = text("text", &b.text, MAX_TEXT)?;
+    let text = text_field("text", &b.text, MAX_TEXT)?;
     act(auth, state, id, Request::Comment { text }).await
 }
 
@@ -571,7 +536,7 @@ async fn act(
     (state.incidents.wake)();
     if !t.incident.state.is_active() {
         // Its series goes back to idle in the engine: a breach that goes on opens again.
-        tell_engine(&state, Input::IncidentChanged { id }).await;
+        state.tell_engine(Input::IncidentChanged { id }).await;
     }
     if let Some(m) = &state.incidents.metrics {
         let since_start = |at: i64| ((at - t.incident.started_ms).max(0) as f64) / 1000.0;
@@ -586,309 +551,4 @@ async fn act(
         }
     }
     Ok(Json(t.incident.into()))
-}
-
-#[derive(Debug, Serialize)]
-struct RuleView {
-    name: String,
-    metric: String,
-    above: Option<f64>,
-    below: Option<f64>,
-    clear: f64,
-    #[serde(rename = "for")]
-    hold: String,
-    impact: &'static str,
-    urgency: &'static str,
-    priority: String,
-    scope: ScopeJson,
-    labels: std::collections::BTreeMap<String, String>,
-    /// `builtin`, `config` or `api`.
-    origin: &'static str,
-}
-
-fn rule_view(r: &Rule, origin: &'static str) -> RuleView {
-    RuleView {
-        name: r.name.clone(),
-        metric: r.metric.clone(),
-        above: match r.threshold {
-            Threshold::Above(t) => Some(t),
-            Threshold::Below(_) => None,
-        },
-        below: match r.threshold {
-            Threshold::Below(t) => Some(t),
-            Threshold::Above(_) => None,
-        },
-        clear: r.clear,
-        hold: humantime::format_duration(r.hold).to_string(),
-        impact: r.impact.as_str(),
-        urgency: r.urgency.as_str(),
-        priority: format!("P{}", crate::incidents::rule::priority(r.impact, r.urgency)),
-        scope: ScopeJson::from_scope(&r.scope),
-        labels: r.labels.clone(),
-        origin,
-    }
-}
-
-fn base_origin(r: &Rule) -> &'static str {
-    if crate::incidents::builtin::NAMES.contains(&r.name.as_str())
-        && r.labels.get("builtin").is_some_and(|v| v == "true")
-    {
-        "builtin"
-    } else {
-        "config"
-    }
-}
-
-async fn rules(
-    auth: Auth,
-    State(state): State<HttpState>,
-) -> Result<Json<Vec<RuleView>>, ApiError> {
-    auth.require(Role::Viewer)?;
-    let api = state
-        .db
-        .run(|db| Ok(crate::incidents::api_rules::load(db.conn())?))
-        .await?;
-    let mut out: Vec<RuleView> = state
-        .incidents
-        .rules
-        .iter()
-        .map(|r| rule_view(r, base_origin(r)))
-        .collect();
-    out.extend(api.iter().map(|r| rule_view(&r.rule, "api")));
-    Ok(Json(out))
-}
-
-/// `POST /rules` (admin): a rule with the keys of `[[rule]]`, checked like the configuration.
-async fn create_rule(
-    auth: Auth,
-    State(state): State<HttpState>,
-    ApiJson(body): ApiJson<Value>,
-) -> Result<impl IntoResponse, ApiError> {
-    auth.require(Role::Admin)?;
-    let rule = crate::incidents::rule::rule_from_json(&body)
-        .map_err(|errors| ApiError::Unprocessable(errors.join("; ")))?;
-    if state.incidents.rules.iter().any(|r| r.name == rule.name) {
-        return Err(ApiError::Conflict(format!(
-            "rule {:?} is defined in the configuration",
-            rule.name
-        )));
-    }
-    let by = format!("api:{}", auth.token_id);
-    let now = now_ms();
-    let stored = rule.clone();
-    let created = state
-        .db
-        .run(move |db| {
-            Ok(crate::incidents::api_rules::create(
-                db.conn(),
-                &stored,
-                &body,
-                &by,
-                now,
-            )?)
-        })
-        .await?;
-    if !created {
-        return Err(ApiError::Conflict(format!("rule {:?} exists", rule.name)));
-    }
-    tell_engine(&state, Input::RulesChanged).await;
-    Ok((StatusCode::CREATED, Json(rule_view(&rule, "api"))))
-}
-
-/// `DELETE /rules/{name}` (admin): API rules only; their open incidents resolve.
-async fn delete_rule(
-    auth: Auth,
-    State(state): State<HttpState>,
-    ApiPath(name): ApiPath<String>,
-) -> Result<StatusCode, ApiError> {
-    auth.require(Role::Admin)?;
-    if state.incidents.rules.iter().any(|r| r.name == name) {
-        return Err(ApiError::Conflict(format!(
-            "rule {name:?} is defined in the configuration; remove it there"
-        )));
-    }
-    let n = name.clone();
-    let deleted = state
-        .db
-        .run(move |db| Ok(crate::incidents::api_rules::delete(db.conn(), &n)?))
-        .await?;
-    if !deleted {
-        return Err(ApiError::NotFound(format!("rule {name:?} not found")));
-    }
-    tell_engine(&state, Input::RulesChanged).await;
-    Ok(StatusCode::NO_CONTENT)
-}
-
-#[derive(Debug, Serialize)]
-struct WindowView {
-    id: i64,
-    name: String,
-    scope: ScopeJson,
-    start: Option<String>,
-    start_ms: i64,
-    duration: String,
-    duration_ms: i64,
-    every: Option<&'static str>,
-    origin: String,
-    active_now: bool,
-    deleted_ms: Option<i64>,
-}
-
-impl WindowView {
-    fn new(w: Window, now: i64) -> WindowView {
-        WindowView {
-            active_now: w.covers(now),
-            id: w.id,
-            scope: ScopeJson::from_scope(&w.scope),
-            start: format_rfc3339_ms(w.start_ms),
-            start_ms: w.start_ms,
-            duration: humantime::format_duration(std::time::Duration::from_millis(
-                w.duration_ms.max(0) as u64,
-            ))
-            .to_string(),
-            duration_ms: w.duration_ms,
-            every: w.every.map(|r| match r {
-                Recurrence::Daily => "day",
-                Recurrence::Weekly => "week",
-            }),
-            origin: w.origin,
-            deleted_ms: w.deleted_ms,
-            name: w.name,
-        }
-    }
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct WindowsQuery {
-    deleted: Option<bool>,
-}
-
-async fn list_windows(
-    auth: Auth,
-    State(state): State<HttpState>,
-    ApiQuery(q): ApiQuery<WindowsQuery>,
-) -> Result<Json<Vec<WindowView>>, ApiError> {
-    auth.require(Role::Viewer)?;
-    let with_deleted = q.deleted.unwrap_or(false);
-    let rows = state
-        .db
-        .run(move |db| Ok(maintenance::load(db.conn(), with_deleted)?))
-        .await?;
-    let now = now_ms();
-    Ok(Json(
-        rows.into_iter().map(|w| WindowView::new(w, now)).collect(),
-    ))
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct NewWindow {
-    name: String,
-    #[serde(default)]
-    scope: ScopeJson,
-    /// RFC 3339 or Unix ms.
-    start: Value,
-    /// e.g. "2h".
-    duration: String,
-    every: Option<String>,
-}
-
-async fn create_window(
-    auth: Auth,
-    State(state): State<HttpState>,
-    ApiJson(b): ApiJson<NewWindow>,
-) -> Result<impl IntoResponse, ApiError> {
-    auth.require(Role::Operator)?;
-    let unprocessable = ApiError::Unprocessable;
-    let name = text("name", &b.name, MAX_NAME)?;
-    let scope = b.scope.to_scope().map_err(unprocessable)?;
-    let start_ms = match &b.start {
-        Value::Number(n) => n.as_i64(),
-        Value::String(s) => parse_time_ms(s).ok(),
-        _ => None,
-    }
-    .ok_or_else(|| unprocessable("`start` must be Unix milliseconds or RFC 3339".into()))?;
-    let duration = vigil_shared::config::parse_duration(&b.duration)
-        .map_err(|e| unprocessable(format!("invalid `duration`: {e}")))?;
-    let every = match b.every.as_deref() {
-        None => None,
-        Some("day") => Some(Recurrence::Daily),
-        Some("week") => Some(Recurrence::Weekly),
-        Some(other) => {
-            return Err(unprocessable(format!(
-                "invalid `every` {other:?}: expected \"day\" or \"week\""
-            )))
-        }
-    };
-    if duration.is_zero() || every.is_some_and(|r| duration >= r.period()) {
-        return Err(unprocessable(
-            "`duration` must be positive and shorter than the repeat period".into(),
-        ));
-    }
-    let duration_ms = i64::try_from(duration.as_millis()).unwrap_or(i64::MAX);
-    let now = now_ms();
-    let created = state
-        .db
-        .run(move |db| {
-            let c = db.conn();
-            let taken: bool = c.query_row(
-                "SELECT EXISTS(SELECT 1 FROM maintenance_windows WHERE name = ?1 AND deleted_ms IS NULL)",
-                [&name],
-                |r| r.get(0),
-            )?;
-            if taken {
-                return Ok(None);
-            }
-            let id = maintenance::create(c, &name, &scope, start_ms, duration_ms, every, now)?;
-            Ok::<_, StoreError>(
-                maintenance::load(c, false)?
-                    .into_iter()
-                    .find(|w| w.id == id),
-            )
-        })
-        .await?;
-    if created.is_some() {
-        tell_engine(&state, Input::WindowsChanged).await;
-    }
-    match created {
-        Some(w) => Ok((StatusCode::CREATED, Json(WindowView::new(w, now)))),
-        None => Err(ApiError::Conflict(
-            "a maintenance window with this name exists".into(),
-        )),
-    }
-}
-
-async fn delete_window(
-    auth: Auth,
-    State(state): State<HttpState>,
-    ApiPath(id): ApiPath<i64>,
-) -> Result<Json<WindowView>, ApiError> {
-    auth.require(Role::Operator)?;
-    let now = now_ms();
-    let res = state
-        .db
-        .run(move |db| {
-            let c = db.conn();
-            let existing = maintenance::load(c, true)?.into_iter().find(|w| w.id == id);
-            match existing {
-                None => Ok(Err(ApiError::NotFound(format!(
-                    "maintenance window {id} not found"
-                )))),
-                Some(w) if w.origin != "api" => Ok(Err(ApiError::Conflict(
-                    "this window comes from the configuration; remove it there".into(),
-                ))),
-                Some(w) if w.deleted_ms.is_some() => Ok(Err(ApiError::Conflict(
-                    "this window is already deleted".into(),
-                ))),
-                Some(mut w) => {
-                    maintenance::delete(c, id, now)?;
-                    w.deleted_ms = Some(now);
-                    Ok::<_, StoreError>(Ok(w))
-                }
-            }
-        })
-        .await??;
-    tell_engine(&state, Input::WindowsChanged).await;
-    Ok(Json(WindowView::new(res, now)))
 }

@@ -16,6 +16,7 @@
 
 mod enroll;
 pub mod session;
+mod streams;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -25,22 +26,21 @@ use std::time::Duration;
 
 use quinn::{Connection, ConnectionError, Incoming, RecvStream, SendStream, VarInt};
 use rustls::pki_types::CertificateDer;
-use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{debug, info, warn, Instrument};
 use vigil_runtime::clock::now_ms;
 use vigil_shared::codec::{self, DecodeError, FrameDecoder, RawFrame};
 use vigil_shared::identity;
-use vigil_shared::proto::{self, codes, kind, Ack, Batch, Message, Welcome};
+use vigil_shared::proto::{self, codes, Message, Welcome};
 
 use crate::ca::ServerIdentity;
-use crate::cmdb::{self, InventoryOutcome};
+use crate::cmdb;
 use crate::incidents::engine::{EngineHandle, Input};
 use crate::latest::LatestTable;
 use crate::metrics::Metrics;
 use crate::presence::Presence;
-use crate::store::{AppendOutcome, Db, Writer};
+use crate::store::{Db, Writer};
 use session::Limits;
 
 /// How long a fresh connection may take to open its control stream and say hello.
@@ -466,315 +466,8 @@ impl Ingest {
         info!(clean = said_goodbye, "agent disconnected");
     }
 
-    /// A stream sent something undecodable: count it, log it, and stop that stream (only).
-    fn reject_stream(&self, recv: &mut RecvStream, e: &DecodeError, what: &str) {
-        self.metrics.reject(e.reason());
-        warn!(error = %e, "closing {what} stream");
-        let _ = recv.stop(VarInt::from_u32(e.code()));
-    }
-
     fn lock_conns(&self) -> std::sync::MutexGuard<'_, HashMap<String, Connection>> {
         self.conns.lock().unwrap_or_else(|p| p.into_inner())
-    }
-
-    /// A stream opened by an agent: the kind of its first frame says what it carries (batches or
-    /// one inventory message), and so which frame limit applies.
-    async fn agent_stream(
-        self: Arc<Self>,
-        agent: Arc<str>,
-        send: SendStream,
-        mut recv: RecvStream,
-        shutdown: CancellationToken,
-    ) {
-        let mut dec = FrameDecoder::new(self.max_frame);
-        let first = loop {
-            if let Some(k) = dec.peek_kind() {
-                break Some(k);
-            }
-            let chunk = tokio::select! {
-                c = recv.read_chunk(64 * 1024, true) => c,
-                _ = shutdown.cancelled() => return,
-            };
-            match chunk {
-                Ok(Some(c)) => dec.push(&c.bytes),
-                Ok(None) => break None,
-                Err(e) => {
-                    debug!(error = %e, "stream ended before its first frame");
-                    return;
-                }
-            }
-        };
-        match first {
-            Some(kind::INVENTORY_SNAPSHOT | kind::INVENTORY_DELTA) => {
-                dec.set_max(codec::MAX_INVENTORY_FRAME);
-                self.inventory_stream(agent, send, recv, dec).await
-            }
-            _ => self.batch_stream(agent, send, recv, dec, shutdown).await,
-        }
-    }
-
-    /// One inventory message: reconcile it into the CMDB, answer with an ack or a resync request.
-    async fn inventory_stream(
-        self: Arc<Self>,
-        agent: Arc<str>,
-        mut send: SendStream,
-        mut recv: RecvStream,
-        mut dec: FrameDecoder,
-    ) {
-        let msg = match read_frame(&mut recv, &mut dec).await {
-            Ok(Some(frame)) => match frame.decode() {
-                Ok(m @ (Message::InventorySnapshot(_) | Message::InventoryDelta(_))) => m,
-                Ok(other) => {
-                    self.metrics.reject("unexpected");
-                    warn!(
-                        kind = other.kind(),
-                        "closing inventory stream: unexpected message"
-                    );
-                    let _ = recv.stop(VarInt::from_u32(codes::UNEXPECTED));
-                    return;
-                }
-                Err(e) => {
-                    self.reject_stream(&mut recv, &e, "inventory");
-                    return;
-                }
-            },
-            Ok(None) => return,
-            Err(StreamError::Decode(e)) => {
-                self.reject_stream(&mut recv, &e, "inventory");
-                return;
-            }
-            Err(e) => {
-                debug!(error = %e, "inventory stream ended");
-                return;
-            }
-        };
-        let mut msg = msg;
-        let inventory = match &mut msg {
-            Message::InventorySnapshot(s) => Some(&mut s.inventory),
-            _ => None,
-        };
-        if let Some(inventory) = inventory {
-            match session::accept_inventory(inventory, &self.limits) {
-                Ok(dropped) => {
-                    for reason in dropped {
-                        self.metrics.reject(reason);
-                    }
-                }
-                Err(refusal) => {
-                    self.metrics.reject(refusal.reason);
-                    warn!("closing inventory stream: the inventory is larger than allowed");
-                    let _ = recv.stop(VarInt::from_u32(refusal.code));
-                    return;
-                }
-            }
-        }
-        if let Message::InventoryDelta(d) = &mut msg {
-            let too_many = d.delta.added.len() + d.delta.changed.len() + d.delta.removed.len()
-                > self.limits.max_cis
-                || d.delta.relations_added.len() + d.delta.relations_removed.len()
-                    > self.limits.max_relations;
-            if too_many {
-                self.metrics.reject(session::reason::BAD_INVENTORY);
-                warn!("closing inventory stream: the delta is larger than allowed");
-                let _ = recv.stop(VarInt::from_u32(codes::MALFORMED));
-                return;
-            }
-        }
-        let snapshot = matches!(msg, Message::InventorySnapshot(_));
-        let gc = Arc::clone(&self.cmdb);
-        let id = agent.to_string();
-        let outcome = tokio::task::spawn_blocking(move || {
-            let msg = match msg {
-                Message::InventorySnapshot(s) => cmdb::InventoryMessage::Snapshot(s),
-                Message::InventoryDelta(d) => cmdb::InventoryMessage::Delta(d),
-                _ => {
-                    return Err(crate::store::StoreError::Task(
-                        "not an inventory message".into(),
-                    ))
-                }
-            };
-            gc.apply(&id, msg, now_ms())
-        })
-        .await;
-        let reply = match outcome {
-            Ok(Ok(InventoryOutcome::Stored {
-                version,
-                added,
-                changed,
-                removed,
-            })) => {
-                self.metrics
-                    .inventory(if snapshot { "snapshot" } else { "delta" });
-                self.tell_engine(Input::InventoryStored {
-                    agent: agent.clone(),
-                })
-                .await;
-                if snapshot || added + changed + removed > 0 {
-                    info!(
-                        version,
-                        added, changed, removed, snapshot, "inventory reconciled"
-                    );
-                }
-                Message::InventoryAck(proto::InventoryAck { version })
-            }
-            Ok(Ok(InventoryOutcome::Resync { have })) => {
-                self.metrics.inventory("resync");
-                info!(have = ?have, "inventory delta does not match the stored version: asking for a snapshot");
-                Message::InventoryResync(proto::InventoryResync { have })
-            }
-            Ok(Err(e)) => {
-                warn!(error = %e, "cannot store inventory");
-                self.metrics.reject("store_error");
-                let _ = send.reset(VarInt::from_u32(codes::INTERNAL));
-                return;
-            }
-            Err(e) => {
-                warn!(error = %e, "inventory task failed");
-                self.metrics.reject("store_error");
-                let _ = send.reset(VarInt::from_u32(codes::INTERNAL));
-                return;
-            }
-        };
-        if write_msg(&mut send, &reply).await.is_ok() {
-            let _ = send.finish();
-        }
-    }
-
-    /// Reads batches, applies them to the latest-value table, hands them to the store writer and
-    /// acknowledges in order once committed.
-    async fn batch_stream(
-        self: Arc<Self>,
-        agent: Arc<str>,
-        mut send: SendStream,
-        mut recv: RecvStream,
-        mut dec: FrameDecoder,
-        shutdown: CancellationToken,
-    ) {
-        let (ack_tx, mut ack_rx) =
-            mpsc::channel::<(u64, usize, crate::store::Pending)>(MAX_UNACKED);
-        let metrics = self.metrics.clone();
-        let acker = tokio::spawn(async move {
-            while let Some((seq, samples, pending)) = ack_rx.recv().await {
-                match pending.await {
-                    Ok(AppendOutcome::Stored) => metrics.batch(samples),
-                    Ok(AppendOutcome::Duplicate) => metrics.duplicate_batches.inc(),
-                    Err(e) => {
-                        warn!(seq, error = %e, "store failed: not acknowledging");
-                        metrics.reject("store_error");
-                        let _ = send.reset(VarInt::from_u32(codes::INTERNAL));
-                        return;
-                    }
-                }
-                // Acks are cumulative: when more batches are already waiting, the ack for the
-                // last of them covers this one too.
-                if ack_rx.is_empty()
-                    && write_msg(&mut send, &Message::Ack(Ack { seq }))
-                        .await
-                        .is_err()
-                {
-                    return;
-                }
-            }
-            let _ = send.finish();
-        });
-        loop {
-            let frame = tokio::select! {
-                f = read_frame(&mut recv, &mut dec) => f,
-                _ = shutdown.cancelled() => break,
-            };
-            let frame = match frame {
-                Ok(Some(f)) => {
-                    // Nothing buffered after this frame: start afresh, so an agent idle between
-                    // batches does not keep the last batch's buffer (~16 KiB per connection).
-                    if dec.finish().is_ok() {
-                        dec = FrameDecoder::new(self.max_frame);
-                    }
-                    f
-                }
-                Ok(None) => break,
-                Err(StreamError::Decode(e)) => {
-                    self.reject_stream(&mut recv, &e, "batch");
-                    break;
-                }
-                Err(e) => {
-                    debug!(error = %e, "batch stream ended");
-                    break;
-                }
-            };
-            if frame.kind != kind::BATCH {
-                let (reason, code) = if kind::is_known(frame.kind) {
-                    ("unexpected", codes::UNEXPECTED)
-                } else {
-                    ("unknown_kind", codes::UNKNOWN_KIND)
-                };
-                self.metrics.reject(reason);
-                warn!(error = %StreamError::Unexpected(frame.kind), "closing batch stream");
-                let _ = recv.stop(VarInt::from_u32(code));
-                break;
-            }
-            let batch = match frame.decode() {
-                Ok(Message::Batch(b)) => b,
-                Ok(_) => continue,
-                Err(e) => {
-                    self.reject_stream(&mut recv, &e, "batch");
-                    break;
-                }
-            };
-            let now = now_ms();
-            let batch = match session::accept_batch(batch, now, &self.limits) {
-                Ok(b) => b,
-                Err(refusal) => {
-                    self.metrics.reject(refusal.reason);
-                    warn!(
-                        reason = refusal.reason,
-                        "closing batch stream: batch refused"
-                    );
-                    let _ = recv.stop(VarInt::from_u32(refusal.code));
-                    break;
-                }
-            };
-            // What is stored is what was accepted: re-encoded only when samples were dropped.
-            let payload = if batch.dropped.is_empty() {
-                frame.body.to_vec()
-            } else {
-                for reason in &batch.dropped {
-                    self.metrics.reject(reason);
-                }
-                let kept = Message::Batch(Batch {
-                    seq: batch.seq,
-                    samples: batch.samples.clone(),
-                });
-                match codec::encode_body(&kept) {
-                    Ok(body) => body,
-                    Err(e) => {
-                        warn!(error = %e, "cannot re-encode a batch");
-                        break;
-                    }
-                }
-            };
-            let n = batch.samples.len();
-            self.presence.heard(&agent, now);
-            self.table.apply(&agent, &batch.samples, now);
-            let pending = self.writer.submit_batch(
-                agent.clone(),
-                batch.seq,
-                batch.first_ts_ms,
-                batch.last_ts_ms,
-                u32::try_from(n).unwrap_or(u32::MAX),
-                payload,
-            );
-            self.tell_engine(Input::Samples {
-                agent: agent.clone(),
-                samples: batch.samples,
-                received_ms: now,
-            })
-            .await;
-            if ack_tx.send((batch.seq, n, pending)).await.is_err() {
-                break;
-            }
-        }
-        drop(ack_tx);
-        let _ = acker.await;
     }
 
     /// Closes the connections of agents revoked by an admin command (possibly another process).
