@@ -404,8 +404,9 @@ fn tag_change_across_a_restart_is_one_history_row() {
         }
         host_ci(&store, &id).filter(|h| h.attrs["tags"] == json!({"role": "db"}))
     });
-    // A few discovery intervals more: nothing else may follow.
-    std::thread::sleep(Duration::from_secs(3));
+    // Three discovery passes more: nothing else may follow.
+    let passes = discovery_passes(&agent);
+    wait_discovery_passes(&mut agent, passes, 3);
     let rows = history_since(&store, &id, before);
     assert_eq!(rows.len(), 1, "{rows:#?}");
     let ((ty, key), h) = &rows[0];
@@ -683,7 +684,9 @@ fn connection_to_another_hosts_listener_is_a_depends_on_relation() {
         .expect("provided_by");
     assert_eq!(provided, "postgresql-15:amd64");
     // Stable: more discovery passes change nothing.
-    std::thread::sleep(Duration::from_secs(2));
+    let (a, b) = (discovery_passes(&agent_a), discovery_passes(&agent_b));
+    wait_discovery_passes(&mut agent_a, a, 2);
+    wait_discovery_passes(&mut agent_b, b, 2);
     assert_eq!(depends(), found);
     assert!(agent_a.is_running() && agent_b.is_running());
 }
@@ -712,8 +715,9 @@ fn unchanged_host_sends_nothing_and_a_change_is_one_delta() {
         "{text}"
     );
 
-    // Five discovery intervals and more: no message, no history.
-    std::thread::sleep(Duration::from_millis(5500));
+    // Five discovery passes more: no message, no history.
+    let passes = discovery_passes(&agent);
+    wait_discovery_passes(&mut agent, passes, 5);
     let text = metrics(&collector);
     assert_eq!(inventory_messages(&text, "snapshot"), 1.0, "{text}");
     assert_eq!(inventory_messages(&text, "delta"), 0.0, "{text}");
@@ -734,7 +738,8 @@ fn unchanged_host_sends_nothing_and_a_change_is_one_delta() {
         (inventory_messages(&metrics(&collector), "delta") >= 1.0).then_some(())
     });
     // Further passes see nothing new.
-    std::thread::sleep(Duration::from_secs(2));
+    let passes = discovery_passes(&agent);
+    wait_discovery_passes(&mut agent, passes, 2);
     let text = metrics(&collector);
     assert_eq!(inventory_messages(&text, "delta"), 1.0, "{text}");
     assert_eq!(inventory_messages(&text, "snapshot"), 1.0, "{text}");
@@ -831,8 +836,9 @@ fn collector_asks_for_a_full_resync_when_versions_disagree() {
     assert_eq!(svc.state, "active");
     assert_eq!(svc.attrs["address"], "0.0.0.0", "{svc:?}");
     assert_eq!(svc.attrs["port"], json!(8080), "{svc:?}");
-    // A few discovery intervals more: nothing else may follow.
-    std::thread::sleep(Duration::from_secs(2));
+    // Two discovery passes more: nothing else may follow.
+    let passes = discovery_passes(&agent);
+    wait_discovery_passes(&mut agent, passes, 2);
     let text = metrics(&collector);
     assert_eq!(inventory_messages(&text, "resync"), 1.0, "{text}");
     assert_eq!(inventory_messages(&text, "snapshot"), 2.0, "{text}");

@@ -48,9 +48,15 @@ pub struct Proc {
 impl Proc {
     pub fn spawn(name: &str, mut cmd: Command, log: PathBuf) -> Proc {
         let file = std::fs::File::create(&log).expect("log file");
-        cmd.stderr(file)
-            .stdin(Stdio::null())
-            .env("VIGIL_LOG", "info,quinn=warn");
+        cmd.stderr(file).stdin(Stdio::null());
+        if !cmd.get_envs().any(|(k, _)| k == "VIGIL_LOG") {
+            // The agent's discovery passes are logged at debug: tests count them
+            // ([`discovery_passes`]) to know that discovery ran and found nothing new.
+            cmd.env(
+                "VIGIL_LOG",
+                "info,quinn=warn,vigil_agent::inventory_sync=debug",
+            );
+        }
         if cmd.get_program().to_string_lossy().is_empty() {
             panic!("no program");
         }
@@ -339,6 +345,20 @@ pub fn spawn_on_free_port(
         assert!(attempt < 5, "{name} exited 5 times; log:\n{}", proc.logs());
     }
     unreachable!("the loop returns or fails")
+}
+
+/// How many discovery passes an agent has logged so far.
+pub fn discovery_passes(agent: &Proc) -> usize {
+    agent.logs().matches("discovery pass done").count()
+}
+
+/// Waits until `agent` ran `n` more discovery passes than `since` (a [`discovery_passes`]
+/// count): the positive signal that lets a test say "discovery ran and nothing followed".
+pub fn wait_discovery_passes(agent: &mut Proc, since: usize, n: usize) {
+    wait_until(Duration::from_secs(60), "discovery passes", || {
+        assert!(agent.is_running(), "agent exited; log:\n{}", agent.logs());
+        (discovery_passes(agent) >= since + n).then_some(())
+    });
 }
 
 /// Polls `f` every 100 ms until it returns `Some`, for at most `timeout`.
