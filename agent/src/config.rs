@@ -1,7 +1,7 @@
-//! The agent's configuration: `agent.toml` (SPEC "Agent config") or the `run` flags, turned into a
+//! The agent's configuration: `agent.toml` (`docs/reference.md`, section 4) or the `run` flags, turned into a
 //! validated [`AgentConfig`] before anything connects.
 //!
-//! Two layers (STYLE.md item 5): the private `Raw*` serde structs mirror the file with every leaf
+//! Two layers: the private `Raw*` serde structs mirror the file with every leaf
 //! [`Spanned`]; [`from_str`] converts them into typed values and reports **every** problem at
 //! once as `file:line:col: message` (see `vigil_shared::config`). Raw structs do not use
 //! `deny_unknown_fields`: unknown keys are collected by `vigil_shared::config::parse` so that all

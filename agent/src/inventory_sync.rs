@@ -4,8 +4,8 @@
 //! host sends nothing at all. The collector answers every message with an ack, or asks for a
 //! full snapshot when its version and the delta's base disagree.
 //!
-//! Each inventory message travels on its own bidirectional stream (SPEC: "inventory snapshots
-//! travel on their own streams").
+//! Each inventory message travels on its own bidirectional stream (`docs/reference.md`,
+//! section 5).
 
 use std::collections::HashSet;
 use std::sync::Arc;

@@ -1,7 +1,7 @@
 //! The collector's configuration: `collector.toml` plus the files its `include` globs name,
-//! turned into a validated [`CollectorConfig`] before anything binds (SPEC "Configuration").
+//! turned into a validated [`CollectorConfig`] before anything binds (`docs/reference.md`, section 4).
 //!
-//! Two layers (STYLE.md item 5): the private `Raw*` serde structs mirror the files with every
+//! Two layers: the private `Raw*` serde structs mirror the files with every
 //! leaf [`Spanned`]; the conversion builds typed values ([`SocketAddr`], [`Duration`],
 //! [`glob::Pattern`], [`SlaWindow`], ...) and reports **every** problem of every file at once as
 //! `file:line:col: message`, an included file's errors under that file's own name. Raw structs do

@@ -2,7 +2,7 @@
 //! plus a [`Diagnostics`] collector, so that the typed conversion in each crate can report
 //! **every** problem at once as `file:line:col: message`, before anything binds.
 //!
-//! The two layers (STYLE.md item 5):
+//! The two layers:
 //! 1. [`parse`] deserializes the text into a *raw* struct whose leaf values are
 //!    [`Spanned`] (`Spanned<String>` for durations, sizes, addresses...), collecting every
 //!    unknown key on the way;

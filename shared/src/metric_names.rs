@@ -1,5 +1,5 @@
 //! Metric names shared by the agent (which samples them) and the collector (which exposes them
-//! as `vigil_host_<name>` or `vigil_<name>`). SPEC.md fixes these names: change them nowhere else.
+//! as `vigil_host_<name>` or `vigil_<name>`). `docs/reference.md` lists them: a change here changes it too.
 
 /// Host metrics: the agent sends `name`, the collector exposes `vigil_host_<name>`.
 pub const CPU_USAGE_RATIO: &str = "cpu_usage_ratio";

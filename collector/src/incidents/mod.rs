@@ -42,7 +42,7 @@ const DURATION_BUCKETS: &[f64] = &[
     10.0, 30.0, 60.0, 300.0, 900.0, 1800.0, 3600.0, 7200.0, 14400.0, 28800.0, 86400.0, 259200.0,
 ];
 
-/// The incident metrics of SPEC.md plus the engine's own counters. Cheap to clone.
+/// The incident metrics (`docs/reference.md`, section 3) plus the engine's own counters. Cheap to clone.
 #[derive(Clone)]
 pub struct IncidentMetrics {
     open: IntGaugeVec,
