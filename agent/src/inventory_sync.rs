@@ -216,7 +216,7 @@ mod pass_tests {
 
     fn opts(role: &str) -> Options {
         Options {
-            root: discovery::fixture("dpkg-basic"),
+            root: discovery::testing::fixture("dpkg-basic"),
             tags: [("role".to_owned(), role.to_owned())].into(),
             hostname: Some("fixture-host".into()),
         }

@@ -143,7 +143,7 @@ pub async fn start(config: &CollectorConfig) -> Result<Running> {
 
     // Incidents: the notifier delivers what the engine and the API queue in the outbox.
     let webhooks = Arc::new(config.webhooks.clone());
-    let notifier = crate::notify::Notifier::spawn_supervised(
+    let notifier = crate::notify::Notifier::spawn(
         &data_dir,
         config.webhooks.clone(),
         notify_metrics,

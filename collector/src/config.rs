@@ -532,7 +532,20 @@ fn convert_webhook(
         Some(p) => d.parse_value(p, |s| parse_priority(s)),
         None => Some(5),
     };
-    let timeout = positive_duration(d, w.timeout.as_ref(), "timeout", Duration::from_secs(10));
+    let timeout = positive_duration(
+        d,
+        w.timeout.as_ref(),
+        "timeout",
+        crate::notify::DEFAULT_TIMEOUT,
+    );
+    if let Some(t) = w
+        .timeout
+        .as_ref()
+        .filter(|_| timeout > crate::notify::MAX_TIMEOUT)
+    {
+        d.error_at(t, "`timeout` must be at most 5m");
+        ok = false;
+    }
     let mut labels = BTreeMap::new();
     for (k, v) in &w.labels {
         if !cfg::is_label_name(k) {
@@ -597,11 +610,13 @@ fn validate_server_name(s: &str) -> Result<String, String> {
     }
 }
 
-/// Where each rule and SLA name was first defined (`file:line:col`), across all files.
+/// Where each rule, SLA and maintenance window name was first defined (`file:line:col`),
+/// across all files. Windows are kept by name in the store, so two of one name would be one.
 #[derive(Default)]
 struct Names {
     rules: BTreeMap<String, String>,
     slas: BTreeMap<String, String>,
+    maintenance: BTreeMap<String, String>,
 }
 
 /// Registers `name`; records a duplicate error and returns false when it was taken.
@@ -647,7 +662,13 @@ fn convert_objects(
         }
     }
     for m in maintenance {
-        if let Some(m) = convert_maintenance(m, d) {
+        let converted = convert_maintenance(m, d);
+        let fresh = m
+            .get_ref()
+            .name
+            .as_ref()
+            .is_none_or(|n| unique(&mut names.maintenance, "maintenance", n, d));
+        if let Some(m) = converted.filter(|_| fresh) {
             config.maintenance.push(m);
         }
     }
@@ -873,7 +894,7 @@ mod tests {
              labels = { \"bad-label\" = \"x\" }\nscope = { host = \"[\", tag = \"role\", type = \"Host\" }\n\
              [[rule]]\nmetric = \"load1\"\n[[rule]]\nname = \"c\"\nmetric = \"load1\"\nabove = nan\n",
             &[
-                "c.toml:2:8: invalid rule name \"a b\": use letters, digits, '_', '-' or '.'",
+                "c.toml:2:8: invalid rule name \"a b\": use 1 to 64 letters, digits, '_', '-' or '.'",
                 "c.toml:3:10: unknown metric \"cpu\": expected a host metric name without the vigil_host_ \
                  prefix (cpu_usage_ratio, load1, load5, load15, memory_used_bytes, memory_total_bytes, \
                  swap_used_bytes, filesystem_used_ratio, filesystem_size_bytes, network_receive_bytes_total, \
@@ -942,6 +963,28 @@ mod tests {
     }
 
     #[test]
+    fn webhook_timeouts_and_names_are_bounded() {
+        let long = "n".repeat(65);
+        check(
+            &format!(
+                "[[webhook]]\nname = \"slow\"\nurl = \"http://h/\"\ntimeout = \"6m\"\n\
+                 [[webhook]]\nname = \"{long}\"\nurl = \"http://h/\"\n"
+            ),
+            &[
+                "c.toml:4:11: `timeout` must be at most 5m".to_string(),
+                format!(
+                    "c.toml:6:8: invalid webhook name \"{long}\": use 1 to 64 letters, digits, '_', '-' or '.'"
+                ),
+            ]
+            .iter()
+            .map(String::as_str)
+            .collect::<Vec<_>>(),
+        );
+        let ok = valid("[[webhook]]\nname = \"edge\"\nurl = \"http://h/\"\ntimeout = \"5m\"\n");
+        assert_eq!(ok.webhooks[0].timeout, Duration::from_secs(300));
+    }
+
+    #[test]
     fn sla_and_maintenance_errors() {
         check(
             "[[sla]]\nname = \"s\"\ntarget = 1.0\nwindow = \"quarter\"\n\
@@ -964,10 +1007,13 @@ mod tests {
     fn duplicate_names() {
         check(
             "[[rule]]\nname = \"a\"\nmetric = \"up\"\nbelow = 1\n[[rule]]\nname = \"a\"\nmetric = \"up\"\nbelow = 1\n\
-             [[sla]]\nname = \"a\"\ntarget = 0.9\n[[sla]]\nname = \"a\"\ntarget = 0.9\n",
+             [[sla]]\nname = \"a\"\ntarget = 0.9\n[[sla]]\nname = \"a\"\ntarget = 0.9\n\
+             [[maintenance]]\nname = \"a\"\nstart = \"2026-12-01T02:00:00Z\"\nduration = \"1h\"\n\
+             [[maintenance]]\nname = \"a\"\nstart = \"2026-12-02T02:00:00Z\"\nduration = \"1h\"\n",
             &[
                 "c.toml:6:8: duplicate rule name `a` (first defined at c.toml:2:8)",
                 "c.toml:13:8: duplicate sla name `a` (first defined at c.toml:10:8)",
+                "c.toml:20:8: duplicate maintenance name `a` (first defined at c.toml:16:8)",
             ],
         );
     }

@@ -139,6 +139,7 @@ pub fn router(state: HttpState) -> Router {
         .merge(maintenance::routes())
         .merge(alertmanager::routes());
     Router::new()
+        .route("/", get(index))
         .route("/metrics", get(metrics))
         .route("/healthz", get(|| async { "ok" }))
         .route("/readyz", get(readyz))
@@ -146,6 +147,29 @@ pub fn router(state: HttpState) -> Router {
         .fallback(fallback)
         .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed })
         .with_state(state)
+}
+
+/// `GET /`: where the operations console will live; until it does, a page that says so and
+/// links what there is (no data, so no login).
+async fn index() -> Response {
+    (
+        [
+            (header::CONTENT_TYPE, "text/html; charset=utf-8"),
+            (header::CACHE_CONTROL, "no-store"),
+        ],
+        concat!(
+            "<!doctype html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">",
+            "<title>Vigil</title></head><body>\n<h1>Vigil collector ",
+            env!("CARGO_PKG_VERSION"),
+            "</h1>\n<p>The operations console is not part of this build yet. What there is:</p>\n<ul>\n",
+            "<li><a href=\"/metrics\">/metrics</a>: Prometheus exposition</li>\n",
+            "<li><a href=\"/readyz\">/readyz</a>: readiness</li>\n",
+            "<li><code>/api/v1/</code>: the API (agents, CMDB, incidents, rules, maintenance), ",
+            "with a bearer token from <code>vigil-collector api-token create</code></li>\n",
+            "</ul>\n</body></html>\n"
+        ),
+    )
+        .into_response()
 }
 
 /// Serves `router` on `listener` until `shutdown` resolves, then lets in-flight requests finish.

@@ -105,9 +105,11 @@ mod payload;
 mod worker;
 
 #[cfg(test)]
+pub(crate) mod testing;
+#[cfg(test)]
 mod tests;
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::BTreeMap;
 use std::fmt;
 use std::str::FromStr;
 use std::time::Duration;
@@ -202,71 +204,6 @@ impl fmt::Debug for Webhook {
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(10);
 /// Longest accepted [`Webhook::timeout`].
 pub const MAX_TIMEOUT: Duration = Duration::from_secs(300);
-
-/// A configuration mistake in the webhooks (see [`validate`]).
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum WebhookError {
-    #[error("webhook name {0:?} must be 1-64 characters among A-Z a-z 0-9 _ . -")]
-    Name(String),
-    #[error("webhook {0:?} is defined more than once")]
-    Duplicate(String),
-    #[error("webhook {name:?}: url must be an absolute http:// or https:// URL with a host")]
-    Url { name: String },
-    #[error("webhook {name:?}: max_priority must be between 1 and 5, found {found}")]
-    Priority { name: String, found: u8 },
-    #[error("webhook {name:?}: timeout must be between 1 ms and 5 min")]
-    Timeout { name: String },
-    #[error("webhook {name:?}: secret must not be empty (omit it for no signature)")]
-    EmptySecret { name: String },
-}
-
-/// Checks every webhook and reports every mistake at once (for `check-config` and startup).
-pub fn validate(hooks: &[Webhook]) -> Result<(), Vec<WebhookError>> {
-    let mut errors = Vec::new();
-    let mut seen = HashSet::new();
-    for h in hooks {
-        let name_ok = !h.name.is_empty()
-            && h.name.len() <= 64
-            && h.name
-                .bytes()
-                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'-'));
-        if !name_ok {
-            errors.push(WebhookError::Name(h.name.clone()));
-        }
-        if !seen.insert(h.name.as_str()) {
-            errors.push(WebhookError::Duplicate(h.name.clone()));
-        }
-        let url_ok = reqwest::Url::parse(&h.url)
-            .map(|u| matches!(u.scheme(), "http" | "https") && u.host_str().is_some())
-            .unwrap_or(false);
-        if !url_ok {
-            errors.push(WebhookError::Url {
-                name: h.name.clone(),
-            });
-        }
-        if !(1..=5).contains(&h.max_priority) {
-            errors.push(WebhookError::Priority {
-                name: h.name.clone(),
-                found: h.max_priority,
-            });
-        }
-        if h.timeout.is_zero() || h.timeout > MAX_TIMEOUT {
-            errors.push(WebhookError::Timeout {
-                name: h.name.clone(),
-            });
-        }
-        if h.secret.as_deref() == Some("") {
-            errors.push(WebhookError::EmptySecret {
-                name: h.name.clone(),
-            });
-        }
-    }
-    if errors.is_empty() {
-        Ok(())
-    } else {
-        Err(errors)
-    }
-}
 
 /// What happened to an incident.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]

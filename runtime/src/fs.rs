@@ -59,17 +59,26 @@ pub fn read_text_capped(path: &Path, cap: u64) -> Result<String, ReadError> {
 /// entry of what is parsed from it, not the whole file).
 pub fn read_text_lossy_capped(path: &Path, cap: u64) -> io::Result<String> {
     let (bytes, _) = read_capped(path, cap)?;
-    Ok(match String::from_utf8(bytes) {
+    Ok(text_lossy(bytes))
+}
+
+/// `bytes` as text, invalid UTF-8 replaced (without a copy when it is valid).
+pub fn text_lossy(bytes: Vec<u8>) -> String {
+    match String::from_utf8(bytes) {
         Ok(s) => s,
         Err(e) => String::from_utf8_lossy(e.as_bytes()).into_owned(),
-    })
+    }
 }
 
 /// Writes `contents` to `path` atomically (a temporary file beside it, synced, renamed into
 /// place, the directory synced) with permissions `mode`, e.g. [`PRIVATE`] for keys. The file
 /// has `mode` from its creation: it is never readable by others, not even for a moment.
 pub fn write_atomic(path: &Path, contents: &[u8], mode: u32) -> io::Result<()> {
-    let tmp = path.with_extension("tmp");
+    // `ca.pem.tmp`, not `ca.tmp`: files that differ only in extension (`ca.pem`, `ca.key`)
+    // never share a temporary file.
+    let mut tmp = path.as_os_str().to_owned();
+    tmp.push(".tmp");
+    let tmp = std::path::PathBuf::from(tmp);
     let mut f = OpenOptions::new()
         .write(true)
         .create(true)
@@ -99,6 +108,24 @@ pub fn create_private_dir(dir: &Path) -> io::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn atomic_writes_of_siblings_do_not_share_a_temporary_file() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (pem, key) = (dir.path().join("ca.pem"), dir.path().join("ca.key"));
+        std::thread::scope(|s| {
+            s.spawn(|| {
+                for _ in 0..200 {
+                    write_atomic(&pem, b"certificate", PRIVATE).expect("write pem");
+                }
+            });
+            for _ in 0..200 {
+                write_atomic(&key, b"key", PRIVATE).expect("write key");
+            }
+        });
+        assert_eq!(fs::read(&pem).expect("pem"), b"certificate");
+        assert_eq!(fs::read(&key).expect("key"), b"key");
+    }
 
     #[test]
     fn capped_reads_stop_at_the_cap() {

@@ -490,6 +490,10 @@ fn describe_unknown(root: &Spanned<DeTable<'_>>, path: &[Segment]) -> (Range<usi
     (span, message)
 }
 
+/// Longest name of a configuration object (rule, SLA, window, webhook): it ends up in metric
+/// labels, URLs and log lines.
+pub const MAX_OBJECT_NAME: usize = 64;
+
 /// A required name of a `[[what]]` table: present, `[A-Za-z0-9_.-]+` (it appears in URLs and
 /// label values).
 pub fn object_name(
@@ -504,13 +508,16 @@ pub fn object_name(
     };
     let s = name.get_ref();
     if s.is_empty()
+        || s.len() > MAX_OBJECT_NAME
         || !s
             .chars()
             .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.'))
     {
         d.error_at(
             name,
-            format!("invalid {what} name {s:?}: use letters, digits, '_', '-' or '.'"),
+            format!(
+                "invalid {what} name {s:?}: use 1 to {MAX_OBJECT_NAME} letters, digits, '_', '-' or '.'"
+            ),
         );
         return None;
     }

@@ -173,44 +173,17 @@ pub fn parse_meminfo(text: &str) -> Option<MemInfo> {
 
 #[cfg(test)]
 mod tests {
-    use super::super::fixture;
+    use super::super::testing;
     use super::*;
     use serde_json::json;
-    use std::collections::BTreeMap;
 
+    /// A CI whose key is its type (`cpu`, `memory`).
     fn ci(t: &str, name: &str, attrs: serde_json::Value) -> Ci {
-        let mut c = Ci::new(t, t, name);
-        if let serde_json::Value::Object(m) = attrs {
-            c.attrs = m.into_iter().collect();
-        }
-        c
+        testing::ci(t, t, name, attrs)
     }
 
     fn check(root: &str, expected: &[Ci], problems: &[(&str, &str)]) {
-        let opts = Options {
-            root: fixture(root),
-            tags: BTreeMap::new(),
-            hostname: None,
-        };
-        let mut got = Discovered::default();
-        discover(&opts, &mut got);
-        got.inventory.canonicalize();
-        assert_eq!(got.inventory.cis, expected, "{root}");
-        let rels: Vec<Relation> = expected
-            .iter()
-            .map(|c| Relation {
-                from: CiRef::new("host", "host"),
-                kind: "has".into(),
-                to: c.id(),
-            })
-            .collect();
-        assert_eq!(got.inventory.relations, rels, "{root}");
-        let got_problems: Vec<(&str, &str)> = got
-            .problems
-            .iter()
-            .map(|p| (p.source, p.message.as_str()))
-            .collect();
-        assert_eq!(got_problems, problems, "{root}");
+        testing::check_host_children(discover, root, "has", expected, problems);
     }
 
     #[test]

@@ -144,7 +144,7 @@ fn read_dmi(opts: &Options, out: &mut Discovered) -> BTreeMap<&'static str, Stri
     let mut found = BTreeMap::new();
     let mut unreadable = Vec::new();
     for (file, attr) in DMI_FIELDS {
-        match std::fs::read_to_string(dir.join(file)) {
+        match vigil_runtime::fs::read_text_lossy_capped(&dir.join(file), 4096) {
             Ok(v) if !v.trim().is_empty() => {
                 found.insert(*attr, v.trim().to_string());
             }
@@ -372,31 +372,18 @@ pub fn virtualization(
 
 #[cfg(test)]
 mod tests {
-    use super::super::fixture;
+    use super::super::testing::{self, ci, fixture};
     use super::*;
     use serde_json::json;
 
+    /// Options reading fixture `name`.
     fn opts(name: &str) -> Options {
-        Options {
-            root: fixture(name),
-            tags: BTreeMap::new(),
-            hostname: None,
-        }
-    }
-
-    fn ci(t: &str, key: &str, name: &str, attrs: serde_json::Value) -> Ci {
-        let mut c = Ci::new(t, key, name);
-        if let serde_json::Value::Object(m) = attrs {
-            c.attrs = m.into_iter().collect();
-        }
-        c
+        testing::opts(&fixture(name))
     }
 
     /// Runs this source on `opts` and compares every CI, the relations and the problems.
     fn check(opts: &Options, expected: &[Ci], problems: &[(&str, &str)]) {
-        let mut got = Discovered::default();
-        discover(opts, &mut got);
-        got.inventory.canonicalize();
+        let got = testing::run(discover, opts);
         let mut want = expected.to_vec();
         want.sort_by_key(Ci::id);
         assert_eq!(got.inventory.cis, want, "{}", opts.root.display());
@@ -408,12 +395,7 @@ mod tests {
                 to: CiRef::new("os", "os"),
             }]
         );
-        let got_problems: Vec<(&str, &str)> = got
-            .problems
-            .iter()
-            .map(|p| (p.source, p.message.as_str()))
-            .collect();
-        assert_eq!(got_problems, problems, "{}", opts.root.display());
+        assert_eq!(testing::problems(&got), problems, "{}", opts.root.display());
     }
 
     fn debian_os() -> Ci {

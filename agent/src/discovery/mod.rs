@@ -17,6 +17,8 @@ pub mod packages;
 pub mod sockets;
 pub mod storage;
 pub mod systemd;
+#[cfg(test)]
+pub(crate) mod testing;
 
 /// A source that could not be read (or only partly).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -74,15 +76,12 @@ impl Discovered {
     }
 }
 
-/// Reads a small text file under the root, `None` when missing or unreadable.
-pub fn read(opts: &Options, abs: &str) -> Option<String> {
-    std::fs::read_to_string(opts.path(abs)).ok()
-}
+/// The most discovery reads of one file (/proc tables of a busy host stay far below it); what
+/// lies past it is not read.
+pub const MAX_FILE: u64 = 64 << 20;
 
-/// Root of this crate's test fixtures (`agent/tests/fixtures/<name>`).
-#[cfg(test)]
-pub fn fixture(name: &str) -> PathBuf {
-    std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("tests/fixtures")
-        .join(name)
+/// Reads a text file under the root (at most [`MAX_FILE`], invalid UTF-8 replaced), `None`
+/// when missing or unreadable.
+pub fn read(opts: &Options, abs: &str) -> Option<String> {
+    vigil_runtime::fs::read_text_lossy_capped(&opts.path(abs), MAX_FILE).ok()
 }

@@ -141,7 +141,7 @@ fn interfaces(opts: &Options, out: &mut Discovered) -> Vec<Interface> {
         .map(|name| {
             let base = dir.join(&name);
             let file = |f: &str| {
-                std::fs::read_to_string(base.join(f))
+                vigil_runtime::fs::read_text_lossy_capped(&base.join(f), 4096)
                     .ok()
                     .map(|s| s.trim().to_string())
                     .filter(|s| !s.is_empty())
@@ -383,28 +383,17 @@ pub fn parse_if_inet6(text: &str) -> Vec<Address> {
 
 #[cfg(test)]
 mod tests {
-    use super::super::fixture;
+    use super::super::testing::{self, fixture};
     use super::*;
     use serde_json::json;
 
+    /// A CI named by its key.
     fn ci(t: &str, key: &str, attrs: serde_json::Value) -> Ci {
-        let mut c = Ci::new(t, key, key);
-        if let serde_json::Value::Object(m) = attrs {
-            c.attrs = m.into_iter().collect();
-        }
-        c
+        testing::ci(t, key, key, attrs)
     }
 
     fn run(root: std::path::PathBuf) -> Discovered {
-        let opts = Options {
-            root,
-            tags: BTreeMap::new(),
-            hostname: None,
-        };
-        let mut got = Discovered::default();
-        discover(&opts, &mut got);
-        got.inventory.canonicalize();
-        got
+        testing::run(discover, &testing::opts(&root))
     }
 
     fn iface(name: &str, attrs: serde_json::Value) -> Ci {

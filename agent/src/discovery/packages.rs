@@ -347,6 +347,7 @@ fn scan_lists(dir: &Path, exes: &[&String]) -> HashMap<String, String> {
 
 #[cfg(test)]
 mod tests {
+    use super::super::testing::{fixture, opts};
     use super::*;
     use std::fmt::Write as _;
 
@@ -443,14 +444,6 @@ mod tests {
         s
     }
 
-    fn opts(root: &Path) -> Options {
-        Options {
-            root: root.to_path_buf(),
-            tags: BTreeMap::new(),
-            hostname: None,
-        }
-    }
-
     #[test]
     fn many_packages_from_a_fixture_root() {
         let dir = tempfile::tempdir().expect("tempdir");
@@ -483,7 +476,7 @@ mod tests {
 
     #[test]
     fn fixture_dpkg_basic() {
-        let root = super::super::fixture("dpkg-basic");
+        let root = fixture("dpkg-basic");
         let mut out = Discovered::default();
         discover(&opts(&root), &mut out);
         assert_eq!(out.problems, vec![]);
@@ -515,7 +508,7 @@ mod tests {
 
     #[test]
     fn executable_owners_from_list_files() {
-        let root = super::super::fixture("dpkg-basic");
+        let root = fixture("dpkg-basic");
         let o = opts(&root);
         let exes: BTreeSet<String> = [
             "/usr/sbin/sshd",

@@ -12,21 +12,17 @@
 //! (unreadable processes are counted in one problem).
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
-use std::io::Read;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::path::Path;
 
 use vigil_shared::inventory::{ci_type, relation, Ci, CiRef, OutboundConnection, Relation};
 
-use super::{packages, Discovered, Options};
+use super::{packages, Discovered, Options, MAX_FILE};
 
 /// Problem source for the `/proc/net` tables.
 pub const SOURCE_NET: &str = "proc-net";
 /// Problem source for processes whose sockets could not be read (not running as root).
 pub const SOURCE_FD: &str = "proc-fd";
-
-/// /proc/net tables of busy hosts can be large (150 bytes a socket); anything past this is cut.
-const MAX_TABLE_BYTES: u64 = 64 << 20;
 
 /// TCP state `TCP_ESTABLISHED`.
 const TCP_ESTABLISHED: u8 = 0x01;
@@ -247,13 +243,7 @@ pub fn socket_owners(opts: &Options, wanted: &HashSet<u64>) -> (HashMap<u64, Own
 
 /// A short /proc file (comm), capped.
 fn read_small(path: &Path) -> Option<String> {
-    let mut s = String::new();
-    std::fs::File::open(path)
-        .ok()?
-        .take(4096)
-        .read_to_string(&mut s)
-        .ok()?;
-    Some(s)
+    vigil_runtime::fs::read_text_lossy_capped(path, 4096).ok()
 }
 
 /// One listening service being assembled from its sockets.
@@ -449,24 +439,13 @@ fn package_relations(opts: &Options, out: &Discovered, services: &[Ci]) -> Vec<R
 }
 
 fn read_table(path: &Path) -> std::io::Result<String> {
-    let mut s = String::new();
-    std::fs::File::open(path)?
-        .take(MAX_TABLE_BYTES)
-        .read_to_string(&mut s)?;
-    Ok(s)
+    vigil_runtime::fs::read_text_lossy_capped(path, MAX_FILE)
 }
 
 #[cfg(test)]
 mod tests {
+    use super::super::testing::{fixture, opts};
     use super::*;
-
-    fn opts(root: &Path) -> Options {
-        Options {
-            root: root.to_path_buf(),
-            tags: BTreeMap::new(),
-            hostname: None,
-        }
-    }
 
     fn check_addr(s: &str, v6: bool, expected: Option<(&str, u16)>) {
         let got = parse_addr(s, v6);
@@ -556,7 +535,7 @@ mod tests {
     /// with established v4 and v6 connections (one duplicated), inbound connections to 22 and 80.
     #[test]
     fn fixture_sockets_basic() {
-        let root = super::super::fixture("sockets-basic");
+        let root = fixture("sockets-basic");
         let mut out = Discovered::default();
         // dpkg-basic's packages, as if packages::discover had run on this root.
         out.inventory.cis.push(

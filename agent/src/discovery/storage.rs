@@ -247,46 +247,17 @@ fn real_root_stats() -> BTreeMap<String, MountStat> {
 
 #[cfg(test)]
 mod tests {
-    use super::super::fixture;
+    use super::super::testing;
     use super::*;
     use serde_json::json;
 
+    /// A CI named by its key.
     fn ci(t: &str, key: &str, attrs: serde_json::Value) -> Ci {
-        let mut c = Ci::new(t, key, key);
-        if let serde_json::Value::Object(m) = attrs {
-            c.attrs = m.into_iter().collect();
-        }
-        c
+        testing::ci(t, key, key, attrs)
     }
 
     fn check(root: &str, expected: &[Ci], problems: &[(&str, &str)]) {
-        let opts = Options {
-            root: fixture(root),
-            tags: BTreeMap::new(),
-            hostname: None,
-        };
-        let mut got = Discovered::default();
-        discover(&opts, &mut got);
-        got.inventory.canonicalize();
-        let mut want = expected.to_vec();
-        want.sort_by_key(Ci::id);
-        assert_eq!(got.inventory.cis, want, "{root}");
-        let mut rels: Vec<Relation> = want
-            .iter()
-            .map(|c| Relation {
-                from: CiRef::new("host", "host"),
-                kind: "has".into(),
-                to: c.id(),
-            })
-            .collect();
-        rels.sort();
-        assert_eq!(got.inventory.relations, rels, "{root}");
-        let got_problems: Vec<(&str, &str)> = got
-            .problems
-            .iter()
-            .map(|p| (p.source, p.message.as_str()))
-            .collect();
-        assert_eq!(got_problems, problems, "{root}");
+        testing::check_host_children(discover, root, "has", expected, problems);
     }
 
     #[test]

@@ -281,14 +281,8 @@ fn collect_wants(dir: &Path, wanted: &mut BTreeSet<String>) {
 
 /// Whether a unit file has an `[Install]` section (so it can be enabled).
 fn has_install_section(path: &Path) -> bool {
-    let mut text = String::new();
-    let Ok(file) = std::fs::File::open(path) else {
-        return false;
-    };
-    if file.take(MAX_UNIT_FILE).read_to_string(&mut text).is_err() {
-        return false;
-    }
-    text.lines().any(|l| l.trim() == "[Install]")
+    vigil_runtime::fs::read_text_lossy_capped(path, MAX_UNIT_FILE)
+        .is_ok_and(|text| text.lines().any(|l| l.trim() == "[Install]"))
 }
 
 /// Adds a `systemd_unit` CI per unit, and host `runs` it.
@@ -415,23 +409,13 @@ pub fn run_command(
             status,
         });
     }
-    Ok(match String::from_utf8(bytes) {
-        Ok(s) => s,
-        Err(e) => String::from_utf8_lossy(e.as_bytes()).into_owned(),
-    })
+    Ok(vigil_runtime::fs::text_lossy(bytes))
 }
 
 #[cfg(test)]
 mod tests {
+    use super::super::testing::{fixture, opts};
     use super::*;
-
-    fn opts(root: &Path) -> Options {
-        Options {
-            root: root.to_path_buf(),
-            tags: BTreeMap::new(),
-            hostname: None,
-        }
-    }
 
     fn state(load: &str, active: &str, sub: &str, enabled: Option<&str>) -> UnitState {
         UnitState {
@@ -530,7 +514,7 @@ lonely
     /// wants symlinks (one for a template instance), a masked unit, an alias, a dangling want.
     #[test]
     fn fixture_unit_files() {
-        let root = super::super::fixture("systemd-basic");
+        let root = fixture("systemd-basic");
         let mut out = Discovered::default();
         discover(&opts(&root), &mut out);
         assert_eq!(out.problems, vec![]);

@@ -278,7 +278,6 @@ mod tests {
     use std::collections::BTreeMap;
     use std::path::Path;
     use std::sync::Arc;
-    use std::time::Duration;
 
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
@@ -294,18 +293,7 @@ mod tests {
     const NOW: i64 = 1_800_000_000_000;
     const MIN: i64 = 60_000;
 
-    fn hook() -> Webhook {
-        Webhook {
-            name: "ops".into(),
-            url: "http://127.0.0.1:9/".into(),
-            secret: None,
-            format: crate::notify::Format::Json,
-            max_priority: 5,
-            rules: Vec::new(),
-            labels: BTreeMap::new(),
-            timeout: Duration::from_secs(1),
-        }
-    }
+    use crate::notify::testing::webhook as hook;
 
     /// Agents `a1` web1 (host CI, address 10.1.2.3), `a2` db1.example.com (no host CI), `a3`
     /// gone (revoked), `a4` and `a5` both with address 10.9.9.9.
@@ -390,13 +378,7 @@ mod tests {
     }
 
     fn notifications(db: &Db, id: i64) -> Vec<String> {
-        db.conn()
-            .prepare("SELECT event FROM notifications WHERE incident_id = ?1 ORDER BY id")
-            .expect("prepare")
-            .query_map([id], |r| r.get(0))
-            .expect("query")
-            .collect::<rusqlite::Result<_>>()
-            .expect("rows")
+        crate::notify::testing::events(db.conn(), id)
     }
 
     fn summary(opened: u64, reopened: u64, resolved: u64, unchanged: u64) -> Summary {

@@ -48,7 +48,7 @@ pub struct Maintenance {
 /// `[[maintenance]]` as written.
 #[derive(Debug, Deserialize)]
 pub(crate) struct RawMaintenance {
-    name: Option<Spanned<String>>,
+    pub(crate) name: Option<Spanned<String>>,
     scope: Option<super::scope::RawScope>,
     start: Option<Spanned<RawTime>>,
     duration: Option<Spanned<String>>,

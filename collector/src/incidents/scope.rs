@@ -224,28 +224,6 @@ pub fn matches(scope: &Scope, t: &Target<'_>) -> bool {
             .is_none_or(|want| t.ci_id.is_some_and(|id| want == id.to_string()))
 }
 
-/// The effective tags of a host CI: discovered `attrs.tags`, overridden by manual
-/// `manual_attrs.tags`.
-pub fn host_tags(attrs: &str, manual_attrs: Option<&str>) -> BTreeMap<String, String> {
-    let mut out = BTreeMap::new();
-    for text in std::iter::once(attrs).chain(manual_attrs) {
-        let Ok(serde_json::Value::Object(obj)) = serde_json::from_str::<serde_json::Value>(text)
-        else {
-            continue;
-        };
-        if let Some(serde_json::Value::Object(tags)) = obj.get("tags") {
-            for (k, v) in tags {
-                let v = match v {
-                    serde_json::Value::String(s) => s.clone(),
-                    other => other.to_string(),
-                };
-                out.insert(k.clone(), v);
-            }
-        }
-    }
-    out
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -321,16 +299,5 @@ mod tests {
         assert!(!matches(&scope(None, Some(("role", "db")), None, None), &t));
         assert!(!matches(&scope(None, None, Some("host"), None), &t));
         assert!(!matches(&scope(None, None, None, Some("8".into())), &t));
-    }
-
-    #[test]
-    fn manual_tags_override_discovered_ones() {
-        let tags = host_tags(
-            r#"{"tags": {"role": "web", "env": "prod"}}"#,
-            Some(r#"{"tags": {"env": "staging"}}"#),
-        );
-        assert_eq!(tags.get("role").map(String::as_str), Some("web"));
-        assert_eq!(tags.get("env").map(String::as_str), Some("staging"));
-        assert!(host_tags("not json", None).is_empty());
     }
 }

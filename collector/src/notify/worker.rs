@@ -129,27 +129,9 @@ struct Ctx {
 
 impl Notifier {
     /// Opens the store in `data_dir` and spawns the delivery tasks on `tracker` (call from within
-    /// a tokio runtime). They stop when `shutdown` is cancelled; pending rows stay in the outbox.
+    /// a tokio runtime), each watched by `supervisor`. They stop when `shutdown` is cancelled;
+    /// pending rows stay in the outbox.
     pub fn spawn(
-        data_dir: &Path,
-        hooks: Vec<Webhook>,
-        metrics: NotifyMetrics,
-        tracker: &TaskTracker,
-        shutdown: CancellationToken,
-    ) -> Result<Notifier, StoreError> {
-        Self::spawn_tuned(
-            data_dir,
-            hooks,
-            metrics,
-            tracker,
-            shutdown,
-            Tuning::default(),
-            None,
-        )
-    }
-
-    /// [`Notifier::spawn`], every delivery task watched by `supervisor`.
-    pub fn spawn_supervised(
         data_dir: &Path,
         hooks: Vec<Webhook>,
         metrics: NotifyMetrics,
@@ -168,6 +150,7 @@ impl Notifier {
         )
     }
 
+    /// [`Notifier::spawn`] with test timings, and a supervisor only when given.
     pub(crate) fn spawn_tuned(
         data_dir: &Path,
         hooks: Vec<Webhook>,

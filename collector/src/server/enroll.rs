@@ -38,7 +38,7 @@ impl Ingest {
         match outcome {
             Ok(enrolled) => {
                 info!(agent = %enrolled.agent_id, "agent enrolled");
-                self.metrics.enrollment(true);
+                self.parts.metrics.enrollment(true);
                 if let Some(send) = send.as_mut() {
                     let _ = write_msg(send, &Message::Enrolled(enrolled)).await;
                     let _ = send.finish();
@@ -48,7 +48,7 @@ impl Ingest {
             }
             Err(refusal) => {
                 warn!(reason = %refusal.message, "enrollment refused");
-                self.metrics.enrollment(false);
+                self.parts.metrics.enrollment(false);
                 if let Some(send) = send.as_mut() {
                     let _ = write_msg(send, &Message::Error(refusal.clone())).await;
                     let _ = send.finish();
@@ -85,7 +85,7 @@ impl Ingest {
             Ok(Some(frame)) => match frame.decode() {
                 Ok(Message::Enroll(req)) => req,
                 Ok(other) => {
-                    self.metrics.reject("unexpected");
+                    self.parts.metrics.reject("unexpected");
                     return Err((
                         Some(send),
                         refused(format!(
@@ -95,7 +95,7 @@ impl Ingest {
                     ));
                 }
                 Err(e) => {
-                    self.metrics.reject(e.reason());
+                    self.parts.metrics.reject(e.reason());
                     return Err((Some(send), refused(format!("bad enrollment request: {e}"))));
                 }
             },
@@ -107,7 +107,7 @@ impl Ingest {
             }
             Err(e) => {
                 if let StreamError::Decode(d) = &e {
-                    self.metrics.reject(d.reason());
+                    self.parts.metrics.reject(d.reason());
                 }
                 return Err((Some(send), refused(format!("bad enrollment request: {e}"))));
             }
@@ -116,7 +116,7 @@ impl Ingest {
             Ok(t) => t,
             Err(e) => return Ok((Some(send), Err(refused(format!("malformed token: {e}"))))),
         };
-        if token.ca_pin != self.identity.pin {
+        if token.ca_pin != self.parts.identity.pin {
             return Ok((
                 Some(send),
                 Err(refused("token pins another collector's CA".into())),
@@ -124,7 +124,7 @@ impl Ingest {
         }
         let agent_id = identity::new_agent_id();
         let cert_pem = match identity::sign_agent_csr(
-            &self.identity.ca,
+            &self.parts.identity.ca,
             &req.csr_pem,
             &agent_id,
             AGENT_CERT_VALIDITY,
@@ -165,7 +165,7 @@ impl Ingest {
                 Ok(proto::Enrolled {
                     agent_id,
                     cert_pem,
-                    ca_pem: self.identity.ca.cert_pem.clone(),
+                    ca_pem: self.parts.identity.ca.cert_pem.clone(),
                 }),
             )),
             Ok(Err(reason)) => Ok((Some(send), Err(refused(reason)))),

@@ -70,19 +70,11 @@ pub struct IngestParts {
 
 /// Everything the ingest tasks share.
 pub struct Ingest {
-    pub data_dir: PathBuf,
+    pub parts: IngestParts,
     pub db: Arc<Mutex<Db>>,
     /// A connection of its own for CMDB reconciliation, so a large snapshot does not hold up
     /// authentication of other agents.
     pub cmdb: Arc<cmdb::GroupCommit>,
-    pub writer: Writer,
-    pub table: Arc<LatestTable>,
-    pub presence: Arc<Presence>,
-    pub metrics: Arc<Metrics>,
-    pub identity: Arc<ServerIdentity>,
-    pub max_frame: usize,
-    pub settings: proto::Settings,
-    pub engine: Option<EngineHandle>,
     pub limits: Limits,
     /// Live connections by agent id, to close them on revocation.
     conns: Mutex<HashMap<String, Connection>>,
@@ -128,33 +120,15 @@ async fn write_msg(send: &mut SendStream, msg: &Message) -> Result<(), StreamErr
 impl Ingest {
     /// Opens its own store connections in `parts.data_dir`.
     pub fn new(parts: IngestParts) -> Result<Self, crate::store::StoreError> {
-        let IngestParts {
-            data_dir,
-            writer,
-            table,
-            presence,
-            metrics,
-            identity,
-            max_frame,
-            settings,
-            engine,
-        } = parts;
+        let cmdb = {
+            let mut db = Db::open(&parts.data_dir)?;
+            db.attach_checkpoints(parts.writer.checkpoints());
+            db
+        };
         Ok(Ingest {
-            db: Arc::new(Mutex::new(Db::open(&data_dir)?)),
-            cmdb: Arc::new(cmdb::GroupCommit::new({
-                let mut db = Db::open(&data_dir)?;
-                db.attach_checkpoints(writer.checkpoints());
-                db
-            })),
-            data_dir,
-            writer,
-            table,
-            presence,
-            metrics,
-            identity,
-            max_frame,
-            settings,
-            engine,
+            db: Arc::new(Mutex::new(Db::open(&parts.data_dir)?)),
+            cmdb: Arc::new(cmdb::GroupCommit::new(cmdb)),
+            parts,
             limits: Limits::default(),
             conns: Mutex::new(HashMap::new()),
         })
@@ -162,7 +136,7 @@ impl Ingest {
 
     /// Tells the engine, if there is one.
     async fn tell_engine(&self, input: Input) {
-        if let Some(engine) = &self.engine {
+        if let Some(engine) = &self.parts.engine {
             // A dead engine is reported by the supervisor; the send only logs.
             let _ = engine.send(input).await;
         }
@@ -213,7 +187,7 @@ impl Ingest {
             Ok(conn) => conn,
             Err(e) => {
                 warn!(error = %e, "connection refused during TLS handshake");
-                self.metrics.reject("unauthenticated");
+                self.parts.metrics.reject("unauthenticated");
                 return;
             }
         };
@@ -228,7 +202,7 @@ impl Ingest {
     }
 
     fn refuse(&self, conn: &Connection, code: u32, reason: &'static str, message: &str) {
-        self.metrics.reject(reason);
+        self.parts.metrics.reject(reason);
         conn.close(VarInt::from_u32(code), message.as_bytes());
     }
 
@@ -303,19 +277,19 @@ impl Ingest {
             let mut dec = FrameDecoder::new(64 * 1024);
             let frame = read_frame(&mut recv, &mut dec).await.map_err(|e| {
                 if let StreamError::Decode(d) = &e {
-                    self.metrics.reject(d.reason());
+                    self.parts.metrics.reject(d.reason());
                 }
                 e.to_string()
             })?;
             let hello = match frame.map(|f| f.decode()) {
                 Some(Ok(Message::Hello(h))) => h,
                 Some(Ok(other)) => {
-                    self.metrics.reject("unexpected");
+                    self.parts.metrics.reject("unexpected");
                     recv.stop(VarInt::from_u32(codes::UNEXPECTED)).ok();
                     return Err(format!("expected hello, got kind {}", other.kind()));
                 }
                 Some(Err(e)) => {
-                    self.metrics.reject(e.reason());
+                    self.parts.metrics.reject(e.reason());
                     recv.stop(VarInt::from_u32(e.code())).ok();
                     return Err(format!("bad hello: {e}"));
                 }
@@ -325,7 +299,7 @@ impl Ingest {
                 version: env!("CARGO_PKG_VERSION").into(),
                 capabilities: proto::CAPABILITIES.iter().map(|c| c.to_string()).collect(),
                 last_seq,
-                settings: self.settings.clone(),
+                settings: self.parts.settings.clone(),
             };
             write_msg(&mut send, &Message::Welcome(welcome))
                 .await
@@ -347,9 +321,9 @@ impl Ingest {
             }
         };
         let given_interval = hello.interval_ms;
-        let hello = session::accept_hello(hello, self.settings.interval_ms, &self.limits);
+        let hello = session::accept_hello(hello, self.parts.settings.interval_ms, &self.limits);
         for problem in &hello.problems {
-            self.metrics.reject(problem);
+            self.parts.metrics.reject(problem);
         }
         if hello.problems.contains(&session::reason::BAD_INTERVAL) {
             warn!(
@@ -367,9 +341,10 @@ impl Ingest {
         }
         let now = now_ms();
         let generation =
-            self.presence
+            self.parts
+                .presence
                 .connected(&agent_id, &hello.hostname, hello.interval_ms, now);
-        self.table.attach(&agent_id);
+        self.parts.table.attach(&agent_id);
         let (id, addr) = (agent_id.clone(), remote.to_string());
         let (host, version, interval) = (
             hello.hostname.clone(),
@@ -415,7 +390,7 @@ impl Ingest {
                         }
                         Ok(other) => debug!(kind = other.kind(), "ignoring control message"),
                         Err(e) => {
-                            self.metrics.reject(e.reason());
+                            self.parts.metrics.reject(e.reason());
                             warn!(error = %e, "bad control frame");
                             control_recv.stop(VarInt::from_u32(e.code())).ok();
                             goodbye = true;
@@ -448,6 +423,7 @@ impl Ingest {
         // Only the agent's newest connection speaks for it: the end of one that a reconnect
         // replaced changes nothing.
         if !self
+            .parts
             .presence
             .disconnected(&agent_id, generation, said_goodbye, now)
         {
@@ -498,13 +474,13 @@ impl Ingest {
                 if let Some(conn) = conn {
                     warn!(agent = %id, "agent revoked: closing its connection");
                     // First, so the engine does not take the closed connection for an outage.
-                    self.presence.remove(id);
-                    self.table.remove(id);
+                    self.parts.presence.remove(id);
+                    self.parts.table.remove(id);
                     self.tell_engine(Input::Revoked {
                         agent: Arc::from(id.as_str()),
                     })
                     .await;
-                    self.metrics.reject("revoked");
+                    self.parts.metrics.reject("revoked");
                     conn.close(VarInt::from_u32(codes::REVOKED), b"certificate revoked");
                 }
             }

@@ -22,7 +22,7 @@ use crate::store::AppendOutcome;
 impl Ingest {
     /// A stream sent something undecodable: count it, log it, and stop that stream (only).
     fn reject_stream(&self, recv: &mut RecvStream, e: &DecodeError, what: &str) {
-        self.metrics.reject(e.reason());
+        self.parts.metrics.reject(e.reason());
         warn!(error = %e, "closing {what} stream");
         let _ = recv.stop(VarInt::from_u32(e.code()));
     }
@@ -36,7 +36,7 @@ impl Ingest {
         mut recv: RecvStream,
         shutdown: CancellationToken,
     ) {
-        let mut dec = FrameDecoder::new(self.max_frame);
+        let mut dec = FrameDecoder::new(self.parts.max_frame);
         let first = loop {
             if let Some(k) = dec.peek_kind() {
                 break Some(k);
@@ -75,7 +75,7 @@ impl Ingest {
             Ok(Some(frame)) => match frame.decode() {
                 Ok(m @ (Message::InventorySnapshot(_) | Message::InventoryDelta(_))) => m,
                 Ok(other) => {
-                    self.metrics.reject("unexpected");
+                    self.parts.metrics.reject("unexpected");
                     warn!(
                         kind = other.kind(),
                         "closing inventory stream: unexpected message"
@@ -107,11 +107,11 @@ impl Ingest {
             match session::accept_inventory(inventory, &self.limits) {
                 Ok(dropped) => {
                     for reason in dropped {
-                        self.metrics.reject(reason);
+                        self.parts.metrics.reject(reason);
                     }
                 }
                 Err(refusal) => {
-                    self.metrics.reject(refusal.reason);
+                    self.parts.metrics.reject(refusal.reason);
                     warn!("closing inventory stream: the inventory is larger than allowed");
                     let _ = recv.stop(VarInt::from_u32(refusal.code));
                     return;
@@ -124,7 +124,7 @@ impl Ingest {
                 || d.delta.relations_added.len() + d.delta.relations_removed.len()
                     > self.limits.max_relations;
             if too_many {
-                self.metrics.reject(session::reason::BAD_INVENTORY);
+                self.parts.metrics.reject(session::reason::BAD_INVENTORY);
                 warn!("closing inventory stream: the delta is larger than allowed");
                 let _ = recv.stop(VarInt::from_u32(codes::MALFORMED));
                 return;
@@ -153,7 +153,8 @@ impl Ingest {
                 changed,
                 removed,
             })) => {
-                self.metrics
+                self.parts
+                    .metrics
                     .inventory(if snapshot { "snapshot" } else { "delta" });
                 self.tell_engine(Input::InventoryStored {
                     agent: agent.clone(),
@@ -168,19 +169,19 @@ impl Ingest {
                 Message::InventoryAck(proto::InventoryAck { version })
             }
             Ok(Ok(InventoryOutcome::Resync { have })) => {
-                self.metrics.inventory("resync");
+                self.parts.metrics.inventory("resync");
                 info!(have = ?have, "inventory delta does not match the stored version: asking for a snapshot");
                 Message::InventoryResync(proto::InventoryResync { have })
             }
             Ok(Err(e)) => {
                 warn!(error = %e, "cannot store inventory");
-                self.metrics.reject("store_error");
+                self.parts.metrics.reject("store_error");
                 let _ = send.reset(VarInt::from_u32(codes::INTERNAL));
                 return;
             }
             Err(e) => {
                 warn!(error = %e, "inventory task failed");
-                self.metrics.reject("store_error");
+                self.parts.metrics.reject("store_error");
                 let _ = send.reset(VarInt::from_u32(codes::INTERNAL));
                 return;
             }
@@ -202,7 +203,7 @@ impl Ingest {
     ) {
         let (ack_tx, mut ack_rx) =
             mpsc::channel::<(u64, usize, crate::store::Pending)>(MAX_UNACKED);
-        let metrics = self.metrics.clone();
+        let metrics = self.parts.metrics.clone();
         let acker = tokio::spawn(async move {
             while let Some((seq, samples, pending)) = ack_rx.recv().await {
                 match pending.await {
@@ -237,7 +238,7 @@ impl Ingest {
                     // Nothing buffered after this frame: start afresh, so an agent idle between
                     // batches does not keep the last batch's buffer (~16 KiB per connection).
                     if dec.finish().is_ok() {
-                        dec = FrameDecoder::new(self.max_frame);
+                        dec = FrameDecoder::new(self.parts.max_frame);
                     }
                     f
                 }
@@ -257,7 +258,7 @@ impl Ingest {
                 } else {
                     ("unknown_kind", codes::UNKNOWN_KIND)
                 };
-                self.metrics.reject(reason);
+                self.parts.metrics.reject(reason);
                 warn!(error = %StreamError::Unexpected(frame.kind), "closing batch stream");
                 let _ = recv.stop(VarInt::from_u32(code));
                 break;
@@ -274,7 +275,7 @@ impl Ingest {
             let batch = match session::accept_batch(batch, now, &self.limits) {
                 Ok(b) => b,
                 Err(refusal) => {
-                    self.metrics.reject(refusal.reason);
+                    self.parts.metrics.reject(refusal.reason);
                     warn!(
                         reason = refusal.reason,
                         "closing batch stream: batch refused"
@@ -288,7 +289,7 @@ impl Ingest {
                 frame.body.to_vec()
             } else {
                 for reason in &batch.dropped {
-                    self.metrics.reject(reason);
+                    self.parts.metrics.reject(reason);
                 }
                 let kept = Message::Batch(Batch {
                     seq: batch.seq,
@@ -303,9 +304,9 @@ impl Ingest {
                 }
             };
             let n = batch.samples.len();
-            self.presence.heard(&agent, now);
-            self.table.apply(&agent, &batch.samples, now);
-            let pending = self.writer.submit_batch(
+            self.parts.presence.heard(&agent, now);
+            self.parts.table.apply(&agent, &batch.samples, now);
+            let pending = self.parts.writer.submit_batch(
                 agent.clone(),
                 batch.seq,
                 batch.first_ts_ms,

@@ -213,12 +213,7 @@ fn an_alert_through_the_real_alertmanager_opens_and_resolves_an_incident() {
         assert_eq!(status, 200, "{body}");
         serde_json::from_str(&body).expect("JSON")
     };
-    let kinds: Vec<&str> = detail["timeline"]
-        .as_array()
-        .expect("timeline")
-        .iter()
-        .filter_map(|e| e["kind"].as_str())
-        .collect();
+    let kinds = timeline_kinds(&detail);
     assert_eq!(kinds, ["opened", "resolved"], "{detail}");
     agent.terminate(Duration::from_secs(10));
 }

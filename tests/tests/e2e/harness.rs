@@ -461,6 +461,16 @@ pub fn incidents(c: &Collector, token: &str, query: &str) -> Vec<serde_json::Val
         .unwrap_or_default()
 }
 
+/// The kinds of an incident's timeline entries (`opened`, `suppressed`, ...), oldest first.
+pub fn timeline_kinds(incident: &serde_json::Value) -> Vec<&str> {
+    incident["timeline"]
+        .as_array()
+        .expect("timeline")
+        .iter()
+        .filter_map(|e| e["kind"].as_str())
+        .collect()
+}
+
 /// The first incident of `GET /api/v1/incidents?{query}` for which `pred` holds, waiting up to
 /// a minute for it.
 pub fn wait_incident(

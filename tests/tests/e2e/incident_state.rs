@@ -206,12 +206,7 @@ fn maintenance_suppression_ends_with_its_window() {
     );
     assert_eq!(after["state"], "open", "{after}");
     let detail = api_get(&c, &operator, &format!("/incidents/{}", inc["id"]));
-    let kinds: Vec<&str> = detail["timeline"]
-        .as_array()
-        .expect("timeline")
-        .iter()
-        .filter_map(|e| e["kind"].as_str())
-        .collect();
+    let kinds = timeline_kinds(&detail);
     assert!(kinds.contains(&"unsuppressed"), "{kinds:?}");
 }
 

@@ -353,12 +353,7 @@ fn a_failing_check_opens_and_resolves_an_incident_and_a_dead_agent_suppresses_it
         verify_signature(&r);
     }
     let detail = api_get(&c, &api, &format!("/incidents/{id}"));
-    let kinds: Vec<&str> = detail["timeline"]
-        .as_array()
-        .expect("timeline")
-        .iter()
-        .filter_map(|e| e["kind"].as_str())
-        .collect();
+    let kinds = timeline_kinds(&detail);
     for want in [
         "opened",
         "resolved",

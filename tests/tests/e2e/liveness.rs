@@ -48,6 +48,18 @@ fn agent_record(c: &Collector, token: &str, id: &str) -> Value {
         .unwrap_or_else(|| panic!("agent {id} not listed"))
 }
 
+/// Enrolls and starts an agent (1 s interval) in `dir`; returns it and its id once the
+/// collector lists it connected and up.
+fn start_agent(c: &Collector, api: &str, dir: &Path) -> (Proc, String) {
+    let agent = spawn_agent(c.quic, Some(&enroll_token(&c.data_dir, &[])), dir, "1s");
+    let id = wait_until(WAIT, "agent enrolled", || agent_id(dir));
+    wait_until(WAIT, "agent connected and up", || {
+        let r = agent_record(c, api, &id);
+        (r["connected"] == true && r["state"] == "up").then_some(())
+    });
+    (agent, id)
+}
+
 fn failing_check(check: &str) -> Message {
     Message::Batch(Batch {
         seq: 0,
@@ -196,16 +208,7 @@ fn a_clean_stop_is_unreachable_only_after_the_shutdown_grace() {
     );
     let api = api_token(&c.data_dir, "viewer");
     let agent_dir = dir.path().join("agent");
-    let mut agent = spawn_agent(
-        c.quic,
-        Some(&enroll_token(&c.data_dir, &[])),
-        &agent_dir,
-        "1s",
-    );
-    let id = wait_until(WAIT, "agent enrolled", || agent_id(&agent_dir));
-    wait_until(WAIT, "agent up", || {
-        (agent_record(&c, &api, &id)["state"] == "up").then_some(())
-    });
+    let (mut agent, id) = start_agent(&c, &api, &agent_dir);
     let host = agent_record(&c, &api, &id)["hostname"]
         .as_str()
         .expect("hostname")
@@ -252,16 +255,7 @@ fn a_collector_restart_does_not_resolve_an_outage_that_goes_on() {
     let mut c = spawn_collector_with(&cdir, any, any, CHECK_RULE);
     let api = api_token(&c.data_dir, "viewer");
     let down_dir = dir.path().join("down");
-    let mut down = spawn_agent(
-        c.quic,
-        Some(&enroll_token(&c.data_dir, &[])),
-        &down_dir,
-        "1s",
-    );
-    let down_id = wait_until(WAIT, "agent enrolled", || agent_id(&down_dir));
-    wait_until(WAIT, "agent up", || {
-        (agent_record(&c, &api, &down_id)["connected"] == true).then_some(())
-    });
+    let (mut down, down_id) = start_agent(&c, &api, &down_dir);
     let host = agent_record(&c, &api, &down_id)["hostname"]
         .as_str()
         .expect("hostname")
@@ -310,16 +304,7 @@ fn a_replaced_connections_end_does_not_mark_the_agent_disconnected() {
     let c = spawn_collector(&dir.path().join("c"));
     let api = api_token(&c.data_dir, "viewer");
     let agent_dir = dir.path().join("agent");
-    let mut agent = spawn_agent(
-        c.quic,
-        Some(&enroll_token(&c.data_dir, &[])),
-        &agent_dir,
-        "1s",
-    );
-    let id = wait_until(WAIT, "agent enrolled", || agent_id(&agent_dir));
-    wait_until(WAIT, "agent connected", || {
-        (agent_record(&c, &api, &id)["connected"] == true).then_some(())
-    });
+    let (mut agent, id) = start_agent(&c, &api, &agent_dir);
     let ended = |c: &Collector| c.proc.logs().matches("replaced connection ended").count();
     let ended_before = ended(&c);
 

@@ -148,6 +148,10 @@ fn quickstart_command_runs_the_main_job() {
         field(&banner, "API (admin):").contains(token.trim()),
         "{banner:?}"
     );
+    // The console URL it prints answers (a page, not a 404).
+    let (status, page) = http_get(&field(&banner, "Console:"), None);
+    assert_eq!(status, 200, "{page}");
+    assert!(page.contains("/metrics"), "{page}");
 
     // The local agent enrolled by itself and its host metrics arrive.
     let text = wait_until(Duration::from_secs(30), "local host metrics", || {

@@ -74,16 +74,7 @@ fn config(windows: Vec<Maintenance>) -> EngineConfig {
         flap: FlapParams::default(),
         reopen_within_ms: 3_600_000,
         close_after_ms: 86_400_000,
-        webhooks: Arc::new(vec![Webhook {
-            name: "ops".into(),
-            url: "http://127.0.0.1:9/".into(),
-            secret: None,
-            format: crate::notify::Format::Json,
-            max_priority: 5,
-            rules: Vec::new(),
-            labels: BTreeMap::new(),
-            timeout: Duration::from_secs(1),
-        }]),
+        webhooks: Arc::new(vec![crate::notify::testing::webhook()]),
         maintenance: windows,
     }
 }
@@ -209,14 +200,7 @@ impl Fixture {
     }
 
     fn notifications(&self, id: i64) -> Vec<String> {
-        self.db
-            .conn()
-            .prepare("SELECT event FROM notifications WHERE incident_id = ?1 ORDER BY id")
-            .expect("prepare")
-            .query_map([id], |r| r.get(0))
-            .expect("query")
-            .collect::<rusqlite::Result<_>>()
-            .expect("rows")
+        crate::notify::testing::events(self.db.conn(), id)
     }
 }
 

@@ -9,7 +9,6 @@ use rusqlite::{params, Connection};
 use super::*;
 use crate::incidents::records::*;
 use crate::incidents::rule::Level;
-use crate::notify::Format;
 
 fn open(c: &Connection, o: &Opening<'_>, within: i64, now: i64) -> rusqlite::Result<Opened> {
     Lifecycle::new(c, &[], now)
@@ -382,27 +381,9 @@ fn lists_filter_and_count() {
     assert_eq!(open_counts(c).expect("counts"), [0, 1, 0, 0, 1]);
 }
 
-fn hook() -> Webhook {
-    Webhook {
-        name: "ops".into(),
-        url: "http://127.0.0.1:9/".into(),
-        secret: None,
-        format: Format::Json,
-        max_priority: 5,
-        rules: Vec::new(),
-        labels: BTreeMap::new(),
-        timeout: std::time::Duration::from_secs(1),
-    }
-}
+use crate::notify::testing::webhook as hook;
 
-fn notified(c: &Connection, id: i64) -> Vec<String> {
-    c.prepare("SELECT event FROM notifications WHERE incident_id = ?1 ORDER BY id")
-        .expect("prepare")
-        .query_map([id], |r| r.get(0))
-        .expect("query")
-        .collect::<rusqlite::Result<_>>()
-        .expect("rows")
-}
+use crate::notify::testing::events as notified;
 
 /// The one policy, on each path that ends an incident: an announced incident that became
 /// suppressed since is still notified when it resolves (or is acknowledged), by the system, by
