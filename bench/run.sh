@@ -3,6 +3,11 @@
 #
 #   bench/run.sh               # ~4-5 minutes after the build, loopback only, temp data dir
 #   bench/run.sh --discovery   # only the agent's discovery pass on this host (seconds)
+#   bench/run.sh --saturation OTHER_COLLECTOR [RUNS]
+#                              # ingest at saturation: this build's collector and OTHER_COLLECTOR
+#                              # (another build's binary) alternated RUNS times (default 3, ABBA
+#                              # order), one enrollment, this build's load generator; medians of
+#                              # both (~1 minute per run)
 #
 # The processes under test run at nice -10 when the user may do that (BENCH_NICE=0: don't).
 #
@@ -45,6 +50,14 @@ if [[ "${1:-}" == "--incidents" ]]; then
 fi
 
 ONLY_DISCOVERY=0
+AB_OTHER=""
+AB_RUNS=3
+if [[ "${1:-}" == "--saturation" ]]; then
+    AB_OTHER="${2:?bench: --saturation needs the other collector binary}"
+    AB_RUNS="${3:-3}"
+    [[ -x "$AB_OTHER" ]] || { echo "bench: $AB_OTHER is not an executable" >&2; exit 2; }
+    set --
+fi
 for arg in "$@"; do
     case "$arg" in
         --discovery) ONLY_DISCOVERY=1 ;;
@@ -301,6 +314,54 @@ load_phase() {
 
 LOAD_BEFORE="$(cut -d' ' -f1-3 /proc/loadavg)"
 log "machine: $(nproc) cores, $(awk -F': ' '/model name/ { print $2; exit }' /proc/cpuinfo); load average $LOAD_BEFORE; processes under test at $PRIO_NOTE"
+
+# --- saturation A/B: this build against another collector binary ------------------------------
+if [[ -n "$AB_OTHER" ]]; then
+    THIS_COLLECTOR="$COLLECTOR"
+    # Each build gets its own store (their schemas may differ) and its own enrolled agents.
+    use_build() { # use_build A|B: the collector binary, config, store and agents of that build
+        if [[ "$1" == A ]]; then COLLECTOR="$THIS_COLLECTOR"; else COLLECTOR="$AB_OTHER"; fi
+        COLLECTOR_DIR="$WORK/collector-$1" SIM_DIR="$WORK/sim-$1" CONFIG="$WORK/collector-$1.toml"
+        printf 'data_dir = "%s"\n[quic]\nlisten = "127.0.0.1:0"\n[http]\nlisten = "127.0.0.1:0"\n' \
+            "$COLLECTOR_DIR" >"$CONFIG"
+    }
+    for which in A B; do
+        use_build "$which"
+        start_collector "ab-enroll-$which"
+        TOKEN="$("$COLLECTOR" token create --data-dir "$COLLECTOR_DIR" --ttl 2h 2>/dev/null)"
+        printf -v "TOKEN_$which" '%s' "$TOKEN"
+        start_sim "enroll-$which" 1000 10s
+        stop_sim
+        stop_collector
+    done
+    A_RATES=() B_RATES=() A_CPU=() B_CPU=()
+    for i in $(seq 1 "$AB_RUNS"); do
+        # ABBA: A B, then B A, so that a drift of the machine hits both alike.
+        if ((i % 2)); then order=(A B); else order=(B A); fi
+        for which in "${order[@]}"; do
+            use_build "$which"
+            if [[ "$which" == A ]]; then TOKEN=$TOKEN_A; else TOKEN=$TOKEN_B; fi
+            start_collector "ab-$i-$which"
+            load_phase "run-$i-$which" 0s "$SAT_SECS"
+            stop_collector
+            if [[ "$which" == A ]]; then
+                A_RATES+=("$LOAD_RATE") A_CPU+=("$LOAD_CPU_PER_M")
+            else
+                B_RATES+=("$LOAD_RATE") B_CPU+=("$LOAD_CPU_PER_M")
+            fi
+        done
+    done
+    median() { printf '%s\n' "$@" | sort -g | awk '{ v[NR] = $1 } END { print (NR % 2) ? v[(NR + 1) / 2] : (v[NR / 2] + v[NR / 2 + 1]) / 2 }'; }
+    cat <<REPORT
+
+Ingest at saturation (1,000 agents x ${METRICS} metrics, --interval 0s, ${SAT_SECS} s per run, ${AB_RUNS} runs each, ABBA):
+| collector | samples/s acknowledged, median (runs) | CPU s per million samples, median (runs) |
+|---|---|---|
+| A: $THIS_COLLECTOR | $(printf '%.0f' "$(median "${A_RATES[@]}")") (${A_RATES[*]}) | $(median "${A_CPU[@]}") (${A_CPU[*]}) |
+| B: $AB_OTHER | $(printf '%.0f' "$(median "${B_RATES[@]}")") (${B_RATES[*]}) | $(median "${B_CPU[@]}") (${B_CPU[*]}) |
+REPORT
+    exit 0
+fi
 
 # --- phase 1: 1,000 agents (enroll once) -------------------------------------------------------
 start_collector a

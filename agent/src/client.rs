@@ -58,7 +58,28 @@ pub enum ClientError {
     },
 }
 
+/// How long an agent that said goodbye waits for the collector to close the connection.
+const GOODBYE_WAIT: Duration = Duration::from_secs(2);
+
+/// How long an agent that the collector does not know waits before it tries again.
+pub const UNKNOWN_AGENT_RETRY: Duration = Duration::from_secs(300);
+
 impl ClientError {
+    /// The collector has no record of this agent ([`codes::UNKNOWN_AGENT`]): retry, rarely.
+    pub fn is_unknown_agent(&self) -> bool {
+        matches!(self, ClientError::Refused { code, .. } if *code == u64::from(codes::UNKNOWN_AGENT))
+    }
+
+    /// The delay before the next attempt: the backoff's, or [`UNKNOWN_AGENT_RETRY`] (with the
+    /// same jitter) for an agent the collector does not know.
+    pub fn retry_delay(&self, backoff: Duration, jitter: f64) -> Duration {
+        if self.is_unknown_agent() {
+            UNKNOWN_AGENT_RETRY.mul_f64(0.75 + 0.5 * jitter.clamp(0.0, 1.0))
+        } else {
+            backoff
+        }
+    }
+
     /// Errors that retrying cannot fix.
     pub fn is_fatal(&self) -> bool {
         matches!(
@@ -364,8 +385,10 @@ impl Session {
         });
         if write_message(&mut self.control_send, &msg).await.is_ok() {
             let _ = self.control_send.finish();
-            let _ =
-                tokio::time::timeout(Duration::from_millis(500), self.control_send.stopped()).await;
+            // The collector closes the connection once it has read the goodbye: closing first
+            // could discard the goodbye unread. A collector before that change never closes;
+            // after the wait the agent does.
+            let _ = tokio::time::timeout(GOODBYE_WAIT, self.conn.closed()).await;
         }
         self.conn.close(VarInt::from_u32(codes::OK), b"goodbye");
         info!("disconnected from collector");
@@ -376,6 +399,14 @@ impl Session {
 pub fn log_failure(e: &ClientError, retry_in: Duration) {
     if e.is_fatal() {
         tracing::error!(error = %e, "collector refused this agent");
+    } else if e.is_unknown_agent() {
+        warn!(
+            error = %e,
+            "the collector does not know this agent (was its store lost or restored from an \
+             older backup? restore the right one, or re-enroll this agent with a new token: \
+             remove its identity files and run it with `--token`); retrying in {:.0}s",
+            retry_in.as_secs_f64()
+        );
     } else if matches!(e, ClientError::Untrusted { .. }) {
         warn!(error = %e, "collector not trusted; retrying in {:.1}s", retry_in.as_secs_f64());
     } else {

@@ -177,7 +177,8 @@ pub struct Pass {
 /// kept. Measured with `agent/examples/discovery_cost.rs`, which calls this. Inside another
 /// program's process ([`Process::Embedded`]) the allocator is that program's: nothing is trimmed.
 pub fn discovery_pass(opts: &Options, previous: Option<&Inventory>, process: Process) -> Pass {
-    let found = discovery::discover(opts);
+    let mut found = discovery::discover(opts);
+    discovery::keep_failed(&mut found, previous);
     let problems = found.problems;
     let changed = if previous.is_some_and(|p| *p == found.inventory) {
         drop(found.inventory);
@@ -220,6 +221,56 @@ mod pass_tests {
             tags: [("role".to_owned(), role.to_owned())].into(),
             hostname: Some("fixture-host".into()),
         }
+    }
+
+    fn copy_tree(from: &std::path::Path, to: &std::path::Path) {
+        std::fs::create_dir_all(to).expect("mkdir");
+        for e in std::fs::read_dir(from).expect("read_dir") {
+            let e = e.expect("entry");
+            let dest = to.join(e.file_name());
+            if e.file_type().expect("type").is_dir() {
+                copy_tree(&e.path(), &dest);
+            } else {
+                std::fs::copy(e.path(), &dest).expect("copy");
+            }
+        }
+    }
+
+    /// A dpkg status file that is there but cannot be read (here: a directory, which even root
+    /// cannot read as a file; under fd exhaustion it is EMFILE) keeps the packages sent last
+    /// time; one that is gone (no dpkg any more) retires them.
+    #[test]
+    fn an_unreadable_source_keeps_its_cis_and_an_absent_one_retires_them() {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        copy_tree(&discovery::testing::fixture("dpkg-basic"), tmp.path());
+        let o = Options {
+            root: tmp.path().to_path_buf(),
+            ..opts("web")
+        };
+        let packages = |inv: &Inventory| inv.cis.iter().filter(|c| c.ci_type == "package").count();
+        let first = discovery_pass(&o, None, Process::Own)
+            .changed
+            .expect("first pass");
+        assert!(packages(&first) > 0);
+        let status = tmp.path().join("var/lib/dpkg/status");
+        std::fs::remove_file(&status).expect("rm");
+        std::fs::create_dir(&status).expect("mkdir");
+        let pass = discovery_pass(&o, Some(&first), Process::Own);
+        assert!(
+            pass.problems.iter().any(|p| p.source == "dpkg"),
+            "{:?}",
+            pass.problems
+        );
+        assert!(
+            pass.changed.is_none(),
+            "an unreadable source changed the inventory: {:?}",
+            pass.changed.map(|i| packages(&i))
+        );
+        std::fs::remove_dir(&status).expect("rmdir");
+        let gone = discovery_pass(&o, Some(&first), Process::Own)
+            .changed
+            .expect("no dpkg: a change");
+        assert_eq!(packages(&gone), 0);
     }
 
     #[test]

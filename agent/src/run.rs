@@ -242,7 +242,8 @@ async fn send_loop(
                     client::log_failure(&e, Duration::ZERO);
                     return Err(e.into());
                 }
-                let delay = backoff.next_delay(rand::random::<f64>());
+                let delay =
+                    e.retry_delay(backoff.next_delay(rand::random::<f64>()), rand::random());
                 client::log_failure(&e, delay);
                 tokio::select! {
                     _ = tokio::time::sleep(delay) => continue,
@@ -301,7 +302,8 @@ async fn send_loop(
                 return Err(e.into());
             }
             Err(e) => {
-                let delay = backoff.next_delay(rand::random::<f64>());
+                let delay =
+                    e.retry_delay(backoff.next_delay(rand::random::<f64>()), rand::random());
                 client::log_failure(&e, delay);
                 tokio::select! {
                     _ = tokio::time::sleep(delay) => {}

@@ -51,6 +51,37 @@ pub fn open_existing(dir: &Path) -> Result<AdminStore> {
     })
 }
 
+/// Refuses a data dir whose store was lost: it has the collector's identity (`ca.pem`) but
+/// `vigil.db` is missing or empty (with no WAL that could hold its pages). Starting there would
+/// create an empty store silently, refuse every enrolled agent as unknown, and print tokens that
+/// do not exist.
+pub fn refuse_lost_store(dir: &Path) -> Result<()> {
+    if !dir.join(ca::CA_CERT_FILE).is_file() {
+        return Ok(());
+    }
+    let size = |name: &str| std::fs::metadata(dir.join(name)).map(|m| m.len());
+    let wal = size(&format!("{DB_FILE}-wal")).unwrap_or(0);
+    let lost = match size(DB_FILE) {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Some("is missing"),
+        Ok(0) if wal == 0 => Some("is empty"),
+        _ => None,
+    };
+    if let Some(how) = lost {
+        anyhow::bail!(
+            "{dir} holds this collector's CA ({ca}) but its store {db} {how}: the store was lost. \
+             Restore {db} (with {db}-wal if there is one) from a backup into {dir}, with the \
+             collector stopped. To start over with an empty store instead, move {ca}, {key} and \
+             the server certificate files out of {dir} too: a new CA is made, and every agent \
+             must enroll again with a new token.",
+            dir = dir.display(),
+            ca = ca::CA_CERT_FILE,
+            key = ca::CA_KEY_FILE,
+            db = DB_FILE,
+        );
+    }
+    Ok(())
+}
+
 impl AdminStore {
     /// A new enrollment token that pins this collector's CA.
     pub fn create_enroll_token(&self, ttl: Duration, single_use: bool) -> Result<EnrollToken> {
@@ -58,13 +89,23 @@ impl AdminStore {
     }
 }
 
-/// Creates an enrollment token that pins the CA in `data_dir` (which must exist).
+/// The longest an enrollment token may live: a token is a key to the fleet; one that is
+/// forgotten in a script or an image should not open it for ever.
+pub const MAX_TOKEN_TTL: Duration = Duration::from_secs(30 * 86_400);
+
+/// Creates an enrollment token that pins the CA in `data_dir` (which must exist), valid for
+/// `ttl` (at most [`MAX_TOKEN_TTL`]).
 pub fn create_enroll_token(
     data_dir: &Path,
     db: &Db,
     ttl: Duration,
     single_use: bool,
 ) -> Result<EnrollToken> {
+    anyhow::ensure!(
+        !ttl.is_zero() && ttl <= MAX_TOKEN_TTL,
+        "a token's --ttl must be positive and at most 30d (got {})",
+        humantime::format_duration(ttl)
+    );
     let (_, pin) = ca::load_ca(data_dir)?;
     Ok(db.create_enroll_token(ttl, single_use, pin, now_ms())?)
 }

@@ -31,6 +31,10 @@ use crate::store::{Db, Writer};
 const DRAIN_DEADLINE: Duration = Duration::from_secs(10);
 /// How often housekeeping runs: pruning batches past retention, marking CIs stale.
 const PRUNE_EVERY: Duration = Duration::from_secs(600);
+/// How often `/readyz` learns whether the store can be read.
+const STORE_PROBE_EVERY: Duration = Duration::from_secs(5);
+/// The condition the store probe reports.
+const STORE_READS: &str = "store reads";
 /// Receive buffer asked for the QUIC socket (the kernel caps it at `net.core.rmem_max`). Every
 /// agent shares this one socket; with the default (~208 KiB) bursts from many agents overflow
 /// it, and the agents whose datagrams keep being dropped starve while others stream.
@@ -56,9 +60,12 @@ pub async fn start(config: &CollectorConfig) -> Result<Running> {
     let data_dir = config.data_dir.clone();
     // First: a second collector on this data dir stops here, before it touches anything.
     let lock = crate::admin::lock_data_dir(&data_dir)?;
+    crate::admin::refuse_lost_store(&data_dir)?;
+    crate::store::make_private(&data_dir).context("cannot make the data dir private")?;
+    // The store before the CA: a CA without a store reads as a lost store on the next start.
+    let db = Db::open(&data_dir).context("cannot open the store")?;
     let identity = ca::load_or_create(&data_dir, &config.quic.server_names, SystemTime::now())
         .context("cannot set up the collector CA")?;
-    let db = Db::open(&data_dir).context("cannot open the store")?;
     let supervisor = Supervisor::new();
     // Every enrolled agent, as it was when the collector last ran: none is connected now, a
     // host that was down stays down until heard from, a clean stop stays one.
@@ -91,6 +98,8 @@ pub async fn start(config: &CollectorConfig) -> Result<Running> {
     incident_metrics
         .register(metrics.registry())
         .context("cannot register metrics")?;
+    let http_metrics =
+        http::serve::HttpMetrics::new(metrics.registry()).context("cannot register metrics")?;
     let notify_metrics = crate::notify::NotifyMetrics::new().context("cannot register metrics")?;
     notify_metrics
         .register(metrics.registry())
@@ -210,13 +219,45 @@ pub async fn start(config: &CollectorConfig) -> Result<Running> {
             .unwrap_or(i64::MAX),
         engine: Some(engine),
     });
+    let http_limits = fit_to_open_files(config.http.limits.clone());
+    http_state.http_metrics = http_metrics.clone();
+    http_state.exports = Arc::new(tokio::sync::Semaphore::new(http_limits.max_exports));
     let router = http::router(http_state);
     let http_shutdown = shutdown.clone();
     let http_sentinel = supervisor.sentinel("HTTP server");
     tracker.spawn(async move {
         let _sentinel = http_sentinel;
-        if let Err(e) = http::serve(http_listener, router, http_shutdown.cancelled_owned()).await {
+        let serve = http::serve::serve(
+            http_listener,
+            router,
+            http_limits,
+            http_metrics,
+            http_shutdown.cancelled_owned(),
+        );
+        if let Err(e) = serve.await {
             tracing::error!(error = %e, "HTTP server failed");
+        }
+    });
+
+    // The store's health on /readyz when nothing writes: a fresh read every few seconds.
+    let probe_dir = data_dir.clone();
+    let probe_supervisor = supervisor.clone();
+    let probe_shutdown = shutdown.clone();
+    let probe_sentinel = supervisor.sentinel("store probe");
+    tracker.spawn(async move {
+        let _sentinel = probe_sentinel;
+        let mut tick = tokio::time::interval(STORE_PROBE_EVERY);
+        loop {
+            tokio::select! {
+                _ = tick.tick() => {}
+                _ = probe_shutdown.cancelled() => return,
+            }
+            let dir = probe_dir.clone();
+            match tokio::task::spawn_blocking(move || crate::store::probe(&dir)).await {
+                Ok(Ok(())) => probe_supervisor.recovered(STORE_READS),
+                Ok(Err(e)) => probe_supervisor.degraded(STORE_READS, format!("cannot read: {e}")),
+                Err(e) => probe_supervisor.degraded(STORE_READS, format!("probe failed: {e}")),
+            }
         }
     });
 
@@ -364,4 +405,33 @@ impl Running {
             Err(e) => Err(e).context("store flush task failed"),
         }
     }
+}
+
+/// File descriptors kept for everything but HTTP connections (the store, QUIC, logs, exports).
+const RESERVED_FDS: u64 = 256;
+
+/// Raises the soft open-file limit to the hard one, and lowers `max_connections` (with a
+/// warning) when even that leaves too few descriptors for it: the collector must run out of
+/// connection slots before it runs out of file descriptors.
+fn fit_to_open_files(mut limits: http::serve::HttpLimits) -> http::serve::HttpLimits {
+    let available = match vigil_runtime::fs::raise_open_file_limit() {
+        Ok(n) => n,
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot read the open-file limit");
+            return limits;
+        }
+    };
+    let fit = usize::try_from(available.saturating_sub(RESERVED_FDS))
+        .unwrap_or(usize::MAX)
+        .max(1);
+    if limits.max_connections > fit {
+        tracing::warn!(
+            configured = limits.max_connections,
+            open_file_limit = available,
+            using = fit,
+            "[http] max_connections is above what the open-file limit allows; lowered"
+        );
+        limits.max_connections = fit;
+    }
+    limits
 }

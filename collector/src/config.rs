@@ -74,6 +74,8 @@ pub struct QuicConfig {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct HttpConfig {
     pub listen: SocketAddr,
+    /// Connection caps and timeouts (`crate::http::serve`).
+    pub limits: crate::http::serve::HttpLimits,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -166,6 +168,7 @@ impl CollectorConfig {
             },
             http: HttpConfig {
                 listen: DEFAULT_HTTP_LISTEN,
+                limits: Default::default(),
             },
             store: StoreConfig {
                 retention: DEFAULT_RETENTION,
@@ -283,6 +286,11 @@ struct RawQuic {
 #[derive(Debug, Deserialize)]
 struct RawHttp {
     listen: Option<Spanned<String>>,
+    max_connections: Option<Spanned<i64>>,
+    max_connections_per_address: Option<Spanned<i64>>,
+    header_timeout: Option<Spanned<String>>,
+    idle_timeout: Option<Spanned<String>>,
+    max_exports: Option<Spanned<i64>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -361,6 +369,34 @@ fn convert_main(raw: &RawCollector, d: &mut Diagnostics) -> CollectorConfig {
     }
     if let Some(h) = &raw.http {
         config.http.listen = d.socket_addr_or(h.listen.as_ref(), DEFAULT_HTTP_LISTEN);
+        let l = &mut config.http.limits;
+        let second = Duration::from_secs(1);
+        let hour = Duration::from_secs(3600);
+        l.max_connections = count_in(
+            d,
+            h.max_connections.as_ref(),
+            "max_connections",
+            1..=1_000_000,
+        )
+        .unwrap_or(l.max_connections);
+        l.max_connections_per_address = count_in(
+            d,
+            h.max_connections_per_address.as_ref(),
+            "max_connections_per_address",
+            1..=1_000_000,
+        )
+        .unwrap_or(l.max_connections_per_address);
+        l.header_timeout = duration_in(
+            d,
+            h.header_timeout.as_ref(),
+            "header_timeout",
+            second..=hour,
+        )
+        .unwrap_or(l.header_timeout);
+        l.idle_timeout = duration_in(d, h.idle_timeout.as_ref(), "idle_timeout", second..=hour)
+            .unwrap_or(l.idle_timeout);
+        l.max_exports =
+            count_in(d, h.max_exports.as_ref(), "max_exports", 1..=64).unwrap_or(l.max_exports);
     }
     if let Some(s) = &raw.store {
         config.store.retention =
@@ -401,8 +437,13 @@ fn convert_main(raw: &RawCollector, d: &mut Diagnostics) -> CollectorConfig {
         }
     }
     if let Some(e) = &raw.enroll {
-        config.enroll.token_ttl =
-            positive_duration(d, e.token_ttl.as_ref(), "token_ttl", DEFAULT_TOKEN_TTL);
+        config.enroll.token_ttl = duration_in(
+            d,
+            e.token_ttl.as_ref(),
+            "token_ttl",
+            Duration::from_secs(1)..=crate::admin::MAX_TOKEN_TTL,
+        )
+        .unwrap_or(DEFAULT_TOKEN_TTL);
     }
     if let Some(i) = &raw.incidents {
         convert_incidents(i, &mut config.incidents, d);
@@ -569,6 +610,50 @@ fn convert_webhook(
             timeout,
         }),
         _ => None,
+    }
+}
+
+/// An optional whole number within `range` (an error at its position otherwise).
+pub(crate) fn count_in(
+    d: &mut Diagnostics,
+    v: Option<&Spanned<i64>>,
+    key: &str,
+    range: std::ops::RangeInclusive<i64>,
+) -> Option<usize> {
+    d.parse_value(v?, |&n| {
+        if range.contains(&n) {
+            usize::try_from(n).map_err(|e| e.to_string())
+        } else {
+            Err(format!(
+                "`{key}` must be between {} and {}, got {n}",
+                range.start(),
+                range.end()
+            ))
+        }
+    })
+}
+
+/// An optional duration within `range` (an error at its position otherwise).
+pub(crate) fn duration_in(
+    d: &mut Diagnostics,
+    v: Option<&Spanned<String>>,
+    key: &str,
+    range: std::ops::RangeInclusive<Duration>,
+) -> Option<Duration> {
+    let v = v?;
+    let x = d.duration(v)?;
+    if range.contains(&x) {
+        Some(x)
+    } else {
+        d.error_at(
+            v,
+            format!(
+                "`{key}` must be between {} and {}",
+                humantime::format_duration(*range.start()),
+                humantime::format_duration(*range.end())
+            ),
+        );
+        None
     }
 }
 
@@ -870,7 +955,7 @@ mod tests {
                 "c.toml:3:31: invalid server name \"bad name\": expected a DNS name or an IP address",
                 "c.toml:5:10: invalid address \"1.2.3.4\": expected IP:PORT, e.g. \"127.0.0.1:8080\"",
                 "c.toml:7:24: `down_after_intervals` must be between 1 and 1000, got 0",
-                "c.toml:9:13: `token_ttl` must be positive",
+                "c.toml:9:13: `token_ttl` must be between 1s and 30days",
             ],
         );
     }
@@ -958,6 +1043,32 @@ mod tests {
                 "c.toml:17:9: `clear` (0.95) must be below `above` (0.9): it is where the incident resolves",
                 "c.toml:18:18: metric \"filesystem_used_ratio\" belongs to CIs of type \"filesystem\", so a \
                  rule scoped to type \"host\" would never fire",
+            ],
+        );
+    }
+
+    #[test]
+    fn http_limits_are_read_and_bounded() {
+        let c = valid(
+            "[http]\nmax_connections = 100\nmax_connections_per_address = 10\n\
+             header_timeout = \"5s\"\nidle_timeout = \"2m\"\nmax_exports = 2\n",
+        );
+        assert_eq!(
+            c.http.limits,
+            crate::http::serve::HttpLimits {
+                max_connections: 100,
+                max_connections_per_address: 10,
+                header_timeout: Duration::from_secs(5),
+                idle_timeout: Duration::from_secs(120),
+                max_exports: 2,
+            }
+        );
+        check(
+            "[http]\nmax_connections = 0\nidle_timeout = \"2h\"\nmax_exports = 65\n",
+            &[
+                "c.toml:2:19: `max_connections` must be between 1 and 1000000, got 0",
+                "c.toml:3:16: `idle_timeout` must be between 1s and 1h",
+                "c.toml:4:15: `max_exports` must be between 1 and 64, got 65",
             ],
         );
     }

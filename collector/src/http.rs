@@ -14,8 +14,8 @@ mod error;
 mod incidents;
 mod maintenance;
 mod rules;
+pub mod serve;
 
-use std::future::Future;
 use std::path::PathBuf;
 use std::sync::Arc;
 
@@ -49,6 +49,10 @@ pub struct HttpState {
     pub presence: Option<Arc<crate::presence::Presence>>,
     /// What the incident endpoints need besides the store.
     pub incidents: Arc<IncidentsApi>,
+    /// The listener's metrics (429s are counted here too).
+    pub http_metrics: serve::HttpMetrics,
+    /// Permits for CMDB exports streaming at once (`[http] max_exports`).
+    pub exports: Arc<tokio::sync::Semaphore>,
 }
 
 /// What the incident endpoints need besides the store: the webhooks to notify, a way to wake
@@ -91,6 +95,10 @@ impl HttpState {
             supervisor,
             presence: None,
             incidents: Arc::new(IncidentsApi::default()),
+            http_metrics: serve::HttpMetrics::unregistered(),
+            exports: Arc::new(tokio::sync::Semaphore::new(
+                serve::HttpLimits::default().max_exports,
+            )),
         })
     }
 }
@@ -172,15 +180,21 @@ async fn index() -> Response {
         .into_response()
 }
 
-/// Serves `router` on `listener` until `shutdown` resolves, then lets in-flight requests finish.
-pub async fn serve(
+/// [`serve::serve`] with the default limits (the handlers' unit tests).
+#[cfg(test)]
+pub(crate) async fn serve(
     listener: tokio::net::TcpListener,
     router: Router,
-    shutdown: impl Future<Output = ()> + Send + 'static,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    axum::serve(listener, router)
-        .with_graceful_shutdown(shutdown)
-        .await
+    serve::serve(
+        listener,
+        router,
+        serve::HttpLimits::default(),
+        serve::HttpMetrics::unregistered(),
+        shutdown,
+    )
+    .await
 }
 
 async fn metrics(State(state): State<HttpState>) -> Response {

@@ -104,6 +104,12 @@ enum TokenCommand {
         #[command(flatten)]
         store: StoreArgs,
     },
+    /// List enrollment tokens: id, created, expires, single use, used (and by which agent),
+    /// revoked. Secrets are never shown (only their hash is stored).
+    List {
+        #[command(flatten)]
+        store: StoreArgs,
+    },
     /// Revoke an enrollment token by id (the part after `v1.`).
     Revoke {
         /// The token's id: the second part of `v1.<id>.<secret>.<pin>`.
@@ -269,6 +275,26 @@ fn real_main(command: Command) -> Result<ExitCode> {
                 let (store, default_ttl) = open_store(&store)?;
                 let token = store.create_enroll_token(ttl.unwrap_or(default_ttl), single_use)?;
                 println!("{token}");
+            }
+            TokenCommand::List { store } => {
+                let (AdminStore { db, .. }, _) = open_store(&store)?;
+                let time = |ms: Option<i64>| {
+                    ms.and_then(vigil_shared::time::format_rfc3339_ms)
+                        .unwrap_or_else(|| "-".into())
+                };
+                println!("id\tcreated\texpires\tsingle_use\tused\tused_by\trevoked");
+                for t in db.list_enroll_tokens()? {
+                    println!(
+                        "{}\t{}\t{}\t{}\t{}\t{}\t{}",
+                        t.id,
+                        time(Some(t.created_at_ms)),
+                        time(Some(t.expires_at_ms)),
+                        t.single_use,
+                        time(t.used_at_ms),
+                        t.used_by.as_deref().unwrap_or("-"),
+                        time(t.revoked_at_ms),
+                    );
+                }
             }
             TokenCommand::Revoke { id, store } => {
                 let (AdminStore { db, .. }, _) = open_store(&store)?;

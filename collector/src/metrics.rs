@@ -185,7 +185,7 @@ impl Metrics {
         for r in reason::ALL {
             ingest_rejected.with_label_values(&[*r]);
         }
-        for r in ["ok", "refused"] {
+        for r in ["ok", "refused", "rate_limited"] {
             enrollments.with_label_values(&[r]);
         }
         let inventory_messages = IntCounterVec::new(
@@ -253,6 +253,11 @@ impl Metrics {
     pub fn enrollment(&self, ok: bool) {
         let result = if ok { "ok" } else { "refused" };
         self.enrollments.with_label_values(&[result]).inc();
+    }
+
+    /// Counts an enrollment refused unread: its address failed too often lately.
+    pub fn enrollment_rate_limited(&self) {
+        self.enrollments.with_label_values(&["rate_limited"]).inc();
     }
 
     /// Counts one inventory message: `snapshot`, `delta` or `resync`.
@@ -469,6 +474,7 @@ vigil_ingest_samples_total 10
 # HELP vigil_enrollments_total Enrollment requests, by result.
 # TYPE vigil_enrollments_total counter
 vigil_enrollments_total{result="ok"} 1
+vigil_enrollments_total{result="rate_limited"} 0
 vigil_enrollments_total{result="refused"} 0
 # HELP vigil_ingest_duplicate_batches_total Metric batches dropped as duplicates of an already stored sequence number.
 # TYPE vigil_ingest_duplicate_batches_total counter

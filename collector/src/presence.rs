@@ -214,6 +214,37 @@ impl Presence {
         }
     }
 
+    /// The host name `agent` may go by when it claims `claimed`: `None` when it may use it, or
+    /// the name it gets instead (`<claimed>~<first 8 characters of its id>`) when another
+    /// enrolled agent already goes by `claimed` (compared case-insensitively). A host name is
+    /// only what an agent says; two agents are never merged under one. The check and the
+    /// taking of the name are one step, so two agents claiming a name at once cannot both get it.
+    pub fn claim_hostname(&self, agent: &str, claimed: &str, now_ms: i64) -> Option<String> {
+        let mut agents = self.agents.write().unwrap_or_else(PoisonError::into_inner);
+        let taken = agents
+            .iter()
+            .any(|(id, e)| &**id != agent && lock(e).hostname.eq_ignore_ascii_case(claimed));
+        let granted = if taken {
+            let short: String = agent.chars().take(8).collect();
+            Some(format!("{claimed}~{short}"))
+        } else {
+            None
+        };
+        let name: Arc<str> = Arc::from(granted.as_deref().unwrap_or(claimed));
+        let entry = agents.entry(Arc::from(agent)).or_insert_with(|| {
+            Arc::new(Mutex::new(Entry {
+                hostname: name.clone(),
+                observed: Observed {
+                    link: Link::Lost,
+                    last_seen_ms: now_ms,
+                    interval_ms: DEFAULT_INTERVAL_MS,
+                },
+            }))
+        });
+        lock(entry).hostname = name;
+        granted
+    }
+
     /// A hello was accepted on a new connection; returns the connection's generation, to give
     /// back to [`Presence::disconnected`].
     pub fn connected(&self, agent: &str, hostname: &str, interval_ms: u64, now_ms: i64) -> u64 {

@@ -105,6 +105,20 @@ pub enum StoreError {
     Corrupt { column: &'static str, value: String },
 }
 
+impl StoreError {
+    /// The store cannot take writes for now (the disk is full, the file system is read-only):
+    /// a condition that clears by itself once an operator frees space, not a bug.
+    pub fn is_unavailable(&self) -> bool {
+        use rusqlite::ErrorCode::{DiskFull, ReadOnly, SystemIoFailure};
+        let code = match self {
+            StoreError::Sqlite(e) => e.sqlite_error_code(),
+            StoreError::WriteFailed(e) => e.sqlite_error_code(),
+            _ => None,
+        };
+        matches!(code, Some(DiskFull | ReadOnly | SystemIoFailure))
+    }
+}
+
 /// What an API token may do; ordered `Viewer < Operator < Admin`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum Role {
@@ -214,6 +228,34 @@ pub fn db_path(data_dir: &Path) -> Result<PathBuf, StoreError> {
     Ok(data_dir.join(DB_FILE))
 }
 
+/// Makes the data dir 0700 and the database file 0600 whatever the umask (creating the file
+/// empty if it does not exist, so that SQLite, which gives its `-wal` and `-shm` files the
+/// database's mode, never creates anything readable by others).
+pub fn make_private(data_dir: &Path) -> Result<(), StoreError> {
+    use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+    let path = db_path(data_dir)?;
+    let io = |source| StoreError::CreateDir {
+        path: data_dir.to_owned(),
+        source,
+    };
+    std::fs::set_permissions(data_dir, std::fs::Permissions::from_mode(0o700)).map_err(io)?;
+    std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .mode(0o600)
+        .open(&path)
+        .map_err(io)?;
+    for suffix in ["", "-wal", "-shm"] {
+        let file = data_dir.join(format!("{DB_FILE}{suffix}"));
+        match std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o600)) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(io(e)),
+            _ => {}
+        }
+    }
+    Ok(())
+}
+
 /// Opens (creating if needed) the database in `data_dir`, sets the connection pragmas and brings
 /// the schema up to date.
 pub(crate) fn open_connection(data_dir: &Path) -> Result<Connection, StoreError> {
@@ -246,6 +288,25 @@ fn is_constraint(e: &rusqlite::Error) -> bool {
         e.sqlite_error_code(),
         Some(rusqlite::ErrorCode::ConstraintViolation)
     )
+}
+
+/// Reads the store on a fresh read-only connection (never creating a file): what `/readyz` uses
+/// to notice a store that cannot be read (a damaged or vanished file) even while nothing
+/// writes. Cheap: the header, the schema and the last page of a few tables.
+pub fn probe(data_dir: &Path) -> Result<(), StoreError> {
+    use rusqlite::OpenFlags;
+    let conn = Connection::open_with_flags(
+        data_dir.join(DB_FILE),
+        OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+    )?;
+    conn.busy_timeout(BUSY_TIMEOUT)?;
+    conn.query_row(
+        "SELECT (SELECT count(*) FROM sqlite_master), (SELECT max(rowid) FROM agents),
+                (SELECT max(id) FROM cis), (SELECT max(id) FROM incidents)",
+        [],
+        |_| Ok(()),
+    )?;
+    Ok(())
 }
 
 /// A synchronous handle on the store (one connection). Not for the ingest hot path: use [`Writer`].

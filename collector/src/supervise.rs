@@ -8,7 +8,13 @@
 //!
 //! Each component holds a [`Sentinel`] in its thread or task; dropping it (the thread or task
 //! ending, by return or by panic) reports the failure unless the collector is stopping.
+//!
+//! A component that is alive but cannot do its work for now (the store cannot be written: the
+//! disk is full; it cannot be read: the file is damaged) reports a *condition*
+//! ([`Supervisor::degraded`], cleared by [`Supervisor::recovered`]): `/readyz` answers 503
+//! naming it while it lasts, and the collector keeps running, so that it resumes by itself.
 
+use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 
@@ -26,6 +32,8 @@ struct Inner {
     stopping: AtomicBool,
     failures: Mutex<Vec<Failure>>,
     failed: Notify,
+    /// Conditions in force, by what they concern.
+    conditions: Mutex<BTreeMap<&'static str, String>>,
 }
 
 /// Watches the collector's components. Cheap to clone.
@@ -48,6 +56,7 @@ impl Supervisor {
                 stopping: AtomicBool::new(false),
                 failures: Mutex::new(Vec::new()),
                 failed: Notify::new(),
+                conditions: Mutex::new(BTreeMap::new()),
             }),
         }
     }
@@ -74,6 +83,35 @@ impl Supervisor {
             .push(Failure { component, why });
         self.inner.failed.notify_waiters();
         self.inner.failed.notify_one();
+    }
+
+    /// `what` cannot do its work for now (`/readyz` fails naming it until [`recovered`]);
+    /// logged when it starts or its reason changes, not on every repeat.
+    ///
+    /// [`recovered`]: Supervisor::recovered
+    pub fn degraded(&self, what: &'static str, why: impl Into<String>) {
+        let why = why.into();
+        let mut c = self
+            .inner
+            .conditions
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        if c.get(what) != Some(&why) {
+            tracing::error!(component = what, why = %why, "not ready until this clears");
+            c.insert(what, why);
+        }
+    }
+
+    /// The condition of `what` has cleared (logged if there was one).
+    pub fn recovered(&self, what: &'static str) {
+        let mut c = self
+            .inner
+            .conditions
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        if c.remove(what).is_some() {
+            tracing::info!(component = what, "recovered");
+        }
     }
 
     /// Everything that failed so far.
@@ -111,6 +149,17 @@ impl Supervisor {
         }
         if self.is_stopping() {
             return Err("not ready: stopping".into());
+        }
+        let conditions: Vec<String> = self
+            .inner
+            .conditions
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .iter()
+            .map(|(what, why)| format!("{what} ({why})"))
+            .collect();
+        if !conditions.is_empty() {
+            return Err(format!("not ready: {}", conditions.join(", ")));
         }
         if !self.inner.ready.load(Ordering::Acquire) {
             return Err("not ready: starting".into());
@@ -188,6 +237,21 @@ mod tests {
             Err("not ready: failed: incident engine (panicked)".into())
         );
         assert_eq!(s.failures()[0].component, "incident engine");
+    }
+
+    #[test]
+    fn a_condition_fails_readiness_only_while_it_lasts() {
+        let s = Supervisor::new();
+        s.set_ready();
+        s.degraded("store", "cannot write: database or disk is full");
+        s.degraded("store", "cannot write: database or disk is full");
+        assert_eq!(
+            s.readiness(),
+            Err("not ready: store (cannot write: database or disk is full)".into())
+        );
+        s.recovered("store");
+        assert_eq!(s.readiness(), Ok(()));
+        assert!(s.failures().is_empty(), "a condition is not a failure");
     }
 
     #[test]

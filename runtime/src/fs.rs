@@ -105,6 +105,35 @@ pub fn create_private_dir(dir: &Path) -> io::Result<()> {
         .create(dir)
 }
 
+/// The most open files [`raise_open_file_limit`] asks for (the kernel's usual `nr_open`).
+const MAX_OPEN_FILES: u64 = 1 << 20;
+
+/// Raises this process's soft limit of open files to its hard limit (at most 2^20); returns the
+/// soft limit now in force.
+#[allow(unsafe_code)]
+pub fn raise_open_file_limit() -> io::Result<u64> {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit only writes the struct it is given, which lives for the call.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    let want = lim.rlim_max.min(MAX_OPEN_FILES);
+    if lim.rlim_cur < want {
+        let raised = libc::rlimit {
+            rlim_cur: want,
+            rlim_max: lim.rlim_max,
+        };
+        // SAFETY: setrlimit only reads the struct it is given.
+        if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &raised) } == 0 {
+            return Ok(want);
+        }
+    }
+    Ok(lim.rlim_cur)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -5,7 +5,8 @@
 //! - [`clock`]: the wall clock in Unix milliseconds, and an injectable [`clock::Clock`].
 //! - [`fs`]: size-capped reads of text files, atomic writes with a file mode (0600 keys),
 //!   private directories.
-//! - [`logging`]: the `tracing` subscriber both binaries install (`--log-format`, `VIGIL_LOG`).
+//! - [`logging`]: the `tracing` subscriber both binaries install (`--log-format`, `VIGIL_LOG`),
+//!   and [`logging::LogEvery`] to rate-limit a repeated log line.
 //! - [`signal`]: waiting for SIGINT or SIGTERM.
 //! - [`failpoint`]: named faults that tests switch on in debug builds (`VIGIL_FAILPOINTS`).
 //!

@@ -245,4 +245,9 @@ pub mod codes {
     pub const SHUTDOWN: u32 = 7;
     /// The collector failed internally (store error); retry later.
     pub const INTERNAL: u32 = 8;
+    /// The collector has no record of this agent's certificate: its store was lost, or restored
+    /// from a backup older than the enrollment. Not fatal: the agent retries rarely
+    /// (an operator may restore the right store) and says why. Agents before this code took
+    /// it as any refusal and retried with the usual backoff.
+    pub const UNKNOWN_AGENT: u32 = 9;
 }

@@ -41,21 +41,43 @@ fn has_rfc3339_offset(s: &str) -> bool {
         && (off[4] - b'0') * 10 + (off[5] - b'0') <= 59
 }
 
-/// A time given as Unix milliseconds (digits only) or RFC 3339 ([`parse_rfc3339_ms`]): the
-/// form API parameters take.
+/// The latest time a request may carry: 9999-12-30T22:00:00Z, the last millisecond the
+/// formatter can show (the last of jiff's range, which keeps every UTC offset within year 9999).
+/// The earliest is the epoch. Every time the API takes is within `0..=MAX_MS`, so that window
+/// and duration arithmetic on it cannot overflow and every stored time can be shown.
+pub const MAX_MS: i64 = 253_402_207_200_000;
+
+/// `ms` if it is within what the API takes (1970 to 9999, [`MAX_MS`]).
+pub fn check_ms(ms: i64) -> Result<i64, String> {
+    if (0..=MAX_MS).contains(&ms) {
+        Ok(ms)
+    } else {
+        Err(format!(
+            "time {ms} out of range: Unix milliseconds from 0 (1970) to {MAX_MS} (9999)"
+        ))
+    }
+}
+
+/// A time given as Unix milliseconds (digits only) or RFC 3339 ([`parse_rfc3339_ms`]), from 1970
+/// to 9999 ([`check_ms`]): the form API parameters take.
 pub fn parse_time_ms(s: &str) -> Result<i64, String> {
     let s = s.trim();
     if !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit()) {
-        return s
-            .parse::<i64>()
-            .map_err(|_| format!("invalid time {s:?}: Unix milliseconds out of range"));
+        return match s.parse::<i64>() {
+            Ok(ms) => check_ms(ms).map_err(|e| format!("invalid time {s:?}: {e}")),
+            Err(_) => Err(format!(
+                "invalid time {s:?}: Unix milliseconds out of range"
+            )),
+        };
     }
-    parse_rfc3339_ms(s).map_err(|_| {
-        format!(
+    match parse_rfc3339_ms(s) {
+        Ok(ms) if ms >= 0 => Ok(ms),
+        Ok(_) => Err(format!("invalid time {s:?}: before 1970")),
+        Err(_) => Err(format!(
             "invalid time {s:?}: expected RFC 3339 (2026-01-31T12:00:00Z, or with an offset) or \
              Unix milliseconds"
-        )
-    })
+        )),
+    }
 }
 
 /// Unix milliseconds as RFC 3339 in UTC with milliseconds (`2026-01-31T12:00:00.000Z`);
@@ -108,6 +130,22 @@ mod tests {
         assert_eq!(parse_time_ms("2026-12-01T02:00:00Z"), Ok(1_796_090_400_000));
         assert!(parse_time_ms("99999999999999999999").is_err());
         assert!(parse_time_ms("-5").is_err());
+        assert_eq!(parse_time_ms(&MAX_MS.to_string()), Ok(MAX_MS));
+        assert!(parse_time_ms(&(MAX_MS + 1).to_string()).is_err());
+        assert!(parse_time_ms(&i64::MAX.to_string()).is_err());
+        assert!(parse_time_ms("1969-12-31T23:59:59Z").is_err());
+        assert_eq!(
+            parse_time_ms("9999-12-30T22:00:00Z"),
+            Ok(MAX_MS),
+            "the last time there is"
+        );
+        assert!(Timestamp::from_millisecond(MAX_MS + 1).is_err());
+        assert_eq!(
+            format_rfc3339_ms(MAX_MS).as_deref(),
+            Some("9999-12-30T22:00:00.000Z")
+        );
+        assert!(parse_time_ms("9999-12-31T00:00:00Z").is_err());
+        assert_eq!(check_ms(i64::MIN).ok(), None);
         assert!(parse_time_ms("").is_err());
     }
 

@@ -14,19 +14,29 @@ use std::collections::BTreeSet;
 
 use vigil_shared::inventory::{ci_type, relation, Ci, CiRef, Relation};
 
-use super::{read, Discovered, Options};
+use super::{read_existing, Discovered, Options};
 
 /// Adds `cpu` and `memory` and `host has` each.
 pub fn discover(opts: &Options, out: &mut Discovered) {
-    match read(opts, "/proc/cpuinfo").map(|t| parse_cpuinfo(&t)) {
-        Some(Some(cpu)) => push_with_host_has(out, cpu.into_ci()),
-        Some(None) => out.problem("cpuinfo", "/proc/cpuinfo lists no processor"),
-        None => out.problem("cpuinfo", "/proc/cpuinfo is not readable"),
+    match read_existing(opts, "/proc/cpuinfo").map(|t| t.map(|t| parse_cpuinfo(&t))) {
+        Ok(Some(Some(cpu))) => push_with_host_has(out, cpu.into_ci()),
+        Ok(Some(None)) => out.problem("cpuinfo", "/proc/cpuinfo lists no processor"),
+        Ok(None) => out.problem("cpuinfo", "/proc/cpuinfo does not exist"),
+        Err(e) => out.unreadable(
+            &[ci_type::CPU],
+            "cpuinfo",
+            format!("/proc/cpuinfo is not readable: {e}"),
+        ),
     }
-    match read(opts, "/proc/meminfo").map(|t| parse_meminfo(&t)) {
-        Some(Some(mem)) => push_with_host_has(out, mem.into_ci()),
-        Some(None) => out.problem("meminfo", "/proc/meminfo has no MemTotal"),
-        None => out.problem("meminfo", "/proc/meminfo is not readable"),
+    match read_existing(opts, "/proc/meminfo").map(|t| t.map(|t| parse_meminfo(&t))) {
+        Ok(Some(Some(mem))) => push_with_host_has(out, mem.into_ci()),
+        Ok(Some(None)) => out.problem("meminfo", "/proc/meminfo has no MemTotal"),
+        Ok(None) => out.problem("meminfo", "/proc/meminfo does not exist"),
+        Err(e) => out.unreadable(
+            &[ci_type::MEMORY],
+            "meminfo",
+            format!("/proc/meminfo is not readable: {e}"),
+        ),
     }
 }
 
@@ -216,7 +226,7 @@ mod tests {
                 "cpu",
                 json!({"sockets": 1, "cores": 4, "threads": 4}),
             )],
-            &[("meminfo", "/proc/meminfo is not readable")],
+            &[("meminfo", "/proc/meminfo does not exist")],
         );
     }
 

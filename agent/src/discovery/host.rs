@@ -77,10 +77,15 @@ fn host_ci(opts: &Options, out: &mut Discovered) -> Ci {
         .or_else(|| read_trimmed(opts, "/proc/sys/kernel/hostname"))
         .or_else(|| read_trimmed(opts, "/etc/hostname"))
         .unwrap_or_else(|| {
-            out.problem(
-                "hostname",
-                "neither /proc/sys/kernel/hostname nor /etc/hostname is readable; using localhost",
-            );
+            let exists = |abs: &str| opts.path(abs).exists();
+            let message = "neither /proc/sys/kernel/hostname nor /etc/hostname is readable; \
+                           using localhost";
+            if exists("/proc/sys/kernel/hostname") || exists("/etc/hostname") {
+                // There but unreadable (out of file descriptors?): not a rename.
+                out.unreadable(&[ci_type::HOST], "hostname", message);
+            } else {
+                out.problem("hostname", message);
+            }
             "localhost".to_string()
         });
     let fqdn = read(opts, "/etc/hosts")

@@ -121,8 +121,16 @@ fn interfaces(opts: &Options, out: &mut Discovered) -> Vec<Interface> {
     let dir = opts.path("/sys/class/net");
     let entries = match std::fs::read_dir(&dir) {
         Ok(e) => e,
-        Err(e) => {
+        Err(e) if super::is_absent(&e) => {
             out.problem("sysfs-net", format!("/sys/class/net is not readable: {e}"));
+            return Vec::new();
+        }
+        Err(e) => {
+            out.unreadable(
+                &[ci_type::NETWORK_INTERFACE, ci_type::IP_ADDRESS],
+                "sysfs-net",
+                format!("/sys/class/net is not readable: {e}"),
+            );
             return Vec::new();
         }
     };

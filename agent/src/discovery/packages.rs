@@ -203,8 +203,12 @@ pub fn discover(opts: &Options, out: &mut Discovered) {
                 .extend(packages.iter().map(Package::to_ci));
         }
         // No dpkg on this host (an rpm distribution, a container): nothing to report.
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-        Err(e) => out.problem(SOURCE_DPKG, format!("{}: {e}", status.display())),
+        Err(e) if super::is_absent(&e) => {}
+        Err(e) => out.unreadable(
+            &[ci_type::PACKAGE],
+            SOURCE_DPKG,
+            format!("{}: {e}", status.display()),
+        ),
     }
     if opts.root == Path::new("/") && opts.path("/var/lib/rpm").is_dir() && on_path("rpm") {
         let format = "%{NAME}\t%{VERSION}-%{RELEASE}\t%{ARCH}\n";
@@ -222,7 +226,7 @@ pub fn discover(opts: &Options, out: &mut Discovered) {
                     .cis
                     .extend(packages.iter().map(Package::to_ci));
             }
-            Err(e) => out.problem(SOURCE_RPM, format!("rpm -qa: {e}")),
+            Err(e) => out.unreadable(&[ci_type::PACKAGE], SOURCE_RPM, format!("rpm -qa: {e}")),
         }
     }
 }

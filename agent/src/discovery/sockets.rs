@@ -339,6 +339,7 @@ pub fn assemble(
 pub fn discover(opts: &Options, out: &mut Discovered) {
     let mut entries = Vec::new();
     let mut missing = Vec::new();
+    let mut unreadable = false;
     let mut malformed = 0usize;
     for proto in Proto::ALL {
         let path = opts.path(&format!("/proc/net/{}", proto.name()));
@@ -348,8 +349,14 @@ pub fn discover(opts: &Options, out: &mut Discovered) {
                 entries.extend(rows);
                 malformed += bad;
             }
-            Err(e) => missing.push(format!("{}: {e}", path.display())),
+            Err(e) => {
+                unreadable |= !super::is_absent(&e);
+                missing.push(format!("{}: {e}", path.display()));
+            }
         }
+    }
+    if unreadable {
+        out.failed.insert(ci_type::LISTENING_SERVICE);
     }
     if !missing.is_empty() || malformed > 0 {
         let mut msg = missing.join("; ");

@@ -47,8 +47,16 @@ fn disks(opts: &Options, out: &mut Discovered) {
     let dir = opts.path("/sys/block");
     let entries = match std::fs::read_dir(&dir) {
         Ok(e) => e,
-        Err(e) => {
+        Err(e) if super::is_absent(&e) => {
             out.problem("sysfs-block", format!("/sys/block is not readable: {e}"));
+            return;
+        }
+        Err(e) => {
+            out.unreadable(
+                &[ci_type::DISK],
+                "sysfs-block",
+                format!("/sys/block is not readable: {e}"),
+            );
             return;
         }
     };
@@ -194,12 +202,27 @@ pub fn select_filesystems(
 }
 
 fn filesystems(opts: &Options, out: &mut Discovered) {
-    let Some(text) = read(opts, "/proc/self/mounts").or_else(|| read(opts, "/proc/mounts")) else {
-        out.problem(
-            "mounts",
-            "neither /proc/self/mounts nor /proc/mounts is readable",
-        );
-        return;
+    let mounts = match super::read_existing(opts, "/proc/self/mounts") {
+        Ok(None) => super::read_existing(opts, "/proc/mounts"),
+        other => other,
+    };
+    let text = match mounts {
+        Ok(Some(text)) => text,
+        Ok(None) => {
+            out.problem(
+                "mounts",
+                "neither /proc/self/mounts nor /proc/mounts exists",
+            );
+            return;
+        }
+        Err(e) => {
+            out.unreadable(
+                &[ci_type::FILESYSTEM],
+                "mounts",
+                format!("the mount table is not readable: {e}"),
+            );
+            return;
+        }
     };
     let stat = if opts.root == Path::new("/") {
         real_root_stats()

@@ -185,7 +185,7 @@ pub fn from_unit_files(opts: &Options, out: &mut Discovered) -> BTreeMap<String,
         let dir = opts.path(abs);
         let entries = match std::fs::read_dir(&dir) {
             Ok(e) => e,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+            Err(e) if super::is_absent(&e) => continue,
             Err(e) => {
                 errors.push(format!("{}: {e}", dir.display()));
                 continue;
@@ -234,7 +234,7 @@ pub fn from_unit_files(opts: &Options, out: &mut Discovered) -> BTreeMap<String,
         }
     }
     if !errors.is_empty() {
-        out.problem(SOURCE, errors.join("; "));
+        out.unreadable(&[ci_type::SYSTEMD_UNIT], SOURCE, errors.join("; "));
     }
     for (name, path) in fragments {
         let state = if wanted.contains(&name) {

@@ -125,20 +125,36 @@ pub fn agent_named(conn: &Connection, names: &[String]) -> rusqlite::Result<Opti
     Ok(None)
 }
 
+/// The one agent `name` names: the agent of that exact host name (case-insensitively), else
+/// the one agent whose name is its short name or FQDN. Two candidates are no answer: an alert
+/// is never attached (or suppressed) on a guess between hosts.
 fn agent_by_name(c: &Connection, name: &str) -> rusqlite::Result<Option<String>> {
     let short = name.split('.').next().unwrap_or(name);
-    c.prepare_cached(
-        "SELECT id FROM agents
-         WHERE revoked_at_ms IS NULL AND (
-            lower(hostname) = lower(?1)
-            OR lower(hostname) = lower(?2)
-            OR substr(lower(hostname), 1, length(?1) + 1) = lower(?1) || '.')
-         ORDER BY lower(hostname) = lower(?1) DESC, last_seen_ms IS NULL, last_seen_ms DESC,
-            enrolled_at_ms DESC
-         LIMIT 1",
-    )?
-    .query_row(params![name, short], |r| r.get(0))
-    .optional()
+    let candidates: Vec<(String, bool)> = c
+        .prepare_cached(
+            "SELECT id, lower(hostname) = lower(?1) FROM agents
+             WHERE revoked_at_ms IS NULL AND (
+                lower(hostname) = lower(?1)
+                OR lower(hostname) = lower(?2)
+                OR substr(lower(hostname), 1, length(?1) + 1) = lower(?1) || '.')
+             LIMIT 16",
+        )?
+        .query_map(params![name, short], |r| Ok((r.get(0)?, r.get(1)?)))?
+        .collect::<rusqlite::Result<_>>()?;
+    let exact: Vec<&String> = candidates.iter().filter(|c| c.1).map(|c| &c.0).collect();
+    let pick = match (exact.as_slice(), candidates.as_slice()) {
+        ([one], _) => Some((*one).clone()),
+        ([], [(one, _)]) => Some(one.clone()),
+        _ => None,
+    };
+    if pick.is_none() && candidates.len() > 1 {
+        tracing::warn!(
+            name,
+            candidates = candidates.len(),
+            "a host name names several agents: not attached to any"
+        );
+    }
+    Ok(pick)
 }
 
 fn agent_by_ip(c: &Connection, ip: IpAddr) -> rusqlite::Result<Option<String>> {

@@ -658,37 +658,77 @@ pub enum ExportRow<'a> {
     Relation(&'a RelationRecord),
 }
 
-/// The whole CMDB in one read transaction (a consistent snapshot): every CI by id, then every
-/// relation, each handed to `on_row` as it is read, never collected here.
-pub fn export(
+/// Where the next page of an export starts: after a CI id, after a relation's key, or nowhere.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ExportCursor {
+    Cis { after: i64 },
+    Relations { after: Option<(i64, String, i64)> },
+    Done,
+}
+
+impl ExportCursor {
+    pub const START: ExportCursor = ExportCursor::Cis { after: i64::MIN };
+}
+
+/// Up to `limit` rows of the export from `cursor` (every CI by id, then every relation by key),
+/// each handed to `on_row` as it is read, in one short read transaction; returns where the next
+/// page starts. An export is a series of pages, so no reader holds a transaction (and keeps
+/// WAL checkpoints from completing) while it waits for a slow client; each page is consistent
+/// in itself, and a row changed between pages appears as it was when its page was read.
+pub fn export_page(
     db: &Db,
+    cursor: &ExportCursor,
+    limit: usize,
     mut on_row: impl FnMut(ExportRow<'_>) -> Result<(), StoreError>,
-) -> Result<(), StoreError> {
+) -> Result<ExportCursor, StoreError> {
     let conn = db.conn();
-    let tx = rusqlite::Transaction::new_unchecked(conn, rusqlite::TransactionBehavior::Deferred)?;
-    {
-        let sql = format!("SELECT {CI_COLUMNS} {CI_FROM} ORDER BY c.id");
-        let mut stmt = tx.prepare(&sql)?;
-        let mut rows = stmt.query([])?;
-        while let Some(row) = rows.next()? {
-            on_row(ExportRow::Ci(&ci_record(row)?))?;
+    let limit_sql = i64::try_from(limit).unwrap_or(i64::MAX);
+    let mut n = 0usize;
+    match cursor {
+        ExportCursor::Done => Ok(ExportCursor::Done),
+        ExportCursor::Cis { after } => {
+            let sql =
+                format!("SELECT {CI_COLUMNS} {CI_FROM} WHERE c.id > ?1 ORDER BY c.id LIMIT ?2");
+            let mut stmt = conn.prepare_cached(&sql)?;
+            let mut rows = stmt.query(params![after, limit_sql])?;
+            let mut last = *after;
+            while let Some(row) = rows.next()? {
+                let ci = ci_record(row)?;
+                last = ci.id;
+                n += 1;
+                on_row(ExportRow::Ci(&ci))?;
+            }
+            Ok(if n < limit {
+                ExportCursor::Relations { after: None }
+            } else {
+                ExportCursor::Cis { after: last }
+            })
         }
-        let mut stmt = tx.prepare(
-            "SELECT from_ci, kind, to_ci, source, first_seen_ms FROM relations
-             ORDER BY from_ci, kind, to_ci",
-        )?;
-        let mut rows = stmt.query([])?;
-        while let Some(r) = rows.next()? {
-            on_row(ExportRow::Relation(&RelationRecord {
-                from: r.get(0)?,
-                kind: r.get(1)?,
-                to: r.get(2)?,
-                source: r.get(3)?,
-                first_seen_ms: r.get(4)?,
-            }))?;
+        ExportCursor::Relations { after } => {
+            let (f, k, t) = after.clone().unwrap_or((i64::MIN, String::new(), i64::MIN));
+            let mut stmt = conn.prepare_cached(
+                "SELECT from_ci, kind, to_ci, source, first_seen_ms FROM relations
+                 WHERE (from_ci, kind, to_ci) > (?1, ?2, ?3)
+                 ORDER BY from_ci, kind, to_ci LIMIT ?4",
+            )?;
+            let mut rows = stmt.query(params![f, k, t, limit_sql])?;
+            let mut last = None;
+            while let Some(r) = rows.next()? {
+                let rel = RelationRecord {
+                    from: r.get(0)?,
+                    kind: r.get(1)?,
+                    to: r.get(2)?,
+                    source: r.get(3)?,
+                    first_seen_ms: r.get(4)?,
+                };
+                n += 1;
+                on_row(ExportRow::Relation(&rel))?;
+                last = Some((rel.from, rel.kind, rel.to));
+            }
+            Ok(match last {
+                Some(key) if n >= limit => ExportCursor::Relations { after: Some(key) },
+                _ => ExportCursor::Done,
+            })
         }
     }
-    // Read-only: ending it either way is the same.
-    tx.rollback()?;
-    Ok(())
 }

@@ -21,17 +21,20 @@
 //! `next_before` cursor of the previous page. `GET /cis` pages by `offset` or by `after` (the
 //! `next_after` of the previous page: every page costs the same however deep).
 //!
-//! The export is streamed: a blocking thread reads the CMDB in one read transaction and hands
-//! the JSON over in [`EXPORT_CHUNK`]-byte chunks through a bounded channel, so memory stays at
-//! a few chunks whatever the size of the CMDB, and a client that goes away stops the read.
+//! The export is streamed in pages: a task reads [`EXPORT_PAGE`] rows at a time, each page in its
+//! own short read transaction on the blocking pool, and hands the JSON over in
+//! [`EXPORT_CHUNK`]-byte chunks through a bounded channel. Memory stays at a few chunks whatever
+//! the size of the CMDB; a client that reads slowly or not at all holds neither a blocking
+//! thread nor a read transaction (WAL checkpoints go on), and the listener's idle timeout ends
+//! it; a client that goes away stops the reads. At most `[http] max_exports` run at once (429
+//! past it).
 //!
-//! This module must never: run SQLite on the runtime (everything goes through `DbPool::run`, or
-//! the export's blocking thread), let a viewer write, or answer with anything but JSON.
+//! This module must never: run SQLite on the runtime (everything goes through `DbPool::run`),
+//! let a viewer write, or answer with anything but JSON.
 
 mod params;
 mod views;
 
-use std::path::Path;
 use std::pin::Pin;
 use std::task::{Context, Poll};
 
@@ -47,7 +50,7 @@ use tokio::sync::mpsc;
 use super::{now_ms, ApiError, ApiJson, ApiPath, ApiQuery, Auth, HttpState};
 use crate::cmdb::query::manual::{self, api_source, CiPatch, NewCi, RelationSpec, WriteError};
 use crate::cmdb::query::{self, CiRecord, Direction, Paging, MAX_DEPTH};
-use crate::store::{Db, Role, StoreError};
+use crate::store::{Db, DbPool, Role, StoreError};
 use params::{bad, ci_filter, Params};
 use views::page;
 use views::{
@@ -257,6 +260,8 @@ async fn changes(
 
 /// Bytes of JSON per chunk of the export body.
 pub(super) const EXPORT_CHUNK: usize = 64 * 1024;
+/// Rows per page of the export: each page is one short read transaction.
+const EXPORT_PAGE: usize = 500;
 /// Chunks the export's reader may be ahead of the client: its memory bound.
 const EXPORT_AHEAD: usize = 4;
 
@@ -265,7 +270,7 @@ const EXPORT_AHEAD: usize = 4;
 #[error("export aborted: {0}")]
 struct ExportAborted(String);
 
-/// The export's body: the chunks of the reader thread, as they come.
+/// The export's body: the chunks of the reader task, as they come.
 struct ExportBody {
     first: Option<Bytes>,
     rx: mpsc::Receiver<Result<Bytes, ExportAborted>>,
@@ -288,55 +293,92 @@ impl HttpBody for ExportBody {
     }
 }
 
-/// Reads the whole CMDB (one read transaction) and sends it as JSON chunks; returns when it is
-/// sent, when the client went away (the receiver is dropped) or on a store error, which it
-/// sends too.
-fn export_reader(data_dir: &Path, tx: &mpsc::Sender<Result<Bytes, ExportAborted>>) {
-    // An error here means the receiver is gone: nobody reads any more.
-    let send = |chunk: Vec<u8>| -> Result<(), StoreError> {
-        tx.blocking_send(Ok(Bytes::from(chunk)))
-            .map_err(|_| StoreError::Task("export client went away".into()))
-    };
-    let result = (|| {
-        let db = Db::open(data_dir)?;
-        let mut w = ExportWriter::new(now_ms())?;
-        query::export(&db, |row| {
-            w.row(row)?;
-            match w.take(EXPORT_CHUNK) {
-                Some(chunk) => send(chunk),
-                None => Ok(()),
+/// Reads an export a chunk at a time, pages of [`EXPORT_PAGE`] rows on the blocking pool.
+struct ExportPager {
+    db: DbPool,
+    cursor: query::ExportCursor,
+    writer: Option<ExportWriter>,
+    /// Chunks of the last page not handed out yet.
+    ready: std::collections::VecDeque<Bytes>,
+}
+
+impl ExportPager {
+    fn new(db: DbPool, now_ms: i64) -> Result<ExportPager, StoreError> {
+        Ok(ExportPager {
+            db,
+            cursor: query::ExportCursor::START,
+            writer: Some(ExportWriter::new(now_ms)?),
+            ready: Default::default(),
+        })
+    }
+
+    /// The next chunk of JSON (each cut after the row that took it past [`EXPORT_CHUNK`]);
+    /// `None` once the export has been sent.
+    async fn next(&mut self) -> Result<Option<Bytes>, StoreError> {
+        while self.ready.is_empty() {
+            let Some(mut w) = self.writer.take() else {
+                return Ok(None);
+            };
+            let mut cursor = self.cursor.clone();
+            let (w, cursor, chunks) = self
+                .db
+                .run(move |db| {
+                    let mut chunks = Vec::new();
+                    while cursor != query::ExportCursor::Done && chunks.is_empty() {
+                        cursor = query::export_page(db, &cursor, EXPORT_PAGE, |row| {
+                            w.row(row)?;
+                            chunks.extend(w.take(EXPORT_CHUNK).map(Bytes::from));
+                            Ok(())
+                        })?;
+                    }
+                    Ok((w, cursor, chunks))
+                })
+                .await?;
+            self.ready.extend(chunks);
+            if cursor == query::ExportCursor::Done {
+                self.ready.push_back(Bytes::from(w.finish()));
+            } else {
+                self.writer = Some(w);
+                self.cursor = cursor;
             }
-        })?;
-        send(w.finish())
-    })();
-    if let Err(e) = result {
-        if tx.is_closed() {
-            tracing::debug!("export stopped: the client went away");
-        } else {
-            tracing::warn!(error = %e, "CMDB export failed");
-            let _ = tx.blocking_send(Err(ExportAborted(e.to_string())));
         }
+        Ok(self.ready.pop_front())
     }
 }
 
 async fn export(auth: Auth, State(state): State<HttpState>) -> Result<Response, ApiError> {
     auth.require(Role::Viewer)?;
-    let (tx, mut rx) = mpsc::channel(EXPORT_AHEAD);
-    let data_dir = state.db.data_dir().to_owned();
-    // Ends by itself: when the export is sent, or at its next chunk once the body is dropped.
-    let reader = tokio::task::spawn_blocking(move || export_reader(&data_dir, &tx));
-    // The first chunk decides the status: a store that cannot be read is still a JSON 500.
-    let first = match rx.recv().await {
-        Some(Ok(chunk)) => chunk,
-        Some(Err(e)) => return Err(ApiError::internal(e)),
-        None => {
-            let why = match reader.await {
-                Err(e) => e.to_string(),
-                Ok(()) => "the export ended without any data".to_owned(),
-            };
-            return Err(ApiError::internal(ExportAborted(why)));
-        }
+    let Ok(permit) = state.exports.clone().try_acquire_owned() else {
+        state.http_metrics.limited("cmdb_export");
+        return Err(ApiError::TooManyRequests(
+            "too many CMDB exports are running; retry in a moment".into(),
+        ));
     };
+    let mut pager = ExportPager::new(state.db.clone(), now_ms())?;
+    // The first chunk decides the status: a store that cannot be read is still a JSON 500.
+    let first = pager.next().await?.unwrap_or_default();
+    let (tx, rx) = mpsc::channel(EXPORT_AHEAD);
+    // Ends by itself: when the export is sent, or at its next chunk once the body is dropped
+    // (the client went away, or the listener closed a client that stopped reading).
+    tokio::spawn(async move {
+        let _permit = permit;
+        loop {
+            match pager.next().await {
+                Ok(Some(chunk)) => {
+                    if tx.send(Ok(chunk)).await.is_err() {
+                        tracing::debug!("export stopped: the client went away");
+                        return;
+                    }
+                }
+                Ok(None) => return,
+                Err(e) => {
+                    tracing::warn!(error = %e, "CMDB export failed");
+                    let _ = tx.send(Err(ExportAborted(e.to_string()))).await;
+                    return;
+                }
+            }
+        }
+    });
     let body = Body::new(ExportBody {
         first: Some(first),
         rx,

@@ -48,6 +48,12 @@ pub enum ApiError {
     /// 422: well-formed but semantically invalid.
     #[error("{0}")]
     Unprocessable(String),
+    /// 429: too many requests of this kind are running; retry later (`Retry-After`).
+    #[error("{0}")]
+    TooManyRequests(String),
+    /// 503: the store cannot take writes for now (disk full); retry once it can.
+    #[error("{0}")]
+    Unavailable(String),
     /// 500: the detail is logged, never sent.
     #[error("internal error")]
     Internal(String),
@@ -64,6 +70,8 @@ impl ApiError {
             ApiError::Conflict(_) | ApiError::IllegalTransition { .. } => StatusCode::CONFLICT,
             ApiError::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::Unprocessable(_) => StatusCode::UNPROCESSABLE_ENTITY,
+            ApiError::TooManyRequests(_) => StatusCode::TOO_MANY_REQUESTS,
+            ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -79,6 +87,8 @@ impl ApiError {
             ApiError::IllegalTransition { .. } => "illegal_transition",
             ApiError::PayloadTooLarge(_) => "payload_too_large",
             ApiError::Unprocessable(_) => "unprocessable",
+            ApiError::TooManyRequests(_) => "too_many_requests",
+            ApiError::Unavailable(_) => "unavailable",
             ApiError::Internal(_) => "internal",
         }
     }
@@ -104,12 +114,25 @@ impl IntoResponse for ApiError {
             res.headers_mut()
                 .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
         }
+        if matches!(
+            self,
+            ApiError::TooManyRequests(_) | ApiError::Unavailable(_)
+        ) {
+            res.headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+        }
         res
     }
 }
 
 impl From<StoreError> for ApiError {
     fn from(e: StoreError) -> Self {
+        if e.is_unavailable() {
+            tracing::warn!(error = %e, "API request refused: the store cannot take writes");
+            return ApiError::Unavailable(
+                "the store cannot take writes for now (is the disk full?); retry later".into(),
+            );
+        }
         ApiError::internal(e)
     }
 }

@@ -310,6 +310,14 @@ struct DetailView {
     notifications: Vec<NotificationView>,
 }
 
+/// A delivery error without the receiver's response body (`HTTP 400: <body>` -> `HTTP 400`).
+fn receiver_text_removed(e: String) -> String {
+    match e.split_once(": ") {
+        Some((status, _)) if status.starts_with("HTTP ") => status.to_owned(),
+        _ => e,
+    }
+}
+
 fn json_text(v: Option<String>) -> Option<Value> {
     v.map(|t| serde_json::from_str(&t).unwrap_or(Value::String(t)))
 }
@@ -320,6 +328,8 @@ async fn detail(
     ApiPath(id): ApiPath<i64>,
 ) -> Result<Json<DetailView>, ApiError> {
     auth.require(Role::Viewer)?;
+    // What a webhook receiver answered is its own text: operators see it, viewers the status.
+    let full_errors = auth.role >= Role::Operator;
     let found = state
         .db
         .run(move |db| {
@@ -338,7 +348,13 @@ async fn detail(
                     attempts: o.attempts,
                     delivered_ms: o.delivered_ms,
                     failed_ms: o.failed_ms,
-                    last_error: o.last_error,
+                    last_error: o.last_error.map(|e| {
+                        if full_errors {
+                            e
+                        } else {
+                            receiver_text_removed(e)
+                        }
+                    }),
                 })
                 .collect();
             Ok::<_, StoreError>(Some((inc, timeline, children, changes, notifications)))
@@ -441,8 +457,11 @@ async fn assign(
     auth: Auth,
     state: State<HttpState>,
     ApiPath(id): ApiPath<i64>,
-    ApiJson(b): ApiJson<AssignBody>,
+    body: Result<ApiJson<AssignBody>, ApiError>,
 ) -> Result<Json<IncidentView>, ApiError> {
+    // The role first: a viewer gets 403 whatever the body.
+    auth.require(Role::Operator)?;
+    let ApiJson(b) = body?;
     let assignee = text_field("assignee", &b.assignee, MAX_NAME)?;
     act(auth, state, id, Request::Assign { assignee }).await
 }
@@ -451,8 +470,11 @@ async fn comment(
     auth: Auth,
     state: State<HttpState>,
     ApiPath(id): ApiPath<i64>,
-    ApiJson(b): ApiJson<CommentBody>,
+    body: Result<ApiJson<CommentBody>, ApiError>,
 ) -> Result<Json<IncidentView>, ApiError> {
+    // The role first: a viewer gets 403 whatever the body.
+    auth.require(Role::Operator)?;
+    let ApiJson(b) = body?;
     let text = text_field("text", &b.text, MAX_TEXT)?;
     act(auth, state, id, Request::Comment { text }).await
 }
@@ -461,8 +483,11 @@ async fn resolve(
     auth: Auth,
     state: State<HttpState>,
     ApiPath(id): ApiPath<i64>,
-    ApiJson(b): ApiJson<ResolveBody>,
+    body: Result<ApiJson<ResolveBody>, ApiError>,
 ) -> Result<Json<IncidentView>, ApiError> {
+    // The role first: a viewer gets 403 whatever the body.
+    auth.require(Role::Operator)?;
+    let ApiJson(b) = body?;
     if !RESOLUTION_CODES.contains(&b.code.as_str()) {
         return Err(ApiError::Unprocessable(format!(
             "invalid resolution code {:?}: expected one of {}",

@@ -9,7 +9,7 @@ use axum::routing::{delete, get};
 use axum::{Json, Router};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
-use vigil_shared::time::{format_rfc3339_ms, parse_time_ms};
+use vigil_shared::time::{check_ms, format_rfc3339_ms, parse_time_ms};
 
 use super::{now_ms, text_field, ApiError, ApiJson, ApiPath, ApiQuery, Auth, HttpState, MAX_NAME};
 use crate::incidents::engine::Input;
@@ -22,6 +22,9 @@ pub(super) fn routes() -> Router<HttpState> {
         .route("/maintenance", get(list_windows).post(create_window))
         .route("/maintenance/{id}", delete(delete_window))
 }
+
+/// The longest maintenance window (one year): longer is not maintenance.
+const MAX_WINDOW: std::time::Duration = std::time::Duration::from_secs(366 * 86_400);
 
 #[derive(Debug, Serialize)]
 struct WindowView {
@@ -101,18 +104,21 @@ struct NewWindow {
 async fn create_window(
     auth: Auth,
     State(state): State<HttpState>,
-    ApiJson(b): ApiJson<NewWindow>,
+    body: Result<ApiJson<NewWindow>, ApiError>,
 ) -> Result<impl IntoResponse, ApiError> {
+    // The role first: a viewer gets 403 whatever the body.
     auth.require(Role::Operator)?;
+    let ApiJson(b) = body?;
     let unprocessable = ApiError::Unprocessable;
     let name = text_field("name", &b.name, MAX_NAME)?;
     let scope = b.scope.to_scope().map_err(unprocessable)?;
     let start_ms = match &b.start {
-        Value::Number(n) => n.as_i64(),
-        Value::String(s) => parse_time_ms(s).ok(),
+        Value::Number(n) => n.as_i64().map(check_ms),
+        Value::String(s) => Some(parse_time_ms(s)),
         _ => None,
     }
-    .ok_or_else(|| unprocessable("`start` must be Unix milliseconds or RFC 3339".into()))?;
+    .ok_or_else(|| unprocessable("`start` must be Unix milliseconds or RFC 3339".into()))?
+    .map_err(|e| unprocessable(format!("invalid `start`: {e}")))?;
     let duration = vigil_shared::config::parse_duration(&b.duration)
         .map_err(|e| unprocessable(format!("invalid `duration`: {e}")))?;
     let every = match b.every.as_deref() {
@@ -129,6 +135,12 @@ async fn create_window(
         return Err(unprocessable(
             "`duration` must be positive and shorter than the repeat period".into(),
         ));
+    }
+    if duration > MAX_WINDOW {
+        return Err(unprocessable(format!(
+            "`duration` must be at most {}",
+            humantime::format_duration(MAX_WINDOW)
+        )));
     }
     let duration_ms = i64::try_from(duration.as_millis()).unwrap_or(i64::MAX);
     let now = now_ms();

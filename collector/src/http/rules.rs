@@ -96,9 +96,11 @@ async fn rules(
 async fn create_rule(
     auth: Auth,
     State(state): State<HttpState>,
-    ApiJson(body): ApiJson<Value>,
+    body: Result<ApiJson<Value>, ApiError>,
 ) -> Result<impl IntoResponse, ApiError> {
+    // The role first: a viewer gets 403 whatever the body.
     auth.require(Role::Admin)?;
+    let ApiJson(body) = body?;
     let rule = crate::incidents::rule::rule_from_json(&body)
         .map_err(|errors| ApiError::Unprocessable(errors.join("; ")))?;
     if state.incidents.rules.iter().any(|r| r.name == rule.name) {

@@ -144,12 +144,15 @@ impl Window {
         if at_ms < self.start_ms || self.deleted_ms.is_some_and(|d| at_ms >= d) {
             return false;
         }
-        let since = at_ms - self.start_ms;
+        // Checked: a stored start far from `at_ms` (either way) is "not now", never an overflow.
+        let Some(since) = at_ms.checked_sub(self.start_ms) else {
+            return false;
+        };
         match self.every {
             None => since < self.duration_ms,
             Some(r) => {
                 let period = i64::try_from(r.period().as_millis()).unwrap_or(i64::MAX);
-                since % period < self.duration_ms
+                since.checked_rem(period).unwrap_or(since) < self.duration_ms
             }
         }
     }
@@ -352,6 +355,22 @@ mod tests {
         gone.deleted_ms = Some(110 * H);
         assert!(gone.covers(100 * H));
         assert!(!gone.covers(124 * H));
+    }
+
+    #[test]
+    fn extreme_starts_are_never_active_and_never_overflow() {
+        for every in [None, Some(Recurrence::Daily), Some(Recurrence::Weekly)] {
+            let mut w = window(every);
+            w.start_ms = i64::MIN;
+            assert!(
+                !w.covers(100 * H),
+                "{every:?}: a start at i64::MIN is not active now"
+            );
+            assert!(!w.covers(i64::MAX));
+            w.start_ms = i64::MAX;
+            assert!(!w.covers(100 * H));
+            assert!(w.covers(i64::MAX), "{every:?}");
+        }
     }
 
     #[test]

@@ -34,6 +34,10 @@ use prometheus::{
 
 pub const INCIDENTS_OPEN: &str = "vigil_incidents_open";
 pub const INCIDENTS_OPENED_TOTAL: &str = "vigil_incidents_opened_total";
+/// Distinct `rule` label values of `vigil_incidents_opened_total` at most.
+pub const MAX_RULE_LABELS: usize = 500;
+/// The `rule` label of incidents past [`MAX_RULE_LABELS`].
+pub const OTHER_RULE: &str = "_other";
 pub const ACKNOWLEDGE_SECONDS: &str = "vigil_incident_acknowledge_seconds";
 pub const RESOLVE_SECONDS: &str = "vigil_incident_resolve_seconds";
 
@@ -47,6 +51,8 @@ const DURATION_BUCKETS: &[f64] = &[
 pub struct IncidentMetrics {
     open: IntGaugeVec,
     opened_total: IntCounterVec,
+    /// The `rule` label values given so far: at most [`MAX_RULE_LABELS`], the rest `_other`.
+    rule_labels: std::sync::Arc<std::sync::Mutex<std::collections::HashSet<String>>>,
     pub acknowledge_seconds: Histogram,
     pub resolve_seconds: Histogram,
     pub evaluations: IntCounter,
@@ -65,9 +71,13 @@ impl IncidentMetrics {
                 &["priority"],
             )?,
             opened_total: IntCounterVec::new(
-                Opts::new(INCIDENTS_OPENED_TOTAL, "Incidents opened, by rule."),
+                Opts::new(
+                    INCIDENTS_OPENED_TOTAL,
+                    "Incidents opened, by rule (past 500 distinct rules, `_other`).",
+                ),
                 &["rule"],
             )?,
+            rule_labels: Default::default(),
             acknowledge_seconds: Histogram::with_opts(
                 HistogramOpts::new(
                     ACKNOWLEDGE_SECONDS,
@@ -112,8 +122,25 @@ impl IncidentMetrics {
         Ok(())
     }
 
+    /// Counts an incident opened by `rule`. Rule names come from configs, the API and
+    /// Alertmanager payloads (any alert name): past [`MAX_RULE_LABELS`] distinct names the rest
+    /// count as `_other`, so that no sender can add series without end.
     pub fn opened(&self, rule: &str) {
-        self.opened_total.with_label_values(&[rule]).inc();
+        let label = {
+            let mut seen = self
+                .rule_labels
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            if seen.contains(rule) {
+                rule
+            } else if seen.len() < MAX_RULE_LABELS {
+                seen.insert(rule.to_owned());
+                rule
+            } else {
+                OTHER_RULE
+            }
+        };
+        self.opened_total.with_label_values(&[label]).inc();
     }
 
     /// Sets `vigil_incidents_open{priority}` from counts (index 0 = P1).
@@ -123,5 +150,35 @@ impl IncidentMetrics {
                 .with_label_values(&[&format!("P{}", i + 1)])
                 .set(i64::try_from(*n).unwrap_or(i64::MAX));
         }
+    }
+}
+
+#[cfg(test)]
+mod metric_tests {
+    use super::*;
+
+    #[test]
+    fn rule_labels_are_capped() {
+        let m = IncidentMetrics::new().expect("metrics");
+        for i in 0..(MAX_RULE_LABELS + 100) {
+            m.opened(&format!("alert-{i}"));
+        }
+        m.opened("alert-0");
+        let families = {
+            let r = Registry::new();
+            m.register(&r).expect("register");
+            r.gather()
+        };
+        let opened = families
+            .iter()
+            .find(|f| f.name() == INCIDENTS_OPENED_TOTAL)
+            .expect("family");
+        assert_eq!(opened.get_metric().len(), MAX_RULE_LABELS + 1);
+        let other = opened
+            .get_metric()
+            .iter()
+            .find(|s| s.get_label().iter().any(|l| l.value() == OTHER_RULE))
+            .expect("_other");
+        assert_eq!(other.get_counter().get_value(), 100.0);
     }
 }

@@ -1,11 +1,16 @@
 //! Enrollment: a connection without a client certificate may do one thing, send one
 //! enrollment request (token + CSR) and receive a certificate. A token that is malformed,
-//! expired, spent, revoked or pinned to another CA is refused with a reason; a refusal stores
-//! nothing (the token is spent and the agent recorded in one transaction).
+//! expired, spent, revoked or pinned to another CA is refused with a reason (an unknown token
+//! id and a wrong secret get the same words); the token is checked before anything is signed;
+//! a refusal stores nothing (the token is spent and the agent recorded in one transaction).
+//! An address with [`MAX_FAILURES`] failed enrollments in [`FAILURE_WINDOW`] is refused
+//! unread until the window has passed (`vigil_enrollments_total{result="rate_limited"}`).
 
+use std::collections::HashMap;
+use std::net::IpAddr;
 use std::str::FromStr;
-use std::sync::Arc;
-use std::time::{Duration, SystemTime};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, Instant, SystemTime};
 
 use quinn::{Connection, SendStream};
 use tracing::{info, warn};
@@ -17,15 +22,79 @@ use vigil_shared::proto::{self, codes, ErrorMsg, Message};
 use super::{read_frame, write_msg, Ingest, StreamError, AGENT_CERT_VALIDITY, HELLO_TIMEOUT};
 use crate::store::NewAgent;
 
+/// Failed enrollments an address may make in [`FAILURE_WINDOW`] before it is refused unread.
+pub const MAX_FAILURES: u32 = 10;
+/// The window of [`MAX_FAILURES`].
+pub const FAILURE_WINDOW: Duration = Duration::from_secs(60);
+/// Addresses remembered at most (the oldest windows are forgotten first).
+const MAX_ADDRESSES: usize = 10_000;
+
+/// Recent failed enrollments by address.
+#[derive(Debug, Default)]
+pub struct FailedEnrollments {
+    by_address: Mutex<HashMap<IpAddr, (Instant, u32)>>,
+}
+
+impl FailedEnrollments {
+    /// Whether `ip` has used up its failures for now.
+    pub fn blocked(&self, ip: IpAddr, now: Instant) -> bool {
+        let map = self
+            .by_address
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        map.get(&ip).is_some_and(|(since, n)| {
+            *n >= MAX_FAILURES && now.duration_since(*since) < FAILURE_WINDOW
+        })
+    }
+
+    /// Records a failed enrollment from `ip`.
+    pub fn failed(&self, ip: IpAddr, now: Instant) {
+        let mut map = self
+            .by_address
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        if map.len() >= MAX_ADDRESSES && !map.contains_key(&ip) {
+            map.retain(|_, (since, _)| now.duration_since(*since) < FAILURE_WINDOW);
+            if map.len() >= MAX_ADDRESSES {
+                if let Some(oldest) = map
+                    .iter()
+                    .min_by_key(|(_, (since, _))| *since)
+                    .map(|(k, _)| *k)
+                {
+                    map.remove(&oldest);
+                }
+            }
+        }
+        let entry = map.entry(ip).or_insert((now, 0));
+        if now.duration_since(entry.0) >= FAILURE_WINDOW {
+            *entry = (now, 0);
+        }
+        entry.1 += 1;
+    }
+}
+
 impl Ingest {
     /// A connection without a client certificate may do one thing: enroll.
     pub(super) async fn serve_enrollment(self: Arc<Self>, conn: Connection) {
+        let ip = conn.remote_address().ip();
+        if self.enroll_failures.blocked(ip, Instant::now()) {
+            warn!(%ip, "enrollment refused unread: too many failed enrollments from this address");
+            self.parts.metrics.enrollment_rate_limited();
+            self.refuse(
+                &conn,
+                codes::ENROLL_REFUSED,
+                "enroll_refused",
+                "too many failed enrollments from this address; retry in a minute",
+            );
+            return;
+        }
         let result = tokio::time::timeout(HELLO_TIMEOUT, self.enroll(&conn)).await;
         let (mut send, outcome) = match result {
             Ok(Ok(v)) => v,
             Ok(Err((send, e))) => (send, Err(e)),
             Err(_) => {
                 warn!("enrollment refused: no request within {HELLO_TIMEOUT:?}");
+                self.enroll_failures.failed(ip, Instant::now());
                 self.refuse(
                     &conn,
                     codes::ENROLL_REFUSED,
@@ -49,6 +118,7 @@ impl Ingest {
             Err(refusal) => {
                 warn!(reason = %refusal.message, "enrollment refused");
                 self.parts.metrics.enrollment(false);
+                self.enroll_failures.failed(ip, Instant::now());
                 if let Some(send) = send.as_mut() {
                     let _ = write_msg(send, &Message::Error(refusal.clone())).await;
                     let _ = send.finish();
@@ -121,6 +191,19 @@ impl Ingest {
                 Some(send),
                 Err(refused("token pins another collector's CA".into())),
             ));
+        }
+        // The token before anything is signed: a caller without a valid one gets no work done.
+        let (check_id, check_secret) = (token.id.clone(), token.secret.clone());
+        match self
+            .with_db(move |db| {
+                db.check_enroll_token(&check_id, &check_secret, now_ms())
+                    .map_err(|r| r.to_string())
+            })
+            .await
+        {
+            Ok(Ok(())) => {}
+            Ok(Err(reason)) => return Ok((Some(send), Err(refused(reason)))),
+            Err(e) => return Ok((Some(send), Err(refused(format!("internal error: {e}"))))),
         }
         let agent_id = identity::new_agent_id();
         let cert_pem = match identity::sign_agent_csr(

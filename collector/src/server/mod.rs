@@ -78,6 +78,8 @@ pub struct Ingest {
     pub limits: Limits,
     /// Live connections by agent id, to close them on revocation.
     conns: Mutex<HashMap<String, Connection>>,
+    /// Recent failed enrollments by address (rate limit).
+    enroll_failures: enroll::FailedEnrollments,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -131,6 +133,7 @@ impl Ingest {
             parts,
             limits: Limits::default(),
             conns: Mutex::new(HashMap::new()),
+            enroll_failures: Default::default(),
         })
     }
 
@@ -240,8 +243,17 @@ impl Ingest {
             }
         };
         let Some(row) = row else {
-            warn!(agent = %agent_id, "refused: unknown agent certificate");
-            return self.refuse(&conn, codes::REVOKED, "unauthenticated", "unknown agent");
+            warn!(
+                agent = %agent_id,
+                "refused: unknown agent certificate (signed by this CA, but the store has no \
+                 such agent: was the store replaced or restored from an older backup?)"
+            );
+            return self.refuse(
+                &conn,
+                codes::UNKNOWN_AGENT,
+                "unauthenticated",
+                "unknown agent: this collector's store has no record of it",
+            );
         };
         if row.revoked_at_ms.is_some() {
             warn!(agent = %agent_id, "refused: agent certificate revoked");
@@ -332,14 +344,29 @@ impl Ingest {
                 "hello interval out of range: clamped"
             );
         }
-        info!(%remote, version = %hello.version, interval_ms = hello.interval_ms, "agent connected");
+        let now = now_ms();
+        let mut hello = hello;
+        if let Some(renamed) = self
+            .parts
+            .presence
+            .claim_hostname(&agent_id, &hello.hostname, now)
+        {
+            warn!(
+                claimed = %hello.hostname,
+                using = %renamed,
+                "another enrolled agent already goes by this host name: this one is renamed \
+                 (a host name is only what an agent claims; its certificate is its identity)"
+            );
+            self.parts.metrics.reject(session::reason::HOSTNAME_CLASH);
+            hello.hostname = renamed;
+        }
+        info!(%remote, version = %hello.version, interval_ms = hello.interval_ms, host = %hello.hostname, "agent connected");
         if let Some(old) = self.lock_conns().insert(agent_id.clone(), conn.clone()) {
             old.close(
                 VarInt::from_u32(codes::OK),
                 b"replaced by a newer connection",
             );
         }
-        let now = now_ms();
         let generation =
             self.parts
                 .presence
@@ -385,8 +412,11 @@ impl Ingest {
                         Ok(Message::Goodbye(g)) => {
                             let reason: String = g.reason.chars().take(200).collect();
                             info!(reason = %reason, "agent said goodbye");
-                            goodbye = true;
                             said_goodbye = true;
+                            // The collector closes the connection (below), once its streams
+                            // are done: the agent waits for that, so its goodbye is never lost
+                            // to its own close arriving first.
+                            break;
                         }
                         Ok(other) => debug!(kind = other.kind(), "ignoring control message"),
                         Err(e) => {
@@ -409,6 +439,8 @@ impl Ingest {
                 VarInt::from_u32(codes::SHUTDOWN),
                 b"collector shutting down",
             );
+        } else if said_goodbye {
+            conn.close(VarInt::from_u32(codes::OK), b"goodbye");
         }
         {
             let mut conns = self.lock_conns();

@@ -41,6 +41,8 @@ pub mod reason {
     /// An inventory with more CIs, relations or connections than allowed (refused), or a CI
     /// with an oversized field (dropped).
     pub const BAD_INVENTORY: &str = "bad_inventory";
+    /// A hello claiming a host name another enrolled agent already uses (renamed, never merged).
+    pub const HOSTNAME_CLASH: &str = "hostname_clash";
 
     pub const ALL: &[&str] = &[
         BAD_INTERVAL,
@@ -50,6 +52,7 @@ pub mod reason {
         BAD_TIMESTAMP,
         BAD_SAMPLE,
         BAD_INVENTORY,
+        HOSTNAME_CLASH,
     ];
 }
 

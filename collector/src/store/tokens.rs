@@ -6,7 +6,7 @@
 
 use std::time::Duration;
 
-use rusqlite::{params, OptionalExtension, Transaction, TransactionBehavior};
+use rusqlite::{params, Connection, OptionalExtension, Transaction, TransactionBehavior};
 use vigil_shared::identity::{self, EnrollToken, Pin};
 
 use super::{insert_agent, Db, NewAgent, Role, StoreError};
@@ -22,9 +22,11 @@ const LAST_USED_RESOLUTION_MS: i64 = 60_000;
 /// Why an enrollment token was not accepted.
 #[derive(Debug, thiserror::Error)]
 pub enum TokenRefusal {
-    #[error("unknown enrollment token")]
+    /// The same words as [`TokenRefusal::BadSecret`]: a caller cannot tell a token id that
+    /// exists from one that does not.
+    #[error("unknown enrollment token or wrong secret")]
     Unknown,
-    #[error("wrong enrollment token secret")]
+    #[error("unknown enrollment token or wrong secret")]
     BadSecret,
     #[error("enrollment token expired")]
     Expired,
@@ -93,7 +95,17 @@ fn consume_in(
     agent_id: &str,
     now_ms: i64,
 ) -> Result<(), TokenRefusal> {
-    let row = tx
+    check_in(tx, id, secret, now_ms)?;
+    tx.execute(
+        "UPDATE enroll_tokens SET used_at_ms = ?2, used_by = ?3 WHERE id = ?1",
+        params![id, now_ms, agent_id],
+    )?;
+    Ok(())
+}
+
+/// Whether the token `id` with `secret` may enroll an agent at `now_ms`.
+fn check_in(conn: &Connection, id: &str, secret: &str, now_ms: i64) -> Result<(), TokenRefusal> {
+    let row = conn
         .prepare_cached(
             "SELECT secret_hash, expires_at_ms, single_use, used_at_ms, revoked_at_ms
              FROM enroll_tokens WHERE id = ?1",
@@ -124,10 +136,6 @@ fn consume_in(
     if single_use && used_at_ms.is_some() {
         return Err(TokenRefusal::AlreadyUsed);
     }
-    tx.execute(
-        "UPDATE enroll_tokens SET used_at_ms = ?2, used_by = ?3 WHERE id = ?1",
-        params![id, now_ms, agent_id],
-    )?;
     Ok(())
 }
 
@@ -185,6 +193,17 @@ impl Db {
         insert_agent(&tx, agent, now_ms)?;
         tx.commit()?;
         Ok(())
+    }
+
+    /// Whether the token may enroll an agent now, without spending it: checked before the
+    /// collector signs anything.
+    pub fn check_enroll_token(
+        &self,
+        token_id: &str,
+        secret: &str,
+        now_ms: i64,
+    ) -> Result<(), TokenRefusal> {
+        check_in(&self.conn, token_id, secret, now_ms)
     }
 
     /// Revokes an enrollment token (keeping the first revocation time). Returns whether it exists.
@@ -380,7 +399,21 @@ mod tests {
 
         let check = |id: &str, secret: &str, now: i64, expected: Result<(), &str>| {
             let before = db.list_enroll_tokens().expect("list");
+            // The check alone gives the same answer and never spends the token.
+            let checked = db
+                .check_enroll_token(id, secret, now)
+                .map_err(|e| e.to_string());
+            assert_eq!(
+                db.list_enroll_tokens().expect("list"),
+                before,
+                "check spent it"
+            );
             let got = db.consume_enroll_token(id, secret, "agent-x", now);
+            assert_eq!(
+                checked,
+                got.as_ref().map(|_| ()).map_err(|e| e.to_string()),
+                "{id} at {now}"
+            );
             let got = got.map_err(|e| match e {
                 TokenRefusal::Unknown => "unknown",
                 TokenRefusal::BadSecret => "bad-secret",
@@ -405,6 +438,11 @@ mod tests {
         check(&single.id, &single.secret, 2, Err("already-used"));
         check(&multi.id, &multi.secret, 1, Ok(()));
         check(&multi.id, &multi.secret, 2, Ok(()));
+        assert_eq!(
+            TokenRefusal::Unknown.to_string(),
+            TokenRefusal::BadSecret.to_string(),
+            "a caller cannot tell an existing token id from another"
+        );
 
         let row = token_row(&db, &single.id);
         assert_eq!(

@@ -140,6 +140,7 @@ impl Writer {
             supervisor.map(|s| s.sentinel("WAL checkpointer")),
         )?;
         let sentinel = supervisor.map(|s| s.sentinel("store writer"));
+        let health = supervisor.cloned();
         let checkpoints = checkpointer.handle();
         checkpoints.attach(&conn);
         let (tx, rx) = mpsc::channel(QUEUE_CAPACITY);
@@ -152,7 +153,7 @@ impl Writer {
                 if vigil_runtime::failpoint::hit("writer-panic") {
                     panic!("failpoint writer-panic");
                 }
-                run(conn, rx, &thread_checkpoints);
+                run(conn, rx, &thread_checkpoints, health.as_ref());
                 let _ = done_tx.send(());
             })
             .map_err(StoreError::Spawn)?;
@@ -278,8 +279,17 @@ impl WriterJoin {
     }
 }
 
-fn run(mut conn: Connection, mut rx: mpsc::Receiver<Op>, checkpoints: &Checkpoints) {
+/// The condition the writer reports while its transactions fail (`/readyz`).
+pub const STORE_CONDITION: &str = "store";
+
+fn run(
+    mut conn: Connection,
+    mut rx: mpsc::Receiver<Op>,
+    checkpoints: &Checkpoints,
+    health: Option<&crate::supervise::Supervisor>,
+) {
     let mut ops = Vec::with_capacity(MAX_OPS_PER_TX);
+    let mut failures = vigil_runtime::logging::LogEvery::new(Duration::from_secs(10));
     loop {
         ops.clear();
         if rx.blocking_recv_many(&mut ops, MAX_OPS_PER_TX) == 0 {
@@ -304,13 +314,26 @@ fn run(mut conn: Connection, mut rx: mpsc::Receiver<Op>, checkpoints: &Checkpoin
         checkpoints.after_commit();
         match written {
             Ok(results) => {
+                if let Some(h) = health {
+                    h.recovered(STORE_CONDITION);
+                }
                 for (reply, r) in replies.into_iter().zip(results) {
                     // A caller that went away no longer needs the answer.
                     let _ = reply.send(r);
                 }
             }
             Err(e) => {
-                tracing::error!(error = %e, ops = replies.len(), "store write transaction failed");
+                if let Some(skipped) = failures.ready() {
+                    tracing::error!(
+                        error = %e,
+                        ops = replies.len(),
+                        failed_since_last_line = skipped,
+                        "store write transaction failed; nothing in it is acknowledged"
+                    );
+                }
+                if let Some(h) = health {
+                    h.degraded(STORE_CONDITION, format!("cannot write: {e}"));
+                }
                 let e = Arc::new(e);
                 for reply in replies {
                     let _ = reply.send(Err(StoreError::WriteFailed(e.clone())));

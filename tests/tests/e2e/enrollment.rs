@@ -526,3 +526,66 @@ fn client_certificate_from_another_ca_is_refused_by_the_collector() {
     assert_eq!(count(&a.data_dir, "SELECT COUNT(*) FROM batches"), stored);
     assert_eq!(metric(&a, "vigil_agents_connected"), 0.0);
 }
+
+/// An unknown token id and a wrong secret read the same; ten failures from one address in a
+/// minute refuse the next enrollment unread, even with a valid token (which stays unspent);
+/// `token list` shows every token and `--ttl` past 30 days is refused.
+#[test]
+fn failed_enrollments_are_rate_limited_and_tokens_are_listed() {
+    use std::str::FromStr;
+    use vigil_agent::client;
+    use vigil_shared::identity::EnrollToken;
+
+    let dir = tempfile::tempdir().expect("tempdir");
+    let c = spawn_collector(dir.path());
+    let good = enroll_token(dir.path(), &["--single-use"]);
+    let parsed = EnrollToken::from_str(&good).expect("token");
+    let pin = good.rsplit('.').next().expect("pin").to_owned();
+    let wrong_secret = format!("v1.{}.{}.{pin}", parsed.id, "x".repeat(32));
+    let unknown_id = format!("v1.0badf00d.{}.{pin}", parsed.secret);
+    let rt = crate::wire::runtime();
+    let endpoint = crate::wire::endpoint(&rt, c.quic);
+    let refusal = |token: &str| {
+        let token = EnrollToken::from_str(token).expect("token");
+        rt.block_on(crate::wire::within(
+            "an enrollment answer",
+            client::enroll(&endpoint, c.quic, &token, "e2e-guesser"),
+        ))
+        .map(|_| ())
+        .expect_err("refused")
+        .to_string()
+    };
+    let (a, b) = (refusal(&unknown_id), refusal(&wrong_secret));
+    assert!(
+        a.contains("unknown enrollment token or wrong secret"),
+        "{a}"
+    );
+    assert_eq!(a, b, "an unknown id and a wrong secret must read the same");
+    for _ in 2..10 {
+        refusal(&unknown_id);
+    }
+    assert_eq!(enrollments(&c, "refused"), 10.0);
+    let limited = refusal(&good);
+    assert!(limited.contains("too many failed enrollments"), "{limited}");
+    assert_eq!(enrollments(&c, "rate_limited"), 1.0);
+    assert_eq!(spent_tokens(dir.path()), 0, "the valid token was not spent");
+
+    let out = admin(dir.path(), &["token", "list"]);
+    assert!(out.status.success());
+    let list = String::from_utf8_lossy(&out.stdout);
+    let row = list
+        .lines()
+        .find(|l| l.starts_with(&parsed.id))
+        .unwrap_or_else(|| panic!("token {} not listed:\n{list}", parsed.id));
+    assert!(
+        row.contains("\ttrue\t-\t-\t-"),
+        "single use, unused, not revoked: {row}"
+    );
+    let out = admin(dir.path(), &["token", "create", "--ttl", "31d"]);
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("at most 30d"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}

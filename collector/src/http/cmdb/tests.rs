@@ -1420,30 +1420,86 @@ async fn export_streams_in_bounded_chunks() {
     f.stop().await;
 }
 
-/// When the client goes away, the reader stops at its next chunk instead of reading the rest
-/// of the CMDB into a channel nobody drains.
+/// Clients that stop reading an export hold no read transaction (a WAL checkpoint completes
+/// while they stall) and no more than `max_exports` permits: one more export is a 429, the
+/// rest of the API answers, and once the stalled clients are gone an export runs again.
 #[tokio::test]
-async fn export_reader_stops_when_the_client_goes_away() {
+async fn stalled_exports_hold_no_transaction_and_past_the_cap_get_429() {
     let f = fixture().await;
-    seed_big_host(&f.db(), "agent-c", 3000);
-    let (tx, mut rx) = tokio::sync::mpsc::channel(1);
-    let dir = f.tmp.path().to_owned();
-    let (done_tx, done_rx) = std::sync::mpsc::channel();
-    let reader = std::thread::spawn(move || {
-        super::export_reader(&dir, &tx);
-        let _ = done_tx.send(());
-    });
-    let first = rx.recv().await.expect("a chunk").expect("not an error");
-    assert!(first.starts_with(b"{\"exported_at\":"));
-    drop(rx);
-    tokio::task::spawn_blocking(move || {
-        done_rx
-            .recv_timeout(Duration::from_secs(10))
-            .expect("the reader stopped");
-        reader.join().expect("reader thread");
-    })
-    .await
-    .expect("join");
+    // ~7 MB of JSON: more than loopback's socket buffers take from a client that reads nothing.
+    seed_big_host(&f.db(), "agent-c", 15_000);
+    let mut stalled = Vec::new();
+    for _ in 0..super::super::serve::HttpLimits::default().max_exports {
+        let sock = tokio::net::TcpSocket::new_v4().expect("socket");
+        sock.set_recv_buffer_size(4096).expect("rcvbuf");
+        let mut s = sock.connect(f.addr).await.expect("connect");
+        let req = format!(
+            "GET /api/v1/cmdb/export HTTP/1.1\r\nHost: t\r\nAuthorization: Bearer {}\r\n\r\n",
+            f.viewer
+        );
+        s.write_all(req.as_bytes()).await.expect("write");
+        let mut head = [0u8; 12];
+        tokio::time::timeout(Duration::from_secs(30), s.read_exact(&mut head))
+            .await
+            .expect("a head within 30 s")
+            .expect("read");
+        assert_eq!(&head, b"HTTP/1.1 200");
+        stalled.push(s); // and never read again
+    }
+    let (status, _, body) = f
+        .call("GET", "/api/v1/cmdb/export", Some(&f.viewer), None)
+        .await;
+    assert_eq!(status, 429, "{body}");
+    assert!(body.contains("too_many_requests"), "{body}");
+    let (status, _, _) = f
+        .call("GET", "/api/v1/cis?limit=1", Some(&f.viewer), None)
+        .await;
+    assert_eq!(status, 200);
+    // Writes go on while they stall, and a checkpoint that must copy them all and wait for every
+    // reader completes: nobody holds a read transaction on an older snapshot.
+    let db = f.db();
+    let mut done = false;
+    for _ in 0..200 {
+        db.conn()
+            .execute(
+                "UPDATE agents SET version = version || '' WHERE id = 'agent-c'",
+                [],
+            )
+            .expect("write");
+        let (busy, _, _): (i64, i64, i64) = db
+            .conn()
+            .query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |r| {
+                Ok((r.get(0)?, r.get(1)?, r.get(2)?))
+            })
+            .expect("checkpoint");
+        if busy == 0 {
+            done = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(
+        done,
+        "a stalled export keeps the WAL checkpoint from completing"
+    );
+    drop(stalled);
+    // Their tasks end at their next chunk and give their permits back.
+    let mut status = 0;
+    for _ in 0..200 {
+        let (head, _) = f
+            .raw("GET", "/api/v1/cmdb/export", Some(&f.viewer), None)
+            .await;
+        status = head
+            .split(' ')
+            .nth(1)
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(0);
+        if status == 200 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(status, 200);
     f.stop().await;
 }
 
