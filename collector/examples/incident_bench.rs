@@ -771,7 +771,10 @@ fn main() -> Result<()> {
     WORK_DIR.get_or_init(|| (work.clone(), args.keep));
     let template = work.join("template");
     let token = {
+        // The store first, then the CA (as a collector's first start makes them); a token pins
+        // the CA, which admin commands never create.
         let db = store::Db::open(&template)?;
+        vigil_collector::ca::load_or_create_ca(&template, std::time::SystemTime::now())?;
         admin::create_enroll_token(&template, &db, Duration::from_secs(6 * 3600), false)?
             .to_string()
     };

@@ -177,6 +177,7 @@ pub async fn start(config: &CollectorConfig) -> Result<Running> {
             presence: presence.clone(),
             clock: Arc::new(now_ms),
             on_exit: supervisor.sentinel("incident engine").into_exit_hook(),
+            checkpoints: Some(writer.checkpoints()),
         },
     )
     .context("cannot start the incident engine")?;

@@ -126,6 +126,16 @@ async fn closed_within(s: &mut TcpStream, within: Duration) -> bool {
     .is_ok()
 }
 
+/// Waits (at most 15 s) until `cond` holds; the caller asserts it after.
+async fn eventually(cond: impl Fn() -> bool) {
+    for _ in 0..1500 {
+        if cond() {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
 fn count(v: &IntCounterVec, label: &str) -> u64 {
     v.with_label_values(&[label]).get()
 }
@@ -153,12 +163,7 @@ async fn connections_past_the_per_address_cap_are_closed_at_once() {
         hello(s).await;
     }
     drop(kept.pop());
-    for _ in 0..500 {
-        if l.metrics.open.get() == 2 {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    eventually(|| l.metrics.open.get() == 2).await;
     assert_eq!(l.metrics.open.get(), 2);
     let mut next = TcpStream::connect(l.addr).await.expect("connect");
     assert!(hello(&mut next).await.starts_with("HTTP/1.1 200"));
@@ -192,12 +197,7 @@ async fn an_idle_keep_alive_connection_is_closed_after_the_idle_timeout() {
     hello(&mut s).await;
     assert!(closed_within(&mut s, Duration::from_secs(15)).await);
     // The gauge follows once the connection's task has ended.
-    for _ in 0..500 {
-        if l.metrics.open.get() == 0 {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    eventually(|| l.metrics.open.get() == 0).await;
     assert_eq!(l.metrics.open.get(), 0);
 }
 
@@ -213,12 +213,7 @@ async fn a_client_that_stops_reading_is_closed_and_counted() {
         .await
         .expect("write");
     // Read nothing until the server has given up on the write.
-    for _ in 0..1500 {
-        if count(&l.metrics.timeouts, "idle") == 1 {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    eventually(|| count(&l.metrics.timeouts, "idle") == 1).await;
     assert_eq!(count(&l.metrics.timeouts, "idle"), 1);
     assert!(closed_within(&mut s, Duration::from_secs(15)).await);
 }
@@ -235,12 +230,7 @@ async fn a_header_that_does_not_finish_in_time_closes_the_connection() {
         .await
         .expect("write");
     assert!(closed_within(&mut s, Duration::from_secs(15)).await);
-    for _ in 0..500 {
-        if count(&l.metrics.timeouts, "header") == 1 {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    eventually(|| count(&l.metrics.timeouts, "header") == 1).await;
     assert_eq!(count(&l.metrics.timeouts, "header"), 1);
 }
 
