@@ -375,3 +375,116 @@ fn the_data_dir_and_the_store_are_private() {
     );
     drop(c);
 }
+
+/// Unmounts a tmpfs when dropped.
+struct Tmpfs(std::path::PathBuf);
+
+impl Tmpfs {
+    fn mount(at: &Path, size: &str) -> Tmpfs {
+        std::fs::create_dir_all(at).expect("mount point");
+        let out = Command::new("mount")
+            .args([
+                "-t",
+                "tmpfs",
+                "-o",
+                &format!("size={size},mode=0700"),
+                "tmpfs",
+            ])
+            .arg(at)
+            .output()
+            .expect("run mount");
+        assert!(
+            out.status.success(),
+            "this test mounts a tmpfs (it needs root): {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        Tmpfs(at.to_path_buf())
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg("-l").arg(&self.0).status();
+    }
+}
+
+/// A batch of `n` samples (big enough to grow the WAL).
+fn big_batch(seq: u64, n: usize) -> Message {
+    Message::Batch(Batch {
+        seq,
+        samples: (0..n)
+            .map(|i| wire::sample("load1", &[("core", &i.to_string())], i as f64))
+            .collect(),
+    })
+}
+
+/// The collector's data dir on a small tmpfs that fills up: the batch that could not be stored
+/// is not acknowledged, `/readyz` says why, an API write answers 503 (not 500), and once space is
+/// freed the same batch is stored and acknowledged, and `/readyz` is ready again.
+#[test]
+fn a_full_disk_is_reported_and_ingest_resumes_once_space_is_freed() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let data = dir.path().join("data");
+    let _fs = Tmpfs::mount(&data, "24m");
+    let c = spawn_collector(&data);
+    let operator = api_token(&data, "operator");
+    let token = enroll_token(&data, &[]);
+    let rt = runtime();
+    let endpoint = wire::endpoint(&rt, c.quic);
+    let readyz = || http_get(&format!("http://{}/readyz", c.http), None);
+    let s = rt.block_on(async {
+        let identity = enroll(&endpoint, c.quic, &token, "e2e-disk-full").await;
+        session(
+            &endpoint,
+            c.quic,
+            &identity,
+            wire::hello(&identity, "e2e-disk-full", 60_000),
+        )
+        .await
+    });
+    let send = |seq: u64| rt.block_on(wire::send_batch(&s.conn, &big_batch(seq, 500)));
+    assert_eq!(send(1), Some(1));
+    // Fill the file system, leaving the store no room to grow.
+    let filler = data.join("filler");
+    {
+        use std::io::Write;
+        let mut f = std::fs::File::create(&filler).expect("filler");
+        let chunk = vec![0u8; 64 * 1024];
+        while f.write_all(&chunk).is_ok() {}
+        let _ = f.sync_all();
+    }
+    // Batches until one is not acknowledged (the WAL has to grow for it).
+    let mut seq = 2;
+    let refused = loop {
+        assert!(seq < 500, "the store never ran out of space");
+        match send(seq) {
+            Some(acked) => assert_eq!(acked, seq),
+            None => break seq,
+        }
+        seq += 1;
+    };
+    let (status, body) = readyz();
+    assert_eq!(status, 503, "{body}");
+    assert!(body.contains("store (cannot write"), "{body}");
+    let (status, body) = api_post(
+        &c,
+        &operator,
+        "/maintenance",
+        &json!({ "name": "full", "start": "2030-01-01T00:00:00Z", "duration": "1h" }),
+    );
+    assert_eq!(status, 503, "{body}");
+    assert_eq!(body["code"], "unavailable", "{body}");
+    // Space again: the batch that was refused is stored now (the agent replays it).
+    std::fs::remove_file(&filler).expect("free space");
+    assert_eq!(send(refused), Some(refused));
+    assert_eq!(send(refused + 1), Some(refused + 1));
+    let (status, body) = readyz();
+    assert_eq!(status, 200, "{body}");
+    // Every sequence number stored exactly once, none missing.
+    let (count, max): (i64, i64) = open_store(&data)
+        .query_row("SELECT COUNT(*), MAX(seq) FROM batches", [], |r| {
+            Ok((r.get(0)?, r.get(1)?))
+        })
+        .expect("count");
+    assert_eq!((count, max), (refused as i64 + 1, refused as i64 + 1));
+}
