@@ -361,16 +361,18 @@ impl Ingest {
             hello.hostname = renamed;
         }
         info!(%remote, version = %hello.version, interval_ms = hello.interval_ms, host = %hello.hostname, "agent connected");
+        // The new generation first, then the old connection's close: the old task, woken by
+        // the close, must find itself replaced (else it would mark the agent disconnected).
+        let generation =
+            self.parts
+                .presence
+                .connected(&agent_id, &hello.hostname, hello.interval_ms, now);
         if let Some(old) = self.lock_conns().insert(agent_id.clone(), conn.clone()) {
             old.close(
                 VarInt::from_u32(codes::OK),
                 b"replaced by a newer connection",
             );
         }
-        let generation =
-            self.parts
-                .presence
-                .connected(&agent_id, &hello.hostname, hello.interval_ms, now);
         self.parts.table.attach(&agent_id);
         let (id, addr) = (agent_id.clone(), remote.to_string());
         let (host, version, interval) = (
@@ -404,6 +406,13 @@ impl Ingest {
                     }
                     Err(e) => {
                         log_conn_end(&e);
+                        // The agent's own close says goodbye too: under load its goodbye
+                        // frame can still be unread when the close arrives, and QUIC drops
+                        // what the collector has not read.
+                        if is_goodbye_close(&e) {
+                            info!("agent closed the connection with a goodbye");
+                            said_goodbye = true;
+                        }
                         break;
                     }
                 },
@@ -518,6 +527,13 @@ impl Ingest {
             }
         }
     }
+}
+
+/// The close an agent sends after its goodbye: `OK`, reason `goodbye`
+/// (`vigil_agent::client::Session::goodbye`).
+fn is_goodbye_close(e: &ConnectionError) -> bool {
+    matches!(e, ConnectionError::ApplicationClosed(c)
+        if c.error_code == VarInt::from_u32(codes::OK) && c.reason.as_ref() == b"goodbye")
 }
 
 fn log_conn_end(e: &ConnectionError) {

@@ -488,3 +488,60 @@ fn a_full_disk_is_reported_and_ingest_resumes_once_space_is_freed() {
         .expect("count");
     assert_eq!((count, max), (refused as i64 + 1, refused as i64 + 1));
 }
+
+/// A webhook receiver's answer is its own text: an operator sees it in the incident's
+/// notifications, a viewer only the status.
+#[test]
+fn a_webhook_receivers_answer_is_shown_to_operators_not_viewers() {
+    use std::io::{Read, Write};
+    let receiver = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let port = receiver.local_addr().expect("addr").port();
+    std::thread::spawn(move || {
+        for stream in receiver.incoming() {
+            let Ok(mut s) = stream else { return };
+            let mut buf = [0u8; 65536];
+            let _ = s.set_read_timeout(Some(Duration::from_secs(5)));
+            let _ = s.read(&mut buf);
+            let body = "internal receiver detail 7f3a";
+            let _ = write!(
+                s,
+                "HTTP/1.1 400 Bad Request\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                body.len()
+            );
+        }
+    });
+    let dir = tempfile::tempdir().expect("tempdir");
+    let c = spawn_collector_with(
+        dir.path(),
+        "127.0.0.1:0".parse().expect("addr"),
+        "127.0.0.1:0".parse().expect("addr"),
+        &format!("[[webhook]]\nname = \"hook\"\nurl = \"http://127.0.0.1:{port}/\"\n"),
+    );
+    let operator = api_token(dir.path(), "operator");
+    let viewer = api_token(dir.path(), "viewer");
+    let alert = json!({
+        "version": "4", "status": "firing", "receiver": "vigil", "groupKey": "{}:{}",
+        "alerts": [{
+            "status": "firing",
+            "labels": { "alertname": "DiskDown", "severity": "critical" },
+            "annotations": {}, "startsAt": "2026-01-01T00:00:00Z",
+            "endsAt": "0001-01-01T00:00:00Z", "fingerprint": "beef"
+        }]
+    });
+    let (status, body) = api_post(&c, &operator, "/alertmanager", &alert);
+    assert_eq!(status, 200, "{body}");
+    let id = wait_until(WAIT, "the alert's incident", || {
+        incidents(&c, &operator, "")
+            .into_iter()
+            .find(|i| i["origin"] == "alertmanager")
+            .and_then(|i| i["id"].as_i64())
+    });
+    let error_as = |token: &str| {
+        api_get(&c, token, &format!("/incidents/{id}"))["notifications"][0]["last_error"]
+            .as_str()
+            .map(str::to_owned)
+    };
+    let full = wait_until(WAIT, "the delivery failed", || error_as(&operator));
+    assert!(full.contains("internal receiver detail 7f3a"), "{full}");
+    assert_eq!(error_as(&viewer).as_deref(), Some("HTTP 400"));
+}

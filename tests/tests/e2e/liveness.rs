@@ -312,9 +312,16 @@ fn a_replaced_connections_end_does_not_mark_the_agent_disconnected() {
     // then ends.
     agent.kill();
     let _agent = spawn_agent(c.quic, None, &agent_dir, "1s");
-    wait_until(WAIT, "the old connection's end", || {
-        (ended(&c) > ended_before).then_some(())
-    });
+    let deadline = std::time::Instant::now() + WAIT;
+    while ended(&c) <= ended_before {
+        if std::time::Instant::now() > deadline {
+            panic!(
+                "the old connection's end was not logged within {WAIT:?}; collector log:\n{}",
+                c.proc.logs()
+            );
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
     let seq_after = |c: &Collector| agent_record(c, &api, &id)["last_seq"].as_u64().unwrap_or(0);
     let seq = seq_after(&c);
     wait_until(WAIT, "new batches after the old connection ended", || {
