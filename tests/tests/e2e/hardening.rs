@@ -165,7 +165,8 @@ fn a_host_name_another_agent_uses_is_renamed_never_merged() {
     let operator = api_token(dir.path(), "operator");
     let rt = runtime();
     let endpoint = wire::endpoint(&rt, c.quic);
-    let (first, second) = rt.block_on(async {
+    // The sessions stay open (connected) until the end of the test.
+    let (first, second, _sessions) = rt.block_on(async {
         let mut ids = Vec::new();
         let mut sessions = Vec::new();
         for _ in 0..2 {
@@ -182,8 +183,7 @@ fn a_host_name_another_agent_uses_is_renamed_never_merged() {
             ids.push(identity.agent_id.clone());
             sessions.push(s);
         }
-        std::mem::forget(sessions); // stay connected for the rest of the test
-        (ids[0].clone(), ids[1].clone())
+        (ids[0].clone(), ids[1].clone(), sessions)
     });
     let agents = api_get(&c, &operator, "/agents");
     let name_of = |id: &str| {
