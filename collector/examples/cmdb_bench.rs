@@ -280,6 +280,9 @@ impl Round {
             InventoryOutcome::Resync { have } => {
                 Err(format!("host {h}: unexpected resync (have {have:?})"))
             }
+            InventoryOutcome::TooManyCis { cis, max } => {
+                Err(format!("host {h}: {cis} CIs, more than {max}"))
+            }
         }
     }
 

@@ -39,6 +39,8 @@ const STORE_READS: &str = "store reads";
 /// agent shares this one socket; with the default (~208 KiB) bursts from many agents overflow
 /// it, and the agents whose datagrams keep being dropped starve while others stream.
 const QUIC_RECV_BUFFER: usize = 8 << 20;
+/// Bytes quinn keeps unread per connection, over all its streams.
+const QUIC_CONNECTION_RECEIVE_WINDOW: u32 = 4 << 20;
 
 /// A running collector.
 pub struct Running {
@@ -83,7 +85,10 @@ pub async fn start(config: &CollectorConfig) -> Result<Running> {
     let (writer, writer_join) = Writer::spawn_supervised(&data_dir, &supervisor)
         .context("cannot start the store writer")?;
 
-    let table = Arc::new(LatestTable::new());
+    let table = Arc::new(LatestTable::with_caps(crate::latest::Caps {
+        max_series: config.agents.max_series,
+        max_checks: config.agents.max_checks,
+    }));
     let metrics = Arc::new(
         Metrics::new(table.clone(), presence.clone(), Arc::new(now_ms))
             .context("cannot register metrics")?,
@@ -120,6 +125,10 @@ pub async fn start(config: &CollectorConfig) -> Result<Running> {
         ))
         .max_concurrent_bidi_streams(16u32.into())
         .max_concurrent_uni_streams(0u32.into())
+        // What quinn buffers of one connection's streams that the collector has not read yet
+        // (by default unbounded over all streams: 16 streams of 1.25 MB each). Frames the
+        // collector has read are bounded by the frame memory budgets.
+        .receive_window(QUIC_CONNECTION_RECEIVE_WINDOW.into())
         // The collector sends little (acks); with GSO every connection would keep a send
         // buffer for 10 datagrams (~13 KiB), 130 MB for 10,000 agents.
         .enable_segmentation_offload(false);
@@ -181,6 +190,13 @@ pub async fn start(config: &CollectorConfig) -> Result<Running> {
         },
     )
     .context("cannot start the incident engine")?;
+    let frame_budget = crate::server::budget::FrameBudget::new(
+        config.quic.max_frame_memory,
+        config.quic.max_frame_memory_per_connection,
+    );
+    frame_budget
+        .register(metrics.registry())
+        .context("cannot register metrics")?;
     let ingest = Arc::new(Ingest::new(IngestParts {
         data_dir: data_dir.clone(),
         writer: writer.clone(),
@@ -196,6 +212,11 @@ pub async fn start(config: &CollectorConfig) -> Result<Running> {
                 .map(|i| u64::try_from(i.as_millis()).unwrap_or(u64::MAX)),
         },
         engine: Some(engine.clone()),
+        limits: crate::server::session::Limits {
+            max_cis: config.agents.max_cis,
+            ..Default::default()
+        },
+        budget: frame_budget,
     })?);
     let quic_sentinel = supervisor.sentinel("QUIC server");
     let quic_shutdown = shutdown.clone();

@@ -69,6 +69,10 @@ pub struct QuicConfig {
     pub listen: SocketAddr,
     /// Extra DNS names / IPs for the server certificate (besides `vigil-collector`).
     pub server_names: Vec<String>,
+    /// Bytes of frames in flight, over all connections (`crate::server::budget`).
+    pub max_frame_memory: u64,
+    /// Bytes of frames in flight on one connection.
+    pub max_frame_memory_per_connection: u64,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -96,6 +100,13 @@ pub struct AgentsConfig {
     /// An agent that said goodbye (a deliberate stop) counts as unreachable only this long
     /// after it.
     pub shutdown_grace: Duration,
+    /// Series one agent may have (`/metrics`, the incident engine, the store); samples of more
+    /// are refused.
+    pub max_series: usize,
+    /// Distinct checks one agent may report.
+    pub max_checks: usize,
+    /// CIs one agent may have in the CMDB.
+    pub max_cis: usize,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -165,6 +176,8 @@ impl CollectorConfig {
             quic: QuicConfig {
                 listen: DEFAULT_QUIC_LISTEN,
                 server_names: Vec::new(),
+                max_frame_memory: crate::server::budget::DEFAULT_GLOBAL,
+                max_frame_memory_per_connection: crate::server::budget::DEFAULT_PER_CONNECTION,
             },
             http: HttpConfig {
                 listen: DEFAULT_HTTP_LISTEN,
@@ -178,6 +191,9 @@ impl CollectorConfig {
                 down_after_intervals: DEFAULT_DOWN_AFTER_INTERVALS,
                 interval: None,
                 shutdown_grace: DEFAULT_SHUTDOWN_GRACE,
+                max_series: crate::latest::MAX_SERIES_PER_HOST,
+                max_checks: crate::latest::MAX_CHECKS_PER_HOST,
+                max_cis: crate::server::session::DEFAULT_MAX_CIS,
             },
             enroll: EnrollConfig {
                 token_ttl: DEFAULT_TOKEN_TTL,
@@ -281,6 +297,8 @@ pub(crate) struct RawObjects {
 struct RawQuic {
     listen: Option<Spanned<String>>,
     server_names: Option<Vec<Spanned<String>>>,
+    max_frame_memory: Option<Spanned<String>>,
+    max_frame_memory_per_connection: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -304,6 +322,9 @@ struct RawAgents {
     down_after_intervals: Option<Spanned<i64>>,
     interval: Option<Spanned<String>>,
     shutdown_grace: Option<Spanned<String>>,
+    max_series: Option<Spanned<i64>>,
+    max_checks: Option<Spanned<i64>>,
+    max_cis: Option<Spanned<i64>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -364,6 +385,35 @@ fn convert_main(raw: &RawCollector, d: &mut Diagnostics) -> CollectorConfig {
         for name in q.server_names.iter().flatten() {
             if let Some(n) = d.parse_value(name, |s| validate_server_name(s)) {
                 config.quic.server_names.push(n);
+            }
+        }
+        let (min, max) = (1u64 << 20, 64u64 << 30);
+        let size = |d: &mut Diagnostics, v: Option<&Spanned<String>>, key: &str| {
+            let v = v?;
+            let n = d.byte_size(v)?;
+            if (min..=max).contains(&n) {
+                Some(n)
+            } else {
+                d.error_at(v, format!("`{key}` must be between 1MiB and 64GiB"));
+                None
+            }
+        };
+        if let Some(n) = size(d, q.max_frame_memory.as_ref(), "max_frame_memory") {
+            config.quic.max_frame_memory = n;
+        }
+        if let Some(n) = size(
+            d,
+            q.max_frame_memory_per_connection.as_ref(),
+            "max_frame_memory_per_connection",
+        ) {
+            config.quic.max_frame_memory_per_connection = n;
+        }
+        if let Some(v) = &q.max_frame_memory_per_connection {
+            if config.quic.max_frame_memory_per_connection > config.quic.max_frame_memory {
+                d.error_at(
+                    v,
+                    "`max_frame_memory_per_connection` must not be larger than `max_frame_memory`",
+                );
             }
         }
     }
@@ -435,6 +485,14 @@ fn convert_main(raw: &RawCollector, d: &mut Diagnostics) -> CollectorConfig {
         if let Some(g) = d.duration(v) {
             config.agents.shutdown_grace = g;
         }
+    }
+    if let Some(a) = &raw.agents {
+        let c = &mut config.agents;
+        c.max_series =
+            count_in(d, a.max_series.as_ref(), "max_series", 1..=1_000_000).unwrap_or(c.max_series);
+        c.max_checks =
+            count_in(d, a.max_checks.as_ref(), "max_checks", 1..=100_000).unwrap_or(c.max_checks);
+        c.max_cis = count_in(d, a.max_cis.as_ref(), "max_cis", 1..=1_000_000).unwrap_or(c.max_cis);
     }
     if let Some(e) = &raw.enroll {
         config.enroll.token_ttl = duration_in(
@@ -1070,6 +1128,43 @@ mod tests {
                 "c.toml:3:16: `idle_timeout` must be between 1s and 1h",
                 "c.toml:4:15: `max_exports` must be between 1 and 64, got 65",
             ],
+        );
+    }
+
+    #[test]
+    fn agent_caps_and_frame_budgets_are_read_and_bounded() {
+        let c = valid(
+            "[quic]\nmax_frame_memory = \"64MiB\"\nmax_frame_memory_per_connection = \"20MiB\"\n\
+             [agents]\nmax_series = 100\nmax_checks = 5\nmax_cis = 2000\n",
+        );
+        assert_eq!(
+            (
+                c.quic.max_frame_memory,
+                c.quic.max_frame_memory_per_connection
+            ),
+            (64 << 20, 20 << 20)
+        );
+        assert_eq!(
+            (c.agents.max_series, c.agents.max_checks, c.agents.max_cis),
+            (100, 5, 2000)
+        );
+        let d = valid("");
+        assert_eq!(
+            (d.agents.max_series, d.agents.max_checks, d.agents.max_cis),
+            (4096, 256, 100_000)
+        );
+        check(
+            "[quic]\nmax_frame_memory = \"2MiB\"\nmax_frame_memory_per_connection = \"4MiB\"\n\
+             [agents]\nmax_series = 0\nmax_checks = 100001\n",
+            &[
+                "c.toml:3:35: `max_frame_memory_per_connection` must not be larger than `max_frame_memory`",
+                "c.toml:5:14: `max_series` must be between 1 and 1000000, got 0",
+                "c.toml:6:14: `max_checks` must be between 1 and 100000, got 100001",
+            ],
+        );
+        check(
+            "[quic]\nmax_frame_memory = \"1KiB\"\n",
+            &["c.toml:2:20: `max_frame_memory` must be between 1MiB and 64GiB"],
         );
     }
 

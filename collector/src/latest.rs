@@ -18,9 +18,15 @@
 //! `vigil_ingest_ignored_samples_total{reason}`): only metric names of
 //! [`vigil_shared::metric_names::HOST_METRICS`] plus `check_up` / `check_latency_seconds`
 //! (`unknown_metric`); only the label names each metric declares, other labels are dropped;
-//! values must be finite and label values at most [`MAX_LABEL_VALUE_BYTES`] (`invalid`); at most
-//! [`MAX_SERIES_PER_HOST`] series per agent (`series_limit`). Ignored samples are still stored by
-//! the store; they just have no latest value here.
+//! values must be finite and label values at most [`MAX_LABEL_VALUE_BYTES`] (`invalid`). Ignored
+//! samples are still stored by the store; they just have no latest value here.
+//!
+//! An agent has at most [`Caps::max_series`] series in the table (`[agents] max_series`), and at
+//! most [`Caps::max_checks`] distinct checks among them (`[agents] max_checks`). A sample that
+//! would start a series past a cap is *refused*: [`LatestTable::apply_admitting`] tells the
+//! caller which, and ingest drops them from what it stores and evaluates too (counted as
+//! `vigil_ingest_rejected_total{reason="series_limit"|"check_limit"}`). Known series always
+//! update.
 //!
 //! This module never reads the clock (time is passed in, or comes from the caller's [`Clock`]),
 //! never does I/O and never panics on agent data.
@@ -46,8 +52,47 @@ const _: () = {
     }
 };
 
-/// Series an agent may have in the table; samples of further new series are ignored.
+/// Default of [`Caps::max_series`] (`[agents] max_series`).
 pub const MAX_SERIES_PER_HOST: usize = 4096;
+/// Default of [`Caps::max_checks`] (`[agents] max_checks`).
+pub const MAX_CHECKS_PER_HOST: usize = 256;
+
+/// What one agent may hold in the table.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Caps {
+    /// Series in all.
+    pub max_series: usize,
+    /// Distinct checks (values of the `check` label of `check_up` / `check_latency_seconds`).
+    pub max_checks: usize,
+}
+
+impl Default for Caps {
+    fn default() -> Self {
+        Caps {
+            max_series: MAX_SERIES_PER_HOST,
+            max_checks: MAX_CHECKS_PER_HOST,
+        }
+    }
+}
+
+/// Why a sample was refused by [`LatestTable::apply_admitting`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refused {
+    /// It would start a series past [`Caps::max_series`].
+    SeriesLimit,
+    /// It would start a check past [`Caps::max_checks`].
+    CheckLimit,
+}
+
+impl Refused {
+    /// The reason counted under `vigil_ingest_rejected_total{reason}`.
+    pub fn reason(self) -> &'static str {
+        match self {
+            Refused::SeriesLimit => "series_limit",
+            Refused::CheckLimit => "check_limit",
+        }
+    }
+}
 /// Longest label value kept; samples with a longer one are ignored.
 pub const MAX_LABEL_VALUE_BYTES: usize = 1024;
 
@@ -58,10 +103,9 @@ pub const CHECK_LATENCY_SECONDS: &str = "vigil_check_latency_seconds";
 pub const INGEST_IGNORED_SAMPLES_TOTAL: &str = "vigil_ingest_ignored_samples_total";
 
 /// Reasons of `vigil_ingest_ignored_samples_total{reason}`.
-pub const IGNORED_REASONS: [&str; 3] = ["invalid", "series_limit", "unknown_metric"];
+pub const IGNORED_REASONS: [&str; 2] = ["invalid", "unknown_metric"];
 const INVALID: usize = 0;
-const SERIES_LIMIT: usize = 1;
-const UNKNOWN_METRIC: usize = 2;
+const UNKNOWN_METRIC: usize = 1;
 
 const CHECK_LABELS: &[&str] = &["check"];
 
@@ -180,22 +224,36 @@ struct HostEntry {
     removed: bool,
     series: HashMap<u64, Slot, BuildHasherDefault<IdHasher>>,
     series_count: usize,
+    /// Series per check name (`check_up` and `check_latency_seconds`: at most 2 each).
+    checks: HashMap<Box<str>, u8>,
 }
 
 impl HostEntry {
-    /// Drops the series not updated since `before_ms`; returns how many went.
-    fn expire(&mut self, before_ms: i64) -> usize {
-        let mut gone = 0;
+    /// Drops the series not updated since `before_ms`; returns how many went. `is_check` tells
+    /// the metrics whose label is a check name.
+    fn expire(&mut self, before_ms: i64, is_check: impl Fn(u8) -> bool) -> usize {
+        let mut gone: Vec<(u8, Box<str>)> = Vec::new();
+        let mut count = 0;
+        let mut went = |s: &Series| {
+            count += 1;
+            if is_check(s.metric) {
+                if let Some(name) = s.labels.first() {
+                    gone.push((s.metric, name.clone()));
+                }
+            }
+        };
         self.series.retain(|_, slot| {
             slot.more.retain(|s| {
                 let keep = s.updated_ms >= before_ms;
-                gone += usize::from(!keep);
+                if !keep {
+                    went(s);
+                }
                 keep
             });
             if slot.first.updated_ms >= before_ms {
                 return true;
             }
-            gone += 1;
+            went(&slot.first);
             match slot.more.pop() {
                 Some(next) => {
                     slot.first = next;
@@ -204,8 +262,16 @@ impl HostEntry {
                 None => false,
             }
         });
-        self.series_count -= gone;
-        gone
+        self.series_count -= count;
+        for (_, name) in gone {
+            if let Some(n) = self.checks.get_mut(&name) {
+                *n = n.saturating_sub(1);
+                if *n == 0 {
+                    self.checks.remove(&name);
+                }
+            }
+        }
+        count
     }
 }
 
@@ -214,7 +280,8 @@ pub struct LatestTable {
     defs: Vec<MetricDef>,
     hasher: RandomState,
     hosts: RwLock<HashMap<Arc<str>, Arc<Mutex<HostEntry>>>>,
-    ignored: [AtomicU64; 3],
+    ignored: [AtomicU64; 2],
+    caps: Caps,
 }
 
 fn lock(entry: &Mutex<HostEntry>) -> MutexGuard<'_, HostEntry> {
@@ -229,12 +296,25 @@ impl Default for LatestTable {
 
 impl LatestTable {
     pub fn new() -> Self {
+        Self::with_caps(Caps::default())
+    }
+
+    /// A table holding at most `caps` per agent.
+    pub fn with_caps(caps: Caps) -> Self {
         LatestTable {
             defs: metric_defs(),
             hasher: RandomState::new(),
             hosts: RwLock::new(HashMap::new()),
             ignored: Default::default(),
+            caps,
         }
+    }
+
+    /// Whether metric `id` is labelled by a check name.
+    fn is_check(&self, id: u8) -> bool {
+        self.defs
+            .get(usize::from(id))
+            .is_some_and(|d| d.labels == CHECK_LABELS)
     }
 
     fn entry(&self, agent_id: &str) -> Option<Arc<Mutex<HostEntry>>> {
@@ -253,6 +333,7 @@ impl LatestTable {
                 removed: false,
                 series: HashMap::default(),
                 series_count: 0,
+                checks: HashMap::new(),
             }))
         });
     }
@@ -291,9 +372,21 @@ impl LatestTable {
 
     /// Applies one batch of the agent's samples received at `now_ms`. A sample older than the
     /// stored value of its series (late spool replay) does not overwrite it. Returns how many
-    /// samples updated the table (late and ignored ones do not count); samples of an agent
-    /// never [`attach`](Self::attach)ed are dropped.
+    /// samples updated the table (late, ignored and refused ones do not count); samples of an
+    /// agent never [`attach`](Self::attach)ed are dropped.
     pub fn apply(&self, agent_id: &str, samples: &[Sample], now_ms: i64) -> usize {
+        self.apply_admitting(agent_id, samples, now_ms, &mut Vec::new())
+    }
+
+    /// [`apply`](Self::apply), pushing to `refused` the index of every sample refused by a cap
+    /// (in order), with why.
+    pub fn apply_admitting(
+        &self,
+        agent_id: &str,
+        samples: &[Sample],
+        now_ms: i64,
+        refused: &mut Vec<(usize, Refused)>,
+    ) -> usize {
         let Some(entry) = self.entry(agent_id) else {
             tracing::debug!(agent_id, "samples for an agent not in the table dropped");
             return 0;
@@ -303,9 +396,9 @@ impl LatestTable {
             return 0;
         }
         let mut applied = 0;
-        let mut ignored = [0u64; 3];
+        let mut ignored = [0u64; 2];
         let mut buf = [""; MAX_LABELS];
-        for s in samples {
+        for (i, s) in samples.iter().enumerate() {
             let labels = s.labels.iter().map(|(k, v)| (k.as_str(), v.as_str()));
             let (metric, n) = match self.resolve(&s.name, labels, &mut buf) {
                 Ok(r) => r,
@@ -332,9 +425,23 @@ impl LatestTable {
                     continue;
                 }
             }
-            if e.series_count >= MAX_SERIES_PER_HOST {
-                ignored[SERIES_LIMIT] += 1;
+            if e.series_count >= self.caps.max_series {
+                refused.push((i, Refused::SeriesLimit));
                 continue;
+            }
+            if self.is_check(metric) {
+                let name = values.first().copied().unwrap_or("");
+                let full = e.checks.len() >= self.caps.max_checks;
+                match e.checks.get_mut(name) {
+                    Some(n) => *n = n.saturating_add(1),
+                    None if full => {
+                        refused.push((i, Refused::CheckLimit));
+                        continue;
+                    }
+                    None => {
+                        e.checks.insert(Box::from(name), 1);
+                    }
+                }
             }
             let series = Series {
                 metric,
@@ -368,8 +475,8 @@ impl LatestTable {
     }
 
     /// Samples ignored so far, per reason of [`IGNORED_REASONS`].
-    pub fn ignored_counts(&self) -> [u64; 3] {
-        [0, 1, 2].map(|i| self.ignored[i].load(Ordering::Relaxed))
+    pub fn ignored_counts(&self) -> [u64; 2] {
+        [0, 1].map(|i| self.ignored[i].load(Ordering::Relaxed))
     }
 
     /// The latest value of one series (`name` as on the wire, labels as the agent sends them).
@@ -498,7 +605,7 @@ fn rank(a: &AgentStatus) -> (bool, i64, std::cmp::Reverse<&str>) {
 }
 
 const IGNORED_HELP: &str = "Samples received but not kept as latest values (unknown metric name, \
-     invalid value or label, or the per-host series limit); they are still stored.";
+     invalid value or label); they are still stored.";
 
 impl Collector for LatestCollector {
     fn desc(&self) -> Vec<&Desc> {
@@ -534,7 +641,7 @@ impl Collector for LatestCollector {
             };
             let mut e = lock(&entry);
             let expiry = self.presence.series_expiry_ms(&status.observed);
-            e.expire(now_ms.saturating_sub(expiry));
+            e.expire(now_ms.saturating_sub(expiry), |id| table.is_check(id));
             let mut series: Vec<&Series> = e.series.values().flat_map(Slot::iter).collect();
             series.sort_unstable_by(|a, b| (a.metric, &a.labels).cmp(&(b.metric, &b.labels)));
             for s in &series {
@@ -719,18 +826,103 @@ mod tests {
             s("load1", &[], 1, 1.5),
         ];
         assert_eq!(t.apply("a1", &b, 1), 1);
-        // [invalid, series_limit, unknown_metric]
-        assert_eq!(t.ignored_counts(), [3, 0, 1]);
+        // [invalid, unknown_metric]
+        assert_eq!(t.ignored_counts(), [3, 1]);
+    }
 
-        let many: Vec<Sample> = (0..MAX_SERIES_PER_HOST + 5)
-            .map(|i| s("check_up", &[("check", &format!("c{i}"))], 1, 1.0))
+    #[test]
+    fn series_and_checks_past_the_caps_are_refused_and_known_ones_still_update() {
+        let t = LatestTable::with_caps(Caps {
+            max_series: 10,
+            max_checks: 3,
+        });
+        t.attach("a1");
+        let mut refused = Vec::new();
+        // Two series per check: the fourth check is refused, not its first three.
+        let checks: Vec<Sample> = (0..5)
+            .flat_map(|i| {
+                let c = format!("c{i}");
+                [
+                    s("check_up", &[("check", &c)], 1, 1.0),
+                    s("check_latency_seconds", &[("check", &c)], 1, 0.1),
+                ]
+            })
             .collect();
-        // load1 already holds one series.
-        assert_eq!(t.apply("a1", &many, 2), MAX_SERIES_PER_HOST - 1);
-        assert_eq!(t.ignored_counts(), [3, 6, 1]);
-        // Known series still update at the limit.
-        assert_eq!(t.apply("a1", &[s("load1", &[], 5, 2.0)], 3), 1);
-        assert_eq!(t.series_count("a1"), MAX_SERIES_PER_HOST);
+        assert_eq!(t.apply_admitting("a1", &checks, 1, &mut refused), 6);
+        assert_eq!(
+            refused,
+            (6..10)
+                .map(|i| (i, Refused::CheckLimit))
+                .collect::<Vec<_>>()
+        );
+        refused.clear();
+        let many: Vec<Sample> = (0..8)
+            .map(|i| {
+                s(
+                    "filesystem_used_ratio",
+                    &[("mountpoint", &format!("/m{i}"))],
+                    1,
+                    0.1,
+                )
+            })
+            .collect();
+        assert_eq!(t.apply_admitting("a1", &many, 2, &mut refused), 4);
+        assert_eq!(
+            refused,
+            (4..8)
+                .map(|i| (i, Refused::SeriesLimit))
+                .collect::<Vec<_>>()
+        );
+        assert_eq!(t.series_count("a1"), 10);
+        // Known series still update at the limits; refusals are not "ignored".
+        refused.clear();
+        let known = [
+            s("check_up", &[("check", "c0")], 5, 0.0),
+            s("filesystem_used_ratio", &[("mountpoint", "/m0")], 5, 0.2),
+        ];
+        assert_eq!(t.apply_admitting("a1", &known, 3, &mut refused), 2);
+        assert!(refused.is_empty());
+        assert_eq!(t.ignored_counts(), [0, 0]);
+        // Another agent has caps of its own.
+        t.attach("a2");
+        assert_eq!(t.apply_admitting("a2", &checks[6..], 3, &mut refused), 4);
+        assert!(refused.is_empty());
+    }
+
+    #[test]
+    fn an_expired_check_frees_its_place_under_the_cap() {
+        let t = LatestTable::with_caps(Caps {
+            max_series: 100,
+            max_checks: 1,
+        });
+        t.attach("a1");
+        let mut refused = Vec::new();
+        t.apply_admitting(
+            "a1",
+            &[s("check_up", &[("check", "old")], 1, 1.0)],
+            1_000,
+            &mut refused,
+        );
+        t.apply_admitting(
+            "a1",
+            &[s("check_up", &[("check", "new")], 2, 1.0)],
+            2_000,
+            &mut refused,
+        );
+        assert_eq!(refused, [(0, Refused::CheckLimit)]);
+        let entry = t.entry("a1").expect("attached");
+        let mut e = lock(&entry);
+        assert_eq!(e.expire(1_500, |id| t.is_check(id)), 1);
+        drop(e);
+        refused.clear();
+        t.apply_admitting(
+            "a1",
+            &[s("check_up", &[("check", "new")], 3, 1.0)],
+            3_000,
+            &mut refused,
+        );
+        assert!(refused.is_empty(), "{refused:?}");
+        assert!(t.get("a1", "check_up", &[("check", "new")]).is_some());
     }
 
     #[test]
@@ -997,8 +1189,8 @@ mod tests {
             text.len(),
             start.elapsed()
         );
-        // 100k series + 1k host_up + 3 ignored + HELP/TYPE lines.
+        // 100k series + 1k host_up + 2 ignored + HELP/TYPE lines.
         let samples = text.lines().filter(|l| !l.starts_with('#')).count();
-        assert_eq!(samples, AGENTS * 100 + AGENTS + 3);
+        assert_eq!(samples, AGENTS * 100 + AGENTS + 2);
     }
 }

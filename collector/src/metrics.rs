@@ -442,10 +442,9 @@ vigil_agents_connected 2
 # HELP vigil_ingest_batches_total Metric batches accepted and stored.
 # TYPE vigil_ingest_batches_total counter
 vigil_ingest_batches_total 2
-# HELP vigil_ingest_ignored_samples_total Samples received but not kept as latest values (unknown metric name, invalid value or label, or the per-host series limit); they are still stored.
+# HELP vigil_ingest_ignored_samples_total Samples received but not kept as latest values (unknown metric name, invalid value or label); they are still stored.
 # TYPE vigil_ingest_ignored_samples_total counter
 vigil_ingest_ignored_samples_total{reason="invalid"} 0
-vigil_ingest_ignored_samples_total{reason="series_limit"} 0
 vigil_ingest_ignored_samples_total{reason="unknown_metric"} 1
 # HELP vigil_ingest_samples_total Samples received in accepted metric batches.
 # TYPE vigil_ingest_samples_total counter

@@ -194,6 +194,25 @@ impl FrameDecoder {
         (self.buf.len() >= HEADER_LEN).then(|| self.buf[4])
     }
 
+    /// The whole size (header and body) of the next frame once its header has arrived, checked
+    /// against the limit: what a receiver reserves before it reads the body.
+    pub fn announced(&self) -> Result<Option<usize>, DecodeError> {
+        if self.buf.len() < HEADER_LEN {
+            return Ok(None);
+        }
+        let len = frame_len(&self.buf);
+        if len == 0 {
+            return Err(DecodeError::Malformed("zero-length frame".into()));
+        }
+        if len - 1 > self.max {
+            return Err(DecodeError::Oversized {
+                len: len - 1,
+                max: self.max,
+            });
+        }
+        Ok(Some(4 + len))
+    }
+
     /// Changes the frame size limit for the frames still to come.
     pub fn set_max(&mut self, max: usize) {
         self.max = max;
@@ -211,22 +230,13 @@ impl FrameDecoder {
     /// Next whole frame, not yet decoded; for receivers that keep the encoded body (the
     /// collector stores a batch as the bytes it received).
     pub fn next_frame(&mut self) -> Result<Option<RawFrame>, DecodeError> {
-        if self.buf.len() < HEADER_LEN {
+        let Some(total) = self.announced()? else {
+            return Ok(None);
+        };
+        if self.buf.len() < total {
             return Ok(None);
         }
-        let len = frame_len(&self.buf);
-        if len == 0 {
-            return Err(DecodeError::Malformed("zero-length frame".into()));
-        }
-        if len - 1 > self.max {
-            return Err(DecodeError::Oversized {
-                len: len - 1,
-                max: self.max,
-            });
-        }
-        if self.buf.len() < 4 + len {
-            return Ok(None);
-        }
+        let len = total - 4;
         self.buf.advance(4);
         let mut body = self.buf.split_to(len);
         let kind = body[0];
@@ -373,6 +383,24 @@ mod tests {
         let n = (long.len() - 4) as u32;
         long[..4].copy_from_slice(&n.to_be_bytes());
         check_err(&long, "malformed");
+    }
+
+    #[test]
+    fn a_frame_announces_its_size_once_its_header_is_in() {
+        let bytes = encode(&batch(1)).expect("encode");
+        let mut dec = FrameDecoder::new(DEFAULT_MAX_FRAME);
+        dec.push(&bytes[..HEADER_LEN - 1]);
+        assert_eq!(dec.announced().expect("fine"), None);
+        dec.push(&bytes[HEADER_LEN - 1..HEADER_LEN]);
+        assert_eq!(dec.announced().expect("fine"), Some(bytes.len()));
+        assert_eq!(dec.wanted(), bytes.len() - HEADER_LEN);
+        // An oversized frame is refused from its header, before any of its body is read.
+        let mut small = FrameDecoder::new(4);
+        small.push(&bytes[..HEADER_LEN]);
+        assert!(matches!(
+            small.announced(),
+            Err(DecodeError::Oversized { .. })
+        ));
     }
 
     #[test]

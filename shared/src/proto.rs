@@ -250,4 +250,11 @@ pub mod codes {
     /// (an operator may restore the right store) and says why. Agents before this code took
     /// it as any refusal and retried with the usual backoff.
     pub const UNKNOWN_AGENT: u32 = 9;
+    /// The collector has no room for this frame now (its memory budget for frames in flight is
+    /// spent, or the frame's body was too slow to arrive): retry later.
+    pub const BUSY: u32 = 10;
+    /// The message would take the agent past a cap the collector is configured with (its CIs,
+    /// `[agents] max_cis`); sending it again changes nothing until the cap or the inventory
+    /// does.
+    pub const LIMIT: u32 = 11;
 }

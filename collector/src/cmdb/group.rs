@@ -18,7 +18,7 @@ use std::sync::{Condvar, Mutex, MutexGuard, PoisonError};
 
 use vigil_shared::proto::{InventoryDeltaMsg, InventorySnapshot};
 
-use super::{apply_batch, InventoryMsg, InventoryOutcome, MAX_MESSAGES_PER_TX};
+use super::{apply_batch_capped, InventoryMsg, InventoryOutcome, MAX_MESSAGES_PER_TX};
 use crate::store::{Db, StoreError};
 
 /// One inventory message of an agent, owned (it may be applied by another thread).
@@ -63,6 +63,8 @@ struct Queue {
 /// committed, however many other threads come and go.
 pub struct GroupCommit {
     db: Mutex<Db>,
+    /// A delta that would leave its agent more CIs than this is kept out.
+    max_cis: usize,
     queue: Mutex<Queue>,
     changed: Condvar,
 }
@@ -85,9 +87,16 @@ impl GroupCommit {
     pub fn new(db: Db) -> GroupCommit {
         GroupCommit {
             db: Mutex::new(db),
+            max_cis: usize::MAX,
             queue: Mutex::new(Queue::default()),
             changed: Condvar::new(),
         }
+    }
+
+    /// The same, keeping out a delta that would leave its agent more than `max` CIs.
+    pub fn with_max_cis(mut self, max: usize) -> GroupCommit {
+        self.max_cis = max;
+        self
     }
 
     /// Applies `msg` of `agent` (blocking: call it from a blocking thread) together with
@@ -139,7 +148,7 @@ impl GroupCommit {
             .iter()
             .map(|j| (j.agent.as_str(), j.msg.as_msg(), j.now_ms))
             .collect();
-        match apply_batch(&db, &msgs) {
+        match apply_batch_capped(&db, &msgs, self.max_cis) {
             Ok(results) if results.len() == jobs.len() => results,
             Ok(_) => jobs
                 .iter()

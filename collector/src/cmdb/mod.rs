@@ -138,6 +138,9 @@ pub enum InventoryOutcome {
     },
     /// The delta's base is not what the CMDB holds for this agent: ask for a full snapshot.
     Resync { have: Option<u64> },
+    /// The delta would leave the agent more than `max` CIs (`[agents] max_cis`): nothing of
+    /// it is kept.
+    TooManyCis { cis: usize, max: usize },
 }
 
 /// Lifecycle state of a CI (`cis.state`).
@@ -261,13 +264,28 @@ fn apply_in(
     agent_id: &str,
     msg: InventoryMsg<'_>,
     now_ms: i64,
+    max_cis: usize,
 ) -> Result<Applied, StoreError> {
     let prev = reconcile::read_state(conn, agent_id)?;
     let mut s = reconcile::Reconciliation::new(conn, agent_id, now_ms);
     let outcome = match msg {
         InventoryMsg::Snapshot(snap) => s.snapshot(snap, prev.as_ref())?,
         InventoryMsg::Delta(d) => match prev {
-            Some(p) if p.version == d.base_version => s.delta(d, &p)?,
+            Some(p) if p.version == d.base_version => {
+                let outcome = s.delta(d, &p)?;
+                if !d.delta.added.is_empty() {
+                    let cis = live_cis(conn, agent_id)?;
+                    if cis > max_cis {
+                        return Ok(Applied {
+                            outcome: InventoryOutcome::TooManyCis { cis, max: max_cis },
+                            tally: reconcile::Tally::default(),
+                            duplicate: None,
+                            keep: false,
+                        });
+                    }
+                }
+                outcome
+            }
             other => {
                 return Ok(Applied {
                     outcome: InventoryOutcome::Resync {
@@ -286,6 +304,14 @@ fn apply_in(
         duplicate: s.duplicate_note,
         keep: true,
     })
+}
+
+/// The agent's CIs that are not retired.
+fn live_cis(conn: &Connection, agent_id: &str) -> Result<usize, StoreError> {
+    let n: i64 = conn
+        .prepare_cached("SELECT COUNT(*) FROM cis WHERE agent_id = ?1 AND state != 'retired'")?
+        .query_row([agent_id], |r| r.get(0))?;
+    Ok(usize::try_from(n).unwrap_or(usize::MAX))
 }
 
 /// Reconciles a full snapshot from `agent_id` (one transaction).
@@ -319,7 +345,7 @@ pub fn apply(
     // Before the transaction: a first call loads the item counts, which must not include ours.
     let metrics = metrics_for(db)?;
     let applied = in_reconcile_tx(db, |tx| {
-        let a = apply_in(tx, agent_id, msg, now_ms)?;
+        let a = apply_in(tx, agent_id, msg, now_ms, usize::MAX)?;
         let keep = a.keep;
         Ok((a, keep))
     })?;
@@ -337,12 +363,22 @@ pub fn apply_batch(
     db: &Db,
     msgs: &[(&str, InventoryMsg<'_>, i64)],
 ) -> Result<Vec<Result<InventoryOutcome, StoreError>>, StoreError> {
+    apply_batch_capped(db, msgs, usize::MAX)
+}
+
+/// [`apply_batch`], where a delta that would leave its agent more than `max_cis` CIs is kept
+/// out ([`InventoryOutcome::TooManyCis`]).
+pub fn apply_batch_capped(
+    db: &Db,
+    msgs: &[(&str, InventoryMsg<'_>, i64)],
+    max_cis: usize,
+) -> Result<Vec<Result<InventoryOutcome, StoreError>>, StoreError> {
     let metrics = metrics_for(db)?;
     let applied = in_reconcile_tx(db, |tx| {
         let mut out = Vec::with_capacity(msgs.len());
         for (agent, msg, now) in msgs {
             tx.execute_batch("SAVEPOINT inventory_message")?;
-            let r = apply_in(tx, agent, *msg, *now);
+            let r = apply_in(tx, agent, *msg, *now, max_cis);
             if tx.is_autocommit() {
                 // SQLite rolled the whole transaction back (I/O error, disk full...).
                 return Err(r.err().unwrap_or_else(|| {

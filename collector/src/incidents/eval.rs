@@ -11,8 +11,11 @@
 //! - a sample not newer than the last evaluated one is [`Observed::Late`] and a non-finite value
 //!   is [`Observed::Invalid`]; neither changes anything, so replayed or reordered samples can
 //!   never reopen a resolved incident behind its back;
-//! - a breach must hold for `hold_ms` (the rule's `for`) before the incident opens; one good
-//!   sample cancels the wait;
+//! - a breach must hold for `hold_ms` (the rule's `for`) before the incident opens, both by the
+//!   samples' own timestamps and by the collector's clock when they arrived (less
+//!   [`ARRIVAL_JITTER_MS`]): an agent cannot make a breach old by dating its samples back, and a
+//!   breach replayed from a spool opens only once it has held on arrival too; one good sample
+//!   cancels the wait;
 //! - an open incident resolves only once the value is back past `clear` (hysteresis);
 //! - Nagios-style flap detection: while a series flaps its incident never resolves.
 
@@ -103,6 +106,10 @@ impl FlapParams {
     }
 }
 
+/// How much shorter than `for` the span of arrival times of a breach may be (network and
+/// batching jitter between an agent's samples).
+pub const ARRIVAL_JITTER_MS: i64 = 2_000;
+
 /// The history is a `u64`: at most 64 evaluations.
 const MAX_WINDOW: usize = 64;
 
@@ -155,7 +162,7 @@ enum Phase {
 /// Flap history: bit 0 of `history` is the newest evaluation (1 = "problem"), `recorded` counts
 /// evaluations up to 64. A "problem" is a breached sample, or a sample in the hysteresis band
 /// (not breached, not cleared) while the incident is open.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 pub struct Series {
     phase: Phase,
     flapping: bool,
@@ -163,15 +170,37 @@ pub struct Series {
     history: u64,
     /// Pending since / first breach of the open incident (meaningless when idle).
     since_ms: i64,
+    /// When the pending breach's first sample arrived (the collector's clock).
+    since_arrival_ms: i64,
     /// Worst value since `since_ms`.
     peak: f64,
-    last_ts_ms: Option<i64>,
+    /// The last evaluated timestamp; [`NONE_YET`] before the first (an `Option` would not fit
+    /// the series in 48 bytes).
+    last_ts_ms: i64,
+}
+
+/// `last_ts_ms` of a series that has evaluated nothing.
+const NONE_YET: i64 = i64::MIN;
+
+impl Default for Series {
+    fn default() -> Self {
+        Series::new()
+    }
 }
 
 impl Series {
     /// A fresh series: idle, no history.
     pub fn new() -> Series {
-        Series::default()
+        Series {
+            phase: Phase::Idle,
+            flapping: false,
+            recorded: 0,
+            history: 0,
+            since_ms: 0,
+            since_arrival_ms: 0,
+            peak: 0.0,
+            last_ts_ms: NONE_YET,
+        }
     }
 
     /// A series whose incident is open in the store (collector restart): open, with its first
@@ -193,8 +222,9 @@ impl Series {
             recorded: 0,
             history: 0,
             since_ms: first_breach_ms,
+            since_arrival_ms: first_breach_ms,
             peak,
-            last_ts_ms: Some(last_ts_ms),
+            last_ts_ms,
         }
     }
 
@@ -224,13 +254,28 @@ impl Series {
         value: f64,
         out: &mut Vec<Event>,
     ) -> Observed {
+        self.observe_arrived(cond, flap, ts_ms, ts_ms, value, out)
+    }
+
+    /// [`observe`](Self::observe) of a sample that arrived at `arrived_ms` (the collector's
+    /// clock): a pending breach opens only once it has held for `hold_ms` by the samples'
+    /// timestamps and, less [`ARRIVAL_JITTER_MS`], by their arrival.
+    pub fn observe_arrived(
+        &mut self,
+        cond: &Condition,
+        flap: &FlapParams,
+        ts_ms: i64,
+        arrived_ms: i64,
+        value: f64,
+        out: &mut Vec<Event>,
+    ) -> Observed {
         if !value.is_finite() {
             return Observed::Invalid;
         }
-        if self.last_ts_ms.is_some_and(|last| ts_ms <= last) {
+        if self.last_ts_ms != NONE_YET && ts_ms <= self.last_ts_ms {
             return Observed::Late;
         }
-        self.last_ts_ms = Some(ts_ms);
+        self.last_ts_ms = ts_ms;
 
         let breached = cond.breached(value);
         let cleared = !breached && cond.cleared(value);
@@ -256,11 +301,17 @@ impl Series {
                 if self.phase == Phase::Idle {
                     self.phase = Phase::Pending;
                     self.since_ms = ts_ms;
+                    self.since_arrival_ms = arrived_ms;
                     self.peak = value;
                 } else {
                     self.peak = cond.worse(self.peak, value);
                 }
-                if ts_ms.saturating_sub(self.since_ms) >= cond.hold_ms {
+                let held = ts_ms.saturating_sub(self.since_ms) >= cond.hold_ms;
+                let held_on_arrival = arrived_ms
+                    .saturating_sub(self.since_arrival_ms)
+                    .saturating_add(ARRIVAL_JITTER_MS)
+                    >= cond.hold_ms;
+                if held && held_on_arrival {
                     self.phase = Phase::Open;
                     out.push(Event::Opened {
                         first_breach_ms: self.since_ms,
@@ -340,7 +391,7 @@ impl Series {
 
     /// Timestamp of the last evaluated sample.
     pub fn last_ts_ms(&self) -> Option<i64> {
-        self.last_ts_ms
+        (self.last_ts_ms != NONE_YET).then_some(self.last_ts_ms)
     }
 
     /// First breach of the pending breach or of the open incident; `None` when idle.
@@ -521,6 +572,56 @@ mod tests {
             &[(1_000, 95.0), (60_999, 95.0), (61_000, 95.0)],
             &[opened(1_000, 61_000, 95.0, 95.0, false)],
         );
+    }
+
+    /// `for` is judged on arrival too: samples dated back (a flood with timestamps of the
+    /// agent's choosing, or a spool replay) open nothing until the breach has held on the
+    /// collector's clock, less the jitter allowance.
+    #[test]
+    fn hold_must_also_pass_on_arrival() {
+        let cond = hold(ABOVE, 60_000);
+        let flap = FlapParams::default();
+        let mut s = Series::new();
+        let mut out = Vec::new();
+        // Ten minutes of breach, dated back, all arriving within 10 ms.
+        for i in 0..60 {
+            let ts = 1_000_000 + i * 10_000;
+            s.observe_arrived(&cond, &flap, ts, 2_000_000 + i / 10, 95.0, &mut out);
+        }
+        assert!(out.is_empty(), "{out:?}");
+        assert!(s.is_pending());
+        // It goes on breaching live: it opens once 60 s (less the jitter) have passed on
+        // arrival since the first breached sample arrived.
+        let first_arrival = 2_000_000;
+        s.observe_arrived(
+            &cond,
+            &flap,
+            1_600_000,
+            first_arrival + 57_999,
+            95.0,
+            &mut out,
+        );
+        assert!(out.is_empty(), "{out:?}");
+        s.observe_arrived(
+            &cond,
+            &flap,
+            1_610_000,
+            first_arrival + 58_000,
+            96.0,
+            &mut out,
+        );
+        assert_eq!(out, [opened(1_000_000, 1_610_000, 96.0, 96.0, false)]);
+
+        // Timestamps that pass too slowly hold it back as well: arrival alone is not enough.
+        let mut s = Series::new();
+        out.clear();
+        s.observe_arrived(&cond, &flap, 10, 0, 95.0, &mut out);
+        s.observe_arrived(&cond, &flap, 20, 120_000, 95.0, &mut out);
+        assert!(out.is_empty());
+        // A hold of zero opens at once, whenever the sample arrives.
+        let mut s = Series::new();
+        s.observe_arrived(&hold(ABOVE, 0), &flap, 10, 0, 95.0, &mut out);
+        assert_eq!(out.len(), 1);
     }
 
     #[test]

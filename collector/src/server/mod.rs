@@ -14,6 +14,7 @@
 //! is still the agent's newest connection (a generation), so a reconnect is never undone by the
 //! old connection's end.
 
+pub mod budget;
 mod enroll;
 pub mod session;
 mod streams;
@@ -66,6 +67,10 @@ pub struct IngestParts {
     pub settings: proto::Settings,
     /// The incident engine: evaluates rules on what agents send.
     pub engine: Option<EngineHandle>,
+    /// Bounds on what agents send (`[agents] max_cis` among them).
+    pub limits: Limits,
+    /// Memory for frames in flight (`[quic] max_frame_memory*`).
+    pub budget: budget::FrameBudget,
 }
 
 /// Everything the ingest tasks share.
@@ -92,6 +97,76 @@ enum StreamError {
     Write(#[from] quinn::WriteError),
     #[error("unexpected message kind {0} here")]
     Unexpected(u8),
+    #[error(transparent)]
+    NoRoom(#[from] budget::NoRoom),
+    #[error("a frame's body did not arrive within {:?}", budget::FRAME_TIMEOUT)]
+    FrameTimeout,
+}
+
+impl StreamError {
+    /// The reason counted and the code the stream is stopped with, for a refusal of ours
+    /// (`None`: the stream just ended or failed).
+    fn refusal(&self) -> Option<(&'static str, u32)> {
+        match self {
+            StreamError::Decode(e) => Some((e.reason(), e.code())),
+            StreamError::NoRoom(budget::NoRoom::TooLarge { .. }) => {
+                Some((session::reason::MEMORY_BUDGET, codes::OVERSIZED))
+            }
+            StreamError::NoRoom(budget::NoRoom::Busy { .. }) => {
+                Some((session::reason::MEMORY_BUDGET, codes::BUSY))
+            }
+            StreamError::FrameTimeout => Some((session::reason::FRAME_TIMEOUT, codes::BUSY)),
+            _ => None,
+        }
+    }
+}
+
+/// Reads the next frame within `budget`: once the frame's header is in, room for the whole
+/// frame is reserved before its body is read, and the body must arrive within
+/// [`budget::FRAME_TIMEOUT`]. Reads never go past the frame, so the decoder holds nothing
+/// unreserved but a header. `Ok(None)` at a clean end of stream.
+async fn read_frame_within(
+    recv: &mut RecvStream,
+    dec: &mut FrameDecoder,
+    budget: &budget::ConnectionBudget,
+) -> Result<Option<(RawFrame, budget::Reservation)>, StreamError> {
+    loop {
+        if let Some(total) = dec.announced()? {
+            let reservation = budget.reserve(total).await?;
+            let body = async {
+                loop {
+                    if let Some(frame) = dec.next_frame()? {
+                        return Ok(Some(frame));
+                    }
+                    if !read_some(recv, dec).await? {
+                        dec.finish()?;
+                        return Ok(None);
+                    }
+                }
+            };
+            return match tokio::time::timeout(budget::FRAME_TIMEOUT, body).await {
+                Ok(Ok(Some(frame))) => Ok(Some((frame, reservation))),
+                Ok(Ok(None)) => Ok(None),
+                Ok(Err(e)) => Err(e),
+                Err(_) => Err(StreamError::FrameTimeout),
+            };
+        }
+        if !read_some(recv, dec).await? {
+            dec.finish()?;
+            return Ok(None);
+        }
+    }
+}
+
+/// Reads what the decoder wants next, at most 64 KiB; false at the end of the stream.
+async fn read_some(recv: &mut RecvStream, dec: &mut FrameDecoder) -> Result<bool, StreamError> {
+    match recv.read_chunk(dec.wanted().min(64 * 1024), true).await? {
+        Some(chunk) => {
+            dec.push(&chunk.bytes);
+            Ok(true)
+        }
+        None => Ok(false),
+    }
 }
 
 /// Reads the next frame, `Ok(None)` at a clean end of stream.
@@ -103,12 +178,9 @@ async fn read_frame(
         if let Some(frame) = dec.next_frame()? {
             return Ok(Some(frame));
         }
-        match recv.read_chunk(64 * 1024, true).await? {
-            Some(chunk) => dec.push(&chunk.bytes),
-            None => {
-                dec.finish()?;
-                return Ok(None);
-            }
+        if !read_some(recv, dec).await? {
+            dec.finish()?;
+            return Ok(None);
         }
     }
 }
@@ -129,9 +201,9 @@ impl Ingest {
         };
         Ok(Ingest {
             db: Arc::new(Mutex::new(Db::open(&parts.data_dir)?)),
-            cmdb: Arc::new(cmdb::GroupCommit::new(cmdb)),
+            cmdb: Arc::new(cmdb::GroupCommit::new(cmdb).with_max_cis(parts.limits.max_cis)),
+            limits: parts.limits,
             parts,
-            limits: Limits::default(),
             conns: Mutex::new(HashMap::new()),
             enroll_failures: Default::default(),
         })
@@ -395,6 +467,7 @@ impl Ingest {
         })
         .await;
         let streams = TaskTracker::new();
+        let budget = self.parts.budget.connection();
         let mut goodbye = false;
         // `goodbye` also ends reading a broken control stream; this is only the agent's word.
         let mut said_goodbye = false;
@@ -402,7 +475,7 @@ impl Ingest {
             tokio::select! {
                 stream = conn.accept_bi() => match stream {
                     Ok((send, recv)) => {
-                        streams.spawn(self.clone().agent_stream(agent.clone(), send, recv, shutdown.clone()));
+                        streams.spawn(self.clone().agent_stream(agent.clone(), send, recv, budget.clone(), shutdown.clone()));
                     }
                     Err(e) => {
                         log_conn_end(&e);

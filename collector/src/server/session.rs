@@ -12,8 +12,9 @@
 //!   [`Limits::max_future_ms`] ahead of the collector's clock, or with an oversized name or
 //!   label set, is dropped (the rest of the batch is kept and acknowledged, so one bad sample
 //!   cannot wedge an agent's spool);
-//! - **inventory**: the numbers of CIs, relations and connections are bounded, and a CI with an
-//!   oversized type, key or name is dropped.
+//! - **inventory**: the numbers of CIs (per agent: `[agents] max_cis`), relations and
+//!   connections are bounded; a CI with an oversized type, key or name is dropped, and so is an
+//!   attribute with an oversized name or value, or past a CI's attribute count.
 //!
 //! Every clamp, drop and refusal is counted under `vigil_ingest_rejected_total{reason}` with one
 //! of [`reason::ALL`].
@@ -21,7 +22,7 @@
 //! This module never does I/O, never reads the clock (callers pass `now_ms`) and never panics on
 //! what it is given.
 
-use vigil_shared::inventory::Inventory;
+use vigil_shared::inventory::{Ci, Inventory, InventoryDelta};
 use vigil_shared::proto::{codes, Batch, Hello, Sample};
 
 /// Reasons this module counts (`vigil_ingest_rejected_total{reason}`).
@@ -43,6 +44,18 @@ pub mod reason {
     pub const BAD_INVENTORY: &str = "bad_inventory";
     /// A hello claiming a host name another enrolled agent already uses (renamed, never merged).
     pub const HOSTNAME_CLASH: &str = "hostname_clash";
+    /// A sample that would start a series past the agent's `[agents] max_series` (dropped).
+    pub const SERIES_LIMIT: &str = "series_limit";
+    /// A sample that would start a check past the agent's `[agents] max_checks` (dropped).
+    pub const CHECK_LIMIT: &str = "check_limit";
+    /// An inventory that would give the agent more than `[agents] max_cis` CIs (refused), or a
+    /// CI attribute past its bounds (dropped).
+    pub const CI_LIMIT: &str = "ci_limit";
+    /// A frame with no room in the memory budgets for frames in flight (the stream is refused
+    /// with `BUSY`; the agent retries).
+    pub const MEMORY_BUDGET: &str = "memory_budget";
+    /// A frame whose body did not arrive in time once its room was reserved.
+    pub const FRAME_TIMEOUT: &str = "frame_timeout";
 
     pub const ALL: &[&str] = &[
         BAD_INTERVAL,
@@ -53,8 +66,16 @@ pub mod reason {
         BAD_SAMPLE,
         BAD_INVENTORY,
         HOSTNAME_CLASH,
+        SERIES_LIMIT,
+        CHECK_LIMIT,
+        CI_LIMIT,
+        MEMORY_BUDGET,
+        FRAME_TIMEOUT,
     ];
 }
+
+/// Default of `[agents] max_cis`.
+pub const DEFAULT_MAX_CIS: usize = 100_000;
 
 /// The bounds applied to what agents send.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -76,10 +97,16 @@ pub struct Limits {
     pub max_version_chars: usize,
     pub max_capabilities: usize,
     pub max_capability_chars: usize,
+    /// CIs an agent may have (`[agents] max_cis`); also bounds one message.
     pub max_cis: usize,
     pub max_relations: usize,
     pub max_connections: usize,
     pub max_ci_field_bytes: usize,
+    /// Attributes one CI may have.
+    pub max_ci_attrs: usize,
+    pub max_attr_name_bytes: usize,
+    /// Longest attribute value, as JSON.
+    pub max_attr_value_bytes: usize,
 }
 
 impl Default for Limits {
@@ -99,10 +126,13 @@ impl Default for Limits {
             max_version_chars: 64,
             max_capabilities: 64,
             max_capability_chars: 64,
-            max_cis: 200_000,
+            max_cis: DEFAULT_MAX_CIS,
             max_relations: 1_000_000,
             max_connections: 100_000,
             max_ci_field_bytes: 4096,
+            max_ci_attrs: 256,
+            max_attr_name_bytes: 128,
+            max_attr_value_bytes: 64 * 1024,
         }
     }
 }
@@ -229,23 +259,102 @@ pub fn accept_batch(batch: Batch, now_ms: i64, l: &Limits) -> Result<AcceptedBat
     })
 }
 
-/// Bounds an inventory: refused when it holds too many CIs, relations or connections; CIs with
-/// an oversized type, key or name are dropped (counted, one reason each).
+/// Bounds an inventory snapshot: refused when it holds more CIs than the agent may have
+/// (`[agents] max_cis`), or too many relations or connections; a CI with an oversized type, key
+/// or name is dropped, and so is an attribute past its bounds (counted, one reason each).
 pub fn accept_inventory(inv: &mut Inventory, l: &Limits) -> Result<Vec<&'static str>, Refusal> {
-    if inv.cis.len() > l.max_cis
-        || inv.relations.len() > l.max_relations
-        || inv.connections.len() > l.max_connections
-    {
+    if inv.cis.len() > l.max_cis {
+        return Err(Refusal {
+            reason: reason::CI_LIMIT,
+            code: codes::LIMIT,
+        });
+    }
+    if inv.relations.len() > l.max_relations || inv.connections.len() > l.max_connections {
         return Err(Refusal {
             reason: reason::BAD_INVENTORY,
             code: codes::MALFORMED,
         });
     }
+    let mut problems = Vec::new();
+    bound_cis(&mut inv.cis, l, &mut problems);
+    Ok(problems)
+}
+
+/// Bounds an inventory delta as [`accept_inventory`] bounds a snapshot: refused when it names
+/// more CIs or relations than allowed; the CIs it adds or changes are bounded field by field.
+/// (The CIs the agent would have after it are counted where it is applied.)
+pub fn accept_delta(delta: &mut InventoryDelta, l: &Limits) -> Result<Vec<&'static str>, Refusal> {
+    let cis = delta.added.len() + delta.changed.len() + delta.removed.len();
+    let relations = delta.relations_added.len() + delta.relations_removed.len();
+    let connections = delta.connections.as_ref().map_or(0, Vec::len);
+    if cis > l.max_cis {
+        return Err(Refusal {
+            reason: reason::CI_LIMIT,
+            code: codes::LIMIT,
+        });
+    }
+    if relations > l.max_relations || connections > l.max_connections {
+        return Err(Refusal {
+            reason: reason::BAD_INVENTORY,
+            code: codes::MALFORMED,
+        });
+    }
+    let mut problems = Vec::new();
+    bound_cis(&mut delta.added, l, &mut problems);
+    bound_cis(&mut delta.changed, l, &mut problems);
     let max = l.max_ci_field_bytes;
-    let before = inv.cis.len();
-    inv.cis
-        .retain(|c| c.ci_type.len() <= max && c.key.len() <= max && c.name.len() <= max);
-    Ok(vec![reason::BAD_INVENTORY; before - inv.cis.len()])
+    let before = delta.removed.len();
+    delta
+        .removed
+        .retain(|r| r.ci_type.len() <= max && r.key.len() <= max);
+    problems.extend(std::iter::repeat_n(
+        reason::BAD_INVENTORY,
+        before - delta.removed.len(),
+    ));
+    Ok(problems)
+}
+
+/// Drops CIs with an oversized type, key or name (`bad_inventory` each) and, of the others,
+/// attributes past [`Limits::max_ci_attrs`], [`Limits::max_attr_name_bytes`] or
+/// [`Limits::max_attr_value_bytes`] (`ci_limit` each).
+fn bound_cis(cis: &mut Vec<Ci>, l: &Limits, problems: &mut Vec<&'static str>) {
+    let max = l.max_ci_field_bytes;
+    cis.retain_mut(|c| {
+        if c.ci_type.len() > max || c.key.len() > max || c.name.len() > max {
+            problems.push(reason::BAD_INVENTORY);
+            return false;
+        }
+        while c.attrs.len() > l.max_ci_attrs {
+            c.attrs.pop_last();
+            problems.push(reason::CI_LIMIT);
+        }
+        c.attrs.retain(|k, v| {
+            let ok = k.len() <= l.max_attr_name_bytes && fits_json(v, l.max_attr_value_bytes);
+            if !ok {
+                problems.push(reason::CI_LIMIT);
+            }
+            ok
+        });
+        true
+    });
+}
+
+/// Whether `v` takes at most `max` bytes as JSON (what the CMDB stores); stops counting past it.
+fn fits_json(v: &serde_json::Value, max: usize) -> bool {
+    struct Upto(usize);
+    impl std::io::Write for Upto {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.0 = self
+                .0
+                .checked_sub(buf.len())
+                .ok_or_else(|| std::io::Error::other("too long"))?;
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+    serde_json::to_writer(Upto(max), v).is_ok()
 }
 
 #[cfg(test)]
@@ -426,12 +535,77 @@ mod tests {
         assert_eq!(inv.cis.len(), 2);
         inv.cis
             .extend((0..3).map(|i| Ci::new("package", format!("p{i}"), "p")));
+        let refusal = accept_inventory(&mut inv, &l).expect_err("refused");
         assert_eq!(
-            accept_inventory(&mut inv, &l)
+            (refusal.reason, refusal.code),
+            (reason::CI_LIMIT, codes::LIMIT)
+        );
+    }
+
+    #[test]
+    fn ci_attributes_are_bounded_in_snapshots_and_deltas() {
+        let l = Limits {
+            max_ci_attrs: 3,
+            max_attr_name_bytes: 8,
+            max_attr_value_bytes: 20,
+            ..Limits::default()
+        };
+        let ci = || {
+            Ci::new("package", "p", "p")
+                .attr("a", "fine")
+                .attr("long-name-here", "x")
+                .attr("b", "y".repeat(19)) // 21 bytes as JSON, with its quotes
+                .attr("c", serde_json::json!({"nested": [1, 2, 3, 4, 5]})) // 22 bytes
+                .attr("d", 1)
+                .attr("e", 2)
+        };
+        let mut inv = Inventory {
+            cis: vec![ci()],
+            ..Inventory::default()
+        };
+        let problems = accept_inventory(&mut inv, &l).expect("kept");
+        // Past three attributes the last ones go (long-name-here, e, d), then the long values
+        // (b, c).
+        assert_eq!(problems, vec![reason::CI_LIMIT; 5]);
+        let kept: Vec<&str> = inv.cis[0].attrs.keys().map(String::as_str).collect();
+        assert_eq!(kept, ["a"]);
+
+        let mut delta = InventoryDelta {
+            added: vec![ci()],
+            changed: vec![ci(), Ci::new("package", "k".repeat(5000), "p")],
+            removed: vec![vigil_shared::inventory::CiRef {
+                ci_type: "package".into(),
+                key: "k".repeat(5000),
+            }],
+            ..InventoryDelta::default()
+        };
+        let problems = accept_delta(&mut delta, &l).expect("kept");
+        assert_eq!(
+            problems.iter().filter(|p| **p == reason::CI_LIMIT).count(),
+            10
+        );
+        assert_eq!(
+            problems
+                .iter()
+                .filter(|p| **p == reason::BAD_INVENTORY)
+                .count(),
+            2
+        );
+        assert_eq!((delta.added.len(), delta.changed.len()), (1, 1));
+        assert!(delta.removed.is_empty());
+        assert_eq!(delta.changed[0].attrs.len(), 1);
+
+        let small = Limits { max_cis: 2, ..l };
+        let mut big = InventoryDelta {
+            added: vec![ci(), ci(), ci()],
+            ..InventoryDelta::default()
+        };
+        assert_eq!(
+            accept_delta(&mut big, &small)
                 .map(|_| ())
                 .expect_err("refused")
                 .reason,
-            reason::BAD_INVENTORY
+            reason::CI_LIMIT
         );
     }
 }

@@ -14,9 +14,11 @@ use vigil_runtime::clock::now_ms;
 use vigil_shared::codec::{self, DecodeError, FrameDecoder};
 use vigil_shared::proto::{self, codes, kind, Ack, Batch, Message};
 
-use super::{read_frame, session, write_msg, Ingest, StreamError, MAX_UNACKED};
+use super::budget::{ConnectionBudget, Reservation};
+use super::{read_frame_within, read_some, session, write_msg, Ingest, StreamError, MAX_UNACKED};
 use crate::cmdb::{self, InventoryOutcome};
 use crate::incidents::engine::Input;
+use crate::latest::Refused;
 use crate::store::AppendOutcome;
 
 impl Ingest {
@@ -27,6 +29,19 @@ impl Ingest {
         let _ = recv.stop(VarInt::from_u32(e.code()));
     }
 
+    /// A stream ended with `e`: a refusal of ours (undecodable, no room, too slow) is counted,
+    /// logged and the stream stopped; anything else just ended it.
+    fn end_stream(&self, recv: &mut RecvStream, e: &StreamError, what: &str) {
+        match e.refusal() {
+            Some((reason, code)) => {
+                self.parts.metrics.reject(reason);
+                warn!(error = %e, "closing {what} stream");
+                let _ = recv.stop(VarInt::from_u32(code));
+            }
+            None => debug!(error = %e, "{what} stream ended"),
+        }
+    }
+
     /// A stream opened by an agent: the kind of its first frame says what it carries (batches or
     /// one inventory message), and so which frame limit applies.
     pub(super) async fn agent_stream(
@@ -34,6 +49,7 @@ impl Ingest {
         agent: Arc<str>,
         send: SendStream,
         mut recv: RecvStream,
+        budget: ConnectionBudget,
         shutdown: CancellationToken,
     ) {
         let mut dec = FrameDecoder::new(self.parts.max_frame);
@@ -41,13 +57,13 @@ impl Ingest {
             if let Some(k) = dec.peek_kind() {
                 break Some(k);
             }
-            let chunk = tokio::select! {
-                c = recv.read_chunk(64 * 1024, true) => c,
+            let more = tokio::select! {
+                r = read_some(&mut recv, &mut dec) => r,
                 _ = shutdown.cancelled() => return,
             };
-            match chunk {
-                Ok(Some(c)) => dec.push(&c.bytes),
-                Ok(None) => break None,
+            match more {
+                Ok(true) => {}
+                Ok(false) => break None,
                 Err(e) => {
                     debug!(error = %e, "stream ended before its first frame");
                     return;
@@ -57,9 +73,12 @@ impl Ingest {
         match first {
             Some(kind::INVENTORY_SNAPSHOT | kind::INVENTORY_DELTA) => {
                 dec.set_max(codec::MAX_INVENTORY_FRAME);
-                self.inventory_stream(agent, send, recv, dec).await
+                self.inventory_stream(agent, send, recv, dec, budget).await
             }
-            _ => self.batch_stream(agent, send, recv, dec, shutdown).await,
+            _ => {
+                self.batch_stream(agent, send, recv, dec, budget, shutdown)
+                    .await
+            }
         }
     }
 
@@ -70,10 +89,15 @@ impl Ingest {
         mut send: SendStream,
         mut recv: RecvStream,
         mut dec: FrameDecoder,
+        budget: ConnectionBudget,
     ) {
-        let msg = match read_frame(&mut recv, &mut dec).await {
-            Ok(Some(frame)) => match frame.decode() {
-                Ok(m @ (Message::InventorySnapshot(_) | Message::InventoryDelta(_))) => m,
+        // The reservation is held until the inventory is reconciled: a decoded inventory and
+        // the reconciliation's work take memory in proportion to the frame.
+        let (msg, _reservation) = match read_frame_within(&mut recv, &mut dec, &budget).await {
+            Ok(Some((frame, reservation))) => match frame.decode() {
+                Ok(m @ (Message::InventorySnapshot(_) | Message::InventoryDelta(_))) => {
+                    (m, reservation)
+                }
                 Ok(other) => {
                     self.parts.metrics.reject("unexpected");
                     warn!(
@@ -89,44 +113,33 @@ impl Ingest {
                 }
             },
             Ok(None) => return,
-            Err(StreamError::Decode(e)) => {
-                self.reject_stream(&mut recv, &e, "inventory");
-                return;
-            }
             Err(e) => {
-                debug!(error = %e, "inventory stream ended");
+                self.end_stream(&mut recv, &e, "inventory");
                 return;
             }
         };
         let mut msg = msg;
-        let inventory = match &mut msg {
-            Message::InventorySnapshot(s) => Some(&mut s.inventory),
-            _ => None,
+        let accepted = match &mut msg {
+            Message::InventorySnapshot(s) => {
+                session::accept_inventory(&mut s.inventory, &self.limits)
+            }
+            Message::InventoryDelta(d) => session::accept_delta(&mut d.delta, &self.limits),
+            _ => Ok(Vec::new()),
         };
-        if let Some(inventory) = inventory {
-            match session::accept_inventory(inventory, &self.limits) {
-                Ok(dropped) => {
-                    for reason in dropped {
-                        self.parts.metrics.reject(reason);
-                    }
-                }
-                Err(refusal) => {
-                    self.parts.metrics.reject(refusal.reason);
-                    warn!("closing inventory stream: the inventory is larger than allowed");
-                    let _ = recv.stop(VarInt::from_u32(refusal.code));
-                    return;
+        match accepted {
+            Ok(dropped) => {
+                for reason in dropped {
+                    self.parts.metrics.reject(reason);
                 }
             }
-        }
-        if let Message::InventoryDelta(d) = &mut msg {
-            let too_many = d.delta.added.len() + d.delta.changed.len() + d.delta.removed.len()
-                > self.limits.max_cis
-                || d.delta.relations_added.len() + d.delta.relations_removed.len()
-                    > self.limits.max_relations;
-            if too_many {
-                self.parts.metrics.reject(session::reason::BAD_INVENTORY);
-                warn!("closing inventory stream: the delta is larger than allowed");
-                let _ = recv.stop(VarInt::from_u32(codes::MALFORMED));
+            Err(refusal) => {
+                self.parts.metrics.reject(refusal.reason);
+                warn!(
+                    reason = refusal.reason,
+                    max_cis = self.limits.max_cis,
+                    "closing inventory stream: the inventory is larger than allowed"
+                );
+                refuse(&mut send, &mut recv, refusal.code);
                 return;
             }
         }
@@ -168,6 +181,16 @@ impl Ingest {
                 }
                 Message::InventoryAck(proto::InventoryAck { version })
             }
+            Ok(Ok(InventoryOutcome::TooManyCis { cis, max })) => {
+                self.parts.metrics.reject(session::reason::CI_LIMIT);
+                warn!(
+                    cis,
+                    max_cis = max,
+                    "closing inventory stream: the delta would leave the agent more CIs than allowed"
+                );
+                refuse(&mut send, &mut recv, codes::LIMIT);
+                return;
+            }
             Ok(Ok(InventoryOutcome::Resync { have })) => {
                 self.parts.metrics.inventory("resync");
                 info!(have = ?have, "inventory delta does not match the stored version: asking for a snapshot");
@@ -199,14 +222,19 @@ impl Ingest {
         mut send: SendStream,
         mut recv: RecvStream,
         mut dec: FrameDecoder,
+        budget: ConnectionBudget,
         shutdown: CancellationToken,
     ) {
+        // A batch's room in the budget is given back once it is committed (or failed): what
+        // waits for the store counts too.
         let (ack_tx, mut ack_rx) =
-            mpsc::channel::<(u64, usize, crate::store::Pending)>(MAX_UNACKED);
+            mpsc::channel::<(u64, usize, crate::store::Pending, Reservation)>(MAX_UNACKED);
         let metrics = self.parts.metrics.clone();
         let acker = tokio::spawn(async move {
-            while let Some((seq, samples, pending)) = ack_rx.recv().await {
-                match pending.await {
+            while let Some((seq, samples, pending, room)) = ack_rx.recv().await {
+                let outcome = pending.await;
+                drop(room);
+                match outcome {
                     Ok(AppendOutcome::Stored) => metrics.batch(samples),
                     Ok(AppendOutcome::Duplicate) => metrics.duplicate_batches.inc(),
                     Err(e) => {
@@ -228,12 +256,13 @@ impl Ingest {
             }
             let _ = send.finish();
         });
+        let mut refused = Vec::new();
         loop {
             let frame = tokio::select! {
-                f = read_frame(&mut recv, &mut dec) => f,
+                f = read_frame_within(&mut recv, &mut dec, &budget) => f,
                 _ = shutdown.cancelled() => break,
             };
-            let frame = match frame {
+            let (frame, room) = match frame {
                 Ok(Some(f)) => {
                     // Nothing buffered after this frame: start afresh, so an agent idle between
                     // batches does not keep the last batch's buffer (~16 KiB per connection).
@@ -243,12 +272,8 @@ impl Ingest {
                     f
                 }
                 Ok(None) => break,
-                Err(StreamError::Decode(e)) => {
-                    self.reject_stream(&mut recv, &e, "batch");
-                    break;
-                }
                 Err(e) => {
-                    debug!(error = %e, "batch stream ended");
+                    self.end_stream(&mut recv, &e, "batch");
                     break;
                 }
             };
@@ -272,7 +297,7 @@ impl Ingest {
                 }
             };
             let now = now_ms();
-            let batch = match session::accept_batch(batch, now, &self.limits) {
+            let mut batch = match session::accept_batch(batch, now, &self.limits) {
                 Ok(b) => b,
                 Err(refusal) => {
                     self.parts.metrics.reject(refusal.reason);
@@ -284,6 +309,15 @@ impl Ingest {
                     break;
                 }
             };
+            // Series and checks past the agent's caps are refused here, before anything keeps
+            // them: the latest-value table holds the caps, the store and the engine follow it.
+            refused.clear();
+            self.parts
+                .table
+                .apply_admitting(&agent, &batch.samples, now, &mut refused);
+            if !refused.is_empty() {
+                drop_refused(&mut batch, &refused);
+            }
             // What is stored is what was accepted: re-encoded only when samples were dropped.
             let payload = if batch.dropped.is_empty() {
                 frame.body.to_vec()
@@ -305,7 +339,6 @@ impl Ingest {
             };
             let n = batch.samples.len();
             self.parts.presence.heard(&agent, now);
-            self.parts.table.apply(&agent, &batch.samples, now);
             let pending = self.parts.writer.submit_batch(
                 agent.clone(),
                 batch.seq,
@@ -320,11 +353,33 @@ impl Ingest {
                 received_ms: now,
             })
             .await;
-            if ack_tx.send((batch.seq, n, pending)).await.is_err() {
+            if ack_tx.send((batch.seq, n, pending, room)).await.is_err() {
                 break;
             }
         }
         drop(ack_tx);
         let _ = acker.await;
     }
+}
+
+/// Drops the samples at the (ascending) indexes of `refused` from `batch`, adding their reasons
+/// to its drops.
+fn drop_refused(batch: &mut session::AcceptedBatch, refused: &[(usize, Refused)]) {
+    let mut next = refused.iter().peekable();
+    let mut i = 0;
+    batch.samples.retain(|_| {
+        let gone = next.next_if(|(at, _)| *at == i).is_some();
+        i += 1;
+        !gone
+    });
+    batch
+        .dropped
+        .extend(refused.iter().map(|(_, why)| why.reason()));
+}
+
+/// Refuses an inventory stream whose message was read: the agent learns the code from the reset
+/// of the answer (a stop after the whole message arrived may never reach it).
+fn refuse(send: &mut SendStream, recv: &mut RecvStream, code: u32) {
+    let _ = send.reset(VarInt::from_u32(code));
+    let _ = recv.stop(VarInt::from_u32(code));
 }

@@ -144,10 +144,21 @@ pub fn collector_config(
     http: SocketAddr,
     extra: &str,
 ) -> PathBuf {
+    collector_config_quic(data_dir, quic, http, "", extra)
+}
+
+/// [`collector_config`] with `quic_extra` in the `[quic]` table.
+pub fn collector_config_quic(
+    data_dir: &Path,
+    quic: SocketAddr,
+    http: SocketAddr,
+    quic_extra: &str,
+    extra: &str,
+) -> PathBuf {
     std::fs::create_dir_all(data_dir).expect("data dir");
     let path = data_dir.join("collector.toml");
     let text = format!(
-        "data_dir = {:?}\n[quic]\nlisten = \"{quic}\"\n[http]\nlisten = \"{http}\"\n{extra}\n",
+        "data_dir = {:?}\n[quic]\nlisten = \"{quic}\"\n{quic_extra}\n[http]\nlisten = \"{http}\"\n{extra}\n",
         data_dir.display().to_string()
     );
     std::fs::write(&path, text).expect("write config");
@@ -175,11 +186,23 @@ pub fn spawn_collector_with(
     http: SocketAddr,
     extra: &str,
 ) -> Collector {
-    let config = collector_config(data_dir, quic, http, extra);
+    spawn_collector_config(data_dir, &collector_config(data_dir, quic, http, extra))
+}
+
+/// Starts `vigil-collector serve` on loopback ports chosen by the OS, with `quic_extra` in its
+/// `[quic]` table and `extra` after `[http] listen`.
+pub fn spawn_collector_quic(data_dir: &Path, quic_extra: &str, extra: &str) -> Collector {
+    let any: SocketAddr = "127.0.0.1:0".parse().expect("addr");
+    let config = collector_config_quic(data_dir, any, any, quic_extra, extra);
+    spawn_collector_config(data_dir, &config)
+}
+
+/// Starts `vigil-collector serve --config CONFIG`, its store in `data_dir`.
+pub fn spawn_collector_config(data_dir: &Path, config: &Path) -> Collector {
     let mut cmd = Command::new(bin("vigil-collector"));
     cmd.arg("serve")
         .arg("--config")
-        .arg(&config)
+        .arg(config)
         .stdout(Stdio::piped());
     let log = data_dir.join(format!("collector-{}.log", unique()));
     let mut proc = Proc::spawn("vigil-collector", cmd, log);

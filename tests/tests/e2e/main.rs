@@ -8,6 +8,7 @@ mod cmdb;
 mod config;
 mod durability;
 mod enrollment;
+mod floods;
 mod hardening;
 mod harness;
 mod incident_state;

@@ -360,10 +360,14 @@ impl Engine {
         }
         entry.last_sample_ms = entry.last_sample_ms.max(received_ms);
         self.events.clear();
-        match entry
-            .series
-            .observe(&r.cond, &self.config.flap, ts_ms, value, &mut self.events)
-        {
+        match entry.series.observe_arrived(
+            &r.cond,
+            &self.config.flap,
+            ts_ms,
+            received_ms,
+            value,
+            &mut self.events,
+        ) {
             Observed::Evaluated => self.metrics.evaluations.inc(),
             Observed::Late => {
                 self.metrics.late_samples.inc();
