@@ -9,6 +9,11 @@ need=()
 # Debian installs Alertmanager as prometheus-alertmanager.
 { command -v prometheus-alertmanager || command -v alertmanager; } >/dev/null 2>&1 \
   || need+=(prometheus-alertmanager)
+# The packet-loss test runs the agent in a network namespace (ip) behind nftables loss rules (nft),
+# both in sbin, which a non-root PATH may not hold.
+sbin() { command -v "$1" || [ -x "/usr/sbin/$1" ] || [ -x "/sbin/$1" ]; } >/dev/null 2>&1
+sbin ip || need+=(iproute2)
+sbin nft || need+=(nftables)
 if [ ${#need[@]} -gt 0 ]; then
   echo "installing ${need[*]} ..."
   if [ "$(id -u)" -ne 0 ]; then SUDO=sudo; else SUDO=; fi

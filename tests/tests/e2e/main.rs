@@ -14,6 +14,7 @@ mod harness;
 mod incident_state;
 mod incidents;
 mod liveness;
+mod packet_loss;
 mod prometheus;
 mod quickstart;
 mod settings;
