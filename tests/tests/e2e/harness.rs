@@ -78,7 +78,8 @@ impl Proc {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
 
-    fn signal(&self, sig: i32) {
+    /// Sends signal `sig` (e.g. `libc::SIGINT`) to the process.
+    pub fn signal(&self, sig: i32) {
         // SAFETY: kill(2) with a pid we own; no memory is touched.
         #[allow(unsafe_code)]
         unsafe {
