@@ -12,6 +12,7 @@ mod hardening;
 mod harness;
 mod incident_state;
 mod incidents;
+mod kill9;
 mod liveness;
 mod prometheus;
 mod quickstart;
