@@ -176,11 +176,24 @@ pub fn spawn_collector_with(
     http: SocketAddr,
     extra: &str,
 ) -> Collector {
+    spawn_collector_env(data_dir, quic, http, extra, &[])
+}
+
+/// [`spawn_collector_with`], with environment variables for the collector (e.g.
+/// `VIGIL_FAILPOINTS`).
+pub fn spawn_collector_env(
+    data_dir: &Path,
+    quic: SocketAddr,
+    http: SocketAddr,
+    extra: &str,
+    env: &[(&str, &str)],
+) -> Collector {
     let config = collector_config(data_dir, quic, http, extra);
     let mut cmd = Command::new(bin("vigil-collector"));
     cmd.arg("serve")
         .arg("--config")
         .arg(&config)
+        .envs(env.iter().copied())
         .stdout(Stdio::piped());
     let log = data_dir.join(format!("collector-{}.log", unique()));
     let mut proc = Proc::spawn("vigil-collector", cmd, log);
