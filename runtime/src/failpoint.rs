@@ -1,5 +1,6 @@
 //! Failpoints: named faults a test switches on to prove that a component's failure is loud
-//! (logged, reported by `/readyz`, a non-zero exit). `VIGIL_FAILPOINTS=engine,notifier` turns on
+//! (logged, reported by `/readyz`, a non-zero exit), or to hold a race window open (`engine-slow`:
+//! the incident engine takes 300 ms over each batch). `VIGIL_FAILPOINTS=engine,notifier` turns on
 //! the named points for the life of the process.
 //!
 //! Only debug builds read the variable; in a release build [`hit`] is always false and costs

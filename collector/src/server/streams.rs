@@ -1,13 +1,13 @@
 //! The streams an authenticated agent opens: batch streams (batches read, applied to the
-//! latest-value table and the registry of agents, handed to the store writer, acknowledged in
-//! order once committed) and inventory streams (one snapshot or delta each, reconciled into the
-//! CMDB, answered with an ack or a resync request). The kind of a stream's first frame says
-//! which it is, and so which frame limit applies.
+//! latest-value table and the registry of agents, handed to the store writer and the incident
+//! engine, acknowledged in order once committed and evaluated) and inventory streams (one
+//! snapshot or delta each, reconciled into the CMDB, answered with an ack or a resync request).
+//! The kind of a stream's first frame says which it is, and so which frame limit applies.
 
 use std::sync::Arc;
 
 use quinn::{RecvStream, SendStream, VarInt};
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 use vigil_runtime::clock::now_ms;
@@ -19,7 +19,7 @@ use super::{read_frame_within, read_some, session, write_msg, Ingest, StreamErro
 use crate::cmdb::{self, InventoryOutcome};
 use crate::incidents::engine::Input;
 use crate::latest::Refused;
-use crate::store::AppendOutcome;
+use crate::store::{AppendOutcome, Pending};
 
 impl Ingest {
     /// A stream sent something undecodable: count it, log it, and stop that stream (only).
@@ -215,7 +215,7 @@ impl Ingest {
     }
 
     /// Reads batches, applies them to the latest-value table, hands them to the store writer and
-    /// acknowledges in order once committed.
+    /// the incident engine, and acknowledges in order once committed and evaluated.
     async fn batch_stream(
         self: Arc<Self>,
         agent: Arc<str>,
@@ -228,10 +228,10 @@ impl Ingest {
         // A batch's room in the budget is given back once it is committed (or failed): what
         // waits for the store counts too.
         let (ack_tx, mut ack_rx) =
-            mpsc::channel::<(u64, usize, crate::store::Pending, Reservation)>(MAX_UNACKED);
+            mpsc::channel::<(u64, usize, Pending, oneshot::Receiver<()>, Reservation)>(MAX_UNACKED);
         let metrics = self.parts.metrics.clone();
         let acker = tokio::spawn(async move {
-            while let Some((seq, samples, pending, room)) = ack_rx.recv().await {
+            while let Some((seq, samples, pending, evaluated, room)) = ack_rx.recv().await {
                 let outcome = pending.await;
                 drop(room);
                 match outcome {
@@ -244,6 +244,12 @@ impl Ingest {
                         return;
                     }
                 }
+                // Acknowledged only once the incident engine has evaluated the batch too and
+                // committed what it decided: nothing evaluates a stored batch again, so an
+                // incident the batch opened must not be lost to a crash after its ack. Without an
+                // engine (or with a dead one, which stops the collector) the sender is gone and
+                // this returns at once.
+                let _ = evaluated.await;
                 // Acks are cumulative: when more batches are already waiting, the ack for the
                 // last of them covers this one too.
                 if ack_rx.is_empty()
@@ -347,13 +353,19 @@ impl Ingest {
                 u32::try_from(n).unwrap_or(u32::MAX),
                 payload,
             );
+            let (evaluated, engine_done) = oneshot::channel();
             self.tell_engine(Input::Samples {
                 agent: agent.clone(),
                 samples: batch.samples,
                 received_ms: now,
+                evaluated: Some(evaluated),
             })
             .await;
-            if ack_tx.send((batch.seq, n, pending, room)).await.is_err() {
+            if ack_tx
+                .send((batch.seq, n, pending, engine_done, room))
+                .await
+                .is_err()
+            {
                 break;
             }
         }

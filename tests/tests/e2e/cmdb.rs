@@ -161,8 +161,8 @@ fn wait_for_host(store: &Connection, agent_dir: &Path, agent: &mut Proc) -> Stri
 
 /// What `vigil-agent inventory --json` reported, as the store keeps it: active CIs by
 /// `(type, key)` with name and attributes, and relations.
-type CiMap = BTreeMap<(String, String), (String, Value)>;
-type RelSet = BTreeSet<(String, String, String, String, String)>;
+pub(crate) type CiMap = BTreeMap<(String, String), (String, Value)>;
+pub(crate) type RelSet = BTreeSet<(String, String, String, String, String)>;
 
 /// A collector and an agent discovering a copy of the `host-b` fixture every second, after the
 /// agent's first snapshot is stored.
@@ -203,7 +203,7 @@ fn start_host_b(dir: &Path) -> HostB {
     }
 }
 
-fn inventory_maps(inv: &Value) -> (CiMap, RelSet) {
+pub(crate) fn inventory_maps(inv: &Value) -> (CiMap, RelSet) {
     let s = |v: &Value| v.as_str().expect("string").to_string();
     let cis = inv["cis"]
         .as_array()
@@ -233,7 +233,7 @@ fn inventory_maps(inv: &Value) -> (CiMap, RelSet) {
     (cis, rels)
 }
 
-fn stored_maps(store: &Connection, agent: &str) -> (CiMap, RelSet) {
+pub(crate) fn stored_maps(store: &Connection, agent: &str) -> (CiMap, RelSet) {
     let mut stmt = store
         .prepare("SELECT type, key, name, attrs FROM cis WHERE agent_id = ?1 AND state = 'active'")
         .expect("prepare");

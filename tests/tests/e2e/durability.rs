@@ -61,7 +61,7 @@ fn stored_count(collector_dir: &Path, agent: &str) -> u64 {
 }
 
 /// The agent's spool watermark from `<agent_dir>/spool/state`: `(acked, next_seq)`.
-fn spool_state(agent_dir: &Path) -> Option<(u64, u64)> {
+pub(crate) fn spool_state(agent_dir: &Path) -> Option<(u64, u64)> {
     let text = std::fs::read_to_string(agent_dir.join("spool").join("state")).ok()?;
     let field = |name: &str| {
         text.lines()
@@ -71,7 +71,7 @@ fn spool_state(agent_dir: &Path) -> Option<(u64, u64)> {
 }
 
 /// Sequence numbers must run `first..=last` without a gap or a repeat.
-fn assert_contiguous(seqs: &[u64], who: &str) {
+pub(crate) fn assert_contiguous(seqs: &[u64], who: &str) {
     let Some(&first) = seqs.first() else {
         panic!("{who}: nothing stored");
     };

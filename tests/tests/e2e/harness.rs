@@ -78,7 +78,8 @@ impl Proc {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
 
-    fn signal(&self, sig: i32) {
+    /// Sends signal `sig` (e.g. `libc::SIGINT`) to the process.
+    pub fn signal(&self, sig: i32) {
         // SAFETY: kill(2) with a pid we own; no memory is touched.
         #[allow(unsafe_code)]
         unsafe {
@@ -186,7 +187,20 @@ pub fn spawn_collector_with(
     http: SocketAddr,
     extra: &str,
 ) -> Collector {
-    spawn_collector_config(data_dir, &collector_config(data_dir, quic, http, extra))
+    spawn_collector_env(data_dir, quic, http, extra, &[])
+}
+
+/// [`spawn_collector_with`], with environment variables for the collector (e.g.
+/// `VIGIL_FAILPOINTS`).
+pub fn spawn_collector_env(
+    data_dir: &Path,
+    quic: SocketAddr,
+    http: SocketAddr,
+    extra: &str,
+    env: &[(&str, &str)],
+) -> Collector {
+    let config = collector_config(data_dir, quic, http, extra);
+    spawn_collector_config_env(data_dir, &config, env)
 }
 
 /// Starts `vigil-collector serve` on loopback ports chosen by the OS, with `quic_extra` in its
@@ -194,15 +208,20 @@ pub fn spawn_collector_with(
 pub fn spawn_collector_quic(data_dir: &Path, quic_extra: &str, extra: &str) -> Collector {
     let any: SocketAddr = "127.0.0.1:0".parse().expect("addr");
     let config = collector_config_quic(data_dir, any, any, quic_extra, extra);
-    spawn_collector_config(data_dir, &config)
+    spawn_collector_config_env(data_dir, &config, &[])
 }
 
 /// Starts `vigil-collector serve --config CONFIG`, its store in `data_dir`.
-pub fn spawn_collector_config(data_dir: &Path, config: &Path) -> Collector {
+pub fn spawn_collector_config_env(
+    data_dir: &Path,
+    config: &Path,
+    env: &[(&str, &str)],
+) -> Collector {
     let mut cmd = Command::new(bin("vigil-collector"));
     cmd.arg("serve")
         .arg("--config")
         .arg(config)
+        .envs(env.iter().copied())
         .stdout(Stdio::piped());
     let log = data_dir.join(format!("collector-{}.log", unique()));
     let mut proc = Proc::spawn("vigil-collector", cmd, log);

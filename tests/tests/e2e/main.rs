@@ -13,6 +13,7 @@ mod hardening;
 mod harness;
 mod incident_state;
 mod incidents;
+mod kill9;
 mod liveness;
 mod packet_loss;
 mod prometheus;

@@ -60,10 +60,14 @@ const TICK: Duration = Duration::from_secs(1);
 #[derive(Debug)]
 pub enum Input {
     /// A batch as read from an agent (before it is stored; duplicates are late and skipped).
+    /// `evaluated` is answered once its samples are evaluated and the incident changes they
+    /// caused committed: the batch's ack waits for it, so that a crash cannot lose what an
+    /// acknowledged batch opened or resolved (nothing evaluates a stored batch again).
     Samples {
         agent: Arc<str>,
         samples: Vec<Sample>,
         received_ms: i64,
+        evaluated: Option<tokio::sync::oneshot::Sender<()>>,
     },
     /// A hello was accepted (the agent's liveness is in [`Presence`]).
     Connected {
@@ -315,7 +319,17 @@ impl Engine {
                 agent,
                 samples,
                 received_ms,
-            } => self.samples(&agent, &samples, received_ms),
+                evaluated,
+            } => {
+                // An engine that lags behind the store writer (a test holds that window open).
+                if vigil_runtime::failpoint::hit("engine-slow") {
+                    std::thread::sleep(Duration::from_millis(300));
+                }
+                self.samples(&agent, &samples, received_ms);
+                if let Some(done) = evaluated {
+                    let _ = done.send(());
+                }
+            }
             Input::Connected {
                 agent,
                 hostname,

@@ -174,6 +174,7 @@ impl Fixture {
                 value: v,
             }],
             received_ms: at,
+            evaluated: None,
         });
     }
 
@@ -576,6 +577,7 @@ fn memory_ratio_is_derived_and_series_survive_a_restart() {
             },
         ],
         received_ms: at,
+        evaluated: None,
     };
     f.engine.handle(batch(97.0, at));
     let inc = f.incident(builtin::MEMORY_FULL, "a1");
@@ -593,4 +595,60 @@ fn memory_ratio_is_derived_and_series_survive_a_restart() {
     restarted.handle(batch(50.0, f.at(300)));
     let after = f.incident(builtin::MEMORY_FULL, "a1");
     assert_eq!((after.id, after.state), (inc.id, State::Resolved));
+}
+
+/// The engine thread answers a batch's `evaluated` only once the incident its samples opened has
+/// committed (the QUIC server acknowledges the batch after that answer, so an acknowledged
+/// breach cannot lose its incident to a crash).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batch_is_answered_once_the_incident_it_opened_is_committed() {
+    let f = fixture(Vec::new());
+    let clock_now = f.now.clone();
+    let (engine, join) = spawn(
+        f._dir.path(),
+        EngineParts {
+            config: config(Vec::new()),
+            metrics: IncidentMetrics::new().expect("metrics"),
+            wake: Arc::new(|| {}),
+            presence: f.presence.clone(),
+            clock: Arc::new(move || clock_now.load(Ordering::SeqCst)),
+            on_exit: Box::new(|_| {}),
+            checkpoints: None,
+        },
+    )
+    .expect("engine thread");
+    let at = f.at(100);
+    f.presence.connected("a1", "web-1", 1_000, at);
+    engine
+        .send(Input::Connected {
+            agent: Arc::from("a1"),
+            hostname: "web-1".into(),
+            at_ms: at,
+        })
+        .await
+        .expect("send");
+    let (evaluated, answered) = tokio::sync::oneshot::channel();
+    engine
+        .send(Input::Samples {
+            agent: Arc::from("a1"),
+            samples: vec![Sample {
+                ts_ms: at,
+                name: "filesystem_used_ratio".into(),
+                labels: vec![("mountpoint".into(), "/".into())],
+                value: 0.97,
+            }],
+            received_ms: at,
+            evaluated: Some(evaluated),
+        })
+        .await
+        .expect("send");
+    answered.await.expect("answered");
+    // Read on another connection at once: committed, not merely decided.
+    let inc = f.incident("fs", "a1");
+    assert_eq!(inc.state, State::Open);
+    assert_eq!(f.notifications(inc.id), ["opened"]);
+    drop(engine);
+    tokio::task::spawn_blocking(move || join.join())
+        .await
+        .expect("engine stopped");
 }
