@@ -185,7 +185,7 @@ impl Metrics {
         for r in reason::ALL {
             ingest_rejected.with_label_values(&[*r]);
         }
-        for r in ["ok", "refused", "rate_limited"] {
+        for r in ["ok", "refused", "rate_limited", "abandoned"] {
             enrollments.with_label_values(&[r]);
         }
         let inventory_messages = IntCounterVec::new(
@@ -258,6 +258,11 @@ impl Metrics {
     /// Counts an enrollment refused unread: its address failed too often lately.
     pub fn enrollment_rate_limited(&self) {
         self.enrollments.with_label_values(&["rate_limited"]).inc();
+    }
+
+    /// Counts an enrollment undone because its certificate never reached the client.
+    pub fn enrollment_abandoned(&self) {
+        self.enrollments.with_label_values(&["abandoned"]).inc();
     }
 
     /// Counts one inventory message: `snapshot`, `delta` or `resync`.
@@ -472,6 +477,7 @@ vigil_ingest_samples_total 10
             r#"
 # HELP vigil_enrollments_total Enrollment requests, by result.
 # TYPE vigil_enrollments_total counter
+vigil_enrollments_total{result="abandoned"} 0
 vigil_enrollments_total{result="ok"} 1
 vigil_enrollments_total{result="rate_limited"} 0
 vigil_enrollments_total{result="refused"} 0

@@ -12,7 +12,7 @@ use std::str::FromStr;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant, SystemTime};
 
-use quinn::{Connection, SendStream};
+use quinn::{Connection, SendStream, VarInt};
 use tracing::{info, warn};
 use vigil_runtime::clock::now_ms;
 use vigil_shared::codec::FrameDecoder;
@@ -105,15 +105,44 @@ impl Ingest {
             }
         };
         match outcome {
-            Ok(enrolled) => {
-                info!(agent = %enrolled.agent_id, "agent enrolled");
-                self.parts.metrics.enrollment(true);
-                if let Some(send) = send.as_mut() {
-                    let _ = write_msg(send, &Message::Enrolled(enrolled)).await;
-                    let _ = send.finish();
+            Ok((enrolled, token_id)) => {
+                let agent_id = enrolled.agent_id.clone();
+                let delivered = match send.as_mut() {
+                    Some(send) => {
+                        write_msg(send, &Message::Enrolled(enrolled)).await.is_ok()
+                            && send.finish().is_ok()
+                            && delivered(send, &conn).await
+                    }
+                    None => false,
+                };
+                if delivered {
+                    info!(agent = %agent_id, "agent enrolled");
+                    self.parts.metrics.enrollment(true);
+                    // Let the agent read the certificate and close; don't wait forever.
+                    let _ = tokio::time::timeout(Duration::from_secs(5), conn.closed()).await;
+                    return;
                 }
-                // Let the agent read the certificate and close; don't wait forever.
-                let _ = tokio::time::timeout(Duration::from_secs(5), conn.closed()).await;
+                // The client gave up before its certificate reached it: the enrollment is
+                // undone, so a single-use token is not spent on a certificate nobody holds.
+                self.parts.metrics.enrollment_abandoned();
+                let id = agent_id.clone();
+                match self
+                    .with_db(move |db| db.undo_enrollment(&token_id, &id))
+                    .await
+                {
+                    Ok(Ok(())) => warn!(
+                        agent = %agent_id,
+                        "enrollment abandoned: the client left before its certificate reached it; \
+                         undone, the token is not spent"
+                    ),
+                    Ok(Err(e)) => {
+                        warn!(agent = %agent_id, error = %e, "cannot undo an abandoned enrollment")
+                    }
+                    Err(e) => {
+                        warn!(agent = %agent_id, error = %e, "cannot undo an abandoned enrollment")
+                    }
+                }
+                conn.close(VarInt::from_u32(codes::OK), b"enrollment abandoned");
             }
             Err(refusal) => {
                 warn!(reason = %refusal.message, "enrollment refused");
@@ -139,7 +168,10 @@ impl Ingest {
         &self,
         conn: &Connection,
     ) -> Result<
-        (Option<SendStream>, Result<proto::Enrolled, ErrorMsg>),
+        (
+            Option<SendStream>,
+            Result<(proto::Enrolled, String), ErrorMsg>,
+        ),
         (Option<SendStream>, ErrorMsg),
     > {
         let refused = |msg: String| ErrorMsg {
@@ -228,6 +260,7 @@ impl Ingest {
         let hostname: String = req.hostname.chars().take(255).collect();
         let version: String = req.version.chars().take(64).collect();
         let id = agent_id.clone();
+        let token_id = token.id.clone();
         let stored = self
             .with_db(move |db| {
                 let agent = NewAgent {
@@ -242,17 +275,43 @@ impl Ingest {
                     .map_err(|r| r.to_string())
             })
             .await;
+        // Holds the window between storing and answering open (tests of an abandoned one).
+        if vigil_runtime::failpoint::hit("enroll-slow") {
+            tokio::time::sleep(Duration::from_secs(2)).await;
+        }
         match stored {
             Ok(Ok(_)) => Ok((
                 Some(send),
-                Ok(proto::Enrolled {
-                    agent_id,
-                    cert_pem,
-                    ca_pem: self.parts.identity.ca.cert_pem.clone(),
-                }),
+                Ok((
+                    proto::Enrolled {
+                        agent_id,
+                        cert_pem,
+                        ca_pem: self.parts.identity.ca.cert_pem.clone(),
+                    },
+                    token_id,
+                )),
             )),
             Ok(Err(reason)) => Ok((Some(send), Err(refused(reason)))),
             Err(e) => Ok((Some(send), Err(refused(format!("internal error: {e}"))))),
         }
+    }
+}
+
+/// How long the collector waits for an agent to receive its certificate.
+const DELIVERY_WAIT: Duration = Duration::from_secs(10);
+
+/// Whether the finished answer on `send` reached the agent: all of it acknowledged, or the
+/// agent closed the connection saying it is enrolled (its close may overtake the
+/// acknowledgement).
+async fn delivered(send: &mut SendStream, conn: &Connection) -> bool {
+    match tokio::time::timeout(DELIVERY_WAIT, send.stopped()).await {
+        Ok(Ok(None)) => true,
+        Ok(Err(_)) => matches!(
+            conn.close_reason(),
+            Some(quinn::ConnectionError::ApplicationClosed(c))
+                if c.error_code == VarInt::from_u32(codes::OK) && c.reason.as_ref() == b"enrolled"
+        ),
+        // Stopped unread, or no acknowledgement in time.
+        Ok(Ok(Some(_))) | Err(_) => false,
     }
 }

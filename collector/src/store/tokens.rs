@@ -195,6 +195,26 @@ impl Db {
         Ok(())
     }
 
+    /// Undoes an enrollment whose certificate never reached its agent: the agent (which never
+    /// connected) is forgotten and the token, if this agent spent it, is unspent. One
+    /// transaction; an agent that has connected since is kept.
+    pub fn undo_enrollment(&self, token_id: &str, agent_id: &str) -> Result<(), StoreError> {
+        let tx = Transaction::new_unchecked(&self.conn, TransactionBehavior::Immediate)?;
+        let gone = tx.execute(
+            "DELETE FROM agents WHERE id = ?1 AND last_seen_ms IS NULL AND connected = 0",
+            [agent_id],
+        )?;
+        if gone > 0 {
+            tx.execute(
+                "UPDATE enroll_tokens SET used_at_ms = NULL, used_by = NULL
+                 WHERE id = ?1 AND used_by = ?2",
+                params![token_id, agent_id],
+            )?;
+        }
+        tx.commit()?;
+        Ok(())
+    }
+
     /// Whether the token may enroll an agent now, without spending it: checked before the
     /// collector signs anything.
     pub fn check_enroll_token(

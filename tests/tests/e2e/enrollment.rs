@@ -589,3 +589,91 @@ fn failed_enrollments_are_rate_limited_and_tokens_are_listed() {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+/// A client that sends its enrollment request and leaves before the answer reaches it (the
+/// collector holds the answer back 2 s, `enroll-slow`): the enrollment is undone, the
+/// single-use token is not spent, and a real enrollment with it succeeds afterwards.
+#[test]
+fn an_enrollment_the_client_gave_up_on_does_not_spend_its_token() {
+    use std::str::FromStr;
+    use vigil_agent::client;
+    use vigil_shared::identity::EnrollToken;
+
+    let dir = tempfile::tempdir().expect("tempdir");
+    let any: SocketAddr = "127.0.0.1:0".parse().expect("addr");
+    let c = spawn_collector_env(
+        dir.path(),
+        any,
+        any,
+        "",
+        &[("VIGIL_FAILPOINTS", "enroll-slow")],
+    );
+    let text = enroll_token(dir.path(), &["--single-use"]);
+    let token = EnrollToken::from_str(text.trim()).expect("token");
+    let rt = crate::wire::runtime();
+    let endpoint = crate::wire::endpoint(&rt, c.quic);
+    let agents = || -> i64 {
+        open_store(dir.path())
+            .query_row("SELECT COUNT(*) FROM agents", [], |r| r.get(0))
+            .expect("agents")
+    };
+    let used = || -> Option<i64> {
+        open_store(dir.path())
+            .query_row(
+                "SELECT used_at_ms FROM enroll_tokens WHERE id = ?1",
+                [&token.id],
+                |r| r.get(0),
+            )
+            .expect("token row")
+    };
+    let conn = rt.block_on(crate::wire::within("request sent", async {
+        let (_key, csr_pem) = identity::new_key_and_csr("e2e-quitter").expect("csr");
+        let tls = identity::enroll_client_config(token.ca_pin).expect("tls");
+        let config = client::quic_client_config(tls).expect("quic config");
+        let conn = client::connect(&endpoint, config, c.quic)
+            .await
+            .expect("connect");
+        let (mut send, _recv) = conn.open_bi().await.expect("stream");
+        let req = Message::Enroll(proto::Enroll {
+            token: token.to_string(),
+            csr_pem,
+            hostname: "e2e-quitter".into(),
+            version: "e2e".into(),
+        });
+        client::write_message(&mut send, &req).await.expect("write");
+        send.finish().expect("finish");
+        conn
+    }));
+    // The collector stored the enrollment and spent the token; the client leaves before the
+    // answer comes.
+    wait_until(WAIT, "the enrollment stored", || {
+        (agents() == 1 && used().is_some()).then_some(())
+    });
+    conn.close(VarInt::from_u32(1), b"gave up");
+    wait_until(WAIT, "the enrollment undone", || {
+        (agents() == 0 && used().is_none()).then_some(())
+    });
+    assert_eq!(
+        metric_value(
+            &metrics(&c),
+            "vigil_enrollments_total{result=\"abandoned\"}"
+        ),
+        Some(1.0)
+    );
+    // The token still enrolls an agent, once.
+    let id = rt.block_on(crate::wire::enroll(&endpoint, c.quic, &text, "e2e-stayer"));
+    assert_eq!(agents(), 1);
+    assert!(used().is_some(), "spent by the agent that has it");
+    let by: String = open_store(dir.path())
+        .query_row(
+            "SELECT used_by FROM enroll_tokens WHERE id = ?1",
+            [&token.id],
+            |r| r.get(0),
+        )
+        .expect("used by");
+    assert_eq!(by, id.agent_id);
+    assert_eq!(
+        metric_value(&metrics(&c), "vigil_enrollments_total{result=\"ok\"}"),
+        Some(1.0)
+    );
+}
