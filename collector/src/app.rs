@@ -240,6 +240,13 @@ pub async fn start(config: &CollectorConfig) -> Result<Running> {
         reopen_within_ms: i64::try_from(config.incidents.reopen_within.as_millis())
             .unwrap_or(i64::MAX),
         engine: Some(engine),
+        flaps: Arc::new(crate::incidents::alert_flaps::AlertFlaps::new(
+            crate::incidents::eval::FlapParams {
+                window: config.incidents.flap_window,
+                high: config.incidents.flap_start,
+                low: config.incidents.flap_stop,
+            },
+        )),
     });
     let http_limits = fit_to_open_files(config.http.limits.clone());
     http_state.http_metrics = http_metrics.clone();

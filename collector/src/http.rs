@@ -67,6 +67,8 @@ pub struct IncidentsApi {
     pub reopen_within_ms: i64,
     /// Told when API rules change.
     pub engine: Option<crate::incidents::engine::EngineHandle>,
+    /// Flapping of Alertmanager fingerprints across requests.
+    pub flaps: Arc<crate::incidents::alert_flaps::AlertFlaps>,
 }
 
 impl Default for IncidentsApi {
@@ -78,6 +80,7 @@ impl Default for IncidentsApi {
             rules: Arc::new(Vec::new()),
             reopen_within_ms: 3_600_000,
             engine: None,
+            flaps: Default::default(),
         }
     }
 }

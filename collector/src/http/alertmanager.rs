@@ -54,6 +54,7 @@ use vigil_shared::inventory::ci_type;
 
 use super::{now_ms, ApiError, Auth, HttpState};
 use crate::cmdb::lookup::{self, HostRow};
+use crate::incidents::alert_flaps::Flap;
 use crate::incidents::alertmanager::{self as am, Mapped, PayloadError, Status};
 use crate::incidents::lifecycle::Lifecycle;
 use crate::incidents::maintenance::{self, Window};
@@ -91,6 +92,9 @@ pub struct Summary {
     pub reopened: u64,
     pub resolved: u64,
     pub unchanged: u64,
+    /// Resolved statuses held back because their fingerprint flaps (across requests, as the
+    /// engine judges a series): the incident stays open, marked flapping.
+    pub flapping: u64,
     pub problems: u64,
 }
 
@@ -126,6 +130,15 @@ async fn receive(
             first.problems.join("; ")
         );
     }
+    let flaps: Vec<Flap> = alerts
+        .iter()
+        .map(|a| {
+            state
+                .incidents
+                .flaps
+                .observe(&a.dedup_key, a.status == Status::Firing, a.at_ms)
+        })
+        .collect();
     let hooks = state.incidents.webhooks.clone();
     let reopen_within_ms = state.incidents.reopen_within_ms;
     let applied = state
@@ -133,7 +146,7 @@ async fn receive(
         .run(move |db| {
             let c = db.conn();
             Ok::<_, StoreError>(in_tx(c, |c| {
-                apply(c, &hooks, &alerts, reopen_within_ms, now)
+                apply_flapping(c, &hooks, &alerts, &flaps, reopen_within_ms, now)
             })?)
         })
         .await?;
@@ -181,6 +194,7 @@ pub struct Applied {
 }
 
 /// Applies a batch of mapped alerts inside the caller's transaction.
+#[cfg(test)]
 pub fn apply(
     c: &Connection,
     hooks: &[Webhook],
@@ -188,13 +202,46 @@ pub fn apply(
     reopen_within_ms: i64,
     now: i64,
 ) -> rusqlite::Result<Applied> {
+    apply_flapping(c, hooks, alerts, &[], reopen_within_ms, now)
+}
+
+/// [`apply`], with what each alert means for its fingerprint's flapping (`flaps[i]` for
+/// `alerts[i]`; none past its end): while a fingerprint flaps a resolved status leaves its
+/// incident open, and the incident's flapping flag follows the fingerprint's.
+pub fn apply_flapping(
+    c: &Connection,
+    hooks: &[Webhook],
+    alerts: &[Mapped],
+    flaps: &[Flap],
+    reopen_within_ms: i64,
+    now: i64,
+) -> rusqlite::Result<Applied> {
     let mut out = Applied::default();
     let s = &mut out.summary;
     s.received = alerts.len() as u64;
     let mut windows: Option<Vec<Window>> = None;
-    for a in alerts {
+    for (i, a) in alerts.iter().enumerate() {
         if !a.problems.is_empty() {
             s.problems += 1;
+        }
+        let flap = flaps.get(i).copied();
+        let mark = |c: &Connection, flapping: bool, percent: f64| -> rusqlite::Result<()> {
+            if let Some(inc) = records::active_by_key(c, &a.dedup_key)? {
+                Lifecycle::new(c, hooks, now)
+                    .by(ACTOR)
+                    .set_flapping(inc.id, flapping, percent)?;
+            }
+            Ok(())
+        };
+        if let Some(p) = flap.and_then(|f| f.stopped) {
+            mark(c, false, p)?;
+        }
+        if a.status == Status::Resolved && flap.is_some_and(|f| f.flapping) {
+            s.flapping += 1;
+            if let Some(p) = flap.and_then(|f| f.started) {
+                mark(c, true, p)?;
+            }
+            continue;
         }
         match a.status {
             Status::Firing => {
@@ -213,6 +260,9 @@ pub fn apply(
                         tracing::info!(incident = id, rule = %a.rule, "incident reopened by Alertmanager");
                     }
                     Opened::Active { .. } | Opened::OutOfOrder { .. } => s.unchanged += 1,
+                }
+                if let Some(p) = flap.and_then(|f| f.started) {
+                    mark(c, true, p)?;
                 }
             }
             Status::Resolved => match resolve(c, hooks, a, now)? {
@@ -419,6 +469,7 @@ mod tests {
             reopened,
             resolved,
             unchanged,
+            flapping: 0,
             problems: 0,
         }
     }
@@ -627,6 +678,66 @@ mod tests {
         assert!(!incident(&db, "s4").is_suppressed());
     }
 
+    /// A fingerprint alternating across requests flaps as an engine series does: once it flaps
+    /// its incident stays open (marked flapping) instead of resolving and reopening with every
+    /// alternation, and resolves once it has been resolved steadily for a window.
+    #[test]
+    fn a_fingerprint_flapping_across_requests_holds_its_incident_open() {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let db = store(tmp.path());
+        let flaps = crate::incidents::alert_flaps::AlertFlaps::default();
+        let mut total = Summary::default();
+        let send = |total: &mut Summary, status: Status, i: i64| {
+            let at = format!("2027-01-01T00:{:02}:{:02}Z", i / 60, i % 60);
+            let a = alert(status, "flap", &[], &at);
+            let flap = [flaps.observe(&a.dedup_key, status == Status::Firing, a.at_ms)];
+            let got = in_tx(db.conn(), |c| {
+                apply_flapping(c, &[hook()], &[a], &flap, DEFAULT_REOPEN_WITHIN_MS, NOW + i)
+            })
+            .expect("apply")
+            .summary;
+            total.opened += got.opened;
+            total.reopened += got.reopened;
+            total.resolved += got.resolved;
+            total.flapping += got.flapping;
+        };
+        for i in 0..40 {
+            send(
+                &mut total,
+                if i % 2 == 0 {
+                    Status::Firing
+                } else {
+                    Status::Resolved
+                },
+                i,
+            );
+        }
+        let inc = incident(&db, "flap");
+        assert_eq!(
+            inc.state,
+            crate::incidents::records::State::Open,
+            "{total:?}"
+        );
+        assert!(inc.flapping, "marked flapping");
+        assert_eq!(total.opened, 1);
+        // A few alternations before flapping starts, then every resolve is held back.
+        assert!(total.resolved + total.reopened <= 6, "{total:?}");
+        assert!(total.flapping >= 15, "{total:?}");
+        let sent = notifications(&db, inc.id).len();
+        assert!(sent <= 10, "{sent} notifications for 40 alternations");
+        // Steadily resolved: flapping stops, and the incident resolves.
+        for i in 40..80 {
+            send(&mut total, Status::Resolved, i);
+        }
+        let inc = incident(&db, "flap");
+        assert_eq!(
+            inc.state,
+            crate::incidents::records::State::Resolved,
+            "{total:?}"
+        );
+        assert!(!inc.flapping);
+    }
+
     #[test]
     fn problems_are_counted_not_fatal() {
         let tmp = tempfile::tempdir().expect("tempdir");
@@ -777,7 +888,7 @@ mod tests {
         assert_eq!(
             body,
             serde_json::json!({"received": 2, "superseded": 0, "opened": 1, "reopened": 0,
-                               "resolved": 0, "unchanged": 1, "problems": 0})
+                               "resolved": 0, "unchanged": 1, "flapping": 0, "problems": 0})
         );
         let (status, body) = post(&s, op, ok.as_bytes()).await;
         assert_eq!(

@@ -17,6 +17,7 @@
 //! a recurrence within `reopen_within` (default 1 h) of resolution reopens the same incident.
 //! One active incident per dedup key (rule, CI).
 
+pub mod alert_flaps;
 pub mod alertmanager;
 pub mod api_rules;
 pub mod builtin;
