@@ -310,6 +310,40 @@ fn attribute_change_is_one_history_row_with_old_and_new() {
     );
 }
 
+/// Found by the `inventory_delta` fuzz target: a float attribute read back from its stored JSON
+/// text came out one ULP off (serde_json's default float parsing), so the CMDB showed another
+/// value than the agent reported and logged a change of it whenever a sibling attribute changed.
+#[test]
+fn float_attributes_survive_the_store_exactly() {
+    let (_d, db) = store(&["agent-a"]);
+    let x = 9.958105845592179e-37_f64;
+    let with = |v: &str| inventory(vec![pkg("openssl", v).attr("x", x)], vec![], vec![]);
+    snapshot(&db, "agent-a", 1, &with("3.0.1"), T0);
+    let mark = last_history_id(&db);
+    assert_eq!(
+        snapshot(&db, "agent-a", 2, &with("3.0.2"), T0 + 1),
+        stored(2, 0, 1, 0)
+    );
+    assert_eq!(
+        history_since(&db, "agent-a", mark),
+        vec![h(
+            "openssl:amd64",
+            "version",
+            "changed",
+            Some("\"3.0.1\""),
+            Some("\"3.0.2\"")
+        )],
+        "an unchanged float attribute is not a change"
+    );
+    let id = ci(&db, "agent-a", ci_type::PACKAGE, "openssl:amd64").0;
+    let got = query::get_ci(&db, id).expect("get").expect("the CI");
+    assert_eq!(
+        got.attrs["x"].as_f64(),
+        Some(x),
+        "the API shows what the agent sent"
+    );
+}
+
 #[test]
 fn removal_retires_and_reappearance_reactivates() {
     let (_d, db) = store(&["agent-a"]);
