@@ -81,6 +81,12 @@ fi
 
 # --- run -------------------------------------------------------------------------------------
 mkdir -p fuzz/logs
+# The store-backed targets keep their SQLite store in a temporary directory for the whole
+# process (on tmpfs when there is one); this run's, removed at the end.
+if [ -d /dev/shm ] && [ -w /dev/shm ]; then scratch_parent=/dev/shm; else scratch_parent="${TMPDIR:-/tmp}"; fi
+scratch="$(mktemp -d "$scratch_parent/vigil-fuzz-run.XXXXXX")"
+trap 'rm -rf "$scratch"' EXIT
+export VIGIL_FUZZ_TMPDIR="$scratch"
 failed=0
 results=()
 for t in "${targets[@]}"; do

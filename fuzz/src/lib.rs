@@ -52,13 +52,19 @@ pub fn check_round_trip(m: &Message) {
     dec.finish().expect("the frame was consumed whole");
 }
 
-/// A directory for a store: on tmpfs when there is one.
+/// A directory for a store: under `$VIGIL_FUZZ_TMPDIR` (`bench/fuzz.sh` makes one per run and
+/// removes it afterwards: a process-wide store is never dropped, so its directory outlives the
+/// process), else on tmpfs when there is one, else in the system's temporary directory.
 pub fn temp_dir() -> TempDir {
-    let shm = PathBuf::from("/dev/shm");
-    if shm.is_dir() {
+    let mut places = Vec::new();
+    if let Some(dir) = std::env::var_os("VIGIL_FUZZ_TMPDIR") {
+        places.push(PathBuf::from(dir));
+    }
+    places.push(PathBuf::from("/dev/shm"));
+    for place in places.iter().filter(|p| p.is_dir()) {
         if let Ok(d) = tempfile::Builder::new()
             .prefix("vigil-fuzz-")
-            .tempdir_in(&shm)
+            .tempdir_in(place)
         {
             return d;
         }
