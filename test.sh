@@ -28,6 +28,12 @@ cargo build --workspace --bins --locked
 log=$(mktemp)
 trap 'rm -f "$log"' EXIT
 cargo test --workspace --locked 2>&1 | tee "$log"
+# A short run of every fuzz target (fuzz/, libFuzzer), which also replays every input that ever
+# made one fail (fuzz/regressions/). The quicker dev-profile build (see fuzz/Cargo.toml) keeps
+# this under 5 minutes on two cores from a cold start; FUZZ_CI_SECONDS=0 skips it.
+if [ "${FUZZ_CI_SECONDS:-10}" -gt 0 ]; then
+  FUZZ_PROFILE="${FUZZ_PROFILE:-dev}" bench/fuzz.sh "${FUZZ_CI_SECONDS:-10}"
+fi
 # One closing line for the whole run (cargo prints one per test binary, the last often a doc-test
 # binary with nothing in it).
 awk '/^test result:/ { for (i = 1; i <= NF; i++) { if ($i ~ /^passed;?$/) p += $(i-1); if ($i ~ /^failed;?$/) f += $(i-1); if ($i ~ /^ignored;?$/) s += $(i-1) } }

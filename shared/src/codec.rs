@@ -16,6 +16,11 @@ pub const HEADER_LEN: usize = 5;
 pub const DEFAULT_MAX_FRAME: usize = 1 << 20;
 /// Hard limit for inventory frames: a full snapshot of a large host (10,000 packages) fits.
 pub const MAX_INVENTORY_FRAME: usize = 16 << 20;
+/// Deepest nesting of arrays and maps a frame body may have, the message's own structure
+/// included (an inventory attribute sits 5 levels down). Bounds the decoder's recursion, and
+/// keeps every attribute value within what the collector can read back from its store
+/// (serde_json parses at most 128 levels).
+pub const MAX_DEPTH: usize = 64;
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum DecodeError {
@@ -135,6 +140,7 @@ pub fn decode_body(kind_byte: u8, payload: &[u8]) -> Result<Message, DecodeError
 
 fn read_body<T: DeserializeOwned>(payload: &[u8]) -> Result<T, DecodeError> {
     let mut de = rmp_serde::Deserializer::new(payload);
+    de.set_max_depth(MAX_DEPTH);
     let value = T::deserialize(&mut de).map_err(|e| DecodeError::Malformed(e.to_string()))?;
     // Trailing bytes inside a frame mean the sender and we disagree about the frame.
     if de.get_ref().is_empty() {
@@ -383,6 +389,37 @@ mod tests {
         let n = (long.len() - 4) as u32;
         long[..4].copy_from_slice(&n.to_be_bytes());
         check_err(&long, "malformed");
+    }
+
+    /// Found by the `inventory_delta` fuzz target: an attribute nested deeper than serde_json
+    /// reads back (128 levels) was decoded (rmp_serde allows 1,024), stored, and then every read
+    /// of the CI failed (the API answered 500, reconciliation took it for no attributes). Near
+    /// 1,000 levels a debug build also overflowed a 2 MiB thread's stack (a tokio worker's).
+    #[test]
+    fn nesting_is_bounded() {
+        use crate::inventory::{Ci, Inventory};
+        let nested = |levels: usize| {
+            let mut v = serde_json::json!(1);
+            for _ in 0..levels {
+                v = serde_json::json!([v]);
+            }
+            let inventory = Inventory {
+                cis: vec![Ci::new("package", "a:amd64", "a").attr("x", v)],
+                ..Inventory::default()
+            };
+            encode_body(&Message::InventorySnapshot(InventorySnapshot {
+                version: 1,
+                ts_ms: 0,
+                inventory,
+            }))
+            .expect("encode")
+        };
+        let body = nested(MAX_DEPTH - 6);
+        assert!(decode_body(kind::INVENTORY_SNAPSHOT, &body).is_ok());
+        for levels in [MAX_DEPTH, 200, 1000] {
+            let err = decode_body(kind::INVENTORY_SNAPSHOT, &nested(levels)).expect_err("too deep");
+            assert_eq!(err.reason(), "malformed", "{levels}: {err}");
+        }
     }
 
     #[test]

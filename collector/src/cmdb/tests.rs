@@ -310,6 +310,77 @@ fn attribute_change_is_one_history_row_with_old_and_new() {
     );
 }
 
+/// Found by the `inventory_delta` fuzz target: a float attribute read back from its stored JSON
+/// text came out one ULP off (serde_json's default float parsing), so the CMDB showed another
+/// value than the agent reported and logged a change of it whenever a sibling attribute changed.
+#[test]
+fn float_attributes_survive_the_store_exactly() {
+    let (_d, db) = store(&["agent-a"]);
+    let x = 9.958105845592179e-37_f64;
+    let with = |v: &str| inventory(vec![pkg("openssl", v).attr("x", x)], vec![], vec![]);
+    snapshot(&db, "agent-a", 1, &with("3.0.1"), T0);
+    let mark = last_history_id(&db);
+    assert_eq!(
+        snapshot(&db, "agent-a", 2, &with("3.0.2"), T0 + 1),
+        stored(2, 0, 1, 0)
+    );
+    assert_eq!(
+        history_since(&db, "agent-a", mark),
+        vec![h(
+            "openssl:amd64",
+            "version",
+            "changed",
+            Some("\"3.0.1\""),
+            Some("\"3.0.2\"")
+        )],
+        "an unchanged float attribute is not a change"
+    );
+    let id = ci(&db, "agent-a", ci_type::PACKAGE, "openssl:amd64").0;
+    let got = query::get_ci(&db, id).expect("get").expect("the CI");
+    assert_eq!(
+        got.attrs["x"].as_f64(),
+        Some(x),
+        "the API shows what the agent sent"
+    );
+}
+
+/// Found by the `inventory_delta` fuzz target: attributes nested deeper than serde_json reads
+/// back were stored, and then the CI could not be read (the API answered 500). The deepest
+/// attribute an agent's frame can carry (the decoder's nesting limit) is stored and read back.
+#[test]
+fn the_deepest_attributes_a_frame_carries_are_read_back() {
+    use vigil_shared::codec::{decode_body, encode_body};
+    use vigil_shared::proto::{kind, Message};
+    let (_d, db) = store(&["agent-a"]);
+    let snapshot_with = |levels: usize| {
+        let mut v = serde_json::json!("deep");
+        for _ in 0..levels {
+            v = serde_json::json!([v]);
+        }
+        Message::InventorySnapshot(InventorySnapshot {
+            version: 1,
+            ts_ms: T0,
+            inventory: inventory(vec![pkg("openssl", "3").attr("x", v)], vec![], vec![]),
+        })
+    };
+    let mut deepest = None;
+    for levels in 0..2000 {
+        let body = encode_body(&snapshot_with(levels)).expect("encode");
+        match decode_body(kind::INVENTORY_SNAPSHOT, &body) {
+            Ok(Message::InventorySnapshot(s)) => deepest = Some(s),
+            Ok(other) => panic!("decoded as {other:?}"),
+            Err(_) => break,
+        }
+    }
+    let snap = deepest.expect("a shallow snapshot decodes");
+    apply_snapshot(&db, "agent-a", &snap, T0).expect("stored");
+    let id = ci(&db, "agent-a", ci_type::PACKAGE, "openssl:amd64").0;
+    let got = query::get_ci(&db, id)
+        .expect("the CI reads back")
+        .expect("the CI");
+    assert_eq!(got.attrs["x"], snap.inventory.cis[0].attrs["x"]);
+}
+
 #[test]
 fn removal_retires_and_reappearance_reactivates() {
     let (_d, db) = store(&["agent-a"]);
