@@ -64,7 +64,7 @@ fn post(body: &[u8]) {
         };
         assert_eq!(n("received"), p.alerts.len() as u64);
         assert_eq!(
-            n("opened") + n("reopened") + n("resolved") + n("unchanged"),
+            n("opened") + n("reopened") + n("resolved") + n("unchanged") + n("flapping"),
             n("received") - n("superseded"),
             "{text}"
         );
