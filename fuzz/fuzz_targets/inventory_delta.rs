@@ -425,6 +425,9 @@ fn check_outcome(
             assert!(applies && version > i64::MAX as u64, "{v}");
             false
         }
+        Ok(InventoryOutcome::TooManyCis { cis, max }) => {
+            panic!("refused {cis} CIs over a cap of {max}, but this target sets no cap")
+        }
         Err(e) => panic!("the CMDB failed on an agent's message: {e}"),
     }
 }
