@@ -29,7 +29,7 @@ pub use includes::{Files, MemFiles};
 
 use crate::incidents::maintenance::{convert_maintenance, Maintenance, RawMaintenance};
 use crate::incidents::rule::{convert_rule, parse_priority, RawRule, Rule};
-use crate::incidents::scope::{convert_scope, RawScope, Scope};
+use crate::incidents::scope::{convert_scope, RawScope};
 
 pub const DEFAULT_DATA_DIR: &str = "./vigil-data";
 pub const DEFAULT_QUIC_LISTEN: SocketAddr =
@@ -148,15 +148,7 @@ impl Default for IncidentsConfig {
     }
 }
 
-/// An availability objective (`[[sla]]`).
-#[derive(Debug, Clone, PartialEq)]
-pub struct Sla {
-    pub name: String,
-    /// Availability target, strictly between 0 and 1.
-    pub target: f64,
-    pub window: SlaWindow,
-    pub scope: Scope,
-}
+pub use crate::sla::Sla;
 
 impl CollectorConfig {
     /// The rules in force: the built-in ones not disabled nor replaced by a `[[rule]]` of the
@@ -363,7 +355,28 @@ struct RawSla {
     name: Option<Spanned<String>>,
     target: Option<Spanned<f64>>,
     window: Option<Spanned<String>>,
+    timezone: Option<Spanned<String>>,
     scope: Option<RawScope>,
+    service: Option<Spanned<String>>,
+    down_when: Option<Vec<Spanned<String>>>,
+    #[serde(default)]
+    degraded_when: Vec<Spanned<RawDegraded>>,
+    quorum: Option<Spanned<i64>>,
+    schedule: Option<Spanned<RawSchedule>>,
+}
+
+#[derive(Debug, Deserialize)]
+struct RawDegraded {
+    when: Option<Spanned<String>>,
+    weight: Option<Spanned<f64>>,
+}
+
+#[derive(Debug, Deserialize)]
+struct RawSchedule {
+    days: Option<Vec<Spanned<String>>>,
+    hours: Option<Spanned<String>>,
+    #[serde(default)]
+    holidays: Vec<Spanned<String>>,
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -835,7 +848,11 @@ fn convert_sla(raw: &Spanned<RawSla>, names: &mut Names, d: &mut Diagnostics) ->
             }
         }),
         None => {
-            d.missing(span, "target", "[[sla]] is missing `target` (e.g. 0.999)");
+            d.missing(
+                span.clone(),
+                "target",
+                "[[sla]] is missing `target` (e.g. 0.999)",
+            );
             None
         }
     };
@@ -844,15 +861,171 @@ fn convert_sla(raw: &Spanned<RawSla>, names: &mut Names, d: &mut Diagnostics) ->
         None => Some(DEFAULT_SLA_WINDOW),
     };
     let scope = convert_scope(d, s.scope.as_ref());
-    match (name, target, window, scope) {
-        (Some(name), Some(target), Some(window), Some(scope)) if ok => Some(Sla {
+    let timezone = match &s.timezone {
+        Some(z) => d.parse_value(z, |z| crate::sla::calendar::zone(z)),
+        None => Some(jiff::tz::TimeZone::UTC),
+    };
+    let service = s.service.as_ref().and_then(|v| {
+        let r = d.parse_value(v, |n| {
+            if n.trim().is_empty() || n.len() > 256 {
+                Err("`service` must name a business service of the CMDB (1-256 bytes)".to_string())
+            } else {
+                Ok(n.clone())
+            }
+        });
+        ok &= r.is_some();
+        r
+    });
+    let down_when = match &s.down_when {
+        None => crate::sla::default_down_when(),
+        Some(list) => {
+            if list.is_empty() {
+                d.error(
+                    span.clone(),
+                    "`down_when` must not be empty (omit it for the default)",
+                );
+                ok = false;
+            }
+            list.iter()
+                .filter_map(|c| {
+                    let r = d.parse_value(c, |c| crate::sla::Condition::parse(c));
+                    ok &= r.is_some();
+                    r
+                })
+                .collect()
+        }
+    };
+    let mut degraded_when = Vec::new();
+    for g in &s.degraded_when {
+        let when = match &g.get_ref().when {
+            Some(w) => d.parse_value(w, |w| crate::sla::Condition::parse(w)),
+            None => {
+                d.missing(
+                    g.span(),
+                    "when",
+                    "a `degraded_when` entry is missing `when` (e.g. \"priority=P3\")",
+                );
+                None
+            }
+        };
+        let weight = match &g.get_ref().weight {
+            Some(w) => d.parse_value(w, |&x| {
+                if x > 0.0 && x < 1.0 {
+                    Ok(x)
+                } else {
+                    Err(format!(
+                        "`weight` must be strictly between 0 and 1 (e.g. 0.5), got {x}"
+                    ))
+                }
+            }),
+            None => {
+                d.missing(
+                    g.span(),
+                    "weight",
+                    "a `degraded_when` entry is missing `weight` (e.g. 0.5)",
+                );
+                None
+            }
+        };
+        match (when, weight) {
+            (Some(c), Some(w)) => degraded_when.push((c, w)),
+            _ => ok = false,
+        }
+    }
+    let combine = match &s.quorum {
+        None => Some(crate::sla::Combine::All),
+        Some(q) => d.parse_value(q, |&n| match u32::try_from(n) {
+            Ok(n @ 1..=100_000) => Ok(crate::sla::Combine::Quorum(n)),
+            _ => Err(format!("`quorum` must be from 1 to 100000 CIs, got {n}")),
+        }),
+    };
+    let schedule = match (&s.schedule, &timezone) {
+        (Some(raw), Some(tz)) => convert_schedule(d, raw, tz).map(Some),
+        (Some(_), None) => None,
+        (None, _) => Some(None),
+    };
+    match (name, target, window, scope, timezone, combine, schedule) {
+        (
+            Some(name),
+            Some(target),
+            Some(window),
+            Some(scope),
+            Some(timezone),
+            Some(combine),
+            Some(schedule),
+        ) if ok => Some(Sla {
             name: name.into_inner(),
             target,
             window,
+            timezone,
             scope,
+            service,
+            down_when,
+            degraded_when,
+            combine,
+            schedule,
         }),
         _ => None,
     }
+}
+
+fn convert_schedule(
+    d: &mut Diagnostics,
+    raw: &Spanned<RawSchedule>,
+    tz: &jiff::tz::TimeZone,
+) -> Option<crate::sla::Schedule> {
+    use crate::sla::calendar::{parse_date, parse_hours, parse_weekday};
+    let r = raw.get_ref();
+    let mut ok = true;
+    let mut days = [false; 7];
+    match &r.days {
+        None => days = [true, true, true, true, true, false, false],
+        Some(list) => {
+            for day in list {
+                match d.parse_value(day, |s| parse_weekday(s)) {
+                    Some(i) => days[i] = true,
+                    None => ok = false,
+                }
+            }
+            if list.is_empty() {
+                d.error(
+                    raw.span(),
+                    "`days` must name at least one day (e.g. [\"mon\", \"fri\"])",
+                );
+                ok = false;
+            }
+        }
+    }
+    let (start_min, end_min) = match &r.hours {
+        None => (0, 1440),
+        Some(h) => match d.parse_value(h, |h| parse_hours(h)) {
+            Some(v) => v,
+            None => {
+                ok = false;
+                (0, 1440)
+            }
+        },
+    };
+    if r.holidays.len() > 1000 {
+        d.error(raw.span(), "at most 1000 `holidays`");
+        ok = false;
+    }
+    let mut holidays = std::collections::BTreeSet::new();
+    for h in r.holidays.iter().take(1000) {
+        match d.parse_value(h, |s| parse_date(s)) {
+            Some(date) => {
+                holidays.insert(date);
+            }
+            None => ok = false,
+        }
+    }
+    ok.then(|| crate::sla::Schedule {
+        days,
+        start_min,
+        end_min,
+        holidays,
+        tz: tz.clone(),
+    })
 }
 
 #[cfg(test)]
@@ -1191,14 +1364,79 @@ mod tests {
     }
 
     #[test]
+    fn an_sla_with_every_key() {
+        let c = valid(
+            "data_dir = \"/x\"\n[[sla]]\nname = \"web\"\ntarget = 0.9995\nwindow = \"quarter\"\n\
+             timezone = \"Europe/Berlin\"\nservice = \"shop\"\nquorum = 2\n\
+             down_when = [\"host-unreachable\", \"priority<=P1\"]\n\
+             degraded_when = [{ when = \"priority=P3\", weight = 0.5 }]\n\
+             [sla.scope]\ntag = \"role=web\"\n\
+             [sla.schedule]\ndays = [\"mon\", \"tue\", \"wed\", \"thu\", \"fri\"]\nhours = \"08:00-18:00\"\n\
+             holidays = [\"2026-12-25\"]\n",
+        );
+        let s = &c.slas[0];
+        assert_eq!(
+            (s.name.as_str(), s.target, s.window),
+            ("web", 0.9995, SlaWindow::CalendarQuarter)
+        );
+        assert_eq!(s.timezone.iana_name(), Some("Europe/Berlin"));
+        assert_eq!(s.service.as_deref(), Some("shop"));
+        assert_eq!(s.combine, crate::sla::Combine::Quorum(2));
+        assert_eq!(s.effect("host-unreachable", 4), Some(1.0));
+        assert_eq!(s.effect("cpu", 1), Some(1.0));
+        assert_eq!(s.effect("cpu", 3), Some(0.5));
+        assert_eq!(s.effect("cpu", 2), None);
+        let sched = s.schedule.as_ref().expect("schedule");
+        assert_eq!(
+            (sched.days, sched.start_min, sched.end_min),
+            ([true, true, true, true, true, false, false], 480, 1080)
+        );
+        assert_eq!(sched.holidays.len(), 1);
+        // The defaults: UTC, every hour, down on host-unreachable, check-down and P1-P2.
+        let d = valid("data_dir = \"/x\"\n[[sla]]\nname = \"d\"\ntarget = 0.99\n");
+        let d = &d.slas[0];
+        assert_eq!(d.timezone, jiff::tz::TimeZone::UTC);
+        assert_eq!(d.down_when, crate::sla::default_down_when());
+        assert_eq!(
+            (d.combine, d.schedule.is_none()),
+            (crate::sla::Combine::All, true)
+        );
+    }
+
+    #[test]
+    fn sla_schedule_and_condition_errors() {
+        check(
+            "[[sla]]\nname = \"s\"\ntarget = 0.9\ntimezone = \"Mars/Base\"\nquorum = 0\n\
+             down_when = [\"priority<P2\"]\ndegraded_when = [{ when = \"priority=P3\", weight = 1.5 }]\n\
+             [sla.schedule]\ndays = [\"monday\"]\nhours = \"18:00-08:00\"\nholidays = [\"2026-02-30\"]\n",
+            &[
+                "c.toml:4:12: unknown time zone \"Mars/Base\": expected an IANA name such as \"Europe/Berlin\" or \"UTC\"",
+                "c.toml:5:10: `quorum` must be from 1 to 100000 CIs, got 0",
+                "c.toml:6:14: invalid condition \"priority<P2\": expected \"priority<=Pn\" or \"priority=Pn\"",
+                "c.toml:7:51: `weight` must be strictly between 0 and 1 (e.g. 0.5), got 1.5",
+            ],
+        );
+        check(
+            "[[sla]]\nname = \"s\"\ntarget = 0.9\n\
+             [sla.schedule]\ndays = [\"monday\"]\nhours = \"18:00-08:00\"\nholidays = [\"2026-02-30\"]\n",
+            &[
+                "c.toml:5:9: invalid day \"monday\": expected one of mon, tue, wed, thu, fri, sat, sun",
+                "c.toml:6:9: invalid hours \"18:00-08:00\": the start must be before the end",
+                "c.toml:7:13: invalid date \"2026-02-30\": expected YYYY-MM-DD, e.g. \"2026-12-25\"",
+            ],
+        );
+    }
+
+    #[test]
     fn sla_and_maintenance_errors() {
         check(
-            "[[sla]]\nname = \"s\"\ntarget = 1.0\nwindow = \"quarter\"\n\
+            "[[sla]]\nname = \"s\"\ntarget = 1.0\nwindow = \"fortnight\"\n\
              [[maintenance]]\nname = \"m\"\nstart = \"tomorrow\"\nduration = \"8d\"\nevery = \"week\"\n\
              [[maintenance]]\nname = \"n\"\nstart = 2026-12-01T02:00:00\nduration = \"1h\"\nevery = \"month\"\n",
             &[
                 "c.toml:3:10: `target` must be strictly between 0 and 1 (e.g. 0.999), got 1",
-                "c.toml:4:10: invalid SLA window \"quarter\": expected a duration such as \"30d\", or \"month\"",
+                "c.toml:4:10: invalid SLA window \"fortnight\": expected a duration such as \"30d\" (rolling), \
+                 or \"week\", \"month\", \"quarter\", \"year\" (calendar)",
                 "c.toml:7:9: invalid time \"tomorrow\": expected RFC 3339 with Z or an offset, e.g. \
                  \"2026-12-01T02:00:00Z\" or \"2026-12-01T03:00:00+01:00\"",
                 "c.toml:8:12: `duration` (8d) must be shorter than the repeat period",
@@ -1271,7 +1509,10 @@ mod tests {
                     "{two}:1:1: unknown key `data_dir` (an included file may hold only `rule`, `sla` and `maintenance`)"
                 ),
                 format!("{two}:3:8: duplicate rule name `a` (first defined at {main}:3:8)"),
-                format!("{two}:9:10: invalid SLA window \"1x\": expected a duration such as \"30d\", or \"month\""),
+                format!(
+                    "{two}:9:10: invalid SLA window \"1x\": expected a duration such as \"30d\" \
+                     (rolling), or \"week\", \"month\", \"quarter\", \"year\" (calendar)"
+                ),
                 format!("{base}/rules.d/3.toml:1:8: unclosed array table, expected `]`"),
             ]
         );

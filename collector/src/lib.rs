@@ -14,5 +14,6 @@ pub mod notify;
 pub mod presence;
 pub mod quickstart;
 pub mod server;
+pub mod sla;
 pub mod store;
 pub mod supervise;

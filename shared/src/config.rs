@@ -582,34 +582,62 @@ pub fn parse_host_port(s: &str) -> Result<(String, u16), String> {
     Ok((host.to_string(), port))
 }
 
-/// The window an SLA is measured over: a rolling duration or the current calendar month (UTC).
+/// The window an SLA is measured over: a rolling duration or the current calendar period (in the
+/// SLA's time zone).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum SlaWindow {
+    /// The last `d` up to now.
     Rolling(Duration),
+    /// The current calendar week (Monday 00:00 to Monday 00:00 in the SLA's time zone).
+    CalendarWeek,
+    /// The current calendar month.
     CalendarMonth,
+    /// The current quarter (January, April, July, October).
+    CalendarQuarter,
+    /// The current calendar year.
+    CalendarYear,
 }
 
 impl SlaWindow {
-    /// `"month"`, or a duration of at least one minute.
+    /// `"week"`, `"month"`, `"quarter"`, `"year"`, or a duration from one minute to 400 days.
     pub fn parse(s: &str) -> Result<SlaWindow, String> {
-        if s.trim() == "month" {
-            return Ok(SlaWindow::CalendarMonth);
+        match s.trim() {
+            "week" => return Ok(SlaWindow::CalendarWeek),
+            "month" => return Ok(SlaWindow::CalendarMonth),
+            "quarter" => return Ok(SlaWindow::CalendarQuarter),
+            "year" => return Ok(SlaWindow::CalendarYear),
+            _ => {}
         }
         let d = parse_duration(s).map_err(|_| {
-            format!("invalid SLA window {s:?}: expected a duration such as \"30d\", or \"month\"")
+            format!(
+                "invalid SLA window {s:?}: expected a duration such as \"30d\" (rolling), or \
+                 \"week\", \"month\", \"quarter\", \"year\" (calendar)"
+            )
         })?;
         if d < Duration::from_secs(60) {
             return Err(format!("SLA window {s:?} is too short (at least 1m)"));
         }
+        if d > Duration::from_secs(400 * 86_400) {
+            return Err(format!("SLA window {s:?} is too long (at most 400d)"));
+        }
         Ok(SlaWindow::Rolling(d))
+    }
+
+    /// Whether the window is a calendar period (resets at its boundary) rather than rolling.
+    pub fn is_calendar(&self) -> bool {
+        !matches!(self, SlaWindow::Rolling(_))
     }
 }
 
-/// Compact form used as the `window` label: `"30d"`, `"12h"`, `"90m"`, `"45s"` or `"month"`.
+/// Compact form used as the `window` label: `"30d"`, `"12h"`, `"90m"`, `"45s"`, or `"week"`,
+/// `"month"`, `"quarter"`, `"year"`.
 impl fmt::Display for SlaWindow {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
+            SlaWindow::CalendarWeek => f.write_str("week"),
             SlaWindow::CalendarMonth => f.write_str("month"),
+            SlaWindow::CalendarQuarter => f.write_str("quarter"),
+            SlaWindow::CalendarYear => f.write_str("year"),
             SlaWindow::Rolling(d) => {
                 let s = d.as_secs();
                 if s > 0 && s % 86_400 == 0 {
@@ -906,7 +934,12 @@ mod tests {
     fn sla_windows() {
         for (text, want) in [
             ("month", Some("month")),
+            ("week", Some("week")),
+            ("quarter", Some("quarter")),
+            (" year ", Some("year")),
             ("30d", Some("30d")),
+            ("400d", Some("400d")),
+            ("401d", None),
             ("12h", Some("12h")),
             ("90m", Some("90m")),
             ("1week", Some("7d")),

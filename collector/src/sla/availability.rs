@@ -1,0 +1,542 @@
+//! Availability of a service from the time its CIs were down, degraded, in maintenance or
+//! without data: one sweep over the state changes of every scoped CI.
+//!
+//! Per CI, at every instant, one state wins: in maintenance (contractual view only) > down >
+//! degraded (the largest weight of its degrading incidents) > up while it has data > unknown.
+//! The service is, by default, down while any CI is down; with a quorum N, up while at least N
+//! CIs are up (a degraded CI counts as up, a CI in maintenance as up in the contractual view),
+//! down when even the unknown ones could not reach N, else unknown. Time outside the schedule,
+//! and time when every CI is in maintenance, is excluded: it counts neither way.
+//!
+//! availability = up / (up + down), where a degraded second counts `weight` down and the rest
+//! up. Unknown time is left out of both and reported as the coverage ratio.
+
+use std::collections::BTreeMap;
+
+use super::spans::{Span, Spans};
+
+/// What one CI went through, as time spans (any order, may overlap).
+#[derive(Debug, Clone, Default)]
+pub struct CiTimeline {
+    /// When the collector had data for the CI (or decided its state).
+    pub known: Spans,
+    /// Incidents that make it down: `(span from first breach to resolution, incident id)`.
+    pub down: Vec<(Span, i64)>,
+    /// Incidents that degrade it: `(span, weight in (0, 1), incident id)`.
+    pub degraded: Vec<(Span, f64, i64)>,
+    /// Maintenance windows over it.
+    pub maintenance: Spans,
+}
+
+/// Which view of the same history.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    /// Maintenance excluded, schedule applied: the contract's view.
+    Contractual,
+    /// Everything counts, all hours: the customer's view.
+    Experienced,
+}
+
+/// How the service's state follows its CIs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Combine {
+    /// Down while any CI is down.
+    All,
+    /// Up while at least this many CIs are up.
+    Quorum(u32),
+}
+
+/// One outage: contiguous service downtime, and the incidents behind it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Outage {
+    pub span: Span,
+    pub incidents: Vec<i64>,
+}
+
+/// The figures of one period.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct Figures {
+    /// The period, clipped to the schedule: what the service owes.
+    pub scheduled_ms: i64,
+    /// Up, as a weighted length (a degraded second counts `1 - weight`).
+    pub up_ms: f64,
+    /// Down, as a weighted length (a degraded second counts `weight`).
+    pub down_ms: f64,
+    /// Of `down_ms`, what came from degradation.
+    pub degraded_ms: f64,
+    pub unknown_ms: i64,
+    /// Scheduled time when every CI was in maintenance (contractual view only).
+    pub excluded_ms: i64,
+    /// `up / (up + down)`; `None` when nothing was measured.
+    pub availability: Option<f64>,
+    /// Measured (up or down) over scheduled-and-not-excluded time; `None` when that is zero.
+    pub coverage: Option<f64>,
+    pub outages: Vec<Outage>,
+}
+
+impl Figures {
+    pub fn longest_outage_ms(&self) -> i64 {
+        self.outages.iter().map(|o| o.span.len()).max().unwrap_or(0)
+    }
+
+    /// Mean time between failures: up time per outage (`None` without an outage).
+    pub fn mtbf_ms(&self) -> Option<f64> {
+        (!self.outages.is_empty()).then(|| self.up_ms / self.outages.len() as f64)
+    }
+}
+
+/// A CI's state on one piece of time.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum CiState {
+    Unknown,
+    Up,
+    Degraded(f64),
+    Down,
+    Maintenance,
+}
+
+/// The service's state on one piece of time.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum ServiceState {
+    Unknown,
+    Up,
+    Degraded(f64),
+    Down,
+    Excluded,
+}
+
+/// Cuts one CI's history within `period` into pieces of constant state.
+fn pieces(ci: &CiTimeline, period: Span, kind: Kind) -> Vec<(Span, CiState)> {
+    let down = Spans::from_unsorted(ci.down.iter().map(|d| d.0).collect()).clip(period);
+    let maint = match kind {
+        Kind::Contractual => ci.maintenance.clip(period),
+        Kind::Experienced => Spans::new(),
+    };
+    let known = ci.known.clip(period);
+    let mut cuts = vec![period.start, period.end];
+    for s in down.iter().chain(maint.iter()).chain(known.iter()) {
+        cuts.extend([s.start, s.end]);
+    }
+    let degraded: Vec<(Span, f64)> = ci
+        .degraded
+        .iter()
+        .map(|&(s, w, _)| (s.intersect(period), w.clamp(0.0, 1.0)))
+        .filter(|(s, _)| !s.is_empty())
+        .collect();
+    for (s, _) in &degraded {
+        cuts.extend([s.start, s.end]);
+    }
+    cuts.sort_unstable();
+    cuts.dedup();
+    let mut out: Vec<(Span, CiState)> = Vec::with_capacity(cuts.len());
+    for w in cuts.windows(2) {
+        let piece = Span::new(w[0], w[1]);
+        let t = piece.start;
+        let state = if maint.contains(t) {
+            CiState::Maintenance
+        } else if down.contains(t) {
+            CiState::Down
+        } else if let Some(weight) = degraded
+            .iter()
+            .filter(|(s, _)| s.start <= t && t < s.end)
+            .map(|&(_, w)| w)
+            .reduce(f64::max)
+        {
+            CiState::Degraded(weight)
+        } else if known.contains(t) {
+            CiState::Up
+        } else {
+            CiState::Unknown
+        };
+        match out.last_mut() {
+            Some((s, st)) if *st == state && s.end == piece.start => s.end = piece.end,
+            _ => out.push((piece, state)),
+        }
+    }
+    out
+}
+
+/// Counts of CIs per state while sweeping; degraded weights as a multiset.
+#[derive(Default)]
+struct Counts {
+    unknown: u32,
+    up: u32,
+    down: u32,
+    maintenance: u32,
+    degraded: BTreeMap<u64, u32>,
+    degraded_n: u32,
+}
+
+impl Counts {
+    fn add(&mut self, s: CiState, delta: i32) {
+        let bump = |c: &mut u32| *c = c.saturating_add_signed(delta);
+        match s {
+            CiState::Unknown => bump(&mut self.unknown),
+            CiState::Up => bump(&mut self.up),
+            CiState::Down => bump(&mut self.down),
+            CiState::Maintenance => bump(&mut self.maintenance),
+            CiState::Degraded(w) => {
+                bump(&mut self.degraded_n);
+                let e = self.degraded.entry(w.to_bits()).or_insert(0);
+                bump(e);
+                if *e == 0 {
+                    self.degraded.remove(&w.to_bits());
+                }
+            }
+        }
+    }
+
+    fn service(&self, combine: Combine, cis: u32) -> ServiceState {
+        if cis == 0 {
+            return ServiceState::Unknown;
+        }
+        if self.maintenance == cis {
+            return ServiceState::Excluded;
+        }
+        let worst_degraded = self.degraded.keys().next_back().map(|&b| f64::from_bits(b));
+        match combine {
+            Combine::All => {
+                if self.down > 0 {
+                    ServiceState::Down
+                } else if let Some(w) = worst_degraded {
+                    ServiceState::Degraded(w)
+                } else if self.unknown > 0 {
+                    ServiceState::Unknown
+                } else {
+                    ServiceState::Up
+                }
+            }
+            Combine::Quorum(n) => {
+                let up = self.up + self.maintenance + self.degraded_n;
+                if up >= n {
+                    // Up; a degraded CI the quorum needs degrades the service.
+                    match worst_degraded {
+                        Some(w) if self.up + self.maintenance < n => ServiceState::Degraded(w),
+                        _ => ServiceState::Up,
+                    }
+                } else if up + self.unknown < n {
+                    ServiceState::Down
+                } else {
+                    ServiceState::Unknown
+                }
+            }
+        }
+    }
+}
+
+/// The figures of `period` for a service of `cis`, in one view, within `schedule` (the service
+/// time of the period; pass the whole period for the experienced view).
+pub fn compute(
+    cis: &[CiTimeline],
+    period: Span,
+    schedule: &Spans,
+    kind: Kind,
+    combine: Combine,
+) -> Figures {
+    let scheduled = schedule.clip(period);
+    let mut fig = Figures {
+        scheduled_ms: scheduled.total(),
+        ..Figures::default()
+    };
+    if period.is_empty() {
+        return fig;
+    }
+    // Every CI starts unknown at the period's start; events move it between states.
+    let mut events: Vec<(i64, CiState, CiState)> = Vec::new();
+    let n = u32::try_from(cis.len()).unwrap_or(u32::MAX);
+    let mut counts = Counts {
+        unknown: n,
+        ..Counts::default()
+    };
+    for ci in cis {
+        let mut prev = CiState::Unknown;
+        for (span, state) in pieces(ci, period, kind) {
+            events.push((span.start, prev, state));
+            prev = state;
+        }
+    }
+    events.sort_by_key(|e| e.0);
+    // The service state on each piece between event times.
+    let mut service: Vec<(Span, ServiceState)> = Vec::new();
+    let mut i = 0;
+    let mut t = period.start;
+    while t < period.end {
+        while i < events.len() && events[i].0 <= t {
+            let (_, from, to) = events[i];
+            counts.add(from, -1);
+            counts.add(to, 1);
+            i += 1;
+        }
+        let next = events.get(i).map_or(period.end, |e| e.0.min(period.end));
+        let state = counts.service(combine, n);
+        match service.last_mut() {
+            Some((s, st)) if *st == state => s.end = next,
+            _ => service.push((Span::new(t, next), state)),
+        }
+        t = next;
+    }
+    // Measure each piece within the schedule.
+    let mut measured = 0i64;
+    let mut down_spans = Vec::new();
+    for (span, state) in &service {
+        let len = scheduled.clip(*span).total();
+        if len == 0 {
+            continue;
+        }
+        match *state {
+            ServiceState::Up => fig.up_ms += len as f64,
+            ServiceState::Down => {
+                fig.down_ms += len as f64;
+                down_spans.push(*span);
+            }
+            ServiceState::Degraded(w) => {
+                fig.down_ms += w * len as f64;
+                fig.degraded_ms += w * len as f64;
+                fig.up_ms += (1.0 - w) * len as f64;
+            }
+            ServiceState::Unknown => fig.unknown_ms += len,
+            ServiceState::Excluded => fig.excluded_ms += len,
+        }
+        if matches!(
+            state,
+            ServiceState::Up | ServiceState::Down | ServiceState::Degraded(_)
+        ) {
+            measured += len;
+        }
+    }
+    let total = fig.up_ms + fig.down_ms;
+    fig.availability = (total > 0.0).then(|| fig.up_ms / total);
+    let owed = fig.scheduled_ms - fig.excluded_ms;
+    fig.coverage = (owed > 0).then(|| measured as f64 / owed as f64);
+    // Outages: service downtime within the schedule, with the incidents that overlap it.
+    let downtime = Spans::from_unsorted(down_spans).intersect(&scheduled);
+    fig.outages = downtime
+        .iter()
+        .map(|&span| {
+            let mut incidents: Vec<i64> = cis
+                .iter()
+                .flat_map(|ci| ci.down.iter())
+                .filter(|(s, _)| s.overlaps(span))
+                .map(|&(_, id)| id)
+                .collect();
+            incidents.sort_unstable();
+            incidents.dedup();
+            Outage { span, incidents }
+        })
+        .collect();
+    fig
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const H: i64 = 3_600_000;
+
+    fn sp(a: i64, b: i64) -> Span {
+        Span::new(a * H, b * H)
+    }
+
+    fn known(a: i64, b: i64) -> Spans {
+        Spans::one(sp(a, b))
+    }
+
+    fn ci(down: &[(i64, i64, i64)]) -> CiTimeline {
+        CiTimeline {
+            known: known(0, 100),
+            down: down.iter().map(|&(a, b, id)| (sp(a, b), id)).collect(),
+            ..CiTimeline::default()
+        }
+    }
+
+    fn all(period: Span) -> Spans {
+        Spans::one(period)
+    }
+
+    #[test]
+    fn overlapping_incidents_on_one_ci_count_their_union_once() {
+        let c = ci(&[(10, 14, 1), (12, 16, 2), (30, 31, 3)]);
+        let p = sp(0, 100);
+        let f = compute(&[c], p, &all(p), Kind::Experienced, Combine::All);
+        assert_eq!(f.down_ms, (7 * H) as f64);
+        assert_eq!(f.up_ms, (93 * H) as f64);
+        assert_eq!(f.availability, Some(0.93));
+        assert_eq!(f.outages.len(), 2);
+        assert_eq!(
+            f.outages[0],
+            Outage {
+                span: sp(10, 16),
+                incidents: vec![1, 2]
+            }
+        );
+        assert_eq!(f.longest_outage_ms(), 6 * H);
+        assert_eq!(f.mtbf_ms(), Some((93 * H) as f64 / 2.0));
+        assert_eq!(f.coverage, Some(1.0));
+    }
+
+    #[test]
+    fn maintenance_is_excluded_from_the_contractual_view_only() {
+        let mut c = ci(&[(10, 20, 1)]);
+        c.maintenance = Spans::one(sp(8, 15));
+        let p = sp(0, 100);
+        let exp = compute(
+            std::slice::from_ref(&c),
+            p,
+            &all(p),
+            Kind::Experienced,
+            Combine::All,
+        );
+        let con = compute(&[c], p, &all(p), Kind::Contractual, Combine::All);
+        assert_eq!(exp.down_ms, (10 * H) as f64);
+        assert_eq!(
+            con.down_ms,
+            (5 * H) as f64,
+            "only 15..20 is contractual downtime"
+        );
+        assert_eq!(
+            con.excluded_ms,
+            7 * H,
+            "the only CI was in maintenance 8..15"
+        );
+        assert_eq!(con.up_ms, (88 * H) as f64);
+        assert_eq!(con.availability, Some(88.0 / 93.0));
+    }
+
+    #[test]
+    fn time_outside_the_schedule_counts_neither_way() {
+        let c = ci(&[(5, 15, 1)]);
+        let p = sp(0, 24);
+        let schedule = Spans::one(sp(8, 18));
+        let f = compute(&[c], p, &schedule, Kind::Contractual, Combine::All);
+        assert_eq!(f.scheduled_ms, 10 * H);
+        assert_eq!(f.down_ms, (7 * H) as f64);
+        assert_eq!(f.up_ms, (3 * H) as f64);
+        assert_eq!(
+            f.outages,
+            vec![Outage {
+                span: sp(8, 15),
+                incidents: vec![1]
+            }]
+        );
+    }
+
+    #[test]
+    fn time_without_data_is_unknown_never_up() {
+        let c = CiTimeline {
+            known: known(50, 100),
+            down: vec![(sp(40, 55), 9)],
+            ..CiTimeline::default()
+        };
+        let p = sp(0, 100);
+        let f = compute(&[c], p, &all(p), Kind::Experienced, Combine::All);
+        // 40..55 down (an incident decides, with or without data), 0..40 unknown, 55..100 up.
+        assert_eq!(f.unknown_ms, 40 * H);
+        assert_eq!(f.down_ms, (15 * H) as f64);
+        assert_eq!(f.up_ms, (45 * H) as f64);
+        assert_eq!(f.coverage, Some(0.6));
+        assert_eq!(f.availability, Some(0.75));
+    }
+
+    #[test]
+    fn a_quorum_tolerates_a_minority_down() {
+        let a = ci(&[(10, 20, 1)]);
+        let b = ci(&[(15, 25, 2)]);
+        let c = ci(&[]);
+        let p = sp(0, 100);
+        let cis = [a, b, c];
+        let any = compute(&cis, p, &all(p), Kind::Experienced, Combine::All);
+        assert_eq!(
+            any.down_ms,
+            (15 * H) as f64,
+            "down while any is down: 10..25"
+        );
+        let two = compute(&cis, p, &all(p), Kind::Experienced, Combine::Quorum(2));
+        assert_eq!(
+            two.down_ms,
+            (5 * H) as f64,
+            "below 2 up only while both are down: 15..20"
+        );
+        assert_eq!(
+            two.outages,
+            vec![Outage {
+                span: sp(15, 20),
+                incidents: vec![1, 2]
+            }]
+        );
+        let one = compute(&cis, p, &all(p), Kind::Experienced, Combine::Quorum(1));
+        assert_eq!(one.down_ms, 0.0);
+    }
+
+    #[test]
+    fn a_quorum_is_unknown_while_unknown_cis_could_still_reach_it() {
+        let a = ci(&[(10, 20, 1)]);
+        let silent = CiTimeline::default();
+        let p = sp(0, 100);
+        let f = compute(
+            &[a, silent],
+            p,
+            &all(p),
+            Kind::Experienced,
+            Combine::Quorum(1),
+        );
+        assert_eq!(
+            f.unknown_ms,
+            10 * H,
+            "a down and the other unknown: could be up"
+        );
+        assert_eq!(f.up_ms, (90 * H) as f64);
+        let g = compute(
+            &[ci(&[(10, 20, 1)]), CiTimeline::default()],
+            p,
+            &all(p),
+            Kind::Experienced,
+            Combine::Quorum(2),
+        );
+        assert_eq!(g.down_ms, (10 * H) as f64, "a down: 2 cannot be reached");
+    }
+
+    #[test]
+    fn degraded_time_counts_by_its_weight_and_down_wins_over_it() {
+        let mut c = ci(&[(30, 40, 1)]);
+        c.degraded = vec![(sp(10, 20), 0.5, 2), (sp(15, 35), 0.25, 3)];
+        let p = sp(0, 100);
+        let f = compute(&[c], p, &all(p), Kind::Experienced, Combine::All);
+        // 10..20 at 0.5, 20..30 at 0.25, 30..40 down.
+        let want_down = 5.0 * H as f64 + 2.5 * H as f64 + 10.0 * H as f64;
+        assert!((f.down_ms - want_down).abs() < 1e-6, "{}", f.down_ms);
+        assert!((f.degraded_ms - 7.5 * H as f64).abs() < 1e-6);
+        assert!((f.up_ms + f.down_ms - (100 * H) as f64).abs() < 1e-6);
+        assert_eq!(f.outages.len(), 1, "degradation is not an outage");
+    }
+
+    #[test]
+    fn precision_is_kept_and_window_edges_clip() {
+        // 0.005 % of 100 h down = 18 s: 99.995 %, never rounded to 100 %.
+        let c = CiTimeline {
+            known: Spans::one(Span::new(-10 * H, 200 * H)),
+            down: vec![(Span::new(-H, 18_000), 1)],
+            ..CiTimeline::default()
+        };
+        let p = sp(0, 100);
+        let f = compute(&[c], p, &all(p), Kind::Experienced, Combine::All);
+        assert_eq!(f.availability, Some(0.99995));
+        assert_eq!(
+            f.outages[0].span,
+            Span::new(0, 18_000),
+            "clipped to the window"
+        );
+    }
+
+    #[test]
+    fn every_ci_in_maintenance_excludes_the_time_for_the_service() {
+        let mut a = ci(&[]);
+        let mut b = ci(&[(0, 100, 7)]);
+        a.maintenance = Spans::one(sp(0, 10));
+        b.maintenance = Spans::one(sp(0, 10));
+        let p = sp(0, 100);
+        let f = compute(&[a, b], p, &all(p), Kind::Contractual, Combine::All);
+        assert_eq!(f.excluded_ms, 10 * H);
+        assert_eq!(f.down_ms, (90 * H) as f64);
+        assert_eq!(f.coverage, Some(1.0));
+    }
+}

@@ -1,0 +1,173 @@
+//! Service level management: what an SLA is (`[[sla]]`), and its figures computed from time.
+//!
+//! - [`spans`]: half-open time spans and sets of them (union, intersection, difference).
+//! - [`calendar`]: rolling and calendar windows and service hours in a time zone (jiff, with
+//!   its tz database bundled into the binary).
+//! - [`availability`]: one sweep over the state changes of every scoped CI gives up, down,
+//!   degraded, unknown and excluded time, the outages and the coverage of a period, in the
+//!   contractual view (maintenance excluded, schedule applied) and the experienced one.
+//!
+//! Nothing here reads the clock or the store: the caller gives "now" and the CIs' timelines.
+
+pub mod availability;
+pub mod calendar;
+pub mod spans;
+
+use jiff::tz::TimeZone;
+use vigil_shared::config::SlaWindow;
+
+use crate::incidents::scope::Scope;
+
+pub use availability::{compute, CiTimeline, Combine, Figures, Kind, Outage};
+pub use calendar::Schedule;
+pub use spans::{Span, Spans};
+
+/// What makes a scoped CI down (or degraded): one term of `down_when` / `degraded_when`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Condition {
+    /// Any incident of this rule (`"host-unreachable"`, `"check-down"`, or any rule name).
+    Rule(String),
+    /// Any incident of this priority or a more urgent one (`"priority<=P2"`).
+    PriorityAtMost(u8),
+    /// Any incident of exactly this priority (`"priority=P3"`).
+    Priority(u8),
+}
+
+impl Condition {
+    pub fn parse(s: &str) -> Result<Condition, String> {
+        let t = s.trim();
+        let prio = |p: &str| -> Result<u8, String> {
+            match p
+                .trim()
+                .strip_prefix(['P', 'p'])
+                .and_then(|n| n.parse::<u8>().ok())
+            {
+                Some(n @ 1..=5) => Ok(n),
+                _ => Err(format!("invalid priority in {s:?}: expected P1..P5")),
+            }
+        };
+        if let Some(p) = t.strip_prefix("priority<=") {
+            return Ok(Condition::PriorityAtMost(prio(p)?));
+        }
+        if let Some(p) = t.strip_prefix("priority=") {
+            return Ok(Condition::Priority(prio(p)?));
+        }
+        if t.starts_with("priority") {
+            return Err(format!(
+                "invalid condition {s:?}: expected \"priority<=Pn\" or \"priority=Pn\""
+            ));
+        }
+        let name_ok = !t.is_empty()
+            && t.len() <= 128
+            && t.chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-'));
+        if name_ok {
+            Ok(Condition::Rule(t.to_string()))
+        } else {
+            Err(format!(
+                "invalid condition {s:?}: expected a rule name or \"priority<=Pn\" / \"priority=Pn\""
+            ))
+        }
+    }
+
+    /// Whether an incident of `rule` at `priority` (1..=5) meets the condition.
+    pub fn matches(&self, rule: &str, priority: u8) -> bool {
+        match self {
+            Condition::Rule(r) => r == rule,
+            Condition::PriorityAtMost(p) => priority <= *p,
+            Condition::Priority(p) => priority == *p,
+        }
+    }
+}
+
+impl std::fmt::Display for Condition {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Condition::Rule(r) => f.write_str(r),
+            Condition::PriorityAtMost(p) => write!(f, "priority<=P{p}"),
+            Condition::Priority(p) => write!(f, "priority=P{p}"),
+        }
+    }
+}
+
+/// `host-unreachable`, `check-down` and any incident of priority P1-P2: the default `down_when`.
+pub fn default_down_when() -> Vec<Condition> {
+    vec![
+        Condition::Rule("host-unreachable".into()),
+        Condition::Rule("check-down".into()),
+        Condition::PriorityAtMost(2),
+    ]
+}
+
+/// An availability objective (`[[sla]]`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Sla {
+    pub name: String,
+    /// Availability target, strictly between 0 and 1.
+    pub target: f64,
+    pub window: SlaWindow,
+    /// The zone of calendar windows, the schedule and the daily series (default UTC).
+    pub timezone: TimeZone,
+    /// Which CIs the service is made of.
+    pub scope: Scope,
+    /// A business service of the CMDB: its CIs are those related to it (with `scope`, both
+    /// must match).
+    pub service: Option<String>,
+    pub down_when: Vec<Condition>,
+    /// Conditions that degrade a CI, each with the share of its time that counts as down.
+    pub degraded_when: Vec<(Condition, f64)>,
+    pub combine: Combine,
+    /// Service hours; `None` is every hour of every day.
+    pub schedule: Option<Schedule>,
+}
+
+impl Sla {
+    /// Whether an incident of `rule` at `priority` makes a scoped CI down; else the weight with
+    /// which it degrades it, if any.
+    pub fn effect(&self, rule: &str, priority: u8) -> Option<f64> {
+        if self.down_when.iter().any(|c| c.matches(rule, priority)) {
+            return Some(1.0);
+        }
+        self.degraded_when
+            .iter()
+            .filter(|(c, _)| c.matches(rule, priority))
+            .map(|&(_, w)| w)
+            .reduce(f64::max)
+    }
+
+    /// Error budget of one window: `(1 - target) x scheduled time`, in milliseconds.
+    pub fn budget_ms(&self, scheduled_ms: i64) -> f64 {
+        (1.0 - self.target) * scheduled_ms as f64
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn conditions_parse_match_and_print_back() {
+        for text in [
+            "host-unreachable",
+            "priority<=P2",
+            "priority=P3",
+            "check-down",
+        ] {
+            let c = Condition::parse(text).expect(text);
+            assert_eq!(c.to_string(), text);
+        }
+        let p2 = Condition::parse("priority<=p2").expect("lower-case p");
+        assert!(p2.matches("cpu", 1) && p2.matches("cpu", 2) && !p2.matches("cpu", 3));
+        assert!(Condition::parse("priority=P3").expect("=").matches("x", 3));
+        for bad in [
+            "priority<=P0",
+            "priority<P2",
+            "priority=P6",
+            "",
+            "a b",
+            "priority",
+        ] {
+            assert!(Condition::parse(bad).is_err(), "{bad:?}");
+        }
+    }
+}
