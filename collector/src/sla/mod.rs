@@ -11,7 +11,10 @@
 
 pub mod availability;
 pub mod calendar;
+pub mod load;
 pub mod spans;
+#[cfg(test)]
+mod tests_store;
 
 use jiff::tz::TimeZone;
 use vigil_shared::config::SlaWindow;
@@ -139,6 +142,66 @@ impl Sla {
     pub fn budget_ms(&self, scheduled_ms: i64) -> f64 {
         (1.0 - self.target) * scheduled_ms as f64
     }
+}
+
+/// One SLA over one period: both views and the error budget.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Report {
+    /// The whole period (a calendar period may end after now).
+    pub period: Span,
+    /// What has been measured: the period up to now.
+    pub measured: Span,
+    pub contractual: Figures,
+    pub experienced: Figures,
+    /// `(1 - target)` x the scheduled time of the whole period, in milliseconds.
+    pub budget_ms: f64,
+    /// The budget minus the contractual downtime (negative once overspent).
+    pub budget_remaining_ms: f64,
+}
+
+impl Report {
+    /// Remaining budget as a share of the budget (1 untouched, 0 spent, below 0 overspent).
+    pub fn budget_remaining_ratio(&self) -> Option<f64> {
+        (self.budget_ms > 0.0).then(|| self.budget_remaining_ms / self.budget_ms)
+    }
+}
+
+/// The report of `sla` over `period`, as of `now_ms`, from the store.
+pub fn report(
+    conn: &rusqlite::Connection,
+    sla: &Sla,
+    period: Span,
+    now_ms: i64,
+) -> rusqlite::Result<Report> {
+    let measured = Span::new(period.start, period.end.min(now_ms));
+    let cis = load::timelines(conn, sla, measured, now_ms)?;
+    let service_time = |span: Span| match &sla.schedule {
+        Some(s) => s.within(span),
+        None => Spans::one(span),
+    };
+    let contractual = compute(
+        &cis,
+        measured,
+        &service_time(measured),
+        Kind::Contractual,
+        sla.combine,
+    );
+    let experienced = compute(
+        &cis,
+        measured,
+        &Spans::one(measured),
+        Kind::Experienced,
+        sla.combine,
+    );
+    let budget_ms = sla.budget_ms(service_time(period).total());
+    Ok(Report {
+        period,
+        measured,
+        budget_remaining_ms: budget_ms - contractual.down_ms,
+        contractual,
+        experienced,
+        budget_ms,
+    })
 }
 
 #[cfg(test)]

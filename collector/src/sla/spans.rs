@@ -4,7 +4,7 @@
 //! They are computed with these sets, never by counting samples.
 
 /// `[start, end)` in Unix milliseconds; empty when `end <= start`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct Span {
     pub start: i64,
     pub end: i64,

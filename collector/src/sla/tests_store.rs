@@ -1,0 +1,260 @@
+//! SLA reports against a real store: CIs from the CMDB tables, incidents through the
+//! lifecycle (opened, resolved, reopened), maintenance windows added after the fact.
+
+use std::collections::BTreeMap;
+
+use rusqlite::{params, Connection};
+
+use super::*;
+use crate::incidents::lifecycle::Lifecycle;
+use crate::incidents::records::{Opened, Opening, Origin};
+use crate::incidents::rule::Level;
+
+const MIN: i64 = 60_000;
+const HOUR: i64 = 60 * MIN;
+/// 2026-11-02T00:00:00Z, a Monday.
+const T0: i64 = 1_793_577_600_000;
+
+fn db() -> (tempfile::TempDir, crate::store::Db) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let db = crate::store::Db::open(dir.path()).expect("db");
+    (dir, db)
+}
+
+/// An enrolled agent whose host CI (tag role=`role`) was first seen at `since`.
+fn host(c: &Connection, agent: &str, role: &str, since: i64) -> i64 {
+    c.execute(
+        "INSERT INTO agents (id, hostname, version, cert_pin, enrolled_at_ms) VALUES (?1, ?1, '0', 'pin', ?2)",
+        params![agent, since],
+    )
+    .expect("agent");
+    c.execute(
+        "INSERT INTO cis (agent_id, type, key, name, attrs, source, first_seen_ms, last_seen_ms)
+         VALUES (?1, 'host', 'host', ?1, ?2, 'discovery', ?3, ?3)",
+        params![agent, format!(r#"{{"tags":{{"role":"{role}"}}}}"#), since],
+    )
+    .expect("host CI");
+    c.last_insert_rowid()
+}
+
+/// Opens (at `first`) and, with `until`, resolves an incident of `rule` on the host CI.
+fn incident(
+    c: &Connection,
+    agent: &str,
+    ci: i64,
+    rule: &str,
+    urgency: Level,
+    first: i64,
+    until: Option<i64>,
+) -> i64 {
+    let labels = BTreeMap::new();
+    let key = format!("{rule}|{agent}|host|host");
+    let o = Opening {
+        dedup_key: &key,
+        rule,
+        origin: Origin::Rule,
+        agent_id: Some(agent),
+        ci_id: Some(ci),
+        ci_type: "host",
+        ci_key: "host",
+        title: "t",
+        impact: Level::High,
+        urgency,
+        metric: Some("up"),
+        op: Some("<"),
+        threshold: Some(1.0),
+        value: Some(0.0),
+        peak: Some(0.0),
+        first_breach_ms: first,
+        // The incident opens a minute after the first breach (`for`): downtime still counts
+        // from the first breach.
+        at_ms: first + MIN,
+        labels: &labels,
+        flapping: false,
+        suppression: None,
+        probable_cause_id: None,
+    };
+    let (opened, _) = Lifecycle::new(c, &[], first + MIN)
+        .open(&o, HOUR, None)
+        .expect("open");
+    let id = match opened {
+        Opened::New { id, .. } | Opened::Reopened { id, .. } => id,
+        other => panic!("not opened: {other:?}"),
+    };
+    if let Some(t) = until {
+        Lifecycle::new(c, &[], t)
+            .resolve(id, t, Some(1.0), "recovered", true)
+            .expect("resolve");
+    }
+    id
+}
+
+fn sla(text: &str) -> Sla {
+    let c = crate::config::from_str(
+        "c.toml",
+        &format!("data_dir = \"/x\"\n[[sla]]\nname = \"s\"\n{text}"),
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    c.slas.into_iter().next().expect("one SLA")
+}
+
+#[test]
+fn availability_follows_incidents_in_scope_from_their_first_breach() {
+    let (_dir, db) = db();
+    let c = db.conn();
+    let web = host(c, "web1", "web", T0 - HOUR);
+    let db1 = host(c, "db1", "db", T0 - HOUR);
+    let down = incident(
+        c,
+        "web1",
+        web,
+        "host-unreachable",
+        Level::High,
+        T0 + 2 * HOUR,
+        Some(T0 + 3 * HOUR),
+    );
+    // Out of scope (role=db), and a P4 rule down_when does not name: neither counts.
+    incident(
+        c,
+        "db1",
+        db1,
+        "host-unreachable",
+        Level::High,
+        T0,
+        Some(T0 + 5 * HOUR),
+    );
+    incident(
+        c,
+        "web1",
+        web,
+        "cpu-busy",
+        Level::Low,
+        T0 + 4 * HOUR,
+        Some(T0 + 5 * HOUR),
+    );
+    let s = sla("target = 0.99\n[sla.scope]\ntag = \"role=web\"\n");
+    let r = report(c, &s, Span::new(T0, T0 + 10 * HOUR), T0 + 10 * HOUR).expect("report");
+    assert_eq!(r.experienced.down_ms, HOUR as f64);
+    assert_eq!(r.experienced.availability, Some(0.9));
+    assert_eq!(r.contractual, r.experienced, "no schedule, no maintenance");
+    assert_eq!(
+        r.experienced.outages,
+        vec![Outage {
+            span: Span::new(T0 + 2 * HOUR, T0 + 3 * HOUR),
+            incidents: vec![down]
+        }]
+    );
+    assert!((r.budget_ms - 0.01 * 10.0 * HOUR as f64).abs() < 1e-6);
+    let left = r.budget_remaining_ratio().expect("budget");
+    assert!((left + 9.0).abs() < 1e-9, "spent ten budgets: {left}");
+}
+
+#[test]
+fn a_maintenance_window_added_afterwards_changes_the_contractual_figure_only() {
+    let (_dir, db) = db();
+    let c = db.conn();
+    let web = host(c, "web1", "web", T0 - HOUR);
+    incident(
+        c,
+        "web1",
+        web,
+        "host-unreachable",
+        Level::High,
+        T0 + 2 * HOUR,
+        Some(T0 + 3 * HOUR),
+    );
+    let s = sla("target = 0.99\n");
+    let period = Span::new(T0, T0 + 10 * HOUR);
+    let before = report(c, &s, period, T0 + 20 * HOUR).expect("before");
+    assert_eq!(before.contractual.down_ms, HOUR as f64);
+    // Recomputed, never cached: the window added now covers the outage's first half hour.
+    crate::incidents::maintenance::create(
+        c,
+        "late",
+        &crate::incidents::scope::Scope::default(),
+        T0 + 2 * HOUR,
+        30 * MIN,
+        None,
+        T0 + 20 * HOUR,
+    )
+    .expect("window");
+    let after = report(c, &s, period, T0 + 20 * HOUR).expect("after");
+    assert_eq!(after.contractual.down_ms, (30 * MIN) as f64);
+    assert_eq!(after.contractual.excluded_ms, 30 * MIN);
+    assert_eq!(
+        after.experienced, before.experienced,
+        "the customer saw the whole hour"
+    );
+}
+
+#[test]
+fn a_reopened_incident_is_down_only_in_its_episodes_and_an_open_one_runs_to_now() {
+    let (_dir, db) = db();
+    let c = db.conn();
+    let web = host(c, "web1", "web", T0 - HOUR);
+    incident(
+        c,
+        "web1",
+        web,
+        "host-unreachable",
+        Level::High,
+        T0 + HOUR,
+        Some(T0 + 2 * HOUR),
+    );
+    // The same key breaches again within the reopen window: the incident reopens.
+    let id = incident(
+        c,
+        "web1",
+        web,
+        "host-unreachable",
+        Level::High,
+        T0 + 2 * HOUR + 10 * MIN,
+        None,
+    );
+    let reopens: i64 = c
+        .query_row(
+            "SELECT reopen_count FROM incidents WHERE id = ?1",
+            [id],
+            |r| r.get(0),
+        )
+        .expect("row");
+    assert_eq!(reopens, 1, "the second breach reopened the first incident");
+    let s = sla("target = 0.99\n");
+    let now = T0 + 4 * HOUR;
+    let r = report(c, &s, Span::new(T0, T0 + 10 * HOUR), now).expect("report");
+    // 1 h, then from the reopening (at its breach + `for`, 02:11) to now (04:00).
+    assert_eq!(r.measured, Span::new(T0, now));
+    assert_eq!(r.experienced.down_ms, (HOUR + 109 * MIN) as f64);
+    assert_eq!(r.experienced.outages.len(), 2);
+}
+
+#[test]
+fn service_hours_in_a_zone_and_coverage_before_enrollment() {
+    let (_dir, db) = db();
+    let c = db.conn();
+    // Enrolled on Monday 12:00 UTC; down Tuesday 06:00-08:00 UTC (07:00-09:00 in Berlin).
+    let web = host(c, "web1", "web", T0 + 12 * HOUR);
+    incident(
+        c,
+        "web1",
+        web,
+        "host-unreachable",
+        Level::High,
+        T0 + 30 * HOUR,
+        Some(T0 + 32 * HOUR),
+    );
+    let s = sla(
+        "target = 0.999\ntimezone = \"Europe/Berlin\"\n[sla.schedule]\ndays = [\"mon\", \"tue\"]\nhours = \"08:00-18:00\"\n",
+    );
+    let r = report(c, &s, Span::new(T0, T0 + 7 * 24 * HOUR), T0 + 7 * 24 * HOUR).expect("report");
+    // Service hours: Mon and Tue 07:00-17:00 UTC = 20 h; Monday before 12:00 UTC is unknown (5 h).
+    assert_eq!(r.contractual.scheduled_ms, 20 * HOUR);
+    assert_eq!(r.contractual.unknown_ms, 5 * HOUR);
+    assert_eq!(
+        r.contractual.down_ms, HOUR as f64,
+        "only 08:00-09:00 Berlin is in service hours"
+    );
+    assert_eq!(r.contractual.coverage, Some(0.75));
+    assert_eq!(r.experienced.down_ms, (2 * HOUR) as f64);
+    assert_eq!(r.experienced.unknown_ms, 12 * HOUR);
+}
