@@ -240,6 +240,7 @@ pub async fn start(config: &CollectorConfig) -> Result<Running> {
         reopen_within_ms: i64::try_from(config.incidents.reopen_within.as_millis())
             .unwrap_or(i64::MAX),
         engine: Some(engine),
+        slas: Arc::new(config.slas.clone()),
         flaps: Arc::new(crate::incidents::alert_flaps::AlertFlaps::new(
             crate::incidents::eval::FlapParams {
                 window: config.incidents.flap_window,

@@ -15,6 +15,7 @@ mod incidents;
 mod maintenance;
 mod rules;
 pub mod serve;
+mod slas;
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -69,6 +70,8 @@ pub struct IncidentsApi {
     pub engine: Option<crate::incidents::engine::EngineHandle>,
     /// Flapping of Alertmanager fingerprints across requests.
     pub flaps: Arc<crate::incidents::alert_flaps::AlertFlaps>,
+    /// The SLAs of the configuration (`/api/v1/slas`).
+    pub slas: Arc<Vec<crate::sla::Sla>>,
 }
 
 impl Default for IncidentsApi {
@@ -81,6 +84,7 @@ impl Default for IncidentsApi {
             reopen_within_ms: 3_600_000,
             engine: None,
             flaps: Default::default(),
+            slas: Arc::new(Vec::new()),
         }
     }
 }
@@ -148,6 +152,7 @@ pub fn router(state: HttpState) -> Router {
         .merge(incidents::routes())
         .merge(rules::routes())
         .merge(maintenance::routes())
+        .merge(slas::routes())
         .merge(alertmanager::routes());
     Router::new()
         .route("/", get(index))

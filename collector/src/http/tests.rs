@@ -18,11 +18,17 @@ struct Server {
 
 impl Server {
     async fn start(data_dir: &Path) -> Server {
+        Server::start_with(data_dir, |_| {}).await
+    }
+
+    /// With `setup` applied to the state first.
+    async fn start_with(data_dir: &Path, setup: impl FnOnce(&mut HttpState)) -> Server {
         let supervisor = crate::supervise::Supervisor::new();
         let metrics_text: Arc<dyn Fn() -> String + Send + Sync> =
             Arc::new(|| "# TYPE vigil_agents_connected gauge\nvigil_agents_connected 2\n".into());
-        let state =
+        let mut state =
             HttpState::new(data_dir.to_owned(), metrics_text, supervisor.clone()).expect("state");
+        setup(&mut state);
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await
             .expect("bind");
@@ -314,4 +320,141 @@ fn rfc3339() {
     check(0, Some("1970-01-01T00:00:00.000Z"));
     check(1_700_000_000_123, Some("2023-11-14T22:13:20.123Z"));
     check(-1, None);
+}
+
+/// `/api/v1/slas`: figures from the store's incidents, a report over a given period as JSON and
+/// CSV, and the errors of bad requests.
+#[tokio::test]
+async fn slas_report_availability_from_incidents() {
+    const H: i64 = 3_600_000;
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let db = Db::open(tmp.path()).expect("open");
+    let (_, viewer) = db
+        .create_api_token(Role::Viewer, "v", 1_000)
+        .expect("viewer");
+    db.register_agent(
+        &NewAgent {
+            id: "a1".into(),
+            hostname: "web1".into(),
+            version: "0.1.0".into(),
+            cert_pin: "00".repeat(32),
+            token_id: "tok".into(),
+        },
+        1_000,
+    )
+    .expect("agent");
+    // 2026-11-02T00:00:00Z; the host known from then, down 01:00-01:30 (an hour's P1 incident
+    // resolved after 30 min).
+    let t0: i64 = 1_793_577_600_000;
+    db.conn()
+        .execute(
+            "INSERT INTO cis (agent_id, type, key, name, source, first_seen_ms, last_seen_ms)
+             VALUES ('a1', 'host', 'host', 'web1', 'discovery', ?1, ?1)",
+            [t0],
+        )
+        .expect("ci");
+    let ci = db.conn().last_insert_rowid();
+    db.conn()
+        .execute(
+            "INSERT INTO incidents (dedup_key, rule, origin, agent_id, ci_id, ci_type, ci_key, title,
+                 state, impact, urgency, priority, first_breach_ms, last_breach_ms, started_ms,
+                 created_ms, resolved_ms)
+             VALUES ('k', 'host-unreachable', 'rule', 'a1', ?1, 'host', 'host', 't', 'resolved',
+                 'high', 'high', 1, ?2, ?2, ?2, ?2, ?3)",
+            rusqlite::params![ci, t0 + H, t0 + H + H / 2],
+        )
+        .expect("incident");
+    let incident = db.conn().last_insert_rowid();
+    let config = crate::config::from_str(
+        "c.toml",
+        "data_dir = \"/x\"\n[[sla]]\nname = \"web\"\ntarget = 0.999\nwindow = \"month\"\n",
+    )
+    .expect("config");
+    let slas = Arc::new(config.slas);
+    let server = Server::start_with(tmp.path(), |st| {
+        st.incidents = Arc::new(IncidentsApi {
+            slas,
+            ..IncidentsApi::default()
+        })
+    })
+    .await;
+    let auth = bearer(&viewer);
+
+    let (status, _, body) = server.get("/api/v1/slas", Some(&auth)).await;
+    assert_eq!(status, 200, "{body}");
+    let list: serde_json::Value = serde_json::from_str(&body).expect("json");
+    assert_eq!(list[0]["name"], "web");
+    assert_eq!(list[0]["target"], 0.999);
+    assert_eq!(list[0]["down_when"][2], "priority<=P2");
+    assert_eq!(list[0]["current"]["window"], "month");
+
+    let from = t0;
+    let to = t0 + 10 * H;
+    let path = format!("/api/v1/slas/web/report?from={from}&to={to}");
+    let (status, _, body) = server.get(&path, Some(&auth)).await;
+    assert_eq!(status, 200, "{body}");
+    let r: serde_json::Value = serde_json::from_str(&body).expect("json");
+    assert_eq!(r["experienced"]["down_seconds"], 1800.0, "{body}");
+    assert_eq!(r["contractual"]["availability"], 0.95, "{body}");
+    assert_eq!(r["outages"][0]["incidents"][0], incident);
+    assert_eq!(r["outages"][0]["duration_seconds"], 1800.0);
+    let allowed = r["error_budget"]["allowed_seconds"]
+        .as_f64()
+        .expect("budget");
+    assert!((allowed - 36.0).abs() < 1e-9, "0.1 % of 10 h: {body}");
+    assert_eq!(r["daily"][0]["date"], "2026-11-02");
+
+    let (status, ct, csv) = server.get(&format!("{path}&format=csv"), Some(&auth)).await;
+    assert_eq!(status, 200);
+    assert!(ct.starts_with("text/csv"), "{ct}");
+    let rows: Vec<&str> = csv.lines().collect();
+    assert_eq!(rows.len(), 2, "{csv}");
+    assert!(
+        rows[1].starts_with("2026-11-02,0.95,0.95,1800,1800,0,1"),
+        "{csv}"
+    );
+
+    let (status, _, body) = server.get("/api/v1/slas/web", Some(&auth)).await;
+    assert_eq!(status, 200, "{body}");
+    let one: serde_json::Value = serde_json::from_str(&body).expect("json");
+    let windows: Vec<&str> = one["windows"]
+        .as_array()
+        .expect("windows")
+        .iter()
+        .map(|w| w["window"].as_str().unwrap_or(""))
+        .collect();
+    assert_eq!(windows, ["1d", "7d", "30d"]);
+
+    check_error(
+        server.get("/api/v1/slas/none", Some(&auth)).await,
+        404,
+        "not_found",
+    );
+    check_error(
+        server.get(&format!("{path}&format=xml"), Some(&auth)).await,
+        400,
+        "bad_request",
+    );
+    check_error(
+        server
+            .get(
+                &format!("/api/v1/slas/web/report?from={to}&to={from}"),
+                Some(&auth),
+            )
+            .await,
+        400,
+        "bad_request",
+    );
+    check_error(
+        server
+            .get(
+                "/api/v1/slas/web/report?from=0&to=253402207200000",
+                Some(&auth),
+            )
+            .await,
+        400,
+        "bad_request",
+    );
+    check_error(server.get("/api/v1/slas", None).await, 401, "unauthorized");
+    server.stop().await;
 }

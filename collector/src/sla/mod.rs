@@ -175,33 +175,73 @@ pub fn report(
 ) -> rusqlite::Result<Report> {
     let measured = Span::new(period.start, period.end.min(now_ms));
     let cis = load::timelines(conn, sla, measured, now_ms)?;
+    Ok(report_of(&cis, sla, period, now_ms))
+}
+
+/// One calendar day (in the SLA's zone) of a report's daily series.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Day {
+    pub date: jiff::civil::Date,
+    pub contractual: Figures,
+    pub experienced: Figures,
+}
+
+/// The most days a daily series holds (a report is at most this long).
+pub const MAX_DAYS: usize = 400;
+
+/// [`report`] and its daily series (at most [`MAX_DAYS`] days), from one read of the store.
+pub fn report_with_days(
+    conn: &rusqlite::Connection,
+    sla: &Sla,
+    period: Span,
+    now_ms: i64,
+) -> rusqlite::Result<(Report, Vec<Day>)> {
+    let measured = Span::new(period.start, period.end.min(now_ms));
+    let cis = load::timelines(conn, sla, measured, now_ms)?;
+    let report = report_of(&cis, sla, period, now_ms);
+    let days = calendar::days(measured, &sla.timezone, MAX_DAYS)
+        .into_iter()
+        .map(|(date, span)| {
+            let r = report_of(&cis, sla, span, now_ms);
+            Day {
+                date,
+                contractual: r.contractual,
+                experienced: r.experienced,
+            }
+        })
+        .collect();
+    Ok((report, days))
+}
+
+fn report_of(cis: &[CiTimeline], sla: &Sla, period: Span, now_ms: i64) -> Report {
+    let measured = Span::new(period.start, period.end.min(now_ms));
     let service_time = |span: Span| match &sla.schedule {
         Some(s) => s.within(span),
         None => Spans::one(span),
     };
     let contractual = compute(
-        &cis,
+        cis,
         measured,
         &service_time(measured),
         Kind::Contractual,
         sla.combine,
     );
     let experienced = compute(
-        &cis,
+        cis,
         measured,
         &Spans::one(measured),
         Kind::Experienced,
         sla.combine,
     );
     let budget_ms = sla.budget_ms(service_time(period).total());
-    Ok(Report {
+    Report {
         period,
         measured,
         budget_remaining_ms: budget_ms - contractual.down_ms,
         contractual,
         experienced,
         budget_ms,
-    })
+    }
 }
 
 #[cfg(test)]
