@@ -2,7 +2,8 @@
 //! without data: one sweep over the state changes of every scoped CI.
 //!
 //! Per CI, at every instant, one state wins: in maintenance (contractual view only) > down >
-//! degraded (the largest weight of its degrading incidents) > up while it has data > unknown.
+//! degraded (the largest weight of its degrading incidents) > absent (the CI did not exist
+//! yet, or no longer: not part of the service then) > up while it has data > unknown.
 //! The service is, by default, down while any CI is down; with a quorum N, up while at least N
 //! CIs are up (a degraded CI counts as up, a CI in maintenance as up in the contractual view),
 //! down when even the unknown ones could not reach N, else unknown. Time outside the schedule,
@@ -18,6 +19,8 @@ use super::spans::{Span, Spans};
 /// What one CI went through, as time spans (any order, may overlap).
 #[derive(Debug, Clone, Default)]
 pub struct CiTimeline {
+    /// When the CI existed (first seen to retired); `None`: all along.
+    pub exists: Option<Spans>,
     /// When the collector had data for the CI (or decided its state).
     pub known: Spans,
     /// Incidents that make it down: `(span from first breach to resolution, incident id)`.
@@ -88,6 +91,7 @@ impl Figures {
 /// A CI's state on one piece of time.
 #[derive(Debug, Clone, Copy, PartialEq)]
 enum CiState {
+    Absent,
     Unknown,
     Up,
     Degraded(f64),
@@ -113,8 +117,15 @@ fn pieces(ci: &CiTimeline, period: Span, kind: Kind) -> Vec<(Span, CiState)> {
         Kind::Experienced => Spans::new(),
     };
     let known = ci.known.clip(period);
+    let exists = ci.exists.as_ref().map(|e| e.clip(period));
     let mut cuts = vec![period.start, period.end];
-    for s in down.iter().chain(maint.iter()).chain(known.iter()) {
+    let lifetime = exists.iter().flat_map(|e| e.iter());
+    for s in down
+        .iter()
+        .chain(maint.iter())
+        .chain(known.iter())
+        .chain(lifetime)
+    {
         cuts.extend([s.start, s.end]);
     }
     let degraded: Vec<(Span, f64)> = ci
@@ -143,6 +154,8 @@ fn pieces(ci: &CiTimeline, period: Span, kind: Kind) -> Vec<(Span, CiState)> {
             .reduce(f64::max)
         {
             CiState::Degraded(weight)
+        } else if exists.as_ref().is_some_and(|e| !e.contains(t)) {
+            CiState::Absent
         } else if known.contains(t) {
             CiState::Up
         } else {
@@ -159,6 +172,7 @@ fn pieces(ci: &CiTimeline, period: Span, kind: Kind) -> Vec<(Span, CiState)> {
 /// Counts of CIs per state while sweeping; degraded weights as a multiset.
 #[derive(Default)]
 struct Counts {
+    absent: u32,
     unknown: u32,
     up: u32,
     down: u32,
@@ -171,6 +185,7 @@ impl Counts {
     fn add(&mut self, s: CiState, delta: i32) {
         let bump = |c: &mut u32| *c = c.saturating_add_signed(delta);
         match s {
+            CiState::Absent => bump(&mut self.absent),
             CiState::Unknown => bump(&mut self.unknown),
             CiState::Up => bump(&mut self.up),
             CiState::Down => bump(&mut self.down),
@@ -187,10 +202,11 @@ impl Counts {
     }
 
     fn service(&self, combine: Combine, cis: u32) -> ServiceState {
-        if cis == 0 {
+        let present = cis.saturating_sub(self.absent);
+        if present == 0 {
             return ServiceState::Unknown;
         }
-        if self.maintenance == cis {
+        if self.maintenance == present {
             return ServiceState::Excluded;
         }
         let worst_degraded = self.degraded.keys().next_back().map(|&b| f64::from_bits(b));
@@ -525,6 +541,37 @@ mod tests {
             Span::new(0, 18_000),
             "clipped to the window"
         );
+    }
+
+    #[test]
+    fn a_ci_that_did_not_exist_yet_is_not_part_of_the_service() {
+        let old = ci(&[]);
+        let young = CiTimeline {
+            exists: Some(Spans::one(sp(50, 100))),
+            down: vec![(sp(60, 61), 4)],
+            ..ci(&[])
+        };
+        let p = sp(0, 100);
+        let cis = [old, young];
+        let f = compute(&cis, p, &all(p), Kind::Experienced, Combine::All);
+        assert_eq!(
+            f.unknown_ms, 0,
+            "absent before it was first seen, not unknown"
+        );
+        assert_eq!(f.down_ms, H as f64);
+        assert_eq!(f.coverage, Some(1.0));
+        let q = compute(&cis, p, &all(p), Kind::Experienced, Combine::Quorum(2));
+        assert_eq!(
+            q.down_ms,
+            (51 * H) as f64,
+            "two up are needed: only one exists until 50"
+        );
+        let alone = CiTimeline {
+            exists: Some(Spans::one(sp(50, 100))),
+            ..ci(&[])
+        };
+        let g = compute(&[alone], p, &all(p), Kind::Experienced, Combine::All);
+        assert_eq!(g.unknown_ms, 50 * H, "a service with no CI yet is unknown");
     }
 
     #[test]

@@ -6,8 +6,10 @@
 //! the next report.
 //!
 //! A unit of the service is a CI of the CMDB in scope, or a check of a host in scope (checks
-//! are not CMDB items; their incidents name them by key). A CI is known from when it was first
-//! seen until it was retired; a check as long as its host.
+//! are not CMDB items; their incidents name them by key). A CI exists from when it was first
+//! seen until it was retired (outside that it is not part of the service); a check as long as
+//! its host. The collector knows a CI's state while its host is there: from the host's first
+//! report until it is retired.
 
 use std::collections::{BTreeMap, HashMap};
 
@@ -41,25 +43,27 @@ pub fn timelines(
          WHERE agent_id IS NOT NULL AND first_seen_ms < ?1
            AND (retired_at_ms IS NULL OR retired_at_ms > ?2)",
     )?;
-    let rows = stmt.query_map(params![period.end, period.start], |r| {
-        Ok((
-            r.get::<_, i64>(0)?,
-            r.get::<_, String>(1)?,
-            r.get::<_, String>(2)?,
-            r.get::<_, String>(3)?,
-            r.get::<_, i64>(4)?,
-            r.get::<_, Option<i64>>(5)?,
-        ))
-    })?;
-    for row in rows {
-        let (id, agent, ty, key, first, retired) = row?;
+    let rows = stmt
+        .query_map(params![period.end, period.start], |r| {
+            Ok((
+                r.get::<_, i64>(0)?,
+                r.get::<_, String>(1)?,
+                r.get::<_, String>(2)?,
+                r.get::<_, String>(3)?,
+                r.get::<_, i64>(4)?,
+                r.get::<_, Option<i64>>(5)?,
+            ))
+        })?
+        .collect::<rusqlite::Result<Vec<_>>>()?;
+    for (_, agent, ty, key, first, retired) in &rows {
+        if ty == "host" && key == "host" {
+            host_known.insert(agent.clone(), Span::new(*first, end_of(*retired)));
+        }
+    }
+    for (id, agent, ty, key, first, retired) in rows {
         let Some(host) = host_of.get(agent.as_str()) else {
             continue; // revoked
         };
-        let known = Span::new(first, end_of(retired));
-        if ty == "host" && key == "host" {
-            host_known.insert(agent.clone(), known);
-        }
         let target = Target {
             hostname: &host.hostname,
             tags: &host.tags,
@@ -69,8 +73,10 @@ pub fn timelines(
         if !matches(&sla.scope, &target) {
             continue;
         }
+        let lifetime = Span::new(first, end_of(retired));
         let timeline = CiTimeline {
-            known: Spans::one(known),
+            exists: Some(Spans::one(lifetime)),
+            known: Spans::one(host_known.get(&agent).copied().unwrap_or(lifetime)),
             maintenance: maintenance_spans(&windows, &target, period),
             ..CiTimeline::default()
         };
@@ -121,6 +127,7 @@ pub fn timelines(
             }
             let known = host_known.get(&inc.agent).copied().unwrap_or_default();
             let timeline = CiTimeline {
+                exists: Some(Spans::one(known)),
                 known: Spans::one(known),
                 maintenance: maintenance_spans(&windows, &target, period),
                 ..CiTimeline::default()

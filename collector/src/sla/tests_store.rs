@@ -258,3 +258,24 @@ fn service_hours_in_a_zone_and_coverage_before_enrollment() {
     assert_eq!(r.experienced.down_ms, (2 * HOUR) as f64);
     assert_eq!(r.experienced.unknown_ms, 12 * HOUR);
 }
+
+#[test]
+fn a_ci_discovered_later_does_not_make_the_time_before_unknown() {
+    let (_dir, db) = db();
+    let c = db.conn();
+    host(c, "web1", "web", T0 - HOUR);
+    c.execute(
+        "INSERT INTO cis (agent_id, type, key, name, source, first_seen_ms, last_seen_ms)
+         VALUES ('web1', 'package', 'nginx', 'nginx', 'discovery', ?1, ?1)",
+        [T0 + 5 * HOUR],
+    )
+    .expect("package CI");
+    let s = sla("target = 0.99\n");
+    let r = report(c, &s, Span::new(T0, T0 + 10 * HOUR), T0 + 10 * HOUR).expect("report");
+    assert_eq!(r.experienced.unknown_ms, 0);
+    assert_eq!(r.experienced.availability, Some(1.0));
+    // Before the host was first seen, nothing was known.
+    let early = report(c, &s, Span::new(T0 - 2 * HOUR, T0), T0 + 10 * HOUR).expect("report");
+    assert_eq!(early.experienced.unknown_ms, HOUR);
+    assert_eq!(early.experienced.coverage, Some(0.5));
+}
