@@ -291,6 +291,40 @@ pub async fn start(config: &CollectorConfig) -> Result<Running> {
         }
     });
 
+    // SLA figures on /metrics, recomputed in the background so that a scrape only reads gauges.
+    if !config.slas.is_empty() {
+        let sla_metrics = Arc::new(
+            crate::sla::metrics::SlaMetrics::new(metrics.registry())
+                .context("cannot register metrics")?,
+        );
+        let slas = Arc::new(config.slas.clone());
+        let sla_dir = data_dir.clone();
+        let sla_shutdown = shutdown.clone();
+        let sla_sentinel = supervisor.sentinel("SLA figures");
+        tracker.spawn(async move {
+            let _sentinel = sla_sentinel;
+            let mut tick = tokio::time::interval(crate::sla::metrics::REFRESH_EVERY);
+            loop {
+                tokio::select! {
+                    _ = tick.tick() => {}
+                    _ = sla_shutdown.cancelled() => return,
+                }
+                let (dir, slas, m) = (sla_dir.clone(), slas.clone(), sla_metrics.clone());
+                let res = tokio::task::spawn_blocking(move || {
+                    let db = Db::open(&dir)?;
+                    m.refresh(db.conn(), &slas, now_ms())?;
+                    Ok::<_, crate::store::StoreError>(())
+                })
+                .await;
+                match res {
+                    Ok(Ok(())) => {}
+                    Ok(Err(e)) => tracing::warn!(error = %e, "SLA figures not refreshed"),
+                    Err(e) => tracing::warn!(error = %e, "SLA figures task failed"),
+                }
+            }
+        });
+    }
+
     let retention = config.store.retention;
     let stale_after = config.store.stale_after;
     let prune_shutdown = shutdown.clone();

@@ -12,6 +12,7 @@
 pub mod availability;
 pub mod calendar;
 pub mod load;
+pub mod metrics;
 pub mod spans;
 #[cfg(test)]
 mod tests_store;
@@ -176,6 +177,26 @@ pub fn report(
     let measured = Span::new(period.start, period.end.min(now_ms));
     let cis = load::timelines(conn, sla, measured, now_ms)?;
     Ok(report_of(&cis, sla, period, now_ms))
+}
+
+/// Reports of several periods from one read of the store (the union of the periods).
+pub fn reports(
+    conn: &rusqlite::Connection,
+    sla: &Sla,
+    periods: &[Span],
+    now_ms: i64,
+) -> rusqlite::Result<Vec<Report>> {
+    let (Some(start), Some(end)) = (
+        periods.iter().map(|p| p.start).min(),
+        periods.iter().map(|p| p.end.min(now_ms)).max(),
+    ) else {
+        return Ok(Vec::new());
+    };
+    let cis = load::timelines(conn, sla, Span::new(start, end), now_ms)?;
+    Ok(periods
+        .iter()
+        .map(|&p| report_of(&cis, sla, p, now_ms))
+        .collect())
 }
 
 /// One calendar day (in the SLA's zone) of a report's daily series.

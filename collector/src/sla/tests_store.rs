@@ -279,3 +279,56 @@ fn a_ci_discovered_later_does_not_make_the_time_before_unknown() {
     assert_eq!(early.experienced.unknown_ms, HOUR);
     assert_eq!(early.experienced.coverage, Some(0.5));
 }
+
+#[test]
+fn metrics_show_the_figures_and_count_each_outage_once() {
+    let (_dir, db) = db();
+    let c = db.conn();
+    let now = T0 + 10 * HOUR;
+    let web = host(c, "web1", "web", T0 - 10 * 24 * HOUR);
+    incident(
+        c,
+        "web1",
+        web,
+        "host-unreachable",
+        Level::High,
+        now - 2 * HOUR,
+        Some(now - HOUR),
+    );
+    let s = sla("target = 0.99\nwindow = \"7d\"\n");
+    let registry = prometheus::Registry::new();
+    let m = metrics::SlaMetrics::new(&registry).expect("metrics");
+    let slas = [s];
+    m.refresh(c, &slas, now).expect("refresh");
+    m.refresh(c, &slas, now).expect("refresh again");
+    let text = prometheus::TextEncoder::new()
+        .encode_to_string(&registry.gather())
+        .expect("encode");
+    let value = |series: &str| -> f64 {
+        text.lines()
+            .find_map(|l| l.strip_prefix(series).and_then(|v| v.trim().parse().ok()))
+            .unwrap_or_else(|| panic!("no {series} in\n{text}"))
+    };
+    let want = 1.0 - 1.0 / (7.0 * 24.0);
+    let got = value(r#"vigil_sla_availability_ratio{kind="contractual",sla="s",window="7d"}"#);
+    assert!((got - want).abs() < 1e-12, "{got}");
+    assert_eq!(value(r#"vigil_sla_target_ratio{sla="s"}"#), 0.99);
+    assert_eq!(
+        value(r#"vigil_sla_outages_total{sla="s"}"#),
+        1.0,
+        "counted once over two refreshes"
+    );
+    // The last 6 h were 1/6 down: a burn rate of (1/6) / 0.01.
+    let burn = value(r#"vigil_sla_burn_rate{sla="s",window="6h"}"#);
+    assert!((burn - 100.0 / 6.0).abs() < 1e-9, "{burn}");
+    assert_eq!(value(r#"vigil_sla_burn_rate{sla="s",window="30m"}"#), 0.0);
+    assert_eq!(
+        value(r#"vigil_sla_data_coverage_ratio{sla="s",window="7d"}"#),
+        1.0
+    );
+    let left = value(r#"vigil_sla_error_budget_remaining_ratio{sla="s",window="7d"}"#);
+    assert!(
+        (left - (1.0 - 1.0 / (0.01 * 7.0 * 24.0))).abs() < 1e-9,
+        "{left}"
+    );
+}

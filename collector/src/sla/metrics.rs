@@ -1,0 +1,181 @@
+//! The `vigil_sla_*` metrics: kept current by a refresh every [`REFRESH_EVERY`] (the collector's
+//! "SLA figures" task), so that a scrape only reads gauges and never recomputes a window of
+//! history.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::time::Duration;
+
+use prometheus::{GaugeVec, IntCounterVec, Opts, Registry};
+use rusqlite::Connection;
+use vigil_shared::config::SlaWindow;
+
+use super::{calendar, reports, Kind, Sla, Span};
+
+/// How often the figures on `/metrics` are recomputed.
+pub const REFRESH_EVERY: Duration = Duration::from_secs(30);
+
+/// The rolling windows of `vigil_sla_burn_rate{window}` (the SRE workbook's alert windows).
+pub const BURN_WINDOWS: [(&str, u64); 7] = [
+    ("5m", 300),
+    ("30m", 1800),
+    ("1h", 3600),
+    ("2h", 7200),
+    ("6h", 21_600),
+    ("1d", 86_400),
+    ("3d", 259_200),
+];
+
+pub struct SlaMetrics {
+    target: GaugeVec,
+    availability: GaugeVec,
+    budget_remaining: GaugeVec,
+    coverage: GaugeVec,
+    burn_rate: GaugeVec,
+    outages: IntCounterVec,
+    /// Per SLA: the start of the latest outage already counted.
+    counted: Mutex<HashMap<String, i64>>,
+}
+
+impl SlaMetrics {
+    pub fn new(registry: &Registry) -> Result<SlaMetrics, prometheus::Error> {
+        let gauge =
+            |name: &str, help: &str, labels: &[&str]| -> Result<GaugeVec, prometheus::Error> {
+                let g = GaugeVec::new(Opts::new(name, help), labels)?;
+                registry.register(Box::new(g.clone()))?;
+                Ok(g)
+            };
+        let outages = IntCounterVec::new(
+            Opts::new(
+                "vigil_sla_outages_total",
+                "Outages of the service (contractual view), counted as they begin",
+            ),
+            &["sla"],
+        )?;
+        registry.register(Box::new(outages.clone()))?;
+        Ok(SlaMetrics {
+            target: gauge(
+                "vigil_sla_target_ratio",
+                "The SLA's availability target",
+                &["sla"],
+            )?,
+            availability: gauge(
+                "vigil_sla_availability_ratio",
+                "Availability over the SLA's window: up / (up + down) time",
+                &["sla", "window", "kind"],
+            )?,
+            budget_remaining: gauge(
+                "vigil_sla_error_budget_remaining_ratio",
+                "Error budget left in the window (1 untouched, 0 spent, negative overspent)",
+                &["sla", "window"],
+            )?,
+            coverage: gauge(
+                "vigil_sla_data_coverage_ratio",
+                "Share of the window's service time with data from the scoped CIs",
+                &["sla", "window"],
+            )?,
+            burn_rate: gauge(
+                "vigil_sla_burn_rate",
+                "Error budget burn rate over a rolling window (1 spends the budget exactly)",
+                &["sla", "window"],
+            )?,
+            outages,
+            counted: Mutex::new(HashMap::new()),
+        })
+    }
+
+    /// Recomputes every SLA's figures as of `now_ms`.
+    pub fn refresh(&self, conn: &Connection, slas: &[Sla], now_ms: i64) -> rusqlite::Result<()> {
+        for sla in slas {
+            self.refresh_one(conn, sla, now_ms)?;
+        }
+        Ok(())
+    }
+
+    fn refresh_one(&self, conn: &Connection, sla: &Sla, now_ms: i64) -> rusqlite::Result<()> {
+        let name = sla.name.as_str();
+        self.target.with_label_values(&[name]).set(sla.target);
+        let Some(period) = calendar::period(sla.window, now_ms, &sla.timezone) else {
+            return Ok(());
+        };
+        let window = sla.window.to_string();
+        let mut periods = vec![period];
+        periods.extend(
+            BURN_WINDOWS
+                .iter()
+                .map(|&(_, secs)| Span::new(now_ms.saturating_sub(secs as i64 * 1000), now_ms)),
+        );
+        let all = reports(conn, sla, &periods, now_ms)?;
+        let Some((r, burns)) = all.split_first() else {
+            return Ok(());
+        };
+        for (kind, label, f) in [
+            (Kind::Contractual, "contractual", &r.contractual),
+            (Kind::Experienced, "experienced", &r.experienced),
+        ] {
+            let g = self.availability.with_label_values(&[name, &window, label]);
+            match f.availability {
+                Some(a) => g.set(a),
+                None => {
+                    let _ = self
+                        .availability
+                        .remove_label_values(&[name, &window, label]);
+                }
+            }
+            if kind == Kind::Contractual {
+                if let Some(c) = f.coverage {
+                    self.coverage.with_label_values(&[name, &window]).set(c);
+                }
+            }
+        }
+        if let Some(left) = r.budget_remaining_ratio() {
+            self.budget_remaining
+                .with_label_values(&[name, &window])
+                .set(left);
+        }
+        // Outages that began since the last refresh (all of the window's on the first).
+        {
+            let mut counted = self.counted.lock().unwrap_or_else(|p| p.into_inner());
+            let last = counted.get(name).copied().unwrap_or(i64::MIN);
+            let new: Vec<i64> = r
+                .contractual
+                .outages
+                .iter()
+                .map(|o| o.span.start)
+                .filter(|&s| s > last)
+                .collect();
+            let counter = self.outages.with_label_values(&[name]);
+            counter.inc_by(new.len() as u64);
+            if let Some(&m) = new.iter().max() {
+                counted.insert(name.to_string(), m);
+            }
+        }
+        for ((label, _), r) in BURN_WINDOWS.iter().zip(burns) {
+            let measured = r.contractual.up_ms + r.contractual.down_ms;
+            if measured > 0.0 {
+                let bad = r.contractual.down_ms / measured;
+                self.burn_rate
+                    .with_label_values(&[name, *label])
+                    .set(bad / (1.0 - sla.target));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The label of a rolling window of `secs` seconds, as `vigil_sla_*{window}` shows it.
+pub fn rolling_label(secs: u64) -> String {
+    SlaWindow::Rolling(Duration::from_secs(secs)).to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn burn_window_labels_are_the_compact_durations() {
+        for (label, secs) in BURN_WINDOWS {
+            assert_eq!(rolling_label(secs), label);
+        }
+    }
+}
