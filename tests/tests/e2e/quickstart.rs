@@ -167,6 +167,24 @@ fn quickstart_command_runs_the_main_job() {
     let (status, body) = http_get(&agents_url, Some(token.trim()));
     assert_eq!(status, 200, "{body}");
     assert!(body.contains("\"connected\":true"), "{body}");
+    // The example SLA is reported through the API and on /metrics, and promtool accepts it.
+    let slas_url = metrics_url.replace("/metrics", "/api/v1/slas");
+    let (status, body) = http_get(&slas_url, Some(token.trim()));
+    assert_eq!(status, 200, "{body}");
+    let slas: serde_json::Value = serde_json::from_str(&body).expect("json");
+    assert_eq!(slas[0]["name"], "all-hosts", "{body}");
+    assert_eq!(slas[0]["current"]["window"], "month", "{body}");
+    let text = wait_until(Duration::from_secs(45), "SLA figures on /metrics", || {
+        let (_, text) = http_get(&metrics_url, None);
+        text.contains("vigil_sla_availability_ratio{kind=\"experienced\",sla=\"all-hosts\"")
+            .then_some(text)
+    });
+    assert_eq!(
+        metric_value(&text, "vigil_sla_target_ratio{sla=\"all-hosts\"}"),
+        Some(0.995),
+        "{text}"
+    );
+    promtool_check(&text).unwrap_or_else(|e| panic!("promtool: {e}"));
     assert!(
         proc.terminate(Duration::from_secs(20)).success(),
         "log:\n{}",
