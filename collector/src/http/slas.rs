@@ -220,15 +220,19 @@ async fn one(
     let view = state
         .db
         .run(move |db| {
-            let current =
-                PeriodView::new(s.window.to_string(), &sla::report(db.conn(), &s, own, now)?);
-            let mut windows = Vec::new();
-            for (label, span) in extra {
-                windows.push(PeriodView::new(
-                    label,
-                    &sla::report(db.conn(), &s, span, now)?,
-                ));
-            }
+            // One read of the store for the SLA's window and the extra ones.
+            let mut periods = vec![own];
+            periods.extend(extra.iter().map(|(_, span)| *span));
+            let mut all = sla::reports(db.conn(), &s, &periods, now)?.into_iter();
+            let current = PeriodView::new(
+                s.window.to_string(),
+                &all.next().expect("one report per period"),
+            );
+            let windows = extra
+                .into_iter()
+                .zip(all)
+                .map(|((label, _), r)| PeriodView::new(label, &r))
+                .collect();
             Ok(describe(&s, current, windows))
         })
         .await?;

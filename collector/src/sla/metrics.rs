@@ -8,7 +8,6 @@ use std::time::Duration;
 
 use prometheus::{GaugeVec, IntCounterVec, Opts, Registry};
 use rusqlite::Connection;
-use vigil_shared::config::SlaWindow;
 
 use super::{calendar, reports, Kind, Sla, Span};
 
@@ -163,19 +162,18 @@ impl SlaMetrics {
     }
 }
 
-/// The label of a rolling window of `secs` seconds, as `vigil_sla_*{window}` shows it.
-pub fn rolling_label(secs: u64) -> String {
-    SlaWindow::Rolling(Duration::from_secs(secs)).to_string()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use vigil_shared::config::SlaWindow;
 
     #[test]
     fn burn_window_labels_are_the_compact_durations() {
         for (label, secs) in BURN_WINDOWS {
-            assert_eq!(rolling_label(secs), label);
+            assert_eq!(
+                SlaWindow::Rolling(Duration::from_secs(secs)).to_string(),
+                label
+            );
         }
     }
 }

@@ -174,9 +174,8 @@ pub fn report(
     period: Span,
     now_ms: i64,
 ) -> rusqlite::Result<Report> {
-    let measured = Span::new(period.start, period.end.min(now_ms));
-    let cis = load::timelines(conn, sla, measured, now_ms)?;
-    Ok(report_of(&cis, sla, period, now_ms))
+    let mut all = reports(conn, sla, &[period], now_ms)?;
+    Ok(all.pop().expect("one report per period"))
 }
 
 /// Reports of several periods from one read of the store (the union of the periods).

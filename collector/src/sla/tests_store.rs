@@ -89,6 +89,11 @@ fn incident(
     id
 }
 
+/// A P1 `host-unreachable` incident on the host CI from `first`, resolved at `until`.
+fn down(c: &Connection, agent: &str, ci: i64, first: i64, until: Option<i64>) -> i64 {
+    incident(c, agent, ci, "host-unreachable", Level::High, first, until)
+}
+
 fn sla(text: &str) -> Sla {
     let c = crate::config::from_str(
         "c.toml",
@@ -104,25 +109,9 @@ fn availability_follows_incidents_in_scope_from_their_first_breach() {
     let c = db.conn();
     let web = host(c, "web1", "web", T0 - HOUR);
     let db1 = host(c, "db1", "db", T0 - HOUR);
-    let down = incident(
-        c,
-        "web1",
-        web,
-        "host-unreachable",
-        Level::High,
-        T0 + 2 * HOUR,
-        Some(T0 + 3 * HOUR),
-    );
+    let outage = down(c, "web1", web, T0 + 2 * HOUR, Some(T0 + 3 * HOUR));
     // Out of scope (role=db), and a P4 rule down_when does not name: neither counts.
-    incident(
-        c,
-        "db1",
-        db1,
-        "host-unreachable",
-        Level::High,
-        T0,
-        Some(T0 + 5 * HOUR),
-    );
+    down(c, "db1", db1, T0, Some(T0 + 5 * HOUR));
     incident(
         c,
         "web1",
@@ -141,7 +130,7 @@ fn availability_follows_incidents_in_scope_from_their_first_breach() {
         r.experienced.outages,
         vec![Outage {
             span: Span::new(T0 + 2 * HOUR, T0 + 3 * HOUR),
-            incidents: vec![down]
+            incidents: vec![outage]
         }]
     );
     assert!((r.budget_ms - 0.01 * 10.0 * HOUR as f64).abs() < 1e-6);
@@ -154,15 +143,7 @@ fn a_maintenance_window_added_afterwards_changes_the_contractual_figure_only() {
     let (_dir, db) = db();
     let c = db.conn();
     let web = host(c, "web1", "web", T0 - HOUR);
-    incident(
-        c,
-        "web1",
-        web,
-        "host-unreachable",
-        Level::High,
-        T0 + 2 * HOUR,
-        Some(T0 + 3 * HOUR),
-    );
+    down(c, "web1", web, T0 + 2 * HOUR, Some(T0 + 3 * HOUR));
     let s = sla("target = 0.99\n");
     let period = Span::new(T0, T0 + 10 * HOUR);
     let before = report(c, &s, period, T0 + 20 * HOUR).expect("before");
@@ -192,25 +173,9 @@ fn a_reopened_incident_is_down_only_in_its_episodes_and_an_open_one_runs_to_now(
     let (_dir, db) = db();
     let c = db.conn();
     let web = host(c, "web1", "web", T0 - HOUR);
-    incident(
-        c,
-        "web1",
-        web,
-        "host-unreachable",
-        Level::High,
-        T0 + HOUR,
-        Some(T0 + 2 * HOUR),
-    );
+    down(c, "web1", web, T0 + HOUR, Some(T0 + 2 * HOUR));
     // The same key breaches again within the reopen window: the incident reopens.
-    let id = incident(
-        c,
-        "web1",
-        web,
-        "host-unreachable",
-        Level::High,
-        T0 + 2 * HOUR + 10 * MIN,
-        None,
-    );
+    let id = down(c, "web1", web, T0 + 2 * HOUR + 10 * MIN, None);
     let reopens: i64 = c
         .query_row(
             "SELECT reopen_count FROM incidents WHERE id = ?1",
@@ -234,15 +199,7 @@ fn service_hours_in_a_zone_and_coverage_before_enrollment() {
     let c = db.conn();
     // Enrolled on Monday 12:00 UTC; down Tuesday 06:00-08:00 UTC (07:00-09:00 in Berlin).
     let web = host(c, "web1", "web", T0 + 12 * HOUR);
-    incident(
-        c,
-        "web1",
-        web,
-        "host-unreachable",
-        Level::High,
-        T0 + 30 * HOUR,
-        Some(T0 + 32 * HOUR),
-    );
+    down(c, "web1", web, T0 + 30 * HOUR, Some(T0 + 32 * HOUR));
     let s = sla(
         "target = 0.999\ntimezone = \"Europe/Berlin\"\n[sla.schedule]\ndays = [\"mon\", \"tue\"]\nhours = \"08:00-18:00\"\n",
     );
@@ -286,15 +243,7 @@ fn metrics_show_the_figures_and_count_each_outage_once() {
     let c = db.conn();
     let now = T0 + 10 * HOUR;
     let web = host(c, "web1", "web", T0 - 10 * 24 * HOUR);
-    incident(
-        c,
-        "web1",
-        web,
-        "host-unreachable",
-        Level::High,
-        now - 2 * HOUR,
-        Some(now - HOUR),
-    );
+    down(c, "web1", web, now - 2 * HOUR, Some(now - HOUR));
     let s = sla("target = 0.99\nwindow = \"7d\"\n");
     let registry = prometheus::Registry::new();
     let m = metrics::SlaMetrics::new(&registry).expect("metrics");
