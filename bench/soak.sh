@@ -223,7 +223,8 @@ metric_sum() { # metric_sum NAME: the sum of a metric's samples on /metrics
     curl -sf --max-time 60 "http://$HTTP/metrics" | awk -v n="$1" '$1 == n || index($1, n "{") == 1 { s += $2 } END { printf "%.0f", s }'
 }
 OPENED=$(metric_sum vigil_incidents_opened_total)
-RESOLVED=$(metric_sum vigil_incidents_resolved_total)
+# Every resolution is observed once in the MTTR histogram.
+RESOLVED=$(metric_sum vigil_incident_resolve_seconds_count)
 DELTAS=$(curl -sf --max-time 60 "http://$HTTP/metrics" | awk '$1 == "vigil_inventory_messages_total{kind=\"delta\"}" { print $2 }')
 REJECTED=$(metric_sum vigil_ingest_rejected_total)
 SAMPLES=$(metric_sum vigil_ingest_samples_total)

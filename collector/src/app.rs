@@ -420,6 +420,12 @@ fn engine_config(
         close_after_ms: ms(c.incidents.close_after),
         webhooks,
         maintenance: c.maintenance.clone(),
+        slas: c
+            .slas
+            .iter()
+            .filter(|s| s.incident_targets.is_some())
+            .cloned()
+            .collect(),
     }
 }
 

@@ -363,6 +363,13 @@ struct RawSla {
     degraded_when: Vec<Spanned<RawDegraded>>,
     quorum: Option<Spanned<i64>>,
     schedule: Option<Spanned<RawSchedule>>,
+    incident_targets: Option<Spanned<BTreeMap<String, Spanned<RawTargetPair>>>>,
+}
+
+#[derive(Debug, Deserialize)]
+struct RawTargetPair {
+    response: Option<Spanned<String>>,
+    resolution: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -944,6 +951,14 @@ fn convert_sla(raw: &Spanned<RawSla>, names: &mut Names, d: &mut Diagnostics) ->
         (Some(_), None) => None,
         (None, _) => Some(None),
     };
+    let incident_targets = match &s.incident_targets {
+        None => None,
+        Some(raw) => {
+            let r = convert_incident_targets(d, raw);
+            ok &= r.is_some();
+            r
+        }
+    };
     match (name, target, window, scope, timezone, combine, schedule) {
         (
             Some(name),
@@ -964,9 +979,67 @@ fn convert_sla(raw: &Spanned<RawSla>, names: &mut Names, d: &mut Diagnostics) ->
             degraded_when,
             combine,
             schedule,
+            incident_targets,
         }),
         _ => None,
     }
+}
+
+/// `[sla.incident_targets]`: `P1 = { response = "15m", resolution = "4h" }`, …; what it leaves
+/// out keeps the default.
+fn convert_incident_targets(
+    d: &mut Diagnostics,
+    raw: &Spanned<BTreeMap<String, Spanned<RawTargetPair>>>,
+) -> Option<crate::sla::targets::IncidentTargets> {
+    use crate::sla::targets::{IncidentTargets, MAX_TARGET_MS};
+    let mut out = IncidentTargets::DEFAULT;
+    let mut ok = true;
+    let max = Duration::from_millis(MAX_TARGET_MS.unsigned_abs());
+    for (key, pair) in raw.get_ref() {
+        let priority = match key
+            .strip_prefix(['P', 'p'])
+            .and_then(|n| n.parse::<usize>().ok())
+        {
+            Some(n @ 1..=5) => n - 1,
+            _ => {
+                d.error(
+                    pair.span(),
+                    format!("invalid priority {key:?} in `incident_targets`: expected P1..P5"),
+                );
+                ok = false;
+                continue;
+            }
+        };
+        let p = pair.get_ref();
+        if p.response.is_none() && p.resolution.is_none() {
+            d.error(
+                pair.span(),
+                format!("`incident_targets.{key}` sets neither `response` nor `resolution`"),
+            );
+            ok = false;
+        }
+        for (name, v, slot) in [
+            ("response", &p.response, &mut out.response_ms[priority]),
+            (
+                "resolution",
+                &p.resolution,
+                &mut out.resolution_ms[priority],
+            ),
+        ] {
+            let Some(v) = v else { continue };
+            match d.duration(v) {
+                Some(x) if (Duration::from_secs(60)..=max).contains(&x) => {
+                    *slot = i64::try_from(x.as_millis()).unwrap_or(MAX_TARGET_MS);
+                }
+                Some(_) => {
+                    d.error_at(v, format!("`{name}` must be between 1m and 90d"));
+                    ok = false;
+                }
+                None => ok = false,
+            }
+        }
+    }
+    ok.then_some(out)
 }
 
 fn convert_schedule(
@@ -1372,9 +1445,21 @@ mod tests {
              degraded_when = [{ when = \"priority=P3\", weight = 0.5 }]\n\
              [sla.scope]\ntag = \"role=web\"\n\
              [sla.schedule]\ndays = [\"mon\", \"tue\", \"wed\", \"thu\", \"fri\"]\nhours = \"08:00-18:00\"\n\
-             holidays = [\"2026-12-25\"]\n",
+             holidays = [\"2026-12-25\"]\n\
+             [sla.incident_targets]\nP1 = { response = \"10m\", resolution = \"2h\" }\n\
+             P4 = { resolution = \"5d\" }\n",
         );
         let s = &c.slas[0];
+        let t = s.incident_targets.expect("incident targets");
+        let d = crate::sla::targets::IncidentTargets::DEFAULT;
+        assert_eq!(
+            (t.response_ms[0], t.resolution_ms[0], t.resolution_ms[3]),
+            (600_000, 7_200_000, 5 * 86_400_000)
+        );
+        assert_eq!(
+            (t.response_ms[1], t.response_ms[3], t.resolution_ms[4]),
+            (d.response_ms[1], d.response_ms[3], d.resolution_ms[4])
+        );
         assert_eq!(
             (s.name.as_str(), s.target, s.window),
             ("web", 0.9995, SlaWindow::CalendarQuarter)
@@ -1423,6 +1508,23 @@ mod tests {
                 "c.toml:5:9: invalid day \"monday\": expected one of mon, tue, wed, thu, fri, sat, sun",
                 "c.toml:6:9: invalid hours \"18:00-08:00\": the start must be before the end",
                 "c.toml:7:13: invalid date \"2026-02-30\": expected YYYY-MM-DD, e.g. \"2026-12-25\"",
+            ],
+        );
+    }
+
+    #[test]
+    fn incident_target_errors() {
+        check(
+            "[[sla]]\nname = \"s\"\ntarget = 0.9\n[sla.incident_targets]\n\
+             P7 = { response = \"1h\" }\nP1 = { response = \"10s\", resolution = \"91d\" }\nP2 = {}\n\
+             P3 = { respond = \"1h\" }\n",
+            &[
+                "c.toml:5:6: invalid priority \"P7\" in `incident_targets`: expected P1..P5",
+                "c.toml:6:19: `response` must be between 1m and 90d",
+                "c.toml:6:39: `resolution` must be between 1m and 90d",
+                "c.toml:7:6: `incident_targets.P2` sets neither `response` nor `resolution`",
+                "c.toml:8:6: `incident_targets.P3` sets neither `response` nor `resolution`",
+                "c.toml:8:8: unknown key `respond` in `sla[0].incident_targets.P3`",
             ],
         );
     }

@@ -212,14 +212,20 @@ pub enum EventKind {
     Acknowledged,
     Resolved,
     Reopened,
+    /// 50 % or 75 % of a response or resolution target spent (`crate::sla::targets`).
+    SlaWarning,
+    /// A response or resolution target missed.
+    SlaBreached,
 }
 
 impl EventKind {
-    pub const ALL: [EventKind; 4] = [
+    pub const ALL: [EventKind; 6] = [
         EventKind::Opened,
         EventKind::Acknowledged,
         EventKind::Resolved,
         EventKind::Reopened,
+        EventKind::SlaWarning,
+        EventKind::SlaBreached,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -228,6 +234,8 @@ impl EventKind {
             EventKind::Acknowledged => "acknowledged",
             EventKind::Resolved => "resolved",
             EventKind::Reopened => "reopened",
+            EventKind::SlaWarning => "sla_warning",
+            EventKind::SlaBreached => "sla_breached",
         }
     }
 }
@@ -292,6 +300,23 @@ pub struct Notification {
     pub resolution_note: Option<String>,
     pub reopen_count: u32,
     pub labels: BTreeMap<String, String>,
+    /// For `sla_warning` and `sla_breached`: which target, how much of it is spent.
+    pub service_level: Option<ServiceLevel>,
+}
+
+/// What an `sla_warning` / `sla_breached` event says.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ServiceLevel {
+    /// `response` or `resolution`.
+    pub target: &'static str,
+    /// 50, 75 or 100.
+    pub percent: u8,
+    /// The target, in milliseconds of service time.
+    pub target_ms: i64,
+    /// When it falls (or fell) due.
+    pub due_ms: Option<i64>,
+    /// The SLA whose targets apply; `None`: the defaults.
+    pub sla: Option<String>,
 }
 
 /// Whether `hook` wants notifications about `n` (priority, rules, labels).

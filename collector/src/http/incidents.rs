@@ -97,6 +97,40 @@ pub struct IncidentView {
     pub probable_cause_id: Option<i64>,
     pub reopen_count: i64,
     pub labels: std::collections::BTreeMap<String, String>,
+    /// Response and resolution targets (due times, levels reached).
+    pub service_level: ServiceLevelView,
+}
+
+/// An incident's response and resolution clocks (`docs/reference.md`, incident service levels).
+#[derive(Debug, Serialize)]
+pub struct ServiceLevelView {
+    /// The SLA whose targets apply; `null`: the defaults.
+    pub sla: Option<String>,
+    pub response: ClockView,
+    pub resolution: ClockView,
+}
+
+#[derive(Debug, Serialize)]
+pub struct ClockView {
+    /// When the target falls (or fell) due; `null` until the clockwork first saw the incident
+    /// (within 5 s of its opening).
+    pub due_ms: Option<i64>,
+    pub due: Option<String>,
+    /// The highest share of the target spent that was reported: 0, 50, 75 or 100 (%).
+    pub level: u8,
+    /// The target was missed.
+    pub breached: bool,
+}
+
+impl ClockView {
+    fn new(due_ms: Option<i64>, level: u8) -> ClockView {
+        ClockView {
+            due_ms,
+            due: due_ms.and_then(format_rfc3339_ms),
+            level,
+            breached: level >= 100,
+        }
+    }
 }
 
 #[derive(Debug, Serialize)]
@@ -177,6 +211,11 @@ impl From<Incident> for IncidentView {
             probable_cause_id: i.probable_cause_id,
             reopen_count: i.reopen_count,
             labels: i.labels,
+            service_level: ServiceLevelView {
+                sla: i.targets_sla,
+                response: ClockView::new(i.response_due_ms, i.response_level),
+                resolution: ClockView::new(i.resolution_due_ms, i.resolution_level),
+            },
         }
     }
 }

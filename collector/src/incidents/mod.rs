@@ -41,6 +41,7 @@ pub const MAX_RULE_LABELS: usize = 500;
 pub const OTHER_RULE: &str = "_other";
 pub const ACKNOWLEDGE_SECONDS: &str = "vigil_incident_acknowledge_seconds";
 pub const RESOLVE_SECONDS: &str = "vigil_incident_resolve_seconds";
+pub const SLA_BREACHES_TOTAL: &str = "vigil_incident_sla_breaches_total";
 
 /// Buckets of the MTTA / MTTR histograms: 10 s to 3 days.
 const DURATION_BUCKETS: &[f64] = &[
@@ -59,6 +60,8 @@ pub struct IncidentMetrics {
     pub evaluations: IntCounter,
     pub late_samples: IntCounter,
     pub write_errors: IntCounter,
+    /// Response and resolution targets missed, by priority and target (`crate::sla::targets`).
+    pub sla_breaches: IntCounterVec,
 }
 
 impl IncidentMetrics {
@@ -105,9 +108,20 @@ impl IncidentMetrics {
                 "vigil_incident_write_errors_total",
                 "Incident changes that failed to commit (retried on the next sample).",
             )?,
+            sla_breaches: IntCounterVec::new(
+                Opts::new(
+                    SLA_BREACHES_TOTAL,
+                    "Incident response and resolution targets missed, by priority and target.",
+                ),
+                &["priority", "target"],
+            )?,
         };
         for p in 1..=5 {
-            m.open.with_label_values(&[&format!("P{p}")]).set(0);
+            let p = format!("P{p}");
+            m.open.with_label_values(&[&p]).set(0);
+            for clock in crate::sla::targets::Clock::ALL {
+                m.sla_breaches.with_label_values(&[&p, clock.as_str()]);
+            }
         }
         Ok(m)
     }
@@ -120,6 +134,7 @@ impl IncidentMetrics {
         registry.register(Box::new(self.evaluations.clone()))?;
         registry.register(Box::new(self.late_samples.clone()))?;
         registry.register(Box::new(self.write_errors.clone()))?;
+        registry.register(Box::new(self.sla_breaches.clone()))?;
         Ok(())
     }
 

@@ -205,6 +205,15 @@ pub struct Incident {
     /// An `opened` / `reopened` notification was queued for the current episode; only then are
     /// its acknowledge and resolve notified.
     pub announced: bool,
+    /// When the response and the resolution fall due (`crate::sla::targets`; `None` until the
+    /// engine's clockwork first saw the incident).
+    pub response_due_ms: Option<i64>,
+    pub resolution_due_ms: Option<i64>,
+    /// The highest warning level each clock reached: 0, 50, 75 or 100 (breached).
+    pub response_level: u8,
+    pub resolution_level: u8,
+    /// The SLA whose incident targets apply; `None`: the defaults.
+    pub targets_sla: Option<String>,
 }
 
 impl Incident {
@@ -218,7 +227,8 @@ const COLUMNS: &str = "i.id, i.dedup_key, i.rule, i.origin, i.agent_id, a.hostna
     i.trigger_value, i.peak_value, i.last_value, i.first_breach_ms, i.last_breach_ms, \
     i.started_ms, i.created_ms, i.acknowledged_ms, i.resolved_ms, i.closed_ms, i.assignee, \
     i.resolution_code, i.resolution_note, i.resolved_by, i.flapping, i.suppressed, i.parent_id, \
-    i.probable_cause_id, i.maintenance, i.reopen_count, i.labels, i.announced, i.op";
+    i.probable_cause_id, i.maintenance, i.reopen_count, i.labels, i.announced, i.op, \
+    i.response_due_ms, i.resolution_due_ms, i.response_level, i.resolution_level, i.targets_sla";
 
 const FROM: &str = "FROM incidents i LEFT JOIN agents a ON a.id = i.agent_id";
 
@@ -265,6 +275,11 @@ fn incident_row(r: &Row<'_>) -> rusqlite::Result<Incident> {
         labels: serde_json::from_str(&labels).map_err(|e| corrupt(36, e.to_string()))?,
         announced: r.get(37)?,
         op: r.get(38)?,
+        response_due_ms: r.get(39)?,
+        resolution_due_ms: r.get(40)?,
+        response_level: r.get(41)?,
+        resolution_level: r.get(42)?,
+        targets_sla: r.get(43)?,
     })
 }
 
@@ -630,4 +645,59 @@ pub fn open_counts(conn: &Connection) -> rusqlite::Result<[u64; 5]> {
         }
     }
     Ok(out)
+}
+
+/// What the service-level clockwork needs of one incident.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ClockRow {
+    pub id: i64,
+    pub agent_id: Option<String>,
+    pub ci_id: Option<i64>,
+    pub ci_type: String,
+    pub priority: u8,
+    pub created_ms: i64,
+    pub acknowledged_ms: Option<i64>,
+    pub resolved_ms: Option<i64>,
+    pub response_due_ms: Option<i64>,
+    pub resolution_due_ms: Option<i64>,
+    pub response_level: u8,
+    pub resolution_level: u8,
+    pub targets_sla: Option<String>,
+    pub suppressed: bool,
+}
+
+/// The incidents whose clocks may still move: every active one, and those resolved after
+/// `resolved_after_ms` with the resolution target not yet missed (a resolution that came after
+/// its due time, between two rounds of the clockwork, is still a breach).
+pub fn clock_rows(conn: &Connection, resolved_after_ms: i64) -> rusqlite::Result<Vec<ClockRow>> {
+    const COLS: &str = "id, agent_id, ci_id, ci_type, priority, created_ms, acknowledged_ms, \
+        resolved_ms, response_due_ms, resolution_due_ms, response_level, resolution_level, \
+        targets_sla, suppressed IS NOT NULL";
+    let sql = format!(
+        "SELECT {COLS} FROM incidents WHERE state IN ('open', 'acknowledged')
+         UNION ALL
+         SELECT {COLS} FROM incidents
+         WHERE resolution_level < 100 AND resolved_ms > ?1
+           AND state IN ('resolved', 'closed')"
+    );
+    let mut stmt = conn.prepare_cached(&sql)?;
+    let rows = stmt.query_map(params![resolved_after_ms], |r| {
+        Ok(ClockRow {
+            id: r.get(0)?,
+            agent_id: r.get(1)?,
+            ci_id: r.get(2)?,
+            ci_type: r.get(3)?,
+            priority: r.get(4)?,
+            created_ms: r.get(5)?,
+            acknowledged_ms: r.get(6)?,
+            resolved_ms: r.get(7)?,
+            response_due_ms: r.get(8)?,
+            resolution_due_ms: r.get(9)?,
+            response_level: r.get(10)?,
+            resolution_level: r.get(11)?,
+            targets_sla: r.get(12)?,
+            suppressed: r.get(13)?,
+        })
+    })?;
+    rows.collect()
 }

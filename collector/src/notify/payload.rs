@@ -74,6 +74,13 @@ pub(super) fn render(format: Format, n: &Notification, key: &str, event_id: i64)
                 reopen_count: n.reopen_count,
                 labels: &n.labels,
             },
+            service_level: n.service_level.as_ref().map(|l| ServiceLevelBody {
+                target: l.target,
+                percent: l.percent,
+                target_seconds: l.target_ms / 1000,
+                due_ms: l.due_ms,
+                sla: l.sla.as_deref(),
+            }),
         }),
         Format::Slack => serde_json::to_string(&SlackBody {
             text: &slack_escape(&text),
@@ -95,6 +102,18 @@ struct JsonBody<'a> {
     actor: &'a str,
     summary: &'a str,
     incident: Incident<'a>,
+    /// Only on `sla_warning` and `sla_breached`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    service_level: Option<ServiceLevelBody<'a>>,
+}
+
+#[derive(Serialize)]
+struct ServiceLevelBody<'a> {
+    target: &'static str,
+    percent: u8,
+    target_seconds: i64,
+    due_ms: Option<i64>,
+    sla: Option<&'a str>,
 }
 
 #[derive(Serialize)]
@@ -178,6 +197,24 @@ pub fn summary(n: &Notification) -> String {
             s.push_str(&n.actor);
             if let Some(code) = &n.resolution_code {
                 s.push_str(&format!(" ({code})"));
+            }
+        }
+        EventKind::SlaWarning | EventKind::SlaBreached => {
+            if let Some(l) = &n.service_level {
+                let target = humantime::format_duration(std::time::Duration::from_secs(
+                    (l.target_ms / 1000).unsigned_abs(),
+                ));
+                if l.percent >= 100 {
+                    s.push_str(&format!(": {} target of {target} missed", l.target));
+                } else {
+                    s.push_str(&format!(
+                        ": {}% of the {} target of {target} spent",
+                        l.percent, l.target
+                    ));
+                }
+                if let Some(sla) = &l.sla {
+                    s.push_str(&format!(" (SLA {sla})"));
+                }
             }
         }
     }
@@ -300,6 +337,31 @@ mod tests {
                 n.resolution_code = Some("auto".into());
             },
             "[P2] RESOLVED #12 filesystem-almost-full on web-1 /var by system (auto)",
+        );
+        let level = |percent| crate::notify::ServiceLevel {
+            target: "response",
+            percent,
+            target_ms: 3_600_000,
+            due_ms: Some(1_718_003_300_000),
+            sla: Some("web".into()),
+        };
+        check_summary(
+            |n| {
+                n.event = EventKind::SlaWarning;
+                n.service_level = Some(level(75));
+            },
+            "[P2] SLA_WARNING #12 filesystem-almost-full on web-1 /var: 75% of the response \
+             target of 1h spent (SLA web)",
+        );
+        check_summary(
+            |n| {
+                n.event = EventKind::SlaBreached;
+                n.service_level = Some(crate::notify::ServiceLevel {
+                    sla: None,
+                    ..level(100)
+                });
+            },
+            "[P2] SLA_BREACHED #12 filesystem-almost-full on web-1 /var: response target of 1h missed",
         );
         // No value: the title says what happened; a host CI is not repeated.
         check_summary(

@@ -52,6 +52,7 @@ pub(crate) fn notification() -> Notification {
         resolution_note: None,
         reopen_count: 0,
         labels: BTreeMap::from([("team".into(), "ops".into()), ("env".into(), "prod".into())]),
+        service_level: None,
     }
 }
 

@@ -14,6 +14,7 @@ pub mod calendar;
 pub mod load;
 pub mod metrics;
 pub mod spans;
+pub mod targets;
 #[cfg(test)]
 mod tests_store;
 
@@ -123,6 +124,9 @@ pub struct Sla {
     pub combine: Combine,
     /// Service hours; `None` is every hour of every day.
     pub schedule: Option<Schedule>,
+    /// Response and resolution targets of the incidents on its CIs (`[sla.incident_targets]`;
+    /// `None`: the SLA sets none, and its schedule does not run their clocks).
+    pub incident_targets: Option<targets::IncidentTargets>,
 }
 
 impl Sla {

@@ -260,6 +260,17 @@ const MIGRATION_STEPS: &[M<'static>] = &[
         "ALTER TABLE agents ADD COLUMN interval_ms INTEGER;
     ALTER TABLE agents ADD COLUMN stopped_ms INTEGER;",
     ),
+    // Incident service levels (`crate::sla::targets`): when the response (acknowledgement) and
+    // the resolution fall due, the highest warning level (0, 50, 75, 100 %) each clock reached,
+    // and the SLA whose targets apply (NULL: the defaults). Kept by the engine's clockwork.
+    M::up(
+        "ALTER TABLE incidents ADD COLUMN response_due_ms INTEGER;
+    ALTER TABLE incidents ADD COLUMN resolution_due_ms INTEGER;
+    ALTER TABLE incidents ADD COLUMN response_level INTEGER NOT NULL DEFAULT 0;
+    ALTER TABLE incidents ADD COLUMN resolution_level INTEGER NOT NULL DEFAULT 0;
+    ALTER TABLE incidents ADD COLUMN targets_sla TEXT;
+    CREATE INDEX incidents_clocks ON incidents(resolved_ms) WHERE resolution_level < 100;",
+    ),
 ];
 
 /// The migrations applied by every [`Db::open`] and [`Writer::spawn`].

@@ -41,6 +41,10 @@ impl Engine {
             self.last_refresh_ms = now;
             self.refresh(now);
         }
+        if now.saturating_sub(self.last_clocks_ms) >= super::clocks::CLOCKS_EVERY_MS {
+            self.last_clocks_ms = now;
+            self.check_clocks(now);
+        }
         if now.saturating_sub(self.last_close_ms) >= CLOSE_EVERY_MS {
             self.last_close_ms = now;
             let cutoff = now.saturating_sub(self.config.close_after_ms);

@@ -11,7 +11,8 @@
 //!   probable cause, breach updates, resolve, flapping) as lifecycle calls;
 //! - `housekeeping.rs`: the tick (liveness, flushes, symptoms of recovered hosts, vanished
 //!   series), refreshes (host names and tags, maintenance windows and the end of their
-//!   suppression, stale inventories, incidents an operator resolved) and `close_after`.
+//!   suppression, stale inventories, incidents an operator resolved) and `close_after`;
+//! - `clocks.rs`: the incidents' response and resolution clocks (due times, warnings, breaches).
 //!
 //! CMDB reads go through [`crate::cmdb::lookup`]; incident reads through
 //! [`crate::incidents::records`]; writes only through the lifecycle.
@@ -26,6 +27,7 @@
 //! block the async runtime.
 
 mod changes;
+mod clocks;
 mod housekeeping;
 mod series;
 #[cfg(test)]
@@ -159,6 +161,9 @@ pub struct EngineConfig {
     pub close_after_ms: i64,
     pub webhooks: Arc<Vec<Webhook>>,
     pub maintenance: Vec<Maintenance>,
+    /// The SLAs with `incident_targets` (their scopes, targets and schedules run the clocks of
+    /// the incidents they cover; the rest have the defaults).
+    pub slas: Vec<crate::sla::Sla>,
 }
 
 /// What the engine shares with the rest of the collector.
@@ -243,6 +248,8 @@ struct Engine {
     notified: bool,
     last_refresh_ms: i64,
     last_close_ms: i64,
+    last_clocks_ms: i64,
+    dues: HashMap<i64, clocks::Dues>,
 }
 
 impl Engine {
@@ -270,6 +277,8 @@ impl Engine {
             notified: false,
             last_refresh_ms: i64::MIN,
             last_close_ms: i64::MIN,
+            last_clocks_ms: i64::MIN,
+            dues: HashMap::new(),
         };
         engine.load_rules();
         engine.restore()?;

@@ -76,6 +76,7 @@ fn config(windows: Vec<Maintenance>) -> EngineConfig {
         close_after_ms: 86_400_000,
         webhooks: Arc::new(vec![crate::notify::testing::webhook()]),
         maintenance: windows,
+        slas: Vec::new(),
     }
 }
 
@@ -652,3 +653,158 @@ async fn a_batch_is_answered_once_the_incident_it_opened_is_committed() {
         .await
         .expect("engine stopped");
 }
+
+const MIN: i64 = 60_000;
+const HOUR: i64 = 60 * MIN;
+
+/// A failing check on `a1` at `ms`, keeping the host heard from, then a tick.
+fn failing_check_at(f: &mut Fixture, ms: i64) {
+    f.sample("a1", "check_up", Some(("check", "app")), ms, 0.0);
+    f.tick(ms + 1);
+}
+
+fn timeline_kinds(f: &Fixture, id: i64, prefix: &str) -> Vec<(String, String)> {
+    f.db.conn()
+        .prepare("SELECT kind, detail FROM incident_events WHERE incident_id = ?1 ORDER BY id")
+        .expect("prepare")
+        .query_map([id], |r| {
+            Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?))
+        })
+        .expect("query")
+        .collect::<rusqlite::Result<Vec<_>>>()
+        .expect("rows")
+        .into_iter()
+        .filter(|(k, _)| k.starts_with(prefix))
+        .collect()
+}
+
+fn breaches(f: &Fixture, priority: &str, target: &str) -> u64 {
+    f.engine
+        .metrics
+        .sla_breaches
+        .with_label_values(&[priority, target])
+        .get()
+}
+
+#[test]
+fn default_targets_warn_at_half_and_three_quarters_and_count_a_breach_once() {
+    let mut f = fixture(Vec::new());
+    f.connect("a1", 0);
+    failing_check_at(&mut f, 100);
+    let inc = f.incident("check", "a1");
+    // impact high, urgency medium: P2, 1 h to respond and 8 h to resolve by default.
+    assert_eq!(inc.priority, 2);
+    f.tick(CLOCKS_TICK);
+    let inc = f.incident("check", "a1");
+    assert_eq!(
+        (
+            inc.response_due_ms,
+            inc.resolution_due_ms,
+            inc.targets_sla.as_deref()
+        ),
+        (
+            Some(inc.created_ms + HOUR),
+            Some(inc.created_ms + 8 * HOUR),
+            None
+        )
+    );
+    let created = inc.created_ms - T0;
+
+    // Just short of half the response target: nothing yet.
+    failing_check_at(&mut f, created + 30 * MIN - 2_000);
+    assert!(timeline_kinds(&f, inc.id, "sla_").is_empty());
+    failing_check_at(&mut f, created + 30 * MIN + CLOCKS_TICK);
+    failing_check_at(&mut f, created + 45 * MIN + CLOCKS_TICK);
+    let kinds = timeline_kinds(&f, inc.id, "sla_");
+    assert_eq!(kinds.len(), 2, "{kinds:?}");
+    assert!(
+        kinds[0].1.contains("\"percent\":50") && kinds[0].1.contains("\"target\":\"response\"")
+    );
+    assert!(kinds[1].1.contains("\"percent\":75"));
+    assert_eq!(
+        f.notifications(inc.id),
+        ["opened", "sla_warning", "sla_warning"]
+    );
+
+    // Acknowledged at 50 min: the response clock stops short of the target.
+    let at = f.at(created + 50 * MIN);
+    crate::incidents::lifecycle::Lifecycle::new(f.db.conn(), &[], at)
+        .by("api:alice")
+        .operator(inc.id, &records::Request::Acknowledge { note: None })
+        .expect("acknowledge");
+    // Past 4 h (half the resolution target) and past the response target: one more warning.
+    failing_check_at(&mut f, created + 4 * HOUR + CLOCKS_TICK);
+    assert_eq!(breaches(&f, "P2", "response"), 0);
+    let kinds = timeline_kinds(&f, inc.id, "sla_");
+    assert_eq!(kinds.len(), 3, "{kinds:?}");
+    assert!(
+        kinds[2].1.contains("\"target\":\"resolution\"") && kinds[2].1.contains("\"percent\":50")
+    );
+
+    // The collector missed the 75 % and 100 % marks (it was down): only the breach is told.
+    failing_check_at(&mut f, created + 9 * HOUR);
+    let kinds = timeline_kinds(&f, inc.id, "sla_");
+    assert_eq!(kinds.len(), 4, "{kinds:?}");
+    assert_eq!(kinds[3].0, "sla_breached");
+    assert!(kinds[3].1.contains("\"percent\":100"));
+    assert_eq!(breaches(&f, "P2", "resolution"), 1);
+    // Counted once, however long it stays open.
+    failing_check_at(&mut f, created + 10 * HOUR);
+    assert_eq!(breaches(&f, "P2", "resolution"), 1);
+    let inc = f.incident("check", "a1");
+    assert_eq!((inc.response_level, inc.resolution_level), (75, 100));
+}
+
+#[test]
+fn a_resolution_after_its_due_time_is_a_breach_even_between_two_rounds() {
+    let mut f = fixture(Vec::new());
+    f.connect("a1", 0);
+    failing_check_at(&mut f, 100);
+    let inc = f.incident("check", "a1");
+    let created = inc.created_ms - T0;
+    // Resolved 8 h + 1 s after it opened, before any round saw it past its due time.
+    f.sample(
+        "a1",
+        "check_up",
+        Some(("check", "app")),
+        created + 8 * HOUR + 1_000,
+        1.0,
+    );
+    assert_eq!(f.incident("check", "a1").state, State::Resolved);
+    f.tick(created + 8 * HOUR + 1_000 + CLOCKS_TICK);
+    assert_eq!(breaches(&f, "P2", "resolution"), 1);
+    // Resolving also answered it, late: the response target was missed too.
+    assert_eq!(breaches(&f, "P2", "response"), 1);
+}
+
+#[test]
+fn an_sla_with_service_hours_runs_the_clocks_of_its_incidents_only_inside_them() {
+    // T0 is Friday 2027-01-15 08:00 UTC; service Mon-Fri 09:00-10:00 UTC, P2 resolved in 2 h.
+    let c = crate::config::from_str(
+        "c.toml",
+        "data_dir = \"/x\"\n[[sla]]\nname = \"web\"\ntarget = 0.99\n\
+         [sla.scope]\nhost = \"web-*\"\n\
+         [sla.schedule]\nhours = \"09:00-10:00\"\n\
+         [sla.incident_targets]\nP2 = { response = \"30m\", resolution = \"2h\" }\n",
+    )
+    .expect("config");
+    let mut f = fixture(Vec::new());
+    f.engine.config.slas = c.slas;
+    f.connect("a1", 0);
+    f.connect("a2", 0);
+    failing_check_at(&mut f, 100);
+    f.sample("a2", "check_up", Some(("check", "app")), 200, 0.0);
+    f.tick(2 * CLOCKS_TICK);
+    let web = f.incident("check", "a1");
+    let db = f.incident("check", "a2");
+    let day = 24 * HOUR;
+    // 30 min of service time: Friday 09:30. 2 h: Friday's hour, then Monday's (3 days later).
+    assert_eq!(web.targets_sla.as_deref(), Some("web"));
+    assert_eq!(web.response_due_ms, Some(T0 + HOUR + 30 * MIN));
+    assert_eq!(web.resolution_due_ms, Some(T0 + 3 * day + 2 * HOUR));
+    // db-1 is outside the SLA's scope: the defaults, around the clock.
+    assert_eq!(db.targets_sla, None);
+    assert_eq!(db.response_due_ms, Some(db.created_ms + HOUR));
+}
+
+const CLOCKS_TICK: i64 = super::clocks::CLOCKS_EVERY_MS + 1;

@@ -31,7 +31,7 @@ use serde_json::json;
 use super::records::{
     self, Incident, Opened, Opening, Request, Suppression, TransitionError, Transitioned, SYSTEM,
 };
-use crate::notify::{self, EventKind, Notification, Webhook};
+use crate::notify::{self, EventKind, Notification, ServiceLevel, Webhook};
 
 /// Whether `kind` of `inc` (as it is now, after the change) is notified: the policy of the
 /// module docs.
@@ -41,6 +41,8 @@ pub fn notifies(inc: &Incident, kind: EventKind) -> bool {
             inc.state.is_active() && !inc.is_suppressed() && !inc.flapping && !inc.announced
         }
         EventKind::Acknowledged | EventKind::Resolved => inc.announced,
+        // Warnings about an incident nobody was told of would come out of nowhere.
+        EventKind::SlaWarning | EventKind::SlaBreached => inc.announced && !inc.is_suppressed(),
     }
 }
 
@@ -76,6 +78,7 @@ pub fn notification(inc: &Incident, kind: EventKind, actor: &str, at_ms: i64) ->
         resolution_note: inc.resolution_note.clone(),
         reopen_count: u32::try_from(inc.reopen_count).unwrap_or(u32::MAX),
         labels: inc.labels.clone(),
+        service_level: None,
     }
 }
 
@@ -117,6 +120,17 @@ impl<'a> Lifecycle<'a> {
     /// `event_id` is the timeline row of the event (part of the idempotency key). Opened and
     /// reopened mark the episode announced. Returns whether anything was announced.
     fn announce(&self, id: i64, kind: EventKind, event_id: i64) -> rusqlite::Result<bool> {
+        self.announce_with(id, kind, event_id, None)
+    }
+
+    /// [`Self::announce`] with the service level an `sla_warning` / `sla_breached` is about.
+    fn announce_with(
+        &self,
+        id: i64,
+        kind: EventKind,
+        event_id: i64,
+        level: Option<&ServiceLevel>,
+    ) -> rusqlite::Result<bool> {
         let Some(inc) = records::get(self.conn, id)? else {
             return Ok(false);
         };
@@ -126,7 +140,8 @@ impl<'a> Lifecycle<'a> {
         if matches!(kind, EventKind::Opened | EventKind::Reopened) {
             rows::set_announced(self.conn, id)?;
         }
-        let n = notification(&inc, kind, self.actor, self.now_ms);
+        let mut n = notification(&inc, kind, self.actor, self.now_ms);
+        n.service_level = level.cloned();
         let queued = notify::enqueue(self.conn, self.hooks, &n, event_id, self.now_ms)?;
         if queued > 0 {
             let names: Vec<&str> = self
@@ -285,6 +300,46 @@ impl<'a> Lifecycle<'a> {
             self.announce(id, kind, t.event_id)?;
         }
         Ok(t)
+    }
+
+    /// Writes when the incident's response and resolution fall due and whose targets apply
+    /// (the engine's clockwork, when they changed).
+    pub fn set_due(
+        &self,
+        id: i64,
+        response_due_ms: Option<i64>,
+        resolution_due_ms: Option<i64>,
+        sla: Option<&str>,
+    ) -> rusqlite::Result<()> {
+        rows::set_due(self.conn, id, response_due_ms, resolution_due_ms, sla)
+    }
+
+    /// A clock of the incident reached `level.percent` of its target: the level is kept (each
+    /// level is reported once), the timeline gets `sla_warning` (50, 75 %) or `sla_breached`
+    /// (100 %) and the webhooks hear of it as the policy says.
+    pub fn reach_level(&self, id: i64, level: &ServiceLevel) -> rusqlite::Result<()> {
+        let kind = if level.percent >= 100 {
+            EventKind::SlaBreached
+        } else {
+            EventKind::SlaWarning
+        };
+        rows::set_level(self.conn, id, level.target, level.percent)?;
+        let event_id = rows::add_event(
+            self.conn,
+            id,
+            self.now_ms,
+            kind.as_str(),
+            SYSTEM,
+            &json!({
+                "target": level.target,
+                "percent": level.percent,
+                "target_ms": level.target_ms,
+                "due_ms": level.due_ms,
+                "sla": level.sla,
+            }),
+        )?;
+        self.announce_with(id, kind, event_id, Some(level))?;
+        Ok(())
     }
 
     /// Gives the agent's incidents without a CI the id of their CI, now that the CMDB has it.

@@ -449,6 +449,37 @@ pub(super) fn transition(
 /// Gives the incidents of `agent` that have no CI yet the id of their CI, now that the CMDB
 /// holds it (an incident opened on a host's first samples, before its inventory arrived).
 /// Returns how many changed.
+pub(super) fn set_due(
+    conn: &Connection,
+    id: i64,
+    response_due_ms: Option<i64>,
+    resolution_due_ms: Option<i64>,
+    sla: Option<&str>,
+) -> rusqlite::Result<()> {
+    conn.prepare_cached(
+        "UPDATE incidents SET response_due_ms = ?2, resolution_due_ms = ?3, targets_sla = ?4
+         WHERE id = ?1",
+    )?
+    .execute(params![id, response_due_ms, resolution_due_ms, sla])?;
+    Ok(())
+}
+
+/// Raises the level of the `target` clock (`response` / `resolution`); never lowers it.
+pub(super) fn set_level(
+    conn: &Connection,
+    id: i64,
+    target: &str,
+    percent: u8,
+) -> rusqlite::Result<()> {
+    let sql = if target == "response" {
+        "UPDATE incidents SET response_level = max(response_level, ?2) WHERE id = ?1"
+    } else {
+        "UPDATE incidents SET resolution_level = max(resolution_level, ?2) WHERE id = ?1"
+    };
+    conn.prepare_cached(sql)?.execute(params![id, percent])?;
+    Ok(())
+}
+
 pub(super) fn attach_cis(conn: &Connection, agent: &str) -> rusqlite::Result<usize> {
     conn.prepare_cached(
         "UPDATE incidents SET ci_id = (
