@@ -239,7 +239,7 @@ pub async fn start(config: &CollectorConfig) -> Result<Running> {
         rules,
         reopen_within_ms: i64::try_from(config.incidents.reopen_within.as_millis())
             .unwrap_or(i64::MAX),
-        engine: Some(engine),
+        engine: Some(engine.clone()),
         slas: Arc::new(config.slas.clone()),
         flaps: Arc::new(crate::incidents::alert_flaps::AlertFlaps::new(
             crate::incidents::eval::FlapParams {
@@ -301,6 +301,7 @@ pub async fn start(config: &CollectorConfig) -> Result<Running> {
         let sla_dir = data_dir.clone();
         let sla_shutdown = shutdown.clone();
         let sla_sentinel = supervisor.sentinel("SLA figures");
+        let sla_engine = engine.clone();
         tracker.spawn(async move {
             let _sentinel = sla_sentinel;
             let mut tick = tokio::time::interval(crate::sla::metrics::REFRESH_EVERY);
@@ -312,12 +313,17 @@ pub async fn start(config: &CollectorConfig) -> Result<Running> {
                 let (dir, slas, m) = (sla_dir.clone(), slas.clone(), sla_metrics.clone());
                 let res = tokio::task::spawn_blocking(move || {
                     let db = Db::open(&dir)?;
-                    m.refresh(db.conn(), &slas, now_ms())?;
-                    Ok::<_, crate::store::StoreError>(())
+                    let burns = m.refresh(db.conn(), &slas, now_ms())?;
+                    Ok::<_, crate::store::StoreError>(burns)
                 })
                 .await;
                 match res {
-                    Ok(Ok(())) => {}
+                    Ok(Ok(burns)) => {
+                        // The error-budget alerts are incidents: the engine decides them.
+                        let _ = sla_engine
+                            .send(crate::incidents::engine::Input::SlaBurn(burns))
+                            .await;
+                    }
                     Ok(Err(e)) => tracing::warn!(error = %e, "SLA figures not refreshed"),
                     Err(e) => tracing::warn!(error = %e, "SLA figures task failed"),
                 }
@@ -420,12 +426,7 @@ fn engine_config(
         close_after_ms: ms(c.incidents.close_after),
         webhooks,
         maintenance: c.maintenance.clone(),
-        slas: c
-            .slas
-            .iter()
-            .filter(|s| s.incident_targets.is_some())
-            .cloned()
-            .collect(),
+        slas: c.slas.clone(),
     }
 }
 

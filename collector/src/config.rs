@@ -364,6 +364,7 @@ struct RawSla {
     quorum: Option<Spanned<i64>>,
     schedule: Option<Spanned<RawSchedule>>,
     incident_targets: Option<Spanned<BTreeMap<String, Spanned<RawTargetPair>>>>,
+    alerts: Option<bool>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -980,6 +981,7 @@ fn convert_sla(raw: &Spanned<RawSla>, names: &mut Names, d: &mut Diagnostics) ->
             combine,
             schedule,
             incident_targets,
+            alerts: s.alerts.unwrap_or(true),
         }),
         _ => None,
     }

@@ -9,6 +9,7 @@ use std::time::Duration;
 use prometheus::{GaugeVec, IntCounterVec, Opts, Registry};
 use rusqlite::Connection;
 
+use super::alerts::Burn;
 use super::{calendar, reports, Kind, Sla, Span};
 
 /// How often the figures on `/metrics` are recomputed.
@@ -83,19 +84,31 @@ impl SlaMetrics {
         })
     }
 
-    /// Recomputes every SLA's figures as of `now_ms`.
-    pub fn refresh(&self, conn: &Connection, slas: &[Sla], now_ms: i64) -> rusqlite::Result<()> {
+    /// Recomputes every SLA's figures as of `now_ms`; returns what the error-budget alerts of
+    /// each are decided from (`super::alerts`).
+    pub fn refresh(
+        &self,
+        conn: &Connection,
+        slas: &[Sla],
+        now_ms: i64,
+    ) -> rusqlite::Result<Vec<Burn>> {
+        let mut out = Vec::with_capacity(slas.len());
         for sla in slas {
-            self.refresh_one(conn, sla, now_ms)?;
+            out.extend(self.refresh_one(conn, sla, now_ms)?);
         }
-        Ok(())
+        Ok(out)
     }
 
-    fn refresh_one(&self, conn: &Connection, sla: &Sla, now_ms: i64) -> rusqlite::Result<()> {
+    fn refresh_one(
+        &self,
+        conn: &Connection,
+        sla: &Sla,
+        now_ms: i64,
+    ) -> rusqlite::Result<Option<Burn>> {
         let name = sla.name.as_str();
         self.target.with_label_values(&[name]).set(sla.target);
         let Some(period) = calendar::period(sla.window, now_ms, &sla.timezone) else {
-            return Ok(());
+            return Ok(None);
         };
         let window = sla.window.to_string();
         let mut periods = vec![period];
@@ -106,7 +119,13 @@ impl SlaMetrics {
         );
         let all = reports(conn, sla, &periods, now_ms)?;
         let Some((r, burns)) = all.split_first() else {
-            return Ok(());
+            return Ok(None);
+        };
+        let mut burn = Burn {
+            sla: name.to_string(),
+            rates: [None; 7],
+            budget_remaining: r.budget_remaining_ratio(),
+            window_ms: period.len(),
         };
         for (kind, label, f) in [
             (Kind::Contractual, "contractual", &r.contractual),
@@ -149,16 +168,16 @@ impl SlaMetrics {
                 counted.insert(name.to_string(), m);
             }
         }
-        for ((label, _), r) in BURN_WINDOWS.iter().zip(burns) {
+        for (i, ((label, _), r)) in BURN_WINDOWS.iter().zip(burns).enumerate() {
             let measured = r.contractual.up_ms + r.contractual.down_ms;
             if measured > 0.0 {
                 let bad = r.contractual.down_ms / measured;
-                self.burn_rate
-                    .with_label_values(&[name, *label])
-                    .set(bad / (1.0 - sla.target));
+                let rate = bad / (1.0 - sla.target);
+                self.burn_rate.with_label_values(&[name, *label]).set(rate);
+                burn.rates[i] = Some(rate);
             }
         }
-        Ok(())
+        Ok(Some(burn))
     }
 }
 

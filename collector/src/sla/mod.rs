@@ -9,6 +9,7 @@
 //!
 //! Nothing here reads the clock or the store: the caller gives "now" and the CIs' timelines.
 
+pub mod alerts;
 pub mod availability;
 pub mod calendar;
 pub mod load;
@@ -127,6 +128,8 @@ pub struct Sla {
     /// Response and resolution targets of the incidents on its CIs (`[sla.incident_targets]`;
     /// `None`: the SLA sets none, and its schedule does not run their clocks).
     pub incident_targets: Option<targets::IncidentTargets>,
+    /// Error-budget alerts ([`alerts`]) open incidents (`alerts = false` turns them off).
+    pub alerts: bool,
 }
 
 impl Sla {

@@ -12,7 +12,8 @@
 //! - `housekeeping.rs`: the tick (liveness, flushes, symptoms of recovered hosts, vanished
 //!   series), refreshes (host names and tags, maintenance windows and the end of their
 //!   suppression, stale inventories, incidents an operator resolved) and `close_after`;
-//! - `clocks.rs`: the incidents' response and resolution clocks (due times, warnings, breaches).
+//! - `clocks.rs`: the incidents' response and resolution clocks (due times, warnings, breaches);
+//! - `sla_alerts.rs`: the SLAs' error-budget alerts (burn rates, budget exhausted) as incidents.
 //!
 //! CMDB reads go through [`crate::cmdb::lookup`]; incident reads through
 //! [`crate::incidents::records`]; writes only through the lifecycle.
@@ -30,6 +31,7 @@ mod changes;
 mod clocks;
 mod housekeeping;
 mod series;
+mod sla_alerts;
 #[cfg(test)]
 mod tests;
 
@@ -87,6 +89,8 @@ pub enum Input {
     WindowsChanged,
     /// An operator changed an incident (resolved or closed it, perhaps).
     IncidentChanged { id: i64 },
+    /// The SLAs' figures were recomputed: open or resolve their error-budget alerts.
+    SlaBurn(Vec<crate::sla::alerts::Burn>),
     /// The agent was revoked: forget it, resolve its incidents.
     Revoked { agent: Arc<str> },
     /// Answers once everything sent before it has been processed (tests, benchmarks).
@@ -161,8 +165,9 @@ pub struct EngineConfig {
     pub close_after_ms: i64,
     pub webhooks: Arc<Vec<Webhook>>,
     pub maintenance: Vec<Maintenance>,
-    /// The SLAs with `incident_targets` (their scopes, targets and schedules run the clocks of
-    /// the incidents they cover; the rest have the defaults).
+    /// The SLAs: those with `incident_targets` run the clocks of the incidents they cover
+    /// (scope, targets, schedule; the rest have the defaults); each has error-budget alerts
+    /// unless `alerts = false`.
     pub slas: Vec<crate::sla::Sla>,
 }
 
@@ -360,6 +365,10 @@ impl Engine {
             }
             Input::IncidentChanged { id } => self.incident_changed(id),
             Input::Revoked { agent } => self.forget_agent(&agent),
+            Input::SlaBurn(burns) => {
+                let now = self.now();
+                self.sla_alerts(&burns, now);
+            }
             Input::Sync(done) => {
                 let now = self.now();
                 self.flush(now, true);

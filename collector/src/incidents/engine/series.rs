@@ -136,7 +136,8 @@ impl Engine {
         }
         self.refresh(now);
         for inc in records::active(&self.conn)? {
-            if inc.origin != Origin::Rule.as_str() {
+            if inc.origin != Origin::Rule.as_str() || inc.ci_type == crate::sla::alerts::CI_TYPE {
+                // Alertmanager's are its own; an SLA's alerts are decided by `sla_alerts.rs`.
                 continue;
             }
             let Some(rule) = self.rules.iter().position(|r| r.rule.name == inc.rule) else {
@@ -161,6 +162,7 @@ impl Engine {
             entry.ci_id = Some(inc.ci_id);
             state.series[rule].insert(inc.ci_key.clone(), entry);
         }
+        self.resolve_removed_slas(now);
         Ok(())
     }
 

@@ -808,3 +808,103 @@ fn an_sla_with_service_hours_runs_the_clocks_of_its_incidents_only_inside_them()
 }
 
 const CLOCKS_TICK: i64 = super::clocks::CLOCKS_EVERY_MS + 1;
+
+fn sla_config(text: &str) -> Vec<crate::sla::Sla> {
+    crate::config::from_str("c.toml", &format!("data_dir = \"/x\"\n{text}"))
+        .expect("config")
+        .slas
+}
+
+fn burn(rates: [Option<f64>; 7], budget: f64) -> crate::sla::alerts::Burn {
+    crate::sla::alerts::Burn {
+        sla: "web".into(),
+        rates,
+        budget_remaining: Some(budget),
+        window_ms: 30 * 24 * HOUR,
+    }
+}
+
+fn sla_incidents(f: &Fixture) -> Vec<records::Incident> {
+    let (items, _) = records::list(
+        f.db.conn(),
+        &records::Filter {
+            limit: 100,
+            ..records::Filter::default()
+        },
+    )
+    .expect("list");
+    items.into_iter().filter(|i| i.ci_type == "sla").collect()
+}
+
+#[test]
+fn burn_rate_alerts_open_one_incident_per_sla_and_severity_and_resolve_on_the_short_window() {
+    let mut f = fixture(Vec::new());
+    f.engine.config.slas = sla_config("[[sla]]\nname = \"web\"\ntarget = 0.999\n");
+    //                 5m          30m   1h          2h    6h    1d    3d
+    let fast = [Some(20.0), None, Some(15.0), None, None, None, None];
+    f.at(1_000);
+    f.engine.handle(Input::SlaBurn(vec![burn(fast, 0.5)]));
+    // The next figures say the same: still one incident.
+    f.at(31_000);
+    f.engine.handle(Input::SlaBurn(vec![burn(fast, 0.5)]));
+    let incs = sla_incidents(&f);
+    assert_eq!(incs.len(), 1, "{incs:?}");
+    let page = &incs[0];
+    assert_eq!(
+        (
+            page.rule.as_str(),
+            page.ci_key.as_str(),
+            page.priority,
+            page.state
+        ),
+        ("sla-burn-page", "web", 2, State::Open)
+    );
+    assert_eq!(page.labels.get("sla").map(String::as_str), Some("web"));
+    assert_eq!(
+        (page.trigger_value, page.threshold),
+        (Some(20.0), Some(14.4))
+    );
+    assert_eq!(f.notifications(page.id), ["opened"]);
+
+    // The 5m window recovers while the 1h one is still high: resolved. The budget is now
+    // spent: the exhausted alert opens.
+    f.at(61_000);
+    let recovered = [Some(0.0), None, Some(15.0), None, None, None, None];
+    f.engine.handle(Input::SlaBurn(vec![burn(recovered, -0.2)]));
+    let incs = sla_incidents(&f);
+    let page = incs
+        .iter()
+        .find(|i| i.rule == "sla-burn-page")
+        .expect("page");
+    assert_eq!(page.state, State::Resolved);
+    assert_eq!(f.notifications(page.id), ["opened", "resolved"]);
+    let spent = incs
+        .iter()
+        .find(|i| i.rule == "sla-budget-exhausted")
+        .expect("spent");
+    assert_eq!((spent.state, spent.priority), (State::Open, 3));
+
+    // alerts = false: what is open resolves, nothing new opens.
+    f.engine.config.slas = sla_config("[[sla]]\nname = \"web\"\ntarget = 0.999\nalerts = false\n");
+    f.at(91_000);
+    f.engine.handle(Input::SlaBurn(vec![burn(fast, -0.2)]));
+    let incs = sla_incidents(&f);
+    assert!(incs.iter().all(|i| i.state == State::Resolved), "{incs:?}");
+    assert_eq!(incs.len(), 2);
+}
+
+#[test]
+fn the_alerts_of_an_sla_removed_from_the_configuration_resolve_at_start() {
+    let mut f = fixture(Vec::new());
+    f.engine.config.slas = sla_config("[[sla]]\nname = \"web\"\ntarget = 0.999\n");
+    f.at(1_000);
+    f.engine.handle(Input::SlaBurn(vec![burn([None; 7], -1.0)]));
+    assert_eq!(sla_incidents(&f)[0].state, State::Open);
+    // Restarted without the SLA (the fixture's configuration has none).
+    let presence = f.presence.clone();
+    let restarted = start(f._dir.path(), &f.now, &presence, Vec::new());
+    drop(restarted);
+    let inc = &sla_incidents(&f)[0];
+    assert_eq!(inc.state, State::Resolved);
+    assert_eq!(inc.resolution_code.as_deref(), Some("sla_removed"));
+}
