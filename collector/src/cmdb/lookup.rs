@@ -199,3 +199,58 @@ mod tests {
         assert!(host_tags("not json", None).is_empty());
     }
 }
+
+/// The CIs of a business service: those related to its CI (either way, any relation kind), and
+/// when one is a host, everything on that host (its CIs and checks).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct ServiceMembers {
+    pub cis: std::collections::HashSet<i64>,
+    /// Agents whose host CI is related to the service.
+    pub hosts: std::collections::HashSet<String>,
+}
+
+impl ServiceMembers {
+    /// Whether a CI (or a check, `ci_id` `None`) of `agent` belongs to the service.
+    pub fn contains(&self, agent: Option<&str>, ci_id: Option<i64>) -> bool {
+        ci_id.is_some_and(|id| self.cis.contains(&id))
+            || agent.is_some_and(|a| self.hosts.contains(a))
+    }
+}
+
+/// Every business service of the CMDB (by name) with its members; retired ones left out.
+pub fn services(conn: &Connection) -> rusqlite::Result<BTreeMap<String, ServiceMembers>> {
+    let mut out: BTreeMap<String, ServiceMembers> = BTreeMap::new();
+    let mut stmt = conn.prepare_cached(
+        "SELECT s.name, c.id, c.agent_id, c.type
+         FROM cis s
+         JOIN relations r ON r.from_ci = s.id OR r.to_ci = s.id
+         JOIN cis c ON c.id = CASE WHEN r.from_ci = s.id THEN r.to_ci ELSE r.from_ci END
+         WHERE s.type = 'business_service' AND s.state != 'retired'",
+    )?;
+    let rows = stmt.query_map([], |r| {
+        Ok((
+            r.get::<_, String>(0)?,
+            r.get::<_, i64>(1)?,
+            r.get::<_, Option<String>>(2)?,
+            r.get::<_, String>(3)?,
+        ))
+    })?;
+    for row in rows {
+        let (name, ci, agent, ty) = row?;
+        let m = out.entry(name).or_default();
+        m.cis.insert(ci);
+        if ty == ci_type::HOST {
+            if let Some(a) = agent {
+                m.hosts.insert(a);
+            }
+        }
+    }
+    // Services with no relation yet are services all the same.
+    let mut stmt = conn.prepare_cached(
+        "SELECT name FROM cis WHERE type = 'business_service' AND state != 'retired'",
+    )?;
+    for name in stmt.query_map([], |r| r.get::<_, String>(0))? {
+        out.entry(name?).or_default();
+    }
+    Ok(out)
+}

@@ -3,6 +3,7 @@
 //! | GET | `/slas` | every SLA with its figures over its own window, as of now |
 //! | GET | `/slas/{name}` | one SLA: its own window and the rolling 1d, 7d, 30d |
 //! | GET | `/slas/{name}/report?from=&to=&format=` | a period: both views, the error budget, the outages with their incidents and a daily series; `format=csv` (or `Accept: text/csv`) gives the daily series as CSV |
+//! | GET | `/kpis?from=&to=&by=` | ITSM KPIs of the incidents of a period (`crate::sla::kpis`) |
 //!
 //! Every figure is computed from the store on each request (`crate::sla::report`): nothing is
 //! cached, so late data, later resolutions and maintenance windows added afterwards show at once.
@@ -28,6 +29,7 @@ pub(super) fn routes() -> Router<HttpState> {
         .route("/slas", get(list))
         .route("/slas/{name}", get(one))
         .route("/slas/{name}/report", get(report))
+        .route("/kpis", get(kpis))
 }
 
 /// The rolling windows `GET /slas/{name}` shows besides the SLA's own.
@@ -395,4 +397,111 @@ async fn report(
         daily,
     })
     .into_response())
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct KpiQuery {
+    from: Option<String>,
+    to: Option<String>,
+    by: Option<String>,
+}
+
+#[derive(Debug, Serialize)]
+struct KpiView {
+    key: String,
+    incidents: u64,
+    acknowledged: u64,
+    resolved: u64,
+    reopened: u64,
+    mtta_seconds: Option<f64>,
+    mttr_seconds: Option<f64>,
+    mtbf_seconds: Option<f64>,
+    responded_within_target: Option<f64>,
+    resolved_within_target: Option<f64>,
+    response_breaches: u64,
+    resolution_breaches: u64,
+    reopened_ratio: Option<f64>,
+    backlog: std::collections::BTreeMap<&'static str, u64>,
+}
+
+#[derive(Debug, Serialize)]
+struct KpisView {
+    from: Option<String>,
+    from_ms: i64,
+    to: Option<String>,
+    to_ms: i64,
+    by: String,
+    groups: Vec<KpiView>,
+}
+
+/// Default period of `GET /kpis`: the last 30 days.
+const KPI_DEFAULT_MS: i64 = 30 * 86_400_000;
+
+async fn kpis(
+    auth: Auth,
+    State(state): State<HttpState>,
+    ApiQuery(q): ApiQuery<KpiQuery>,
+) -> Result<Json<KpisView>, ApiError> {
+    auth.require(Role::Viewer)?;
+    let bad = ApiError::BadRequest;
+    let by_label = q.by.clone().unwrap_or_else(|| "all".into());
+    let by = sla::kpis::By::parse(&by_label).map_err(bad)?;
+    let now = now_ms();
+    let to =
+        q.to.as_deref()
+            .map(parse_time_ms)
+            .transpose()
+            .map_err(bad)?;
+    let from = q
+        .from
+        .as_deref()
+        .map(parse_time_ms)
+        .transpose()
+        .map_err(bad)?;
+    let to = to.unwrap_or(now);
+    let from = from.unwrap_or(to.saturating_sub(KPI_DEFAULT_MS));
+    let period = Span::new(from, to);
+    if period.is_empty() {
+        return Err(bad("`from` must be before `to`".into()));
+    }
+    if period.len() > sla::MAX_DAYS as i64 * 86_400_000 {
+        return Err(bad(format!("KPIs cover at most {} days", sla::MAX_DAYS)));
+    }
+    let slas = state.incidents.slas.clone();
+    let groups = state
+        .db
+        .run(move |db| Ok(sla::kpis::kpis(db.conn(), period, by, &slas)?))
+        .await?;
+    let s = |ms: Option<f64>| ms.map(|v| v / 1000.0);
+    Ok(Json(KpisView {
+        from: format_rfc3339_ms(from),
+        from_ms: from,
+        to: format_rfc3339_ms(to),
+        to_ms: to,
+        by: by_label,
+        groups: groups
+            .into_iter()
+            .map(|k| KpiView {
+                backlog: sla::kpis::BACKLOG_BUCKETS
+                    .iter()
+                    .zip(k.backlog)
+                    .map(|(&(name, _), n)| (name, n))
+                    .collect(),
+                key: k.key,
+                incidents: k.incidents,
+                acknowledged: k.acknowledged,
+                resolved: k.resolved,
+                reopened: k.reopened,
+                mtta_seconds: s(k.mtta_ms),
+                mttr_seconds: s(k.mttr_ms),
+                mtbf_seconds: s(k.mtbf_ms),
+                responded_within_target: k.responded_within_target,
+                resolved_within_target: k.resolved_within_target,
+                response_breaches: k.response_breaches,
+                resolution_breaches: k.resolution_breaches,
+                reopened_ratio: k.reopened_ratio,
+            })
+            .collect(),
+    }))
 }

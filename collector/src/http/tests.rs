@@ -456,5 +456,42 @@ async fn slas_report_availability_from_incidents() {
         "bad_request",
     );
     check_error(server.get("/api/v1/slas", None).await, 401, "unauthorized");
+
+    // KPIs of the same incident: resolved 30 min after its start, by priority and by SLA.
+    let kpi = format!("/api/v1/kpis?from={from}&to={to}&by=priority");
+    let (status, _, body) = server.get(&kpi, Some(&auth)).await;
+    assert_eq!(status, 200, "{body}");
+    let k: serde_json::Value = serde_json::from_str(&body).expect("json");
+    assert_eq!(k["by"], "priority");
+    assert_eq!(k["groups"][0]["key"], "P1", "{body}");
+    assert_eq!(k["groups"][0]["incidents"], 1);
+    assert_eq!(k["groups"][0]["mttr_seconds"], 1800.0);
+    assert_eq!(k["groups"][0]["resolved_within_target"], 1.0);
+    assert_eq!(k["groups"][0]["backlog"]["lt_1h"], 0);
+    let (status, _, body) = server
+        .get(
+            &format!("/api/v1/kpis?from={from}&to={to}&by=sla"),
+            Some(&auth),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    let k: serde_json::Value = serde_json::from_str(&body).expect("json");
+    assert_eq!(
+        (&k["groups"][0]["key"], &k["groups"][0]["incidents"]),
+        (&"web".into(), &1.into())
+    );
+    check_error(
+        server.get("/api/v1/kpis?by=team", Some(&auth)).await,
+        400,
+        "bad_request",
+    );
+    check_error(
+        server
+            .get("/api/v1/kpis?from=0&to=253402207200000", Some(&auth))
+            .await,
+        400,
+        "bad_request",
+    );
+    check_error(server.get("/api/v1/kpis", None).await, 401, "unauthorized");
     server.stop().await;
 }

@@ -34,6 +34,20 @@ pub fn timelines(
     let host_of: HashMap<&str, &crate::cmdb::lookup::HostRow> =
         hosts.iter().map(|h| (h.agent_id.as_str(), h)).collect();
     let windows = maintenance::load(conn, true)?;
+    // `service`: only the CIs of that business service (none while it does not exist).
+    let members = match &sla.service {
+        Some(name) => Some(
+            crate::cmdb::lookup::services(conn)?
+                .remove(name)
+                .unwrap_or_default(),
+        ),
+        None => None,
+    };
+    let in_service = |agent: &str, ci_id: Option<i64>| {
+        members
+            .as_ref()
+            .is_none_or(|m| m.contains(Some(agent), ci_id))
+    };
     let end_of = |retired: Option<i64>| retired.unwrap_or(now_ms).min(now_ms);
 
     let mut units: BTreeMap<UnitKey, (Option<i64>, CiTimeline)> = BTreeMap::new();
@@ -70,7 +84,7 @@ pub fn timelines(
             ci_type: &ty,
             ci_id: Some(id),
         };
-        if !matches(&sla.scope, &target) {
+        if !matches(&sla.scope, &target) || !in_service(&agent, Some(id)) {
             continue;
         }
         let lifetime = Span::new(first, end_of(retired));
@@ -122,7 +136,8 @@ pub fn timelines(
                 ci_type: &inc.ci_type,
                 ci_id: inc.ci_id,
             };
-            if inc.ci_id.is_some() || !matches(&sla.scope, &target) {
+            if inc.ci_id.is_some() || !matches(&sla.scope, &target) || !in_service(&inc.agent, None)
+            {
                 continue; // a CI out of scope, or retired before the period
             }
             let known = host_known.get(&inc.agent).copied().unwrap_or_default();

@@ -12,6 +12,7 @@
 pub mod alerts;
 pub mod availability;
 pub mod calendar;
+pub mod kpis;
 pub mod load;
 pub mod metrics;
 pub mod spans;

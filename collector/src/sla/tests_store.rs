@@ -281,3 +281,109 @@ fn metrics_show_the_figures_and_count_each_outage_once() {
         "{left}"
     );
 }
+
+#[test]
+fn a_business_service_scopes_its_sla_to_the_hosts_related_to_it() {
+    let (_dir, db) = db();
+    let c = db.conn();
+    let web = host(c, "web1", "web", T0 - HOUR);
+    let other = host(c, "web2", "web", T0 - HOUR);
+    c.execute(
+        "INSERT INTO cis (agent_id, type, key, name, source, first_seen_ms, last_seen_ms)
+         VALUES (NULL, 'business_service', 'shop', 'shop', 'api', ?1, ?1)",
+        params![T0 - HOUR],
+    )
+    .expect("service");
+    let shop = c.last_insert_rowid();
+    c.execute(
+        "INSERT INTO relations (from_ci, kind, to_ci, source, first_seen_ms)
+         VALUES (?1, 'depends_on', ?2, 'api', ?3)",
+        params![shop, web, T0 - HOUR],
+    )
+    .expect("relation");
+    down(c, "web1", web, T0 + HOUR, Some(T0 + 2 * HOUR));
+    down(c, "web2", other, T0 + 3 * HOUR, Some(T0 + 5 * HOUR));
+    let period = Span::new(T0, T0 + 10 * HOUR);
+    let s = sla("target = 0.99\nservice = \"shop\"\n");
+    let r = report(c, &s, period, T0 + 10 * HOUR).expect("report");
+    // Only web1 is part of the shop: web2's two hours do not count.
+    assert_eq!(r.experienced.down_ms, HOUR as f64);
+    // A service that does not exist (yet) has no CIs: nothing measured.
+    let none = sla("target = 0.99\nservice = \"nope\"\n");
+    let r = report(c, &none, period, T0 + 10 * HOUR).expect("report");
+    assert_eq!(r.experienced.availability, None);
+}
+
+#[test]
+fn kpis_count_mtta_mttr_mtbf_targets_and_backlog_by_group() {
+    use super::kpis::{kpis, By};
+    let (_dir, db) = db();
+    let c = db.conn();
+    let web = host(c, "web1", "web", T0 - HOUR);
+    let db1 = host(c, "db1", "db", T0 - HOUR);
+    // P1 on web1, 01:00-02:00 (created 01:01); P3 on web1 from 03:00, acknowledged 10 min after
+    // it was created, still open; P1 on db1 04:00-04:30, resolved past its target.
+    down(c, "web1", web, T0 + HOUR, Some(T0 + 2 * HOUR));
+    let busy = incident(c, "web1", web, "cpu-busy", Level::Low, T0 + 3 * HOUR, None);
+    Lifecycle::new(c, &[], T0 + 3 * HOUR + 11 * MIN)
+        .by("api:alice")
+        .operator(
+            busy,
+            &crate::incidents::records::Request::Acknowledge { note: None },
+        )
+        .expect("ack");
+    // Before the period and resolved before it: not counted anywhere.
+    down(c, "db1", db1, T0 - 50 * MIN, Some(T0 - 40 * MIN));
+    let late = down(c, "db1", db1, T0 + 4 * HOUR, Some(T0 + 4 * HOUR + 30 * MIN));
+    c.execute(
+        "UPDATE incidents SET resolution_level = 100 WHERE id = ?1",
+        [late],
+    )
+    .expect("breach");
+
+    let period = Span::new(T0, T0 + 10 * HOUR);
+    let all = kpis(c, period, By::All, &[]).expect("kpis");
+    assert_eq!(all.len(), 1);
+    let k = &all[0];
+    assert_eq!(
+        (k.incidents, k.acknowledged, k.resolved, k.reopened),
+        (3, 1, 2, 0)
+    );
+    assert_eq!(k.mtta_ms, Some((10 * MIN) as f64));
+    // Start (first breach) to resolution: 1 h and 30 min.
+    assert_eq!(k.mttr_ms, Some((45 * MIN) as f64));
+    // Outside incidents: 00:00-01:00 and 02:00-03:00 (the P3 runs to the end): 2 h over 3.
+    assert_eq!(k.mtbf_ms, Some((40 * MIN) as f64));
+    assert_eq!(k.resolved_within_target, Some(0.5));
+    assert_eq!(k.responded_within_target, Some(1.0));
+    assert_eq!((k.response_breaches, k.resolution_breaches), (0, 1));
+    // The P3 is open at 10:00, created at 03:01: in the 1 h - 1 d bucket.
+    assert_eq!(k.backlog, [0, 1, 0, 0]);
+    assert_eq!(k.reopened_ratio, Some(0.0));
+
+    let by_priority = kpis(c, period, By::Priority, &[]).expect("kpis");
+    let keys: Vec<(&str, u64)> = by_priority
+        .iter()
+        .map(|k| (k.key.as_str(), k.incidents))
+        .collect();
+    assert_eq!(keys, [("P1", 2), ("P3", 1)]);
+    let by_host = kpis(c, period, By::Host, &[]).expect("kpis");
+    let keys: Vec<(&str, u64)> = by_host
+        .iter()
+        .map(|k| (k.key.as_str(), k.incidents))
+        .collect();
+    assert_eq!(keys, [("db1", 1), ("web1", 2)]);
+    let slas = vec![sla("target = 0.99\n[sla.scope]\ntag = \"role=web\"\n"), {
+        let mut d = sla("target = 0.99\n[sla.scope]\ntag = \"role=db\"\n");
+        d.name = "t".into();
+        d
+    }];
+    let by_sla = kpis(c, period, By::Sla, &slas).expect("kpis");
+    let keys: Vec<(&str, u64)> = by_sla
+        .iter()
+        .map(|k| (k.key.as_str(), k.incidents))
+        .collect();
+    assert_eq!(keys, [("s", 2), ("t", 1)]);
+    // No business service in the CMDB: no groups.
+    assert!(kpis(c, period, By::Service, &[]).expect("kpis").is_empty());
+}
