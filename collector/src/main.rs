@@ -76,6 +76,30 @@ enum Command {
         #[command(subcommand)]
         command: ApiTokenCommand,
     },
+    /// Service level objectives.
+    Slo {
+        #[command(subcommand)]
+        command: SloCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum SloCommand {
+    /// Print every SLA of a configuration as OpenSLO v1 YAML (`kind: SLO` documents); a file of
+    /// them can be included back (`include = ["slo/*.yaml"]`).
+    Export {
+        /// The collector's configuration file, with the files it includes.
+        #[arg(long)]
+        config: PathBuf,
+        /// The output format.
+        #[arg(long, value_enum, default_value = "openslo")]
+        format: SloFormat,
+    },
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum SloFormat {
+    Openslo,
 }
 
 /// Which store an admin command works on (it may be in use by a running collector).
@@ -258,6 +282,18 @@ fn real_main(command: Command) -> Result<ExitCode> {
                     None => Ok(()),
                 }
             })?;
+        }
+        Command::Slo {
+            command: SloCommand::Export { config, format },
+        } => {
+            let config = load_config(&config)?;
+            match format {
+                SloFormat::Openslo => {
+                    let yaml = vigil_collector::sla::openslo::export(&config.slas)
+                        .map_err(|e| anyhow::anyhow!("cannot write OpenSLO: {e}"))?;
+                    print!("{yaml}");
+                }
+            }
         }
         Command::CheckConfig { config } => match config::load(&config) {
             Ok(_) => println!("{}: ok", config.display()),

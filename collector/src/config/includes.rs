@@ -6,7 +6,8 @@
 //! Globs are relative to the main file's directory; the files they match are read in sorted
 //! order, each once, never the main file itself. A literal name that matches nothing is an
 //! error; a glob that matches nothing is not. An included file may hold only `[[rule]]`,
-//! `[[sla]]` and `[[maintenance]]`, and includes nothing further.
+//! `[[sla]]` and `[[maintenance]]`, and includes nothing further. A file ending `.yaml` or
+//! `.yml` is OpenSLO: its `kind: SLO` documents are SLAs (`crate::sla::openslo`).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
@@ -163,7 +164,30 @@ fn include_file(
             return;
         }
     };
-    match cfg::parse_with_hint::<RawObjects>(&name, &text, Some(INCLUDE_HINT)) {
+    let is_openslo = path
+        .extension()
+        .is_some_and(|e| e.eq_ignore_ascii_case("yaml") || e.eq_ignore_ascii_case("yml"));
+    if !is_openslo {
+        return include_text(&name, &text, add, d);
+    }
+    // OpenSLO: each SLO becomes the `[[sla]]` it describes, checked as one.
+    match crate::sla::openslo::to_toml(&text) {
+        Ok(docs) => {
+            for (slo, toml_text) in docs {
+                include_text(&format!("{name} (SLO {slo:?})"), &toml_text, add, d);
+            }
+        }
+        Err(msg) => d.extend(ConfigErrors::whole_file(&name, msg).0),
+    }
+}
+
+fn include_text(
+    name: &str,
+    text: &str,
+    add: &mut dyn FnMut(&RawObjects, &mut Diagnostics),
+    d: &mut Diagnostics,
+) {
+    match cfg::parse_with_hint::<RawObjects>(name, text, Some(INCLUDE_HINT)) {
         Ok((raw, mut inner)) => {
             add(&raw, &mut inner);
             d.extend(inner.into_errors());

@@ -15,6 +15,7 @@ pub mod calendar;
 pub mod kpis;
 pub mod load;
 pub mod metrics;
+pub mod openslo;
 pub mod spans;
 pub mod targets;
 #[cfg(test)]

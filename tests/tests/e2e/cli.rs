@@ -224,3 +224,31 @@ fn a_second_collector_on_a_data_dir_in_use_is_refused() {
     assert!(connected());
     assert!(agent.is_running());
 }
+
+/// `slo export` writes the shipped SLAs as OpenSLO; a configuration including that file has
+/// the same SLAs (`check-config` accepts it, and exporting it again gives the same text).
+#[test]
+fn slo_export_round_trips_through_include() {
+    let shipped = concat!(env!("CARGO_MANIFEST_DIR"), "/../config/collector.toml");
+    let (ok, yaml, err) = output("vigil-collector", &["slo", "export", "--config", shipped]);
+    assert!(ok, "{err}");
+    assert_eq!(yaml.matches("kind: SLO").count(), 2, "{yaml}");
+    let dir = tempfile::tempdir().expect("tempdir");
+    std::fs::create_dir(dir.path().join("slo")).expect("mkdir");
+    std::fs::write(dir.path().join("slo/shipped.yaml"), &yaml).expect("write");
+    let config = dir.path().join("collector.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "data_dir = {:?}\ninclude = [\"slo/*.yaml\"]\n",
+            dir.path().join("data").display().to_string()
+        ),
+    )
+    .expect("write");
+    let path = config.to_str().expect("utf-8");
+    let (ok, out, err) = output("vigil-collector", &["check-config", "--config", path]);
+    assert!(ok, "{out}{err}");
+    let (ok, again, err) = output("vigil-collector", &["slo", "export", "--config", path]);
+    assert!(ok, "{err}");
+    assert_eq!(again, yaml);
+}
