@@ -66,6 +66,11 @@ pub async fn start(config: &CollectorConfig) -> Result<Running> {
     crate::store::make_private(&data_dir).context("cannot make the data dir private")?;
     // The store before the CA: a CA without a store reads as a lost store on the next start.
     let db = Db::open(&data_dir).context("cannot open the store")?;
+    // The SLAs in force: the configuration's and those made through the API.
+    let sla_set = Arc::new(
+        crate::sla::api::SlaSet::load(config.slas.clone(), db.conn())
+            .context("cannot read the API's SLAs")?,
+    );
     let identity = ca::load_or_create(&data_dir, &config.quic.server_names, SystemTime::now())
         .context("cannot set up the collector CA")?;
     let supervisor = Supervisor::new();
@@ -175,7 +180,7 @@ pub async fn start(config: &CollectorConfig) -> Result<Running> {
         let notifier = notifier.clone();
         Arc::new(move || notifier.wake())
     };
-    let engine_config = engine_config(config, webhooks.clone());
+    let engine_config = engine_config(config, webhooks.clone(), sla_set.all().to_vec());
     let rules = Arc::new(engine_config.rules.clone());
     let (engine, engine_join) = crate::incidents::engine::spawn(
         &data_dir,
@@ -240,7 +245,7 @@ pub async fn start(config: &CollectorConfig) -> Result<Running> {
         reopen_within_ms: i64::try_from(config.incidents.reopen_within.as_millis())
             .unwrap_or(i64::MAX),
         engine: Some(engine.clone()),
-        slas: Arc::new(config.slas.clone()),
+        slas: sla_set.clone(),
         flaps: Arc::new(crate::incidents::alert_flaps::AlertFlaps::new(
             crate::incidents::eval::FlapParams {
                 window: config.incidents.flap_window,
@@ -292,12 +297,12 @@ pub async fn start(config: &CollectorConfig) -> Result<Running> {
     });
 
     // SLA figures on /metrics, recomputed in the background so that a scrape only reads gauges.
-    if !config.slas.is_empty() {
+    {
         let sla_metrics = Arc::new(
             crate::sla::metrics::SlaMetrics::new(metrics.registry())
                 .context("cannot register metrics")?,
         );
-        let slas = Arc::new(config.slas.clone());
+        let slas = sla_set.clone();
         let sla_dir = data_dir.clone();
         let sla_shutdown = shutdown.clone();
         let sla_sentinel = supervisor.sentinel("SLA figures");
@@ -310,8 +315,12 @@ pub async fn start(config: &CollectorConfig) -> Result<Running> {
                     _ = tick.tick() => {}
                     _ = sla_shutdown.cancelled() => return,
                 }
-                let (dir, slas, m) = (sla_dir.clone(), slas.clone(), sla_metrics.clone());
+                let (dir, slas, m) = (sla_dir.clone(), slas.all(), sla_metrics.clone());
                 let res = tokio::task::spawn_blocking(move || {
+                    if slas.is_empty() {
+                        m.refresh_none();
+                        return Ok(Vec::new());
+                    }
                     let db = Db::open(&dir)?;
                     let burns = m.refresh(db.conn(), &slas, now_ms())?;
                     Ok::<_, crate::store::StoreError>(burns)
@@ -413,6 +422,7 @@ fn restored_agents(db: &Db) -> Result<Vec<Restored>> {
 fn engine_config(
     c: &CollectorConfig,
     webhooks: Arc<Vec<crate::notify::Webhook>>,
+    slas: Vec<crate::sla::Sla>,
 ) -> crate::incidents::engine::EngineConfig {
     let ms = |d: Duration| i64::try_from(d.as_millis()).unwrap_or(i64::MAX);
     crate::incidents::engine::EngineConfig {
@@ -426,7 +436,7 @@ fn engine_config(
         close_after_ms: ms(c.incidents.close_after),
         webhooks,
         maintenance: c.maintenance.clone(),
-        slas: c.slas.clone(),
+        slas,
     }
 }
 

@@ -70,8 +70,8 @@ pub struct IncidentsApi {
     pub engine: Option<crate::incidents::engine::EngineHandle>,
     /// Flapping of Alertmanager fingerprints across requests.
     pub flaps: Arc<crate::incidents::alert_flaps::AlertFlaps>,
-    /// The SLAs of the configuration (`/api/v1/slas`).
-    pub slas: Arc<Vec<crate::sla::Sla>>,
+    /// The SLAs in force (`/api/v1/slas`): the configuration's and the API's.
+    pub slas: Arc<crate::sla::api::SlaSet>,
 }
 
 impl Default for IncidentsApi {
@@ -84,7 +84,7 @@ impl Default for IncidentsApi {
             reopen_within_ms: 3_600_000,
             engine: None,
             flaps: Default::default(),
-            slas: Arc::new(Vec::new()),
+            slas: Default::default(),
         }
     }
 }

@@ -20,14 +20,15 @@ use serde::{Deserialize, Serialize};
 use vigil_shared::config::SlaWindow;
 use vigil_shared::time::{format_rfc3339_ms, parse_time_ms};
 
-use super::{now_ms, ApiError, ApiPath, ApiQuery, Auth, HttpState};
+use super::{now_ms, ApiError, ApiJson, ApiPath, ApiQuery, Auth, HttpState};
 use crate::sla::{self, Day, Figures, Report, Sla, Span};
 use crate::store::Role;
+use axum::http::StatusCode;
 
 pub(super) fn routes() -> Router<HttpState> {
     Router::new()
-        .route("/slas", get(list))
-        .route("/slas/{name}", get(one))
+        .route("/slas", get(list).post(create))
+        .route("/slas/{name}", get(one).put(change).delete(remove))
         .route("/slas/{name}/report", get(report))
         .route("/kpis", get(kpis))
 }
@@ -128,12 +129,24 @@ struct SlaView {
     degraded_when: Vec<serde_json::Value>,
     quorum: Option<u32>,
     schedule: Option<serde_json::Value>,
+    scope: crate::incidents::scope::ScopeJson,
+    service: Option<String>,
+    alerts: bool,
+    /// `{P1: {response_seconds, resolution_seconds}, …}` when the SLA sets incident targets.
+    incident_targets: Option<serde_json::Value>,
+    /// `config` or `api`.
+    origin: &'static str,
     current: PeriodView,
     #[serde(skip_serializing_if = "Vec::is_empty")]
     windows: Vec<PeriodView>,
 }
 
-fn describe(sla: &Sla, current: PeriodView, windows: Vec<PeriodView>) -> SlaView {
+fn describe(
+    sla: &Sla,
+    origin: &'static str,
+    current: PeriodView,
+    windows: Vec<PeriodView>,
+) -> SlaView {
     const DAYS: [&str; 7] = ["mon", "tue", "wed", "thu", "fri", "sat", "sun"];
     let hhmm = |m: u16| format!("{:02}:{:02}", m / 60, m % 60);
     SlaView {
@@ -158,8 +171,35 @@ fn describe(sla: &Sla, current: PeriodView, windows: Vec<PeriodView>) -> SlaView
                 "holidays": s.holidays.iter().map(ToString::to_string).collect::<Vec<_>>(),
             })
         }),
+        scope: crate::incidents::scope::ScopeJson::from_scope(&sla.scope),
+        service: sla.service.clone(),
+        alerts: sla.alerts,
+        incident_targets: sla.incident_targets.map(|t| {
+            serde_json::Value::Object(
+                (0..5)
+                    .map(|p| {
+                        (
+                            format!("P{}", p + 1),
+                            serde_json::json!({
+                                "response_seconds": t.response_ms[p] / 1000,
+                                "resolution_seconds": t.resolution_ms[p] / 1000,
+                            }),
+                        )
+                    })
+                    .collect(),
+            )
+        }),
+        origin,
         current,
         windows,
+    }
+}
+
+fn origin(state: &HttpState, name: &str) -> &'static str {
+    if state.incidents.slas.is_configured(name) {
+        "config"
+    } else {
+        "api"
     }
 }
 
@@ -167,6 +207,7 @@ fn find(state: &HttpState, name: &str) -> Result<Sla, ApiError> {
     state
         .incidents
         .slas
+        .all()
         .iter()
         .find(|s| s.name == name)
         .cloned()
@@ -180,19 +221,21 @@ fn window_span(window: SlaWindow, sla: &Sla, now: i64) -> Result<Span, ApiError>
 
 async fn list(auth: Auth, State(state): State<HttpState>) -> Result<Json<Vec<SlaView>>, ApiError> {
     auth.require(Role::Viewer)?;
-    let slas: Arc<Vec<Sla>> = state.incidents.slas.clone();
+    let slas: Arc<Vec<Sla>> = state.incidents.slas.all();
+    let origins: Vec<&'static str> = slas.iter().map(|s| origin(&state, &s.name)).collect();
     let now = now_ms();
     let views = state
         .db
         .run(move |db| {
             let mut out = Vec::with_capacity(slas.len());
-            for s in slas.iter() {
+            for (s, origin) in slas.iter().zip(origins) {
                 let Some(span) = sla::calendar::period(s.window, now, &s.timezone) else {
                     continue;
                 };
                 let r = sla::report(db.conn(), s, span, now)?;
                 out.push(describe(
                     s,
+                    origin,
                     PeriodView::new(s.window.to_string(), &r),
                     Vec::new(),
                 ));
@@ -210,6 +253,7 @@ async fn one(
 ) -> Result<Json<SlaView>, ApiError> {
     auth.require(Role::Viewer)?;
     let s = find(&state, &name)?;
+    let from = origin(&state, &name);
     let now = now_ms();
     let own = window_span(s.window, &s, now)?;
     let extra: Vec<(String, Span)> = EXTRA_WINDOWS
@@ -235,7 +279,7 @@ async fn one(
                 .zip(all)
                 .map(|((label, _), r)| PeriodView::new(label, &r))
                 .collect();
-            Ok(describe(&s, current, windows))
+            Ok(describe(&s, from, current, windows))
         })
         .await?;
     Ok(Json(view))
@@ -468,7 +512,7 @@ async fn kpis(
     if period.len() > sla::MAX_DAYS as i64 * 86_400_000 {
         return Err(bad(format!("KPIs cover at most {} days", sla::MAX_DAYS)));
     }
-    let slas = state.incidents.slas.clone();
+    let slas = state.incidents.slas.all();
     let groups = state
         .db
         .run(move |db| Ok(sla::kpis::kpis(db.conn(), period, by, &slas)?))
@@ -504,4 +548,124 @@ async fn kpis(
             })
             .collect(),
     }))
+}
+
+/// Checks an SLA body as the configuration checks `[[sla]]` (422 with its messages).
+fn checked(body: &serde_json::Value) -> Result<Sla, ApiError> {
+    sla::api::sla_from_json(body).map_err(|errors| ApiError::Unprocessable(errors.join("; ")))
+}
+
+/// Reloads the SLAs in force and tells the engine (due times, alerts of deleted SLAs).
+async fn reload(state: &HttpState) -> Result<(), ApiError> {
+    let set = state.incidents.slas.clone();
+    let all = state.db.run(move |db| Ok(set.reload(db.conn())?)).await?;
+    state
+        .tell_engine(crate::incidents::engine::Input::SlasChanged(all))
+        .await;
+    Ok(())
+}
+
+async fn one_view(state: &HttpState, name: &str) -> Result<SlaView, ApiError> {
+    let s = find(state, name)?;
+    let from = origin(state, name);
+    let now = now_ms();
+    let span = window_span(s.window, &s, now)?;
+    let view = state
+        .db
+        .run(move |db| {
+            let r = sla::report(db.conn(), &s, span, now)?;
+            Ok(describe(
+                &s,
+                from,
+                PeriodView::new(s.window.to_string(), &r),
+                Vec::new(),
+            ))
+        })
+        .await?;
+    Ok(view)
+}
+
+async fn create(
+    auth: Auth,
+    State(state): State<HttpState>,
+    body: Result<ApiJson<serde_json::Value>, ApiError>,
+) -> Result<Response, ApiError> {
+    auth.require(Role::Admin)?;
+    let ApiJson(body) = body?;
+    let s = checked(&body)?;
+    let name = s.name.clone();
+    if state.incidents.slas.is_configured(&name) {
+        return Err(ApiError::Conflict(format!(
+            "SLA {name:?} is defined in the configuration"
+        )));
+    }
+    let by = format!("api:{}", auth.token_id);
+    let now = now_ms();
+    let created = state
+        .db
+        .run(move |db| Ok(sla::api::create(db.conn(), &s, &body, &by, now)?))
+        .await?;
+    if !created {
+        return Err(ApiError::Conflict(format!("SLA {name:?} exists")));
+    }
+    reload(&state).await?;
+    let view = one_view(&state, &name).await?;
+    Ok((StatusCode::CREATED, Json(view)).into_response())
+}
+
+async fn change(
+    auth: Auth,
+    State(state): State<HttpState>,
+    ApiPath(name): ApiPath<String>,
+    body: Result<ApiJson<serde_json::Value>, ApiError>,
+) -> Result<Json<SlaView>, ApiError> {
+    auth.require(Role::Admin)?;
+    let ApiJson(body) = body?;
+    if state.incidents.slas.is_configured(&name) {
+        return Err(ApiError::Conflict(format!(
+            "SLA {name:?} is defined in the configuration; change it there"
+        )));
+    }
+    let s = checked(&body)?;
+    if s.name != name {
+        return Err(ApiError::Unprocessable(format!(
+            "the body's name {:?} is not the SLA's {name:?} (an SLA is renamed by deleting it and creating another)",
+            s.name
+        )));
+    }
+    let by = format!("api:{}", auth.token_id);
+    let now = now_ms();
+    let n = name.clone();
+    let replaced = state
+        .db
+        .run(move |db| Ok(sla::api::replace(db.conn(), &n, &body, &by, now)?))
+        .await?;
+    if !replaced {
+        return Err(ApiError::NotFound(format!("no SLA named {name:?}")));
+    }
+    reload(&state).await?;
+    Ok(Json(one_view(&state, &name).await?))
+}
+
+async fn remove(
+    auth: Auth,
+    State(state): State<HttpState>,
+    ApiPath(name): ApiPath<String>,
+) -> Result<StatusCode, ApiError> {
+    auth.require(Role::Admin)?;
+    if state.incidents.slas.is_configured(&name) {
+        return Err(ApiError::Conflict(format!(
+            "SLA {name:?} is defined in the configuration; remove it there"
+        )));
+    }
+    let n = name.clone();
+    let deleted = state
+        .db
+        .run(move |db| Ok(sla::api::delete(db.conn(), &n)?))
+        .await?;
+    if !deleted {
+        return Err(ApiError::NotFound(format!("no SLA named {name:?}")));
+    }
+    reload(&state).await?;
+    Ok(StatusCode::NO_CONTENT)
 }

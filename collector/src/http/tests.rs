@@ -370,7 +370,7 @@ async fn slas_report_availability_from_incidents() {
         "data_dir = \"/x\"\n[[sla]]\nname = \"web\"\ntarget = 0.999\nwindow = \"month\"\n",
     )
     .expect("config");
-    let slas = Arc::new(config.slas);
+    let slas = Arc::new(crate::sla::api::SlaSet::fixed(config.slas));
     let server = Server::start_with(tmp.path(), |st| {
         st.incidents = Arc::new(IncidentsApi {
             slas,

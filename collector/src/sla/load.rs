@@ -183,24 +183,33 @@ fn episodes(conn: &Connection, inc: &IncidentRow, now_ms: i64) -> rusqlite::Resu
         let end = inc.resolved_ms.unwrap_or(now_ms);
         return Ok(vec![Span::new(inc.first_breach_ms, end)]);
     }
+    // An episode runs from its breach (`first_breach_ms` of the reopen; the sample's time, which
+    // lies in the past for data replayed after an outage) to the time of the sample that
+    // resolved it (`at_ms`), not to when the collector wrote the events.
     let mut stmt = conn.prepare_cached(
-        "SELECT ts_ms, kind FROM incident_events
+        "SELECT ts_ms, kind, detail FROM incident_events
          WHERE incident_id = ?1 AND kind IN ('reopened', 'resolved') ORDER BY id",
     )?;
     let events = stmt
         .query_map([inc.id], |r| {
-            Ok((r.get::<_, i64>(0)?, r.get::<_, String>(1)?))
+            Ok((
+                r.get::<_, i64>(0)?,
+                r.get::<_, String>(1)?,
+                r.get::<_, String>(2)?,
+            ))
         })?
         .collect::<rusqlite::Result<Vec<_>>>()?;
     let mut out = Vec::new();
     let mut start = Some(inc.first_breach_ms);
-    for (ts, kind) in events {
+    for (ts, kind, detail) in events {
+        let detail: serde_json::Value = serde_json::from_str(&detail).unwrap_or_default();
+        let at = |key: &str| detail[key].as_i64().unwrap_or(ts);
         match (kind.as_str(), start) {
             ("resolved", Some(s)) => {
-                out.push(Span::new(s, ts));
+                out.push(Span::new(s, at("at_ms").max(s)));
                 start = None;
             }
-            ("reopened", None) => start = Some(ts),
+            ("reopened", None) => start = Some(at("first_breach_ms")),
             _ => {}
         }
     }

@@ -35,6 +35,8 @@ pub struct SlaMetrics {
     outages: IntCounterVec,
     /// Per SLA: the start of the latest outage already counted.
     counted: Mutex<HashMap<String, i64>>,
+    /// The SLAs (name, window label) whose series are on `/metrics`.
+    shown: Mutex<Vec<(String, String)>>,
 }
 
 impl SlaMetrics {
@@ -81,6 +83,7 @@ impl SlaMetrics {
             )?,
             outages,
             counted: Mutex::new(HashMap::new()),
+            shown: Mutex::new(Vec::new()),
         })
     }
 
@@ -92,11 +95,47 @@ impl SlaMetrics {
         slas: &[Sla],
         now_ms: i64,
     ) -> rusqlite::Result<Vec<Burn>> {
+        self.forget_except(slas);
         let mut out = Vec::with_capacity(slas.len());
         for sla in slas {
             out.extend(self.refresh_one(conn, sla, now_ms)?);
         }
         Ok(out)
+    }
+
+    /// No SLA is in force (any more): their series leave `/metrics`.
+    pub fn refresh_none(&self) {
+        self.forget_except(&[]);
+    }
+
+    /// Removes the series of SLAs no longer in `slas` (deleted, or their window changed).
+    fn forget_except(&self, slas: &[Sla]) {
+        let now: Vec<(String, String)> = slas
+            .iter()
+            .map(|s| (s.name.clone(), s.window.to_string()))
+            .collect();
+        let mut shown = self.shown.lock().unwrap_or_else(|p| p.into_inner());
+        for (name, window) in shown.iter().filter(|k| !now.contains(k)) {
+            let (name, window) = (name.as_str(), window.as_str());
+            let still_named = now.iter().any(|(n, _)| n == name);
+            for kind in ["contractual", "experienced"] {
+                let _ = self.availability.remove_label_values(&[name, window, kind]);
+            }
+            let _ = self.budget_remaining.remove_label_values(&[name, window]);
+            let _ = self.coverage.remove_label_values(&[name, window]);
+            if !still_named {
+                let _ = self.target.remove_label_values(&[name]);
+                let _ = self.outages.remove_label_values(&[name]);
+                for (label, _) in BURN_WINDOWS {
+                    let _ = self.burn_rate.remove_label_values(&[name, label]);
+                }
+                self.counted
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .remove(name);
+            }
+        }
+        *shown = now;
     }
 
     fn refresh_one(

@@ -10,6 +10,7 @@
 //! Nothing here reads the clock or the store: the caller gives "now" and the CIs' timelines.
 
 pub mod alerts;
+pub mod api;
 pub mod availability;
 pub mod calendar;
 pub mod kpis;

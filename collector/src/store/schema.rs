@@ -271,6 +271,18 @@ const MIGRATION_STEPS: &[M<'static>] = &[
     ALTER TABLE incidents ADD COLUMN targets_sla TEXT;
     CREATE INDEX incidents_clocks ON incidents(resolved_ms) WHERE resolution_level < 100;",
     ),
+    // SLAs made through the API (`crate::sla::api`): the request body as JSON, checked by the
+    // same validation as `[[sla]]` in collector.toml.
+    M::up(
+        "CREATE TABLE api_slas (
+        name       TEXT PRIMARY KEY NOT NULL,
+        definition TEXT NOT NULL,
+        created_ms INTEGER NOT NULL,
+        created_by TEXT NOT NULL,
+        updated_ms INTEGER NOT NULL,
+        updated_by TEXT NOT NULL
+    ) STRICT;",
+    ),
 ];
 
 /// The migrations applied by every [`Db::open`] and [`Writer::spawn`].

@@ -19,4 +19,5 @@ mod packet_loss;
 mod prometheus;
 mod quickstart;
 mod settings;
+mod slas;
 mod wire;

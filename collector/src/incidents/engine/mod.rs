@@ -89,6 +89,8 @@ pub enum Input {
     WindowsChanged,
     /// An operator changed an incident (resolved or closed it, perhaps).
     IncidentChanged { id: i64 },
+    /// SLAs were created, changed or deleted through the API: every SLA now in force.
+    SlasChanged(Arc<Vec<crate::sla::Sla>>),
     /// The SLAs' figures were recomputed: open or resolve their error-budget alerts.
     SlaBurn(Vec<crate::sla::alerts::Burn>),
     /// The agent was revoked: forget it, resolve its incidents.
@@ -365,6 +367,13 @@ impl Engine {
             }
             Input::IncidentChanged { id } => self.incident_changed(id),
             Input::Revoked { agent } => self.forget_agent(&agent),
+            Input::SlasChanged(slas) => {
+                self.config.slas = slas.to_vec();
+                // Due times follow the SLAs' targets and schedules: compute them again.
+                self.dues.clear();
+                let now = self.now();
+                self.check_clocks(now);
+            }
             Input::SlaBurn(burns) => {
                 let now = self.now();
                 self.sla_alerts(&burns, now);
