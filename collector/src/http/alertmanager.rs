@@ -161,8 +161,8 @@ async fn receive(
         for rule in &applied.opened_rules {
             m.opened(rule);
         }
-        for seconds in applied.resolve_seconds {
-            m.resolve_seconds.observe(seconds);
+        for (priority, ms) in applied.resolved {
+            m.resolved(priority, ms);
         }
     }
     tracing::debug!(?summary, group = ?payload.group_key, "Alertmanager webhook");
@@ -189,8 +189,9 @@ pub struct Applied {
     pub summary: Summary,
     /// The rule of each new incident (`vigil_incidents_opened_total{rule}`).
     pub opened_rules: Vec<String>,
-    /// How long each resolved incident was open (`vigil_incident_resolve_seconds`).
-    pub resolve_seconds: Vec<f64>,
+    /// The priority of each resolved incident and how long it was open in ms
+    /// (`vigil_incident_resolve_seconds{priority}`).
+    pub resolved: Vec<(u8, i64)>,
 }
 
 /// Applies a batch of mapped alerts inside the caller's transaction.
@@ -266,9 +267,9 @@ pub fn apply_flapping(
                 }
             }
             Status::Resolved => match resolve(c, hooks, a, now)? {
-                Some((id, seconds)) => {
+                Some((id, priority, ms)) => {
                     s.resolved += 1;
-                    out.resolve_seconds.push(seconds);
+                    out.resolved.push((priority, ms));
                     tracing::info!(incident = id, rule = %a.rule, "incident resolved by Alertmanager");
                 }
                 None => s.unchanged += 1,
@@ -341,7 +342,7 @@ fn resolve(
     hooks: &[Webhook],
     a: &Mapped,
     now: i64,
-) -> rusqlite::Result<Option<(i64, f64)>> {
+) -> rusqlite::Result<Option<(i64, u8, i64)>> {
     let Some(inc) = records::active_by_key(c, &a.dedup_key)? else {
         return Ok(None);
     };
@@ -350,7 +351,7 @@ fn resolve(
         Lifecycle::new(c, hooks, now)
             .by(ACTOR)
             .resolve(inc.id, at, None, RESOLUTION_CODE, true)?;
-    Ok(resolved.map(|r| (inc.id, ((at - r.before.started_ms).max(0) as f64) / 1000.0)))
+    Ok(resolved.map(|r| (inc.id, r.before.priority, at - r.before.started_ms)))
 }
 
 #[cfg(test)]
@@ -511,7 +512,7 @@ mod tests {
         let resolved = alert(Status::Resolved, "fp1", &labels, ended);
         let applied = apply_all(&db, std::slice::from_ref(&resolved), NOW);
         assert_eq!(applied.summary, summary(0, 0, 1, 0));
-        assert_eq!(applied.resolve_seconds, [300.0]);
+        assert_eq!(applied.resolved, [(1, 300_000)]);
         assert_eq!(
             run(&db, std::slice::from_ref(&resolved), NOW),
             summary(0, 0, 0, 1)

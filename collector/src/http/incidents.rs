@@ -603,13 +603,11 @@ async fn act(
         state.tell_engine(Input::IncidentChanged { id }).await;
     }
     if let Some(m) = &state.incidents.metrics {
-        let since_start = |at: i64| ((at - t.incident.started_ms).max(0) as f64) / 1000.0;
+        let (priority, since_start) = (t.incident.priority, now - t.incident.started_ms);
         match (t.before, t.incident.state) {
-            (IncState::Open, IncState::Acknowledged) => {
-                m.acknowledge_seconds.observe(since_start(now));
-            }
+            (IncState::Open, IncState::Acknowledged) => m.acknowledged(priority, since_start),
             (IncState::Open | IncState::Acknowledged, IncState::Resolved) => {
-                m.resolve_seconds.observe(since_start(now));
+                m.resolved(priority, since_start)
             }
             _ => {}
         }

@@ -30,7 +30,7 @@ pub mod rule;
 pub mod scope;
 
 use prometheus::{
-    Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGaugeVec, Opts, Registry,
+    HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGaugeVec, Opts, Registry,
 };
 
 pub const INCIDENTS_OPEN: &str = "vigil_incidents_open";
@@ -55,8 +55,8 @@ pub struct IncidentMetrics {
     opened_total: IntCounterVec,
     /// The `rule` label values given so far: at most [`MAX_RULE_LABELS`], the rest `_other`.
     rule_labels: std::sync::Arc<std::sync::Mutex<std::collections::HashSet<String>>>,
-    pub acknowledge_seconds: Histogram,
-    pub resolve_seconds: Histogram,
+    acknowledge_seconds: HistogramVec,
+    resolve_seconds: HistogramVec,
     pub evaluations: IntCounter,
     pub late_samples: IntCounter,
     pub write_errors: IntCounter,
@@ -82,19 +82,21 @@ impl IncidentMetrics {
                 &["rule"],
             )?,
             rule_labels: Default::default(),
-            acknowledge_seconds: Histogram::with_opts(
+            acknowledge_seconds: HistogramVec::new(
                 HistogramOpts::new(
                     ACKNOWLEDGE_SECONDS,
-                    "Time from an incident's start to its acknowledgement (MTTA).",
+                    "Time from an incident's start to its acknowledgement (MTTA), by priority.",
                 )
                 .buckets(DURATION_BUCKETS.to_vec()),
+                &["priority"],
             )?,
-            resolve_seconds: Histogram::with_opts(
+            resolve_seconds: HistogramVec::new(
                 HistogramOpts::new(
                     RESOLVE_SECONDS,
-                    "Time from an incident's start to its resolution (MTTR).",
+                    "Time from an incident's start to its resolution (MTTR), by priority.",
                 )
                 .buckets(DURATION_BUCKETS.to_vec()),
+                &["priority"],
             )?,
             evaluations: IntCounter::new(
                 "vigil_rule_evaluations_total",
@@ -119,6 +121,8 @@ impl IncidentMetrics {
         for p in 1..=5 {
             let p = format!("P{p}");
             m.open.with_label_values(&[&p]).set(0);
+            m.acknowledge_seconds.with_label_values(&[&p]);
+            m.resolve_seconds.with_label_values(&[&p]);
             for clock in crate::sla::targets::Clock::ALL {
                 m.sla_breaches.with_label_values(&[&p, clock.as_str()]);
             }
@@ -159,6 +163,16 @@ impl IncidentMetrics {
         self.opened_total.with_label_values(&[label]).inc();
     }
 
+    /// Observes an acknowledgement `ms` after the incident's start (never negative).
+    pub fn acknowledged(&self, priority: u8, ms: i64) {
+        observe(&self.acknowledge_seconds, priority, ms);
+    }
+
+    /// Observes a resolution `ms` after the incident's start (never negative).
+    pub fn resolved(&self, priority: u8, ms: i64) {
+        observe(&self.resolve_seconds, priority, ms);
+    }
+
     /// Sets `vigil_incidents_open{priority}` from counts (index 0 = P1).
     pub fn set_open(&self, counts: [u64; 5]) {
         for (i, n) in counts.iter().enumerate() {
@@ -167,6 +181,13 @@ impl IncidentMetrics {
                 .set(i64::try_from(*n).unwrap_or(i64::MAX));
         }
     }
+}
+
+/// One observation in seconds under `priority` (`P1`..`P5`; anything else is clamped).
+fn observe(h: &HistogramVec, priority: u8, ms: i64) {
+    let label = format!("P{}", priority.clamp(1, 5));
+    h.with_label_values(&[&label])
+        .observe(ms.max(0) as f64 / 1000.0);
 }
 
 #[cfg(test)]

@@ -372,8 +372,15 @@ fn a_failing_check_opens_and_resolves_an_incident_and_a_dead_agent_suppresses_it
             .is_some_and(|v| v >= 1.0),
         "{m}"
     );
-    assert!(
-        m.contains("vigil_incident_acknowledge_seconds_count 1"),
+    // One acknowledgement, observed under the incident's priority and no other.
+    let acks: Vec<&str> = m
+        .lines()
+        .filter(|l| l.starts_with("vigil_incident_acknowledge_seconds_count{"))
+        .filter(|l| !l.ends_with(" 0"))
+        .collect();
+    assert_eq!(
+        acks,
+        ["vigil_incident_acknowledge_seconds_count{priority=\"P2\"} 1"],
         "{m}"
     );
     promtool_check(&m).expect("promtool");

@@ -233,9 +233,10 @@ impl Engine {
             Err(e) => return self.write_failed("resolve", &e),
         };
         self.notified = true;
-        self.metrics
-            .resolve_seconds
-            .observe((at_ms.saturating_sub(resolved.before.started_ms).max(0) as f64) / 1000.0);
+        self.metrics.resolved(
+            resolved.before.priority,
+            at_ms.saturating_sub(resolved.before.started_ms),
+        );
         tracing::info!(incident = id, rule = %resolved.before.rule, agent = %s.agent, ci = %s.key,
             "incident resolved by the system");
         if !is_host {

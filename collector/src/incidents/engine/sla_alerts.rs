@@ -105,8 +105,7 @@ impl Engine {
             Ok(Some(r)) => {
                 self.notified = true;
                 self.metrics
-                    .resolve_seconds
-                    .observe((now.saturating_sub(r.before.started_ms).max(0) as f64) / 1000.0);
+                    .resolved(r.before.priority, now.saturating_sub(r.before.started_ms));
                 tracing::info!(incident = id, rule = %r.before.rule, sla = %r.before.ci_key,
                     "SLA alert resolved ({code})");
             }
