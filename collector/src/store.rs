@@ -36,7 +36,8 @@ pub use schema::MIGRATIONS;
 pub use checkpoint::{Checkpointer, Checkpoints, INLINE_PAGES, REQUEST_PAGES};
 pub use tokens::{ApiTokenRow, EnrollTokenRow, TokenRefusal, API_TOKEN_PREFIX};
 pub use writer::{
-    AppendOutcome, Pending, Writer, WriterJoin, MAX_OPS_PER_TX, QUEUE_CAPACITY, SHUTDOWN_DEADLINE,
+    AppendOutcome, CheckTally, NewBatch, Pending, Writer, WriterJoin, MAX_OPS_PER_TX,
+    QUEUE_CAPACITY, SHUTDOWN_DEADLINE,
 };
 
 /// File name of the database inside the data directory.

@@ -96,6 +96,20 @@ struct PeriodView {
     contractual: FiguresView,
     experienced: FiguresView,
     error_budget: BudgetView,
+    /// Check executions (`sla::occurrences`): the share that passed, next to the time-based figures.
+    occurrences: OccurrencesView,
+}
+
+#[derive(Debug, Serialize)]
+struct OccurrencesView {
+    ok: u64,
+    total: u64,
+    ratio: Option<f64>,
+    /// The whole UTC days counted.
+    from: Option<String>,
+    from_ms: i64,
+    to: Option<String>,
+    to_ms: i64,
 }
 
 impl PeriodView {
@@ -114,6 +128,15 @@ impl PeriodView {
                 consumed_seconds: secs(r.contractual.down_ms),
                 remaining_seconds: secs(r.budget_remaining_ms),
                 remaining_ratio: r.budget_remaining_ratio(),
+            },
+            occurrences: OccurrencesView {
+                ok: r.occurrences.ok,
+                total: r.occurrences.total,
+                ratio: r.occurrences.ratio(),
+                from: format_rfc3339_ms(r.occurrences.days.start),
+                from_ms: r.occurrences.days.start,
+                to: format_rfc3339_ms(r.occurrences.days.end),
+                to_ms: r.occurrences.days.end,
             },
         }
     }

@@ -19,7 +19,7 @@ use super::{read_frame_within, read_some, session, write_msg, Ingest, StreamErro
 use crate::cmdb::{self, InventoryOutcome};
 use crate::incidents::engine::Input;
 use crate::latest::Refused;
-use crate::store::{AppendOutcome, Pending};
+use crate::store::{AppendOutcome, NewBatch, Pending};
 
 impl Ingest {
     /// A stream sent something undecodable: count it, log it, and stop that stream (only).
@@ -344,15 +344,17 @@ impl Ingest {
                 }
             };
             let n = batch.samples.len();
+            let checks = crate::sla::occurrences::tally(&batch.samples);
             self.parts.presence.heard(&agent, now);
-            let pending = self.parts.writer.submit_batch(
-                agent.clone(),
-                batch.seq,
-                batch.first_ts_ms,
-                batch.last_ts_ms,
-                u32::try_from(n).unwrap_or(u32::MAX),
+            let pending = self.parts.writer.submit_batch(NewBatch {
+                agent_id: agent.clone(),
+                seq: batch.seq,
+                first_ts_ms: batch.first_ts_ms,
+                last_ts_ms: batch.last_ts_ms,
+                samples: u32::try_from(n).unwrap_or(u32::MAX),
                 payload,
-            );
+                checks,
+            });
             let (evaluated, engine_done) = oneshot::channel();
             self.tell_engine(Input::Samples {
                 agent: agent.clone(),

@@ -16,6 +16,7 @@ pub mod calendar;
 pub mod kpis;
 pub mod load;
 pub mod metrics;
+pub mod occurrences;
 pub mod openslo;
 pub mod spans;
 pub mod targets;
@@ -168,6 +169,8 @@ pub struct Report {
     pub budget_ms: f64,
     /// The budget minus the contractual downtime (negative once overspent).
     pub budget_remaining_ms: f64,
+    /// Check executions in the measured period and how many passed.
+    pub occurrences: occurrences::Occurrences,
 }
 
 impl Report {
@@ -202,9 +205,15 @@ pub fn reports(
         return Ok(Vec::new());
     };
     let cis = load::timelines(conn, sla, Span::new(start, end), now_ms)?;
+    let measured: Vec<Span> = periods
+        .iter()
+        .map(|p| Span::new(p.start, p.end.min(now_ms)))
+        .collect();
+    let runs = occurrences::count(conn, sla, &measured)?;
     Ok(periods
         .iter()
-        .map(|&p| report_of(&cis, sla, p, now_ms))
+        .zip(runs)
+        .map(|(&p, runs)| report_of(&cis, sla, p, now_ms, runs))
         .collect())
 }
 
@@ -228,11 +237,12 @@ pub fn report_with_days(
 ) -> rusqlite::Result<(Report, Vec<Day>)> {
     let measured = Span::new(period.start, period.end.min(now_ms));
     let cis = load::timelines(conn, sla, measured, now_ms)?;
-    let report = report_of(&cis, sla, period, now_ms);
+    let runs = occurrences::count(conn, sla, &[measured])?;
+    let report = report_of(&cis, sla, period, now_ms, runs[0]);
     let days = calendar::days(measured, &sla.timezone, MAX_DAYS)
         .into_iter()
         .map(|(date, span)| {
-            let r = report_of(&cis, sla, span, now_ms);
+            let r = report_of(&cis, sla, span, now_ms, Default::default());
             Day {
                 date,
                 contractual: r.contractual,
@@ -243,7 +253,13 @@ pub fn report_with_days(
     Ok((report, days))
 }
 
-fn report_of(cis: &[CiTimeline], sla: &Sla, period: Span, now_ms: i64) -> Report {
+fn report_of(
+    cis: &[CiTimeline],
+    sla: &Sla,
+    period: Span,
+    now_ms: i64,
+    occurrences: occurrences::Occurrences,
+) -> Report {
     let measured = Span::new(period.start, period.end.min(now_ms));
     let service_time = |span: Span| match &sla.schedule {
         Some(s) => s.within(span),
@@ -271,6 +287,7 @@ fn report_of(cis: &[CiTimeline], sla: &Sla, period: Span, now_ms: i64) -> Report
         contractual,
         experienced,
         budget_ms,
+        occurrences,
     }
 }
 

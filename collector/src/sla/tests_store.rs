@@ -388,3 +388,91 @@ fn kpis_count_mtta_mttr_mtbf_targets_and_backlog_by_group() {
     // No business service in the CMDB: no groups.
     assert!(kpis(c, period, By::Service, &[]).expect("kpis").is_empty());
 }
+
+/// Check executions counted by the real ingest writer as batches are stored (a replayed batch
+/// once), reported per SLA scope, whole days exactly and a partial day pro rata.
+#[tokio::test]
+async fn occurrences_count_each_stored_check_execution_once() {
+    use crate::sla::occurrences::{tally, DAY_MS};
+    use vigil_shared::proto::Sample;
+
+    let (dir, db) = db();
+    host(db.conn(), "web1", "web", T0 - HOUR);
+    host(db.conn(), "db1", "db", T0 - HOUR);
+    let (writer, join) = crate::store::Writer::spawn(dir.path()).expect("writer");
+    let up = |ts_ms: i64, check: &str, value: f64| Sample {
+        ts_ms,
+        name: "check_up".into(),
+        labels: vec![("check".into(), check.into())],
+        value,
+    };
+    // web1: day 1, 8 runs of `http`, 6 passed, and 2 runs of `tls`, both passed; day 2, 10 runs,
+    // 1 failed. db1 (out of scope): 5 failures.
+    let mut day1: Vec<Sample> = (0..8)
+        .map(|i| up(T0 + i * HOUR, "http", if i < 6 { 1.0 } else { 0.0 }))
+        .collect();
+    day1.extend([up(T0, "tls", 1.0), up(T0 + HOUR, "tls", 1.0)]);
+    let day2: Vec<Sample> = (0..10)
+        .map(|i| {
+            up(
+                T0 + DAY_MS + i * HOUR,
+                "http",
+                if i == 0 { 0.0 } else { 1.0 },
+            )
+        })
+        .collect();
+    let db_runs: Vec<Sample> = (0..5).map(|i| up(T0 + i * MIN, "pg", 0.0)).collect();
+    for (agent, seq, samples) in [
+        ("web1", 1, &day1),
+        ("web1", 2, &day2),
+        ("web1", 2, &day2), // replayed after a lost ack: a duplicate, not counted again
+        ("db1", 1, &db_runs),
+    ] {
+        let n = u32::try_from(samples.len()).expect("len");
+        writer
+            .submit_batch(crate::store::NewBatch {
+                agent_id: agent.into(),
+                seq,
+                first_ts_ms: T0,
+                last_ts_ms: T0,
+                samples: n,
+                payload: vec![0],
+                checks: tally(samples),
+            })
+            .await
+            .expect("stored");
+    }
+    join.shutdown().expect("writer stops");
+
+    let c = db.conn();
+    let s = sla("target = 0.99\n[sla.scope]\ntag = \"role=web\"\n");
+    let now = T0 + 3 * DAY_MS;
+    let whole = report(c, &s, Span::new(T0, T0 + 2 * DAY_MS), now).expect("report");
+    assert_eq!((whole.occurrences.ok, whole.occurrences.total), (17, 20));
+    assert_eq!(whole.occurrences.ratio(), Some(0.85));
+    // An hour of day 2: its whole day counts, and the report says so.
+    let part = report(
+        c,
+        &s,
+        Span::new(T0 + DAY_MS + HOUR, T0 + DAY_MS + 2 * HOUR),
+        now,
+    )
+    .expect("report");
+    assert_eq!((part.occurrences.ok, part.occurrences.total), (9, 10));
+    assert_eq!(
+        part.occurrences.days,
+        Span::new(T0 + DAY_MS, T0 + 2 * DAY_MS)
+    );
+    // The db SLA sees only db1's failures; one with no host in scope sees nothing.
+    let dbs = sla("target = 0.99\n[sla.scope]\ntag = \"role=db\"\n");
+    let r = report(c, &dbs, Span::new(T0, T0 + DAY_MS), now).expect("report");
+    assert_eq!((r.occurrences.ok, r.occurrences.total), (0, 5));
+    let none = sla("target = 0.99\n[sla.scope]\ntag = \"role=none\"\n");
+    let r = report(c, &none, Span::new(T0, T0 + DAY_MS), now).expect("report");
+    assert_eq!(r.occurrences.ratio(), None);
+    // Pruned once no report reaches the days any more.
+    assert_eq!(
+        crate::sla::occurrences::prune(c, T0 + 500 * DAY_MS).expect("prune"),
+        4
+    );
+}

@@ -283,6 +283,19 @@ const MIGRATION_STEPS: &[M<'static>] = &[
         updated_by TEXT NOT NULL
     ) STRICT;",
     ),
+    // Check executions per (agent, check, UTC day): how many runs and how many passed, counted
+    // as batches are stored (`crate::sla::occurrences`), kept `sla::MAX_DAYS` days.
+    M::up(
+        "CREATE TABLE check_runs (
+        agent_id   TEXT NOT NULL,
+        check_name TEXT NOT NULL,
+        day_ms     INTEGER NOT NULL,
+        ok         INTEGER NOT NULL,
+        total      INTEGER NOT NULL,
+        PRIMARY KEY (agent_id, check_name, day_ms)
+    ) STRICT, WITHOUT ROWID;
+    CREATE INDEX check_runs_day ON check_runs(day_ms);",
+    ),
 ];
 
 /// The migrations applied by every [`Db::open`] and [`Writer::spawn`].

@@ -50,6 +50,35 @@ struct Append {
     last_ts_ms: i64,
     samples: u32,
     payload: Vec<u8>,
+    checks: Vec<CheckTally>,
+}
+
+/// One batch for [`Writer::submit_batch`].
+#[derive(Debug, Clone)]
+pub struct NewBatch {
+    pub agent_id: Arc<str>,
+    /// The agent's sequence number.
+    pub seq: u64,
+    pub first_ts_ms: i64,
+    pub last_ts_ms: i64,
+    /// Samples in it.
+    pub samples: u32,
+    /// The encoded batch as stored.
+    pub payload: Vec<u8>,
+    /// Its check executions, counted only if the batch is stored (not a duplicate).
+    pub checks: Vec<CheckTally>,
+}
+
+/// The runs of one check within one UTC day, as counted in one batch (`vigil_check_up`
+/// samples; `crate::sla::occurrences`). Added to `check_runs` when the batch is stored, in its
+/// transaction, so that a replayed duplicate never counts twice.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CheckTally {
+    pub check: String,
+    /// Start of the UTC day, ms since the epoch.
+    pub day_ms: i64,
+    pub ok: u32,
+    pub total: u32,
 }
 
 enum Op {
@@ -176,15 +205,16 @@ impl Writer {
     /// commit, so a reader can keep reading while earlier batches are committed. If the queue is
     /// full the batch joins it when the `Pending` is first polled; await `Pending`s in submission
     /// order (as an in-order acker does) and an ack for N still implies every batch before N.
-    pub fn submit_batch(
-        &self,
-        agent_id: Arc<str>,
-        seq: u64,
-        first_ts_ms: i64,
-        last_ts_ms: i64,
-        samples: u32,
-        payload: Vec<u8>,
-    ) -> Pending {
+    pub fn submit_batch(&self, batch: NewBatch) -> Pending {
+        let NewBatch {
+            agent_id,
+            seq,
+            first_ts_ms,
+            last_ts_ms,
+            samples,
+            payload,
+            checks,
+        } = batch;
         let failed = |e| Pending {
             state: PendingState::Failed(Some(e)),
         };
@@ -201,6 +231,7 @@ impl Writer {
             last_ts_ms,
             samples,
             payload,
+            checks,
         };
         match self.tx.try_send(Op::Append(append, reply)) {
             Ok(()) => Pending {
@@ -229,8 +260,16 @@ impl Writer {
         samples: u32,
         payload: Vec<u8>,
     ) -> Result<AppendOutcome, StoreError> {
-        self.submit_batch(agent_id, seq, first_ts_ms, last_ts_ms, samples, payload)
-            .await
+        self.submit_batch(NewBatch {
+            agent_id,
+            seq,
+            first_ts_ms,
+            last_ts_ms,
+            samples,
+            payload,
+            checks: Vec::new(),
+        })
+        .await
     }
 }
 
@@ -361,6 +400,12 @@ fn write_all(
              VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)
              ON CONFLICT (agent_id, seq) DO NOTHING",
         )?;
+        let mut count = tx.prepare_cached(
+            "INSERT INTO check_runs (agent_id, check_name, day_ms, ok, total)
+             VALUES (?1, ?2, ?3, ?4, ?5)
+             ON CONFLICT (agent_id, check_name, day_ms)
+             DO UPDATE SET ok = ok + excluded.ok, total = total + excluded.total",
+        )?;
         for a in appends {
             let r = insert.execute(params![
                 &*a.agent_id,
@@ -375,6 +420,17 @@ fn write_all(
                 Ok(n) => {
                     let e = seen.entry(&a.agent_id).or_insert((a.seq, a.received_ms));
                     *e = (e.0.max(a.seq), e.1.max(a.received_ms));
+                    if n == 1 {
+                        for c in &a.checks {
+                            count.execute(params![
+                                &*a.agent_id,
+                                c.check,
+                                c.day_ms,
+                                c.ok,
+                                c.total
+                            ])?;
+                        }
+                    }
                     Ok(if n == 1 {
                         AppendOutcome::Stored
                     } else {
@@ -410,6 +466,18 @@ mod tests {
 
     fn arc(s: &str) -> Arc<str> {
         Arc::from(s)
+    }
+
+    fn batch(agent_id: &str, seq: u64, bytes: usize) -> NewBatch {
+        NewBatch {
+            agent_id: arc(agent_id),
+            seq,
+            first_ts_ms: 0,
+            last_ts_ms: 0,
+            samples: 1,
+            payload: vec![0; bytes],
+            checks: Vec::new(),
+        }
     }
 
     async fn append(w: &Writer, agent_id: &str, seq: u64) -> Result<AppendOutcome, StoreError> {
@@ -469,7 +537,7 @@ mod tests {
         let mut pending = Vec::new();
         for seq in 0..500u64 {
             for id in ["a1", "a2"] {
-                pending.push(w.submit_batch(arc(id), seq, 0, 0, 1, vec![0; 64]));
+                pending.push(w.submit_batch(batch(id, seq, 64)));
             }
         }
         // Queued but not awaited: shutdown must still commit them.
@@ -501,7 +569,7 @@ mod tests {
         db.conn.execute_batch("BEGIN IMMEDIATE").expect("lock");
         let n = (QUEUE_CAPACITY + MAX_OPS_PER_TX + 100) as u64;
         let pending: Vec<Pending> = (0..n)
-            .map(|seq| w.submit_batch(arc("a1"), seq, 0, 0, 1, vec![0; 16]))
+            .map(|seq| w.submit_batch(batch("a1", seq, 16)))
             .collect();
         let waiting = pending
             .iter()

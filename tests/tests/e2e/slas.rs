@@ -143,6 +143,18 @@ fn availability_matches_a_measured_outage_and_is_recomputed_for_late_windows_and
         .as_f64()
         .expect("availability");
     assert!(availability < 1.0 && availability > 0.0, "{r}");
+    // Check executions next to the time-based figure: the runs during the outage failed (one a
+    // second; the first and last may fall either side of it), the others passed.
+    let runs = &r["occurrences"];
+    let (ok, total) = (
+        runs["ok"].as_f64().unwrap_or(f64::NAN),
+        runs["total"].as_f64().unwrap_or(f64::NAN),
+    );
+    assert!(
+        (total - ok - measured1).abs() <= 2.0 && ok >= 1.0,
+        "{} failed runs of {total}, outage {measured1} s: {r}",
+        total - ok
+    );
 
     // A maintenance window over outage 1, added afterwards: the contract excludes it, the
     // experience does not.
