@@ -365,6 +365,13 @@ async fn slas_report_availability_from_incidents() {
         )
         .expect("incident");
     let incident = db.conn().last_insert_rowid();
+    // The agent sent data all along (the ingest writer keeps these stretches).
+    db.conn()
+        .execute(
+            "INSERT INTO agent_data VALUES ('a1', ?1, ?2)",
+            rusqlite::params![t0 - H, t0 + 100 * H],
+        )
+        .expect("data");
     let config = crate::config::from_str(
         "c.toml",
         "data_dir = \"/x\"\n[[sla]]\nname = \"web\"\ntarget = 0.999\nwindow = \"month\"\n",

@@ -354,6 +354,11 @@ impl Ingest {
                 samples: u32::try_from(n).unwrap_or(u32::MAX),
                 payload,
                 checks,
+                interval_ms: self
+                    .parts
+                    .presence
+                    .status(&agent, now)
+                    .map_or(0, |s| s.observed.interval_ms),
             });
             let (evaluated, engine_done) = oneshot::channel();
             self.tell_engine(Input::Samples {

@@ -8,8 +8,10 @@
 //! A unit of the service is a CI of the CMDB in scope, or a check of a host in scope (checks
 //! are not CMDB items; their incidents name them by key). A CI exists from when it was first
 //! seen until it was retired (outside that it is not part of the service); a check as long as
-//! its host. The collector knows a CI's state while its host is there: from the host's first
-//! report until it is retired.
+//! its host. The collector knows a CI's state while its host is there (from the host's first
+//! report until it is retired) and its agent sent data (`agent_data`: a batch covers its
+//! samples' times and two intervals after; a stopped agent, or one the collector never heard
+//! from while it was down itself, is unknown then, unless an incident decided it was down).
 
 use std::collections::{BTreeMap, HashMap};
 
@@ -50,6 +52,9 @@ pub fn timelines(
     };
     let end_of = |retired: Option<i64>| retired.unwrap_or(now_ms).min(now_ms);
 
+    let data = data_spans(conn, period)?;
+    let no_data = Spans::new();
+    let data_of = |agent: &str| data.get(agent).unwrap_or(&no_data);
     let mut units: BTreeMap<UnitKey, (Option<i64>, CiTimeline)> = BTreeMap::new();
     let mut host_known: HashMap<String, Span> = HashMap::new();
     let mut stmt = conn.prepare_cached(
@@ -90,7 +95,8 @@ pub fn timelines(
         let lifetime = Span::new(first, end_of(retired));
         let timeline = CiTimeline {
             exists: Some(Spans::one(lifetime)),
-            known: Spans::one(host_known.get(&agent).copied().unwrap_or(lifetime)),
+            known: Spans::one(host_known.get(&agent).copied().unwrap_or(lifetime))
+                .intersect(data_of(&agent)),
             maintenance: maintenance_spans(&windows, &target, period),
             ..CiTimeline::default()
         };
@@ -143,7 +149,7 @@ pub fn timelines(
             let known = host_known.get(&inc.agent).copied().unwrap_or_default();
             let timeline = CiTimeline {
                 exists: Some(Spans::one(known)),
-                known: Spans::one(known),
+                known: Spans::one(known).intersect(data_of(&inc.agent)),
                 maintenance: maintenance_spans(&windows, &target, period),
                 ..CiTimeline::default()
             };
@@ -161,6 +167,31 @@ pub fn timelines(
         }
     }
     Ok(units.into_values().map(|(_, t)| t).collect())
+}
+
+/// When each agent sent data, within `period` (`agent_data`, written by the ingest writer).
+fn data_spans(conn: &Connection, period: Span) -> rusqlite::Result<HashMap<String, Spans>> {
+    let mut stmt = conn.prepare_cached(
+        "SELECT agent_id, start_ms, end_ms FROM agent_data WHERE start_ms < ?1 AND end_ms > ?2",
+    )?;
+    let mut raw: HashMap<String, Vec<Span>> = HashMap::new();
+    let rows = stmt.query_map(params![period.end, period.start], |r| {
+        Ok((
+            r.get::<_, String>(0)?,
+            r.get::<_, i64>(1)?,
+            r.get::<_, i64>(2)?,
+        ))
+    })?;
+    for row in rows {
+        let (agent, start, end) = row?;
+        raw.entry(agent)
+            .or_default()
+            .push(Span::new(start, end).intersect(period));
+    }
+    Ok(raw
+        .into_iter()
+        .map(|(agent, spans)| (agent, Spans::from_unsorted(spans)))
+        .collect())
 }
 
 struct IncidentRow {

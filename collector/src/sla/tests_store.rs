@@ -34,7 +34,15 @@ fn host(c: &Connection, agent: &str, role: &str, since: i64) -> i64 {
         params![agent, format!(r#"{{"tags":{{"role":"{role}"}}}}"#), since],
     )
     .expect("host CI");
-    c.last_insert_rowid()
+    let ci = c.last_insert_rowid();
+    // It sends data from then on (the ingest writer keeps these stretches; see
+    // `coverage_is_the_time_the_agent_sent_data` for gaps).
+    c.execute(
+        "INSERT INTO agent_data VALUES (?1, ?2, ?3)",
+        params![agent, since, T0 + 1_000 * 86_400_000],
+    )
+    .expect("data");
+    ci
 }
 
 /// Opens (at `first`) and, with `until`, resolves an incident of `rule` on the host CI.
@@ -438,6 +446,7 @@ async fn occurrences_count_each_stored_check_execution_once() {
                 samples: n,
                 payload: vec![0],
                 checks: tally(samples),
+                interval_ms: 0,
             })
             .await
             .expect("stored");
@@ -475,4 +484,59 @@ async fn occurrences_count_each_stored_check_execution_once() {
         crate::sla::occurrences::prune(c, T0 + 500 * DAY_MS).expect("prune"),
         4
     );
+}
+
+/// Coverage follows the stretches the agent sent data for, as the real ingest writer records
+/// them: a gap between batches (a stopped agent, a collector that was down) is unknown, and
+/// data replayed later for that gap makes it known again.
+#[tokio::test]
+async fn coverage_is_the_time_the_agent_sent_data() {
+    let (dir, db) = db();
+    host(db.conn(), "web1", "web", T0 - HOUR);
+    // This host's data comes only from the writer below, not from the helper's stretch.
+    db.conn()
+        .execute("DELETE FROM agent_data", [])
+        .expect("clear");
+    let (writer, join) = crate::store::Writer::spawn(dir.path()).expect("writer");
+    let batch = |seq: u64, ts: i64| crate::store::NewBatch {
+        agent_id: "web1".into(),
+        seq,
+        first_ts_ms: ts,
+        last_ts_ms: ts,
+        samples: 1,
+        payload: vec![0],
+        checks: Vec::new(),
+        interval_ms: MIN as u64,
+    };
+    // Every minute for the first hour, then silence for an hour, then every minute again.
+    let mut seq = 0;
+    for ts in (0..60)
+        .map(|i| T0 + i * MIN)
+        .chain((120..180).map(|i| T0 + i * MIN))
+    {
+        seq += 1;
+        writer.submit_batch(batch(seq, ts)).await.expect("stored");
+    }
+    let s = sla("target = 0.99\n");
+    let period = Span::new(T0, T0 + 3 * HOUR);
+    let unknown = |c: &Connection| {
+        report(c, &s, period, T0 + 3 * HOUR)
+            .expect("report")
+            .experienced
+            .unknown_ms
+    };
+    // The first stretch runs two intervals past its last batch (T0 + 61 min): 59 min unknown.
+    assert_eq!(unknown(db.conn()), 59 * MIN);
+    // The silent hour's data arrives late (spooled, replayed): known after all.
+    for ts in (60..120).map(|i| T0 + i * MIN) {
+        seq += 1;
+        writer.submit_batch(batch(seq, ts)).await.expect("stored");
+    }
+    join.shutdown().expect("writer stops");
+    assert_eq!(unknown(db.conn()), 0);
+    let rows: i64 = db
+        .conn()
+        .query_row("SELECT COUNT(*) FROM agent_data", [], |r| r.get(0))
+        .expect("rows");
+    assert!(rows <= 3, "one row per stretch, not per batch: {rows}");
 }

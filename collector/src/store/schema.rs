@@ -296,6 +296,19 @@ const MIGRATION_STEPS: &[M<'static>] = &[
     ) STRICT, WITHOUT ROWID;
     CREATE INDEX check_runs_day ON check_runs(day_ms);",
     ),
+    // When each agent sent data (`store::writer::DataSpans`): an SLA's coverage. What came
+    // before this table is taken as known from enrollment to the upgrade, as it was reported.
+    M::up(
+        "CREATE TABLE agent_data (
+        agent_id TEXT NOT NULL,
+        start_ms INTEGER NOT NULL,
+        end_ms   INTEGER NOT NULL,
+        PRIMARY KEY (agent_id, start_ms)
+    ) STRICT, WITHOUT ROWID;
+    INSERT INTO agent_data (agent_id, start_ms, end_ms)
+        SELECT id, enrolled_at_ms, CAST(strftime('%s', 'now') AS INTEGER) * 1000 FROM agents
+        WHERE enrolled_at_ms <= CAST(strftime('%s', 'now') AS INTEGER) * 1000;",
+    ),
 ];
 
 /// The migrations applied by every [`Db::open`] and [`Writer::spawn`].

@@ -51,6 +51,7 @@ struct Append {
     samples: u32,
     payload: Vec<u8>,
     checks: Vec<CheckTally>,
+    interval_ms: i64,
 }
 
 /// One batch for [`Writer::submit_batch`].
@@ -67,6 +68,9 @@ pub struct NewBatch {
     pub payload: Vec<u8>,
     /// Its check executions, counted only if the batch is stored (not a duplicate).
     pub checks: Vec<CheckTally>,
+    /// The agent's interval: a batch stands for data from its first sample to two intervals
+    /// after its last (`agent_data`, the SLAs' coverage). 0: just its samples' times.
+    pub interval_ms: u64,
 }
 
 /// The runs of one check within one UTC day, as counted in one batch (`vigil_check_up`
@@ -214,6 +218,7 @@ impl Writer {
             samples,
             payload,
             checks,
+            interval_ms,
         } = batch;
         let failed = |e| Pending {
             state: PendingState::Failed(Some(e)),
@@ -232,6 +237,7 @@ impl Writer {
             samples,
             payload,
             checks,
+            interval_ms: i64::try_from(interval_ms).unwrap_or(i64::MAX),
         };
         match self.tx.try_send(Op::Append(append, reply)) {
             Ok(()) => Pending {
@@ -268,6 +274,7 @@ impl Writer {
             samples,
             payload,
             checks: Vec::new(),
+            interval_ms: 0,
         })
         .await
     }
@@ -328,6 +335,7 @@ fn run(
     health: Option<&crate::supervise::Supervisor>,
 ) {
     let mut ops = Vec::with_capacity(MAX_OPS_PER_TX);
+    let mut data = DataSpans::default();
     let mut failures = vigil_runtime::logging::LogEvery::new(Duration::from_secs(10));
     loop {
         ops.clear();
@@ -349,7 +357,7 @@ fn run(
         if appends.is_empty() {
             continue;
         }
-        let written = write_all(&mut conn, &appends);
+        let written = write_all(&mut conn, &appends, &mut data);
         checkpoints.after_commit();
         match written {
             Ok(results) => {
@@ -388,6 +396,7 @@ fn run(
 fn write_all(
     conn: &mut Connection,
     appends: &[Append],
+    data: &mut DataSpans,
 ) -> Result<Vec<Result<AppendOutcome, StoreError>>, rusqlite::Error> {
     let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
     let mut results = Vec::with_capacity(appends.len());
@@ -421,6 +430,7 @@ fn write_all(
                     let e = seen.entry(&a.agent_id).or_insert((a.seq, a.received_ms));
                     *e = (e.0.max(a.seq), e.1.max(a.received_ms));
                     if n == 1 {
+                        data.add(a);
                         for c in &a.checks {
                             count.execute(params![
                                 &*a.agent_id,
@@ -453,9 +463,65 @@ fn write_all(
         for (agent_id, (seq, received_ms)) in &seen {
             update.execute(params![agent_id, seq, received_ms])?;
         }
+        let mut span = tx.prepare_cached(
+            "INSERT INTO agent_data (agent_id, start_ms, end_ms) VALUES (?1, ?2, ?3)
+             ON CONFLICT (agent_id, start_ms) DO UPDATE SET end_ms = MAX(end_ms, excluded.end_ms)",
+        )?;
+        for (agent_id, (start, end)) in data.take_written() {
+            span.execute(params![&*agent_id, start, end])?;
+        }
     }
     tx.commit()?;
     Ok(results)
+}
+
+/// The stretches of time each agent sent data for, kept as rows of `agent_data` (an SLA's
+/// coverage: time without data from a CI is unknown, not up). A stored batch extends its agent's
+/// current stretch when it starts inside it, else starts a new one (after a gap, or a replay of
+/// older data); readers take the union. Kept in memory between transactions, so a stretch is one
+/// row however many batches it spans. A rolled-back transaction leaves the memory ahead of the
+/// table; the next commit of that agent writes the stretch whole again, which covers at most the
+/// time of the batch that was not stored (and will be replayed, not being acknowledged).
+#[derive(Default)]
+struct DataSpans {
+    current: HashMap<Arc<str>, (i64, i64)>,
+    /// Rows to write in this transaction: stretches replaced and the current ones touched.
+    written: Vec<(Arc<str>, (i64, i64))>,
+    touched: std::collections::HashSet<Arc<str>>,
+}
+
+impl DataSpans {
+    fn add(&mut self, a: &Append) {
+        let start = a.first_ts_ms.min(a.last_ts_ms);
+        let end = a
+            .last_ts_ms
+            .max(a.first_ts_ms)
+            .saturating_add(a.interval_ms.saturating_mul(2))
+            .max(start.saturating_add(1));
+        match self.current.get_mut(&a.agent_id) {
+            Some(cur) if start >= cur.0 && start <= cur.1 => cur.1 = cur.1.max(end),
+            Some(cur) => {
+                let old = std::mem::replace(cur, (start, end));
+                if self.touched.contains(&a.agent_id) {
+                    self.written.push((a.agent_id.clone(), old));
+                }
+            }
+            None => {
+                self.current.insert(a.agent_id.clone(), (start, end));
+            }
+        }
+        self.touched.insert(a.agent_id.clone());
+    }
+
+    fn take_written(&mut self) -> Vec<(Arc<str>, (i64, i64))> {
+        let mut out = std::mem::take(&mut self.written);
+        for agent in self.touched.drain() {
+            if let Some(&span) = self.current.get(&agent) {
+                out.push((agent, span));
+            }
+        }
+        out
+    }
 }
 
 #[cfg(test)]
@@ -477,6 +543,7 @@ mod tests {
             samples: 1,
             payload: vec![0; bytes],
             checks: Vec::new(),
+            interval_ms: 0,
         }
     }
 
