@@ -176,9 +176,15 @@ pub async fn start(config: &CollectorConfig) -> Result<Running> {
     )
     .context("cannot start the notifier")?;
     let notifier = Arc::new(notifier);
+    // Incidents changed: the notifier has work, and the SLA figures are out of date.
+    let incidents_changed = Arc::new(tokio::sync::Notify::new());
     let wake: Arc<dyn Fn() + Send + Sync> = {
         let notifier = notifier.clone();
-        Arc::new(move || notifier.wake())
+        let changed = incidents_changed.clone();
+        Arc::new(move || {
+            notifier.wake();
+            changed.notify_one();
+        })
     };
     let engine_config = engine_config(config, webhooks.clone(), sla_set.all().to_vec());
     let rules = Arc::new(engine_config.rules.clone());
@@ -307,14 +313,26 @@ pub async fn start(config: &CollectorConfig) -> Result<Running> {
         let sla_shutdown = shutdown.clone();
         let sla_sentinel = supervisor.sentinel("SLA figures");
         let sla_engine = engine.clone();
+        let changed = incidents_changed.clone();
         tracker.spawn(async move {
             let _sentinel = sla_sentinel;
             let mut tick = tokio::time::interval(crate::sla::metrics::REFRESH_EVERY);
+            let mut last = tokio::time::Instant::now();
             loop {
+                // Every REFRESH_EVERY, and soon after incidents change (at most once per
+                // REFRESH_AFTER_CHANGE, so that churn cannot keep the task busy).
                 tokio::select! {
                     _ = tick.tick() => {}
+                    _ = changed.notified() => {
+                        let soonest = last + crate::sla::metrics::REFRESH_AFTER_CHANGE;
+                        tokio::select! {
+                            _ = tokio::time::sleep_until(soonest) => {}
+                            _ = sla_shutdown.cancelled() => return,
+                        }
+                    }
                     _ = sla_shutdown.cancelled() => return,
                 }
+                last = tokio::time::Instant::now();
                 let (dir, slas, m) = (sla_dir.clone(), slas.all(), sla_metrics.clone());
                 let res = tokio::task::spawn_blocking(move || {
                     if slas.is_empty() {

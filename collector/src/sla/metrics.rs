@@ -1,6 +1,6 @@
-//! The `vigil_sla_*` metrics: kept current by a refresh every [`REFRESH_EVERY`] (the collector's
-//! "SLA figures" task), so that a scrape only reads gauges and never recomputes a window of
-//! history.
+//! The `vigil_sla_*` metrics: kept current by a refresh every [`REFRESH_EVERY`] and within
+//! [`REFRESH_AFTER_CHANGE`] of an incident change (the collector's "SLA figures" task), so that
+//! a scrape only reads gauges and never recomputes a window of history.
 
 use std::collections::HashMap;
 use std::sync::Mutex;
@@ -14,6 +14,8 @@ use super::{calendar, reports, Kind, Sla, Span};
 
 /// How often the figures on `/metrics` are recomputed.
 pub const REFRESH_EVERY: Duration = Duration::from_secs(30);
+/// The least time between two refreshes when incidents change: an outage shows within it.
+pub const REFRESH_AFTER_CHANGE: Duration = Duration::from_secs(5);
 
 /// The rolling windows of `vigil_sla_burn_rate{window}` (the SRE workbook's alert windows).
 pub const BURN_WINDOWS: [(&str, u64); 7] = [

@@ -143,6 +143,11 @@ fn availability_matches_a_measured_outage_and_is_recomputed_for_late_windows_and
         .as_f64()
         .expect("availability");
     assert!(availability < 1.0 && availability > 0.0, "{r}");
+    // /metrics follows the incident within seconds, not at the next 30 s refresh.
+    let series = "vigil_sla_availability_ratio{kind=\"experienced\",sla=\"app\",window=\"1d\"}";
+    wait_until(Duration::from_secs(15), "the outage on /metrics", || {
+        metric_value(&metrics(&c), series).filter(|v| *v < 1.0)
+    });
     // Check executions next to the time-based figure: the runs during the outage failed (one a
     // second; the first and last may fall either side of it), the others passed.
     let runs = &r["occurrences"];
