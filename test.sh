@@ -21,6 +21,10 @@ if [ ${#need[@]} -gt 0 ]; then
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${need[@]}"
 fi
 
+# tests/grafana_check.py (the dashboards' check against Grafana's own types) needs the pinned SDK.
+python3 -c 'import grafana_foundation_sdk' 2>/dev/null \
+  || python3 -m pip install --quiet --disable-pip-version-check -r tests/requirements-grafana.txt
+
 cargo fmt --all -- --check
 cargo clippy --workspace --all-targets --locked -- -D warnings
 # The end-to-end tests in tests/ run the real binaries: build them first.

@@ -188,6 +188,11 @@ pub async fn start(config: &CollectorConfig) -> Result<Running> {
     };
     let engine_config = engine_config(config, webhooks.clone(), sla_set.all().to_vec());
     let rules = Arc::new(engine_config.rules.clone());
+    // Each configured and built-in rule's counter starts at 0, so that rate() sees its first
+    // incident (Prometheus cannot tell a series born at 1 from one that was always 1).
+    for rule in rules.iter() {
+        incident_metrics.preset_rule(&rule.name);
+    }
     let (engine, engine_join) = crate::incidents::engine::spawn(
         &data_dir,
         crate::incidents::engine::EngineParts {

@@ -142,6 +142,19 @@ impl IncidentMetrics {
         Ok(())
     }
 
+    /// Shows `vigil_incidents_opened_total{rule}` at 0 before the rule's first incident (within
+    /// the same [`MAX_RULE_LABELS`] cap).
+    pub fn preset_rule(&self, rule: &str) {
+        let mut seen = self
+            .rule_labels
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if seen.contains(rule) || seen.len() < MAX_RULE_LABELS {
+            seen.insert(rule.to_owned());
+            self.opened_total.with_label_values(&[rule]);
+        }
+    }
+
     /// Counts an incident opened by `rule`. Rule names come from configs, the API and
     /// Alertmanager payloads (any alert name): past [`MAX_RULE_LABELS`] distinct names the rest
     /// count as `_other`, so that no sender can add series without end.
@@ -217,5 +230,22 @@ mod metric_tests {
             .find(|s| s.get_label().iter().any(|l| l.value() == OTHER_RULE))
             .expect("_other");
         assert_eq!(other.get_counter().get_value(), 100.0);
+    }
+
+    #[test]
+    fn a_preset_rule_shows_zero_then_counts() {
+        let m = IncidentMetrics::new().expect("metrics");
+        m.preset_rule("check-down");
+        let r = Registry::new();
+        m.register(&r).expect("register");
+        let value = |r: &Registry| {
+            r.gather()
+                .iter()
+                .find(|f| f.name() == INCIDENTS_OPENED_TOTAL)
+                .map(|f| f.get_metric()[0].get_counter().get_value())
+        };
+        assert_eq!(value(&r), Some(0.0));
+        m.opened("check-down");
+        assert_eq!(value(&r), Some(1.0));
     }
 }

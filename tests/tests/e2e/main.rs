@@ -9,6 +9,7 @@ mod config;
 mod durability;
 mod enrollment;
 mod floods;
+mod grafana;
 mod hardening;
 mod harness;
 mod incident_state;

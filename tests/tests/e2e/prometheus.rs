@@ -1,5 +1,7 @@
-//! The real Prometheus scrapes a collector with the shipped scrape config and can query the
-//! host metrics an agent sent.
+//! The real Prometheus scrapes a collector with the shipped scrape config
+//! (config/prometheus/prometheus.yml) and can query the host metrics an agent sent; `promtool`
+//! accepts the shipped config and recording rules (config/prometheus/vigil-rules.yml) and runs
+//! the rules' unit tests (evaluated against real data in grafana.rs).
 
 use std::net::TcpListener;
 use std::process::Command;
@@ -7,19 +9,59 @@ use std::time::Duration;
 
 use crate::harness::*;
 
-#[test]
-fn shipped_scrape_config_is_valid() {
-    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../config/prometheus.yml");
+/// `promtool <args>` must succeed and warn about nothing.
+fn promtool(args: &[&str]) {
     let out = Command::new("promtool")
-        .args(["check", "config", path])
+        .args(args)
         .output()
         .expect("promtool (Debian package prometheus)");
-    assert!(
-        out.status.success(),
+    let all = format!(
         "{}{}",
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
     );
+    assert!(out.status.success(), "promtool {args:?}: {all}");
+    assert!(!all.contains("WARNING"), "promtool {args:?} warns: {all}");
+}
+
+#[test]
+fn shipped_scrape_config_is_valid() {
+    // Checks the rule files it names too.
+    promtool(&[
+        "check",
+        "config",
+        concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../config/prometheus/prometheus.yml"
+        ),
+    ]);
+}
+
+#[test]
+fn shipped_recording_rules_are_valid() {
+    promtool(&[
+        "check",
+        "rules",
+        concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../config/prometheus/vigil-rules.yml"
+        ),
+    ]);
+}
+
+/// The recording rules compute what they say on made-up series (quantiles and means of the
+/// incident histograms per priority, none for a priority without observations, the fleet
+/// aggregates): tests/fixtures/prometheus/vigil-rules.test.yml.
+#[test]
+fn shipped_recording_rules_pass_their_unit_tests() {
+    promtool(&[
+        "test",
+        "rules",
+        concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/fixtures/prometheus/vigil-rules.test.yml"
+        ),
+    ]);
 }
 
 #[test]
@@ -32,7 +74,7 @@ fn prometheus_scrapes_host_metrics() {
     // The shipped config, pointed at this collector and scraping every second.
     let shipped = std::fs::read_to_string(concat!(
         env!("CARGO_MANIFEST_DIR"),
-        "/../config/prometheus.yml"
+        "/../config/prometheus/prometheus.yml"
     ))
     .expect("config");
     let config = shipped
@@ -40,6 +82,15 @@ fn prometheus_scrapes_host_metrics() {
         .replace("scrape_interval: 15s", "scrape_interval: 1s");
     let config_path = dir.path().join("prometheus.yml");
     std::fs::write(&config_path, config).expect("write");
+    // The rule files it names, relative to it.
+    std::fs::copy(
+        concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../config/prometheus/vigil-rules.yml"
+        ),
+        dir.path().join("vigil-rules.yml"),
+    )
+    .expect("copy the rules");
     let port = TcpListener::bind("127.0.0.1:0")
         .expect("port")
         .local_addr()
