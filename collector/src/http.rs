@@ -8,6 +8,7 @@
 //! detail (it is logged instead), echo or log a token, or block the runtime on SQLite.
 
 mod alertmanager;
+pub mod audit;
 mod auth;
 mod cmdb;
 mod error;
@@ -153,7 +154,12 @@ pub fn router(state: HttpState) -> Router {
         .merge(rules::routes())
         .merge(maintenance::routes())
         .merge(slas::routes())
-        .merge(alertmanager::routes());
+        .merge(alertmanager::routes())
+        .route("/audit", get(audit::list))
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            audit::audit,
+        ));
     Router::new()
         .route("/", get(index))
         .route("/metrics", get(metrics))

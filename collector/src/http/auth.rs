@@ -63,7 +63,13 @@ impl FromRequestParts<HttpState> for Auth {
             .run(move |db| db.authenticate_api_token(&token, now_ms()))
             .await?;
         match found {
-            Some((token_id, role)) => Ok(Auth { token_id, role }),
+            Some((token_id, role)) => {
+                // A state-changing request: the audit log names who made it.
+                if let Some(actor) = parts.extensions.get::<super::audit::Actor>() {
+                    actor.set(&token_id, role);
+                }
+                Ok(Auth { token_id, role })
+            }
             None => Err(ApiError::Unauthorized("unknown or revoked token")),
         }
     }

@@ -247,7 +247,13 @@ pub async fn serve(
         };
         let _ = stream.set_nodelay(true);
         let io = TokioIo::new(IdleTimeout::new(stream, limits.idle_timeout));
-        let service = hyper_util::service::TowerToHyperService::new(router.clone());
+        let inner = hyper_util::service::TowerToHyperService::new(router.clone());
+        // Each request carries the client's address (the audit log's "from where").
+        let service =
+            hyper::service::service_fn(move |mut req: hyper::Request<hyper::body::Incoming>| {
+                req.extensions_mut().insert(super::audit::Peer(peer));
+                hyper::service::Service::call(&inner, req)
+            });
         let conn = graceful.watch(builder.serve_connection(io, service));
         let metrics = metrics.clone();
         tokio::spawn(async move {

@@ -502,3 +502,77 @@ async fn slas_report_availability_from_incidents() {
     check_error(server.get("/api/v1/kpis", None).await, 401, "unauthorized");
     server.stop().await;
 }
+
+/// Every state-changing request is in the audit log, refused ones included, with who, what,
+/// the status and the client's address; reads are not; only admins read it.
+#[tokio::test]
+async fn state_changing_requests_are_audited() {
+    let f = fixture().await;
+    let s = &f.server;
+    let (viewer, admin) = (bearer(&f.viewer), bearer(&f.admin));
+    // A viewer may not delete (403), an admin deletes what does not exist (404), nobody (401).
+    assert_eq!(
+        s.request("DELETE", "/api/v1/slas/shop", Some(&viewer))
+            .await
+            .0,
+        403
+    );
+    assert_eq!(
+        s.request("DELETE", "/api/v1/maintenance/77", Some(&admin))
+            .await
+            .0,
+        404
+    );
+    assert_eq!(s.request("POST", "/api/v1/rules", None).await.0, 401);
+    assert_eq!(s.get("/api/v1/agents", Some(&admin)).await.0, 200);
+
+    check_error(
+        s.get("/api/v1/audit", Some(&viewer)).await,
+        403,
+        "forbidden",
+    );
+    let (status, _, body) = s.get("/api/v1/audit", Some(&admin)).await;
+    assert_eq!(status, 200, "{body}");
+    let rows: serde_json::Value = serde_json::from_str(&body).expect("json");
+    let got: Vec<(String, String, u64, Option<String>)> = rows
+        .as_array()
+        .expect("rows")
+        .iter()
+        .map(|r| {
+            assert_eq!(r["remote"], "127.0.0.1", "{r}");
+            assert!(r["at_ms"].as_i64().is_some_and(|t| t > 0), "{r}");
+            (
+                r["method"].as_str().unwrap_or("").to_owned(),
+                r["path"].as_str().unwrap_or("").to_owned(),
+                r["status"].as_u64().unwrap_or(0),
+                r["role"].as_str().map(str::to_owned),
+            )
+        })
+        .collect();
+    let row = |m: &str, p: &str, s: u64, r: Option<&str>| {
+        (m.to_owned(), p.to_owned(), s, r.map(str::to_owned))
+    };
+    assert_eq!(
+        got,
+        [
+            row("POST", "/api/v1/rules", 401, None),
+            row("DELETE", "/api/v1/maintenance/77", 404, Some("admin")),
+            row("DELETE", "/api/v1/slas/shop", 403, Some("viewer")),
+        ],
+        "newest first, reads left out: {body}"
+    );
+    let one = rows[1]["token_id"].as_str().expect("token id").to_owned();
+    let (_, _, body) = s
+        .get(
+            &format!("/api/v1/audit?token_id={one}&limit=5"),
+            Some(&admin),
+        )
+        .await;
+    let only: serde_json::Value = serde_json::from_str(&body).expect("json");
+    assert_eq!(only.as_array().map(Vec::len), Some(1), "{body}");
+    check_error(
+        s.get("/api/v1/audit?limit=0", Some(&admin)).await,
+        400,
+        "bad_request",
+    );
+}

@@ -309,6 +309,21 @@ const MIGRATION_STEPS: &[M<'static>] = &[
         SELECT id, enrolled_at_ms, CAST(strftime('%s', 'now') AS INTEGER) * 1000 FROM agents
         WHERE enrolled_at_ms <= CAST(strftime('%s', 'now') AS INTEGER) * 1000;",
     ),
+    // The audit log (`crate::http::audit`): every state-changing API request, who, what, when,
+    // from where and its status.
+    M::up(
+        "CREATE TABLE audit_log (
+        id       INTEGER PRIMARY KEY,
+        ts_ms    INTEGER NOT NULL,
+        token_id TEXT,
+        role     TEXT,
+        method   TEXT NOT NULL,
+        path     TEXT NOT NULL,
+        status   INTEGER NOT NULL,
+        remote   TEXT
+    ) STRICT;
+    CREATE INDEX audit_log_ts ON audit_log(ts_ms);",
+    ),
 ];
 
 /// The migrations applied by every [`Db::open`] and [`Writer::spawn`].
