@@ -375,8 +375,9 @@ impl Db {
         self.checkpoints.as_ref()
     }
 
-    /// The connection, for modules that run their own transactions (the CMDB).
-    pub(crate) fn conn(&self) -> &Connection {
+    /// The connection, for modules that run their own transactions (the CMDB) and for the
+    /// benchmarks that build a store and read it as the collector does (`examples/sla_bench.rs`).
+    pub fn conn(&self) -> &Connection {
         &self.conn
     }
 

@@ -249,98 +249,154 @@ pub fn compute(
     kind: Kind,
     combine: Combine,
 ) -> Figures {
-    let scheduled = schedule.clip(period);
-    let mut fig = Figures {
-        scheduled_ms: scheduled.total(),
-        ..Figures::default()
-    };
-    if period.is_empty() {
-        return fig;
-    }
-    // Every CI starts unknown at the period's start; events move it between states.
-    let mut events: Vec<(i64, CiState, CiState)> = Vec::new();
-    let n = u32::try_from(cis.len()).unwrap_or(u32::MAX);
-    let mut counts = Counts {
-        unknown: n,
-        ..Counts::default()
-    };
-    for ci in cis {
-        let mut prev = CiState::Unknown;
-        for (span, state) in pieces(ci, period, kind) {
-            events.push((span.start, prev, state));
-            prev = state;
+    States::sweep(cis, period, kind, combine).figures(cis, period, schedule, true)
+}
+
+/// The service's state over a period, piece by piece: one sweep over the state changes of
+/// every CI. The figures of any part of the period are read from it without sweeping again
+/// (a report's daily series sweeps once, not once a day).
+#[derive(Debug, Clone)]
+pub struct States {
+    period: Span,
+    /// Contiguous, in time order, covering `period`.
+    pieces: Vec<(Span, ServiceState)>,
+}
+
+impl States {
+    pub fn sweep(cis: &[CiTimeline], period: Span, kind: Kind, combine: Combine) -> States {
+        let mut service: Vec<(Span, ServiceState)> = Vec::new();
+        if period.is_empty() {
+            return States {
+                period,
+                pieces: service,
+            };
+        }
+        // Every CI starts unknown at the period's start; events move it between states.
+        let mut events: Vec<(i64, CiState, CiState)> = Vec::new();
+        let n = u32::try_from(cis.len()).unwrap_or(u32::MAX);
+        let mut counts = Counts {
+            unknown: n,
+            ..Counts::default()
+        };
+        for ci in cis {
+            let mut prev = CiState::Unknown;
+            for (span, state) in pieces(ci, period, kind) {
+                events.push((span.start, prev, state));
+                prev = state;
+            }
+        }
+        events.sort_by_key(|e| e.0);
+        let mut i = 0;
+        let mut t = period.start;
+        while t < period.end {
+            while i < events.len() && events[i].0 <= t {
+                let (_, from, to) = events[i];
+                counts.add(from, -1);
+                counts.add(to, 1);
+                i += 1;
+            }
+            let next = events.get(i).map_or(period.end, |e| e.0.min(period.end));
+            let state = counts.service(combine, n);
+            match service.last_mut() {
+                Some((s, st)) if *st == state => s.end = next,
+                _ => service.push((Span::new(t, next), state)),
+            }
+            t = next;
+        }
+        States {
+            period,
+            pieces: service,
         }
     }
-    events.sort_by_key(|e| e.0);
-    // The service state on each piece between event times.
-    let mut service: Vec<(Span, ServiceState)> = Vec::new();
-    let mut i = 0;
-    let mut t = period.start;
-    while t < period.end {
-        while i < events.len() && events[i].0 <= t {
-            let (_, from, to) = events[i];
-            counts.add(from, -1);
-            counts.add(to, 1);
+
+    /// The figures of `period` (within the swept one; what lies outside is not measured),
+    /// within `schedule`; with the outages and their incidents when `outages`.
+    pub fn figures(
+        &self,
+        cis: &[CiTimeline],
+        period: Span,
+        schedule: &Spans,
+        outages: bool,
+    ) -> Figures {
+        let period = period.intersect(self.period);
+        let scheduled = schedule.clip(period);
+        let mut fig = Figures {
+            scheduled_ms: scheduled.total(),
+            ..Figures::default()
+        };
+        if period.is_empty() {
+            return fig;
+        }
+        // Measure each piece within the period and the schedule.
+        let first = self.pieces.partition_point(|(s, _)| s.end <= period.start);
+        let mut measured = 0i64;
+        let mut down_spans = Vec::new();
+        for (span, state) in &self.pieces[first..] {
+            if span.start >= period.end {
+                break;
+            }
+            let span = span.intersect(period);
+            let len = scheduled.clip_total(span);
+            if len == 0 {
+                continue;
+            }
+            match *state {
+                ServiceState::Up => fig.up_ms += len as f64,
+                ServiceState::Down => {
+                    fig.down_ms += len as f64;
+                    down_spans.push(span);
+                }
+                ServiceState::Degraded(w) => {
+                    fig.down_ms += w * len as f64;
+                    fig.degraded_ms += w * len as f64;
+                    fig.up_ms += (1.0 - w) * len as f64;
+                }
+                ServiceState::Unknown => fig.unknown_ms += len,
+                ServiceState::Excluded => fig.excluded_ms += len,
+            }
+            if matches!(
+                state,
+                ServiceState::Up | ServiceState::Down | ServiceState::Degraded(_)
+            ) {
+                measured += len;
+            }
+        }
+        let total = fig.up_ms + fig.down_ms;
+        fig.availability = (total > 0.0).then(|| fig.up_ms / total);
+        let owed = fig.scheduled_ms - fig.excluded_ms;
+        fig.coverage = (owed > 0).then(|| measured as f64 / owed as f64);
+        if outages {
+            // Service downtime within the schedule, with the incidents that overlap it.
+            let downtime = Spans::from_unsorted(down_spans).intersect(&scheduled);
+            fig.outages = attribute(cis, &downtime);
+        }
+        fig
+    }
+}
+
+/// Each span of `downtime` as an outage, with the down incidents of `cis` that overlap it
+/// (each incident found by binary search among the disjoint, ordered spans).
+fn attribute(cis: &[CiTimeline], downtime: &Spans) -> Vec<Outage> {
+    let spans = downtime.as_slice();
+    let mut incidents: Vec<Vec<i64>> = vec![Vec::new(); spans.len()];
+    for &(s, id) in cis.iter().flat_map(|ci| ci.down.iter()) {
+        let mut i = spans.partition_point(|o| o.end <= s.start);
+        while i < spans.len() && spans[i].start < s.end {
+            if s.overlaps(spans[i]) {
+                incidents[i].push(id);
+            }
             i += 1;
         }
-        let next = events.get(i).map_or(period.end, |e| e.0.min(period.end));
-        let state = counts.service(combine, n);
-        match service.last_mut() {
-            Some((s, st)) if *st == state => s.end = next,
-            _ => service.push((Span::new(t, next), state)),
-        }
-        t = next;
     }
-    // Measure each piece within the schedule.
-    let mut measured = 0i64;
-    let mut down_spans = Vec::new();
-    for (span, state) in &service {
-        let len = scheduled.clip(*span).total();
-        if len == 0 {
-            continue;
-        }
-        match *state {
-            ServiceState::Up => fig.up_ms += len as f64,
-            ServiceState::Down => {
-                fig.down_ms += len as f64;
-                down_spans.push(*span);
-            }
-            ServiceState::Degraded(w) => {
-                fig.down_ms += w * len as f64;
-                fig.degraded_ms += w * len as f64;
-                fig.up_ms += (1.0 - w) * len as f64;
-            }
-            ServiceState::Unknown => fig.unknown_ms += len,
-            ServiceState::Excluded => fig.excluded_ms += len,
-        }
-        if matches!(
-            state,
-            ServiceState::Up | ServiceState::Down | ServiceState::Degraded(_)
-        ) {
-            measured += len;
-        }
-    }
-    let total = fig.up_ms + fig.down_ms;
-    fig.availability = (total > 0.0).then(|| fig.up_ms / total);
-    let owed = fig.scheduled_ms - fig.excluded_ms;
-    fig.coverage = (owed > 0).then(|| measured as f64 / owed as f64);
-    // Outages: service downtime within the schedule, with the incidents that overlap it.
-    let downtime = Spans::from_unsorted(down_spans).intersect(&scheduled);
-    fig.outages = downtime
+    spans
         .iter()
-        .map(|&span| {
-            let mut incidents: Vec<i64> = cis
-                .iter()
-                .flat_map(|ci| ci.down.iter())
-                .filter(|(s, _)| s.overlaps(span))
-                .map(|&(_, id)| id)
-                .collect();
+        .zip(incidents)
+        .map(|(&span, mut incidents)| {
             incidents.sort_unstable();
             incidents.dedup();
             Outage { span, incidents }
         })
-        .collect();
-    fig
+        .collect()
 }
 
 #[cfg(test)]
@@ -585,5 +641,66 @@ mod tests {
         assert_eq!(f.excluded_ms, 10 * H);
         assert_eq!(f.down_ms, (90 * H) as f64);
         assert_eq!(f.coverage, Some(1.0));
+    }
+
+    /// Figures read from one sweep of a long stretch equal those of a sweep of each part
+    /// (the daily series and the burn windows are read that way): many CIs with overlapping
+    /// down, degraded, maintenance, data and lifetime spans, both views, both combinations,
+    /// parts that cut through every kind of span, with and without a schedule.
+    #[test]
+    fn one_sweep_gives_the_figures_of_every_part() {
+        let mut seed = 0x2545_f491_4f6c_dd1d_u64;
+        let mut next = |n: i64| {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            (seed % n as u64) as i64
+        };
+        let minute = 60_000;
+        let len = 10 * 24 * H;
+        let mut cis = Vec::new();
+        for id in 0..40 {
+            let mut spans = |count: usize, max: i64| -> Vec<Span> {
+                (0..count)
+                    .map(|_| {
+                        let a = next(len);
+                        Span::new(a, a + 1 + next(max))
+                    })
+                    .collect()
+            };
+            let down = spans(6, 4 * H);
+            let degraded = spans(4, 6 * H);
+            let maintenance = spans(2, 3 * H);
+            let known = spans(5, 3 * 24 * H);
+            let exists = (id % 4 == 0).then(|| Spans::from_unsorted(spans(1, 8 * 24 * H)));
+            cis.push(CiTimeline {
+                exists,
+                known: Spans::from_unsorted(known),
+                down: down.into_iter().map(|s| (s, id)).collect(),
+                degraded: degraded.into_iter().map(|s| (s, 0.25, 100 + id)).collect(),
+                maintenance: Spans::from_unsorted(maintenance),
+            });
+        }
+        let whole = Span::new(0, len);
+        let office = Spans::from_unsorted(
+            (0..10)
+                .map(|d| Span::new(d * 24 * H + 8 * H, d * 24 * H + 18 * H))
+                .collect(),
+        );
+        for combine in [Combine::All, Combine::Quorum(30)] {
+            for kind in [Kind::Contractual, Kind::Experienced] {
+                let states = States::sweep(&cis, whole, kind, combine);
+                for _ in 0..30 {
+                    let a = next(len);
+                    let part = Span::new(a, (a + 1 + next(3 * 24 * H)).min(len));
+                    let part = Span::new(part.start / minute * minute + next(minute), part.end);
+                    for schedule in [Spans::one(part), office.clip(part)] {
+                        let alone = compute(&cis, part, &schedule, kind, combine);
+                        let read = states.figures(&cis, part, &schedule, true);
+                        assert_eq!(read, alone, "{kind:?} {combine:?} {part:?}");
+                    }
+                }
+            }
+        }
     }
 }

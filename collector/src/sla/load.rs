@@ -23,7 +23,7 @@ use crate::incidents::maintenance::{self, Window};
 use crate::incidents::scope::{matches, Target};
 
 /// One unit: `(agent id, CI type, CI key)`.
-type UnitKey = (String, String, String);
+type UnitKey<'a> = (&'a str, &'a str, &'a str);
 
 /// The timeline of every unit the SLA covers, within `period`, as of `now_ms`.
 pub fn timelines(
@@ -32,141 +32,272 @@ pub fn timelines(
     period: Span,
     now_ms: i64,
 ) -> rusqlite::Result<Vec<CiTimeline>> {
-    let hosts = crate::cmdb::lookup::hosts(conn)?;
-    let host_of: HashMap<&str, &crate::cmdb::lookup::HostRow> =
-        hosts.iter().map(|h| (h.agent_id.as_str(), h)).collect();
-    let windows = maintenance::load(conn, true)?;
-    // `service`: only the CIs of that business service (none while it does not exist).
-    let members = match &sla.service {
-        Some(name) => Some(
-            crate::cmdb::lookup::services(conn)?
-                .remove(name)
-                .unwrap_or_default(),
-        ),
-        None => None,
-    };
-    let in_service = |agent: &str, ci_id: Option<i64>| {
-        members
-            .as_ref()
-            .is_none_or(|m| m.contains(Some(agent), ci_id))
-    };
-    let end_of = |retired: Option<i64>| retired.unwrap_or(now_ms).min(now_ms);
+    Ok(Snapshot::read(conn, period, now_ms)?.timelines(sla, period))
+}
 
-    let data = data_spans(conn, period)?;
-    let no_data = Spans::new();
-    let data_of = |agent: &str| data.get(agent).unwrap_or(&no_data);
-    let mut units: BTreeMap<UnitKey, (Option<i64>, CiTimeline)> = BTreeMap::new();
-    let mut host_known: HashMap<String, Span> = HashMap::new();
-    let mut stmt = conn.prepare_cached(
-        "SELECT id, agent_id, type, key, first_seen_ms, retired_at_ms FROM cis
-         WHERE agent_id IS NOT NULL AND first_seen_ms < ?1
-           AND (retired_at_ms IS NULL OR retired_at_ms > ?2)",
-    )?;
-    let rows = stmt
-        .query_map(params![period.end, period.start], |r| {
-            Ok((
-                r.get::<_, i64>(0)?,
-                r.get::<_, String>(1)?,
-                r.get::<_, String>(2)?,
-                r.get::<_, String>(3)?,
-                r.get::<_, i64>(4)?,
-                r.get::<_, Option<i64>>(5)?,
-            ))
-        })?
-        .collect::<rusqlite::Result<Vec<_>>>()?;
-    for (_, agent, ty, key, first, retired) in &rows {
-        if ty == "host" && key == "host" {
-            host_known.insert(agent.clone(), Span::new(*first, end_of(*retired)));
+/// One CI row of the CMDB.
+struct CiRow {
+    id: i64,
+    agent: String,
+    ty: String,
+    key: String,
+    first_seen_ms: i64,
+    retired_ms: Option<i64>,
+}
+
+/// What the store holds about one stretch of time, read once, from which the timelines and
+/// check executions of any number of SLAs (and any periods within it) are derived in memory:
+/// the collector's refresh of every SLA on `/metrics` reads the store once, not once per SLA.
+/// Read again for every report and refresh; nothing outlives it.
+pub struct Snapshot {
+    period: Span,
+    now_ms: i64,
+    hosts: Vec<crate::cmdb::lookup::HostRow>,
+    host_of: HashMap<String, usize>,
+    services: BTreeMap<String, crate::cmdb::lookup::ServiceMembers>,
+    /// Maintenance windows and the occurrences of each within `period`.
+    windows: Vec<(Window, Spans)>,
+    /// Each host's life: from its host CI's first report to its retirement (or now).
+    host_known: HashMap<String, Span>,
+    cis: Vec<CiRow>,
+    /// Incidents that overlap `period`, with the spans they were active.
+    incidents: Vec<(IncidentRow, Vec<Span>)>,
+    data: HashMap<String, Spans>,
+    /// Check executions per agent: `(UTC day, passed, ran)` in day order, over the whole
+    /// UTC days `period` touches.
+    runs: super::occurrences::Runs,
+}
+
+impl Snapshot {
+    /// Everything that overlaps `period`, as of `now_ms`.
+    pub fn read(conn: &Connection, period: Span, now_ms: i64) -> rusqlite::Result<Snapshot> {
+        let hosts = crate::cmdb::lookup::hosts(conn)?;
+        let host_of = hosts
+            .iter()
+            .enumerate()
+            .map(|(i, h)| (h.agent_id.clone(), i))
+            .collect();
+        let windows = maintenance::load(conn, true)?
+            .into_iter()
+            .map(|w| {
+                let occ = occurrences_of(&w, period);
+                (w, occ)
+            })
+            .collect();
+        let services = crate::cmdb::lookup::services(conn)?;
+        let end_of = |retired: Option<i64>| retired.unwrap_or(now_ms).min(now_ms);
+        let mut stmt = conn.prepare_cached(
+            "SELECT id, agent_id, type, key, first_seen_ms, retired_at_ms FROM cis
+             WHERE agent_id IS NOT NULL AND first_seen_ms < ?1
+               AND (retired_at_ms IS NULL OR retired_at_ms > ?2)",
+        )?;
+        let cis = stmt
+            .query_map(params![period.end, period.start], |r| {
+                Ok(CiRow {
+                    id: r.get(0)?,
+                    agent: r.get(1)?,
+                    ty: r.get(2)?,
+                    key: r.get(3)?,
+                    first_seen_ms: r.get(4)?,
+                    retired_ms: r.get(5)?,
+                })
+            })?
+            .collect::<rusqlite::Result<Vec<_>>>()?;
+        let host_known = cis
+            .iter()
+            .filter(|c| c.ty == "host" && c.key == "host")
+            .map(|c| {
+                (
+                    c.agent.clone(),
+                    Span::new(c.first_seen_ms, end_of(c.retired_ms)),
+                )
+            })
+            .collect();
+        // Incidents that overlap the period; the episodes of reopened ones from their events.
+        let mut stmt = conn.prepare_cached(
+            "SELECT id, agent_id, ci_id, ci_type, ci_key, rule, priority, first_breach_ms,
+                    resolved_ms, reopen_count
+             FROM incidents
+             WHERE agent_id IS NOT NULL AND first_breach_ms < ?1
+               AND (resolved_ms IS NULL OR resolved_ms > ?2)",
+        )?;
+        let rows = stmt
+            .query_map(params![period.end, period.start], |r| {
+                Ok(IncidentRow {
+                    id: r.get(0)?,
+                    agent: r.get(1)?,
+                    ci_id: r.get(2)?,
+                    ci_type: r.get(3)?,
+                    ci_key: r.get(4)?,
+                    rule: r.get(5)?,
+                    priority: r.get(6)?,
+                    first_breach_ms: r.get(7)?,
+                    resolved_ms: r.get(8)?,
+                    reopen_count: r.get(9)?,
+                })
+            })?
+            .collect::<rusqlite::Result<Vec<_>>>()?;
+        let mut incidents = Vec::with_capacity(rows.len());
+        for inc in rows {
+            let spans = episodes(conn, &inc, now_ms)?;
+            incidents.push((inc, spans));
+        }
+        Ok(Snapshot {
+            period,
+            now_ms,
+            host_of,
+            hosts,
+            services,
+            windows,
+            host_known,
+            cis,
+            incidents,
+            data: data_spans(conn, period)?,
+            runs: super::occurrences::read(conn, super::occurrences::days_of(period))?,
+        })
+    }
+
+    /// The stretch of time read.
+    pub fn period(&self) -> Span {
+        self.period
+    }
+
+    fn host(&self, agent: &str) -> Option<&crate::cmdb::lookup::HostRow> {
+        self.host_of.get(agent).map(|&i| &self.hosts[i])
+    }
+
+    /// Whether a unit of `agent` (its CI `ci_id`, or one of its checks) belongs to the business
+    /// service `sla` names, if it names one (none while it does not exist).
+    fn in_service(&self, sla: &Sla, agent: &str, ci_id: Option<i64>) -> bool {
+        match &sla.service {
+            None => true,
+            Some(name) => self
+                .services
+                .get(name)
+                .is_some_and(|m| m.contains(Some(agent), ci_id)),
         }
     }
-    for (id, agent, ty, key, first, retired) in rows {
-        let Some(host) = host_of.get(agent.as_str()) else {
-            continue; // revoked
-        };
+
+    /// Whether the checks of `host` are in the scope of `sla`.
+    pub(super) fn checks_in_scope(&self, sla: &Sla, host: &crate::cmdb::lookup::HostRow) -> bool {
         let target = Target {
             hostname: &host.hostname,
             tags: &host.tags,
-            ci_type: &ty,
-            ci_id: Some(id),
+            ci_type: "check",
+            ci_id: None,
         };
-        if !matches(&sla.scope, &target) || !in_service(&agent, Some(id)) {
-            continue;
-        }
-        let lifetime = Span::new(first, end_of(retired));
-        let timeline = CiTimeline {
-            exists: Some(Spans::one(lifetime)),
-            known: Spans::one(host_known.get(&agent).copied().unwrap_or(lifetime))
-                .intersect(data_of(&agent)),
-            maintenance: maintenance_spans(&windows, &target, period),
-            ..CiTimeline::default()
-        };
-        units.insert((agent, ty, key), (Some(id), timeline));
+        self.in_service(sla, &host.agent_id, None) && matches(&sla.scope, &target)
     }
 
-    // Incidents that overlap the period; the episodes of reopened ones from their events.
-    let mut stmt = conn.prepare_cached(
-        "SELECT id, agent_id, ci_id, ci_type, ci_key, rule, priority, first_breach_ms,
-                resolved_ms, reopen_count
-         FROM incidents
-         WHERE agent_id IS NOT NULL AND first_breach_ms < ?1
-           AND (resolved_ms IS NULL OR resolved_ms > ?2)",
-    )?;
-    let rows = stmt.query_map(params![period.end, period.start], |r| {
-        Ok(IncidentRow {
-            id: r.get(0)?,
-            agent: r.get(1)?,
-            ci_id: r.get(2)?,
-            ci_type: r.get(3)?,
-            ci_key: r.get(4)?,
-            rule: r.get(5)?,
-            priority: r.get(6)?,
-            first_breach_ms: r.get(7)?,
-            resolved_ms: r.get(8)?,
-            reopen_count: r.get(9)?,
-        })
-    })?;
-    for row in rows {
-        let inc = row?;
-        let Some(weight) = sla.effect(&inc.rule, inc.priority) else {
-            continue;
-        };
-        let key = (inc.agent.clone(), inc.ci_type.clone(), inc.ci_key.clone());
-        if !units.contains_key(&key) {
-            // A check (not a CMDB item) of a host in scope, known as long as its host.
-            let Some(host) = host_of.get(inc.agent.as_str()) else {
+    /// The hosts of agents that are not revoked.
+    pub(super) fn hosts(&self) -> &[crate::cmdb::lookup::HostRow] {
+        &self.hosts
+    }
+
+    /// One agent's check executions, `(UTC day, passed, ran)` in day order.
+    pub(super) fn runs_of(&self, agent: &str) -> &[(i64, u64, u64)] {
+        self.runs.get(agent).map_or(&[], Vec::as_slice)
+    }
+
+    /// The maintenance windows over `target`, within `period`.
+    fn maintenance(&self, target: &Target<'_>, period: Span) -> Spans {
+        let mut out = Vec::new();
+        for (_, occ) in self
+            .windows
+            .iter()
+            .filter(|(w, _)| matches(&w.scope, target))
+        {
+            out.extend(occ.clip(period).iter().copied());
+        }
+        Spans::from_unsorted(out)
+    }
+
+    /// The timeline of every unit `sla` covers, within `period` (clipped to what was read).
+    pub fn timelines(&self, sla: &Sla, period: Span) -> Vec<CiTimeline> {
+        let period = period.intersect(self.period);
+        let now_ms = self.now_ms;
+        let end_of = |retired: Option<i64>| retired.unwrap_or(now_ms).min(now_ms);
+        let no_data = Spans::new();
+        let data_of = |agent: &str| self.data.get(agent).unwrap_or(&no_data).clip(period);
+        let mut units: BTreeMap<UnitKey<'_>, CiTimeline> = BTreeMap::new();
+        for ci in &self.cis {
+            if ci.first_seen_ms >= period.end || ci.retired_ms.is_some_and(|r| r <= period.start) {
                 continue;
+            }
+            let Some(host) = self.host(&ci.agent) else {
+                continue; // revoked
             };
             let target = Target {
                 hostname: &host.hostname,
                 tags: &host.tags,
-                ci_type: &inc.ci_type,
-                ci_id: inc.ci_id,
+                ci_type: &ci.ty,
+                ci_id: Some(ci.id),
             };
-            if inc.ci_id.is_some() || !matches(&sla.scope, &target) || !in_service(&inc.agent, None)
-            {
-                continue; // a CI out of scope, or retired before the period
+            if !matches(&sla.scope, &target) || !self.in_service(sla, &ci.agent, Some(ci.id)) {
+                continue;
             }
-            let known = host_known.get(&inc.agent).copied().unwrap_or_default();
+            let lifetime = Span::new(ci.first_seen_ms, end_of(ci.retired_ms));
             let timeline = CiTimeline {
-                exists: Some(Spans::one(known)),
-                known: Spans::one(known).intersect(data_of(&inc.agent)),
-                maintenance: maintenance_spans(&windows, &target, period),
+                exists: Some(Spans::one(lifetime)),
+                known: Spans::one(self.host_known.get(&ci.agent).copied().unwrap_or(lifetime))
+                    .intersect(&data_of(&ci.agent)),
+                maintenance: self.maintenance(&target, period),
                 ..CiTimeline::default()
             };
-            units.insert(key.clone(), (None, timeline));
+            units.insert((&ci.agent, &ci.ty, &ci.key), timeline);
         }
-        let Some((_, timeline)) = units.get_mut(&key) else {
-            continue;
-        };
-        for span in episodes(conn, &inc, now_ms)? {
-            if weight >= 1.0 {
-                timeline.down.push((span, inc.id));
-            } else {
-                timeline.degraded.push((span, weight, inc.id));
+        for (inc, spans) in &self.incidents {
+            if inc.first_breach_ms >= period.end
+                || inc.resolved_ms.is_some_and(|r| r <= period.start)
+            {
+                continue;
+            }
+            let Some(weight) = sla.effect(&inc.rule, inc.priority) else {
+                continue;
+            };
+            let key = (
+                inc.agent.as_str(),
+                inc.ci_type.as_str(),
+                inc.ci_key.as_str(),
+            );
+            let timeline = match units.entry(key) {
+                std::collections::btree_map::Entry::Occupied(e) => e.into_mut(),
+                std::collections::btree_map::Entry::Vacant(v) => {
+                    // A check (not a CMDB item) of a host in scope, known as long as its host.
+                    let Some(host) = self.host(&inc.agent) else {
+                        continue;
+                    };
+                    let target = Target {
+                        hostname: &host.hostname,
+                        tags: &host.tags,
+                        ci_type: &inc.ci_type,
+                        ci_id: inc.ci_id,
+                    };
+                    if inc.ci_id.is_some()
+                        || !matches(&sla.scope, &target)
+                        || !self.in_service(sla, &inc.agent, None)
+                    {
+                        continue; // a CI out of scope, or retired before the period
+                    }
+                    let known = self.host_known.get(&inc.agent).copied().unwrap_or_default();
+                    v.insert(CiTimeline {
+                        exists: Some(Spans::one(known)),
+                        known: Spans::one(known).intersect(&data_of(&inc.agent)),
+                        maintenance: self.maintenance(&target, period),
+                        ..CiTimeline::default()
+                    })
+                }
+            };
+            for &span in spans {
+                if weight >= 1.0 {
+                    timeline.down.push((span, inc.id));
+                } else {
+                    timeline.degraded.push((span, weight, inc.id));
+                }
             }
         }
+        units.into_values().collect()
     }
-    Ok(units.into_values().map(|(_, t)| t).collect())
 }
 
 /// When each agent sent data, within `period` (`agent_data`, written by the ingest writer).
@@ -250,35 +381,33 @@ fn episodes(conn: &Connection, inc: &IncidentRow, now_ms: i64) -> rusqlite::Resu
     Ok(out)
 }
 
-/// The occurrences of every maintenance window over `target` within `period`.
-fn maintenance_spans(windows: &[Window], target: &Target<'_>, period: Span) -> Spans {
+/// The occurrences of one maintenance window within `period`.
+fn occurrences_of(w: &Window, period: Span) -> Spans {
     /// Occurrences of one recurring window looked at, at most (a year of daily windows).
     const MAX_OCCURRENCES: i64 = 400;
     let mut out = Vec::new();
-    for w in windows.iter().filter(|w| matches(&w.scope, target)) {
-        let until = w.deleted_ms.unwrap_or(i64::MAX);
-        let occurrence = |start: i64| {
-            Span::new(start, start.saturating_add(w.duration_ms).min(until)).intersect(period)
-        };
-        match w.every {
-            None => out.push(occurrence(w.start_ms)),
-            Some(r) => {
-                let step = i64::try_from(r.period().as_millis()).unwrap_or(i64::MAX);
-                // The first occurrence that may reach into the period.
-                let skip = (period
-                    .start
-                    .saturating_sub(w.start_ms)
-                    .saturating_sub(w.duration_ms))
-                .max(0)
-                    / step;
-                let mut start = w.start_ms.saturating_add(skip.saturating_mul(step));
-                for _ in 0..MAX_OCCURRENCES {
-                    if start >= period.end || start >= until {
-                        break;
-                    }
-                    out.push(occurrence(start));
-                    start = start.saturating_add(step);
+    let until = w.deleted_ms.unwrap_or(i64::MAX);
+    let occurrence = |start: i64| {
+        Span::new(start, start.saturating_add(w.duration_ms).min(until)).intersect(period)
+    };
+    match w.every {
+        None => out.push(occurrence(w.start_ms)),
+        Some(r) => {
+            let step = i64::try_from(r.period().as_millis()).unwrap_or(i64::MAX);
+            // The first occurrence that may reach into the period.
+            let skip = (period
+                .start
+                .saturating_sub(w.start_ms)
+                .saturating_sub(w.duration_ms))
+            .max(0)
+                / step;
+            let mut start = w.start_ms.saturating_add(skip.saturating_mul(step));
+            for _ in 0..MAX_OCCURRENCES {
+                if start >= period.end || start >= until {
+                    break;
                 }
+                out.push(occurrence(start));
+                start = start.saturating_add(step);
             }
         }
     }

@@ -10,7 +10,7 @@ use prometheus::{GaugeVec, IntCounterVec, Opts, Registry};
 use rusqlite::Connection;
 
 use super::alerts::Burn;
-use super::{calendar, reports, Kind, Sla, Span};
+use super::{calendar, reports_from, Kind, Sla, Span};
 
 /// How often the figures on `/metrics` are recomputed.
 pub const REFRESH_EVERY: Duration = Duration::from_secs(30);
@@ -98,9 +98,19 @@ impl SlaMetrics {
         now_ms: i64,
     ) -> rusqlite::Result<Vec<Burn>> {
         self.forget_except(slas);
+        // One read of the store for every SLA: the union of their periods.
+        let periods: Vec<Option<Vec<Span>>> = slas.iter().map(|s| periods(s, now_ms)).collect();
+        let all: Vec<Span> = periods.iter().flatten().flatten().copied().collect();
+        let Some(span) = super::measured_union(&all, now_ms) else {
+            for sla in slas {
+                self.target.with_label_values(&[&sla.name]).set(sla.target);
+            }
+            return Ok(Vec::new());
+        };
+        let snapshot = super::load::Snapshot::read(conn, span, now_ms)?;
         let mut out = Vec::with_capacity(slas.len());
-        for sla in slas {
-            out.extend(self.refresh_one(conn, sla, now_ms)?);
+        for (sla, periods) in slas.iter().zip(&periods) {
+            out.extend(self.refresh_one(&snapshot, sla, periods.as_deref(), now_ms));
         }
         Ok(out)
     }
@@ -142,26 +152,18 @@ impl SlaMetrics {
 
     fn refresh_one(
         &self,
-        conn: &Connection,
+        snapshot: &super::load::Snapshot,
         sla: &Sla,
+        periods: Option<&[Span]>,
         now_ms: i64,
-    ) -> rusqlite::Result<Option<Burn>> {
+    ) -> Option<Burn> {
         let name = sla.name.as_str();
         self.target.with_label_values(&[name]).set(sla.target);
-        let Some(period) = calendar::period(sla.window, now_ms, &sla.timezone) else {
-            return Ok(None);
-        };
+        let periods = periods?;
+        let period = periods[0];
         let window = sla.window.to_string();
-        let mut periods = vec![period];
-        periods.extend(
-            BURN_WINDOWS
-                .iter()
-                .map(|&(_, secs)| Span::new(now_ms.saturating_sub(secs as i64 * 1000), now_ms)),
-        );
-        let all = reports(conn, sla, &periods, now_ms)?;
-        let Some((r, burns)) = all.split_first() else {
-            return Ok(None);
-        };
+        let all = reports_from(snapshot, sla, periods, now_ms);
+        let (r, burns) = all.split_first()?;
         let mut burn = Burn {
             sla: name.to_string(),
             rates: [None; 7],
@@ -218,8 +220,21 @@ impl SlaMetrics {
                 burn.rates[i] = Some(rate);
             }
         }
-        Ok(Some(burn))
+        Some(burn)
     }
+}
+
+/// The periods of one SLA's figures: its window, then each of [`BURN_WINDOWS`] up to now
+/// (`None` when its window has no period at `now_ms`).
+fn periods(sla: &Sla, now_ms: i64) -> Option<Vec<Span>> {
+    let period = calendar::period(sla.window, now_ms, &sla.timezone)?;
+    let mut periods = vec![period];
+    periods.extend(
+        BURN_WINDOWS
+            .iter()
+            .map(|&(_, secs)| Span::new(now_ms.saturating_sub(secs as i64 * 1000), now_ms)),
+    );
+    Some(periods)
 }
 
 #[cfg(test)]

@@ -198,23 +198,43 @@ pub fn reports(
     periods: &[Span],
     now_ms: i64,
 ) -> rusqlite::Result<Vec<Report>> {
-    let (Some(start), Some(end)) = (
-        periods.iter().map(|p| p.start).min(),
-        periods.iter().map(|p| p.end.min(now_ms)).max(),
-    ) else {
+    let Some(span) = measured_union(periods, now_ms) else {
         return Ok(Vec::new());
     };
-    let cis = load::timelines(conn, sla, Span::new(start, end), now_ms)?;
+    let snapshot = load::Snapshot::read(conn, span, now_ms)?;
+    Ok(reports_from(&snapshot, sla, periods, now_ms))
+}
+
+/// The measured part of all `periods`, from the earliest start to the latest end (up to now).
+pub fn measured_union(periods: &[Span], now_ms: i64) -> Option<Span> {
+    let start = periods.iter().map(|p| p.start).min()?;
+    let end = periods.iter().map(|p| p.end.min(now_ms)).max()?;
+    Some(Span::new(start, end))
+}
+
+/// [`reports`] from what `snapshot` read (which should cover the periods up to now): one
+/// sweep per view over their union, each period's figures read from it.
+pub fn reports_from(
+    snapshot: &load::Snapshot,
+    sla: &Sla,
+    periods: &[Span],
+    now_ms: i64,
+) -> Vec<Report> {
+    let Some(span) = measured_union(periods, now_ms) else {
+        return Vec::new();
+    };
+    let cis = snapshot.timelines(sla, span);
     let measured: Vec<Span> = periods
         .iter()
         .map(|p| Span::new(p.start, p.end.min(now_ms)))
         .collect();
-    let runs = occurrences::count(conn, sla, &measured)?;
-    Ok(periods
+    let runs = occurrences::of(snapshot, sla, &measured);
+    let views = Views::sweep(&cis, sla, span);
+    periods
         .iter()
         .zip(runs)
-        .map(|(&p, runs)| report_of(&cis, sla, p, now_ms, runs))
-        .collect())
+        .map(|(&p, runs)| views.report(&cis, sla, p, now_ms, runs))
+        .collect()
 }
 
 /// One calendar day (in the SLA's zone) of a report's daily series.
@@ -228,7 +248,8 @@ pub struct Day {
 /// The most days a daily series holds (a report is at most this long).
 pub const MAX_DAYS: usize = 400;
 
-/// [`report`] and its daily series (at most [`MAX_DAYS`] days), from one read of the store.
+/// [`report`] and its daily series (at most [`MAX_DAYS`] days), from one read of the store and
+/// one sweep per view: each day's figures are read from the sweep of the whole period.
 pub fn report_with_days(
     conn: &rusqlite::Connection,
     sla: &Sla,
@@ -236,58 +257,76 @@ pub fn report_with_days(
     now_ms: i64,
 ) -> rusqlite::Result<(Report, Vec<Day>)> {
     let measured = Span::new(period.start, period.end.min(now_ms));
-    let cis = load::timelines(conn, sla, measured, now_ms)?;
-    let runs = occurrences::count(conn, sla, &[measured])?;
-    let report = report_of(&cis, sla, period, now_ms, runs[0]);
+    let snapshot = load::Snapshot::read(conn, measured, now_ms)?;
+    let cis = snapshot.timelines(sla, measured);
+    let runs = occurrences::of(&snapshot, sla, &[measured]);
+    let views = Views::sweep(&cis, sla, measured);
+    let report = views.report(&cis, sla, period, now_ms, runs[0]);
     let days = calendar::days(measured, &sla.timezone, MAX_DAYS)
         .into_iter()
-        .map(|(date, span)| {
-            let r = report_of(&cis, sla, span, now_ms, Default::default());
-            Day {
-                date,
-                contractual: r.contractual,
-                experienced: r.experienced,
-            }
+        .map(|(date, span)| Day {
+            date,
+            contractual: views
+                .contractual
+                .figures(&cis, span, &views.service_time, false),
+            experienced: views
+                .experienced
+                .figures(&cis, span, &Spans::one(span), false),
         })
         .collect();
     Ok((report, days))
 }
 
-fn report_of(
-    cis: &[CiTimeline],
-    sla: &Sla,
-    period: Span,
-    now_ms: i64,
-    occurrences: occurrences::Occurrences,
-) -> Report {
-    let measured = Span::new(period.start, period.end.min(now_ms));
-    let service_time = |span: Span| match &sla.schedule {
+/// Both views of one stretch of time, swept once; the figures of any period within it.
+struct Views {
+    contractual: availability::States,
+    experienced: availability::States,
+    /// The service time of the swept stretch (the schedule applied).
+    service_time: Spans,
+}
+
+impl Views {
+    fn sweep(cis: &[CiTimeline], sla: &Sla, span: Span) -> Views {
+        Views {
+            contractual: availability::States::sweep(cis, span, Kind::Contractual, sla.combine),
+            experienced: availability::States::sweep(cis, span, Kind::Experienced, sla.combine),
+            service_time: service_time(sla, span),
+        }
+    }
+
+    fn report(
+        &self,
+        cis: &[CiTimeline],
+        sla: &Sla,
+        period: Span,
+        now_ms: i64,
+        occurrences: occurrences::Occurrences,
+    ) -> Report {
+        let measured = Span::new(period.start, period.end.min(now_ms));
+        let contractual = self
+            .contractual
+            .figures(cis, measured, &self.service_time, true);
+        let experienced = self
+            .experienced
+            .figures(cis, measured, &Spans::one(measured), true);
+        let budget_ms = sla.budget_ms(service_time(sla, period).total());
+        Report {
+            period,
+            measured,
+            budget_remaining_ms: budget_ms - contractual.down_ms,
+            contractual,
+            experienced,
+            budget_ms,
+            occurrences,
+        }
+    }
+}
+
+/// The service time of `span`: its schedule's hours, or all of it.
+fn service_time(sla: &Sla, span: Span) -> Spans {
+    match &sla.schedule {
         Some(s) => s.within(span),
         None => Spans::one(span),
-    };
-    let contractual = compute(
-        cis,
-        measured,
-        &service_time(measured),
-        Kind::Contractual,
-        sla.combine,
-    );
-    let experienced = compute(
-        cis,
-        measured,
-        &Spans::one(measured),
-        Kind::Experienced,
-        sla.combine,
-    );
-    let budget_ms = sla.budget_ms(service_time(period).total());
-    Report {
-        period,
-        measured,
-        budget_remaining_ms: budget_ms - contractual.down_ms,
-        contractual,
-        experienced,
-        budget_ms,
-        occurrences,
     }
 }
 

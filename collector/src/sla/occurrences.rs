@@ -15,10 +15,13 @@ use std::collections::HashMap;
 use rusqlite::{params, Connection};
 use vigil_shared::proto::Sample;
 
+use super::load::Snapshot;
 use super::spans::Span;
 use super::Sla;
-use crate::incidents::scope::{matches, Target};
 use crate::store::CheckTally;
+
+/// Check executions per agent: `(UTC day, passed, ran)` in day order.
+pub type Runs = HashMap<String, Vec<(i64, u64, u64)>>;
 
 /// Milliseconds in a UTC day, the bucket of `check_runs`.
 pub const DAY_MS: i64 = 86_400_000;
@@ -86,72 +89,68 @@ pub fn tally(samples: &[Sample]) -> Vec<CheckTally> {
 /// The executions of the checks `sla` covers (every check of a host in its scope, and in its
 /// business service when it names one) within each of `periods`.
 pub fn count(conn: &Connection, sla: &Sla, periods: &[Span]) -> rusqlite::Result<Vec<Occurrences>> {
-    let days: Vec<Span> = periods.iter().map(|&p| days_of(p)).collect();
-    let mut out: Vec<Occurrences> = days
+    let (Some(start), Some(end)) = (
+        periods.iter().map(|p| p.start).min(),
+        periods.iter().map(|p| p.end).max(),
+    ) else {
+        return Ok(Vec::new());
+    };
+    let snapshot = Snapshot::read(conn, Span::new(start, end), end)?;
+    Ok(of(&snapshot, sla, periods))
+}
+
+/// [`count`] from what `snapshot` read (periods beyond it count what it holds).
+pub fn of(snapshot: &Snapshot, sla: &Sla, periods: &[Span]) -> Vec<Occurrences> {
+    let mut out: Vec<Occurrences> = periods
         .iter()
-        .map(|&days| Occurrences {
-            days,
+        .map(|&p| Occurrences {
+            days: days_of(p),
             ..Occurrences::default()
         })
         .collect();
-    let (Some(start), Some(end)) = (
-        days.iter().map(|d| d.start).min(),
-        days.iter().map(|d| d.end).max(),
-    ) else {
-        return Ok(out);
-    };
-    let hosts = crate::cmdb::lookup::hosts(conn)?;
-    let members = match &sla.service {
-        Some(name) => Some(
-            crate::cmdb::lookup::services(conn)?
-                .remove(name)
-                .unwrap_or_default(),
-        ),
-        None => None,
-    };
-    let in_scope: HashMap<&str, bool> = hosts
+    for host in snapshot
+        .hosts()
         .iter()
-        .map(|h| {
-            let target = Target {
-                hostname: &h.hostname,
-                tags: &h.tags,
-                ci_type: "check",
-                ci_id: None,
-            };
-            let member = members
-                .as_ref()
-                .is_none_or(|m| m.contains(Some(&h.agent_id), None));
-            (h.agent_id.as_str(), member && matches(&sla.scope, &target))
-        })
-        .collect();
-    if !in_scope.values().any(|&v| v) {
-        return Ok(out);
+        .filter(|h| snapshot.checks_in_scope(sla, h))
+    {
+        let runs = snapshot.runs_of(&host.agent_id);
+        if runs.is_empty() {
+            continue;
+        }
+        for o in &mut out {
+            let first = runs.partition_point(|r| r.0 < o.days.start);
+            for &(_, ok, total) in runs[first..].iter().take_while(|r| r.0 < o.days.end) {
+                o.ok = o.ok.saturating_add(ok);
+                o.total = o.total.saturating_add(total);
+            }
+        }
     }
-    // Per scoped host and day, summed over its checks: few rows even for a year.
+    out
+}
+
+/// The executions per agent within `days` (whole UTC days), summed over its checks: `(day,
+/// passed, ran)` in day order. One pass over the covering index `check_runs_by_day` (day,
+/// agent, counts): no table lookups, no sort.
+pub fn read(conn: &Connection, days: Span) -> rusqlite::Result<Runs> {
+    let mut out = Runs::new();
     let mut stmt = conn.prepare_cached(
         "SELECT agent_id, day_ms, SUM(ok), SUM(total) FROM check_runs
          WHERE day_ms >= ?1 AND day_ms < ?2
-         GROUP BY agent_id, day_ms",
+         GROUP BY day_ms, agent_id ORDER BY day_ms, agent_id",
     )?;
-    let rows = stmt.query_map(params![start, end], |r| {
-        Ok((
-            r.get::<_, String>(0)?,
+    let mut rows = stmt.query(params![days.start, days.end])?;
+    while let Some(r) = rows.next()? {
+        let agent = r.get_ref(0)?.as_str()?;
+        let run = (
             r.get::<_, i64>(1)?,
-            r.get::<_, i64>(2)?,
-            r.get::<_, i64>(3)?,
-        ))
-    })?;
-    for row in rows {
-        let (agent, day, ok, total) = row?;
-        if !in_scope.get(agent.as_str()).copied().unwrap_or(false) {
-            continue;
-        }
-        for o in out
-            .iter_mut()
-            .filter(|o| o.days.start <= day && day < o.days.end)
-        {
-            o.ok = o.ok.saturating_add(ok.max(0).unsigned_abs());
-            o.total = o.total.saturating_add(total.max(0).unsigned_abs());
+            r.get::<_, i64>(2)?.max(0).unsigned_abs(),
+            r.get::<_, i64>(3)?.max(0).unsigned_abs(),
+        );
+        match out.get_mut(agent) {
+            Some(v) => v.push(run),
+            None => {
+                out.insert(agent.to_owned(), vec![run]);
+            }
         }
     }
     Ok(out)

@@ -130,7 +130,22 @@ impl Spans {
 
     /// The part within `span`.
     pub fn clip(&self, span: Span) -> Spans {
-        self.intersect(&Spans::one(span))
+        Spans(self.within(span).collect())
+    }
+
+    /// The length of the part within `span` ([`Spans::clip`] without building it).
+    pub fn clip_total(&self, span: Span) -> i64 {
+        self.within(span).map(|s| s.len()).sum()
+    }
+
+    /// The non-empty parts within `span`, found by binary search.
+    fn within(&self, span: Span) -> impl Iterator<Item = Span> + '_ {
+        let first = self.0.partition_point(|s| s.end <= span.start);
+        self.0[first..]
+            .iter()
+            .take_while(move |s| s.start < span.end)
+            .map(move |s| s.intersect(span))
+            .filter(|s| !s.is_empty())
     }
 
     /// Whether `t` is covered (binary search).

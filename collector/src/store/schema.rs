@@ -324,6 +324,12 @@ const MIGRATION_STEPS: &[M<'static>] = &[
     ) STRICT;
     CREATE INDEX audit_log_ts ON audit_log(ts_ms);",
     ),
+    // Check executions by day with their counts (`sla::occurrences::read`): a report reads a
+    // period's days from the index alone, in order, without looking up rows or sorting.
+    M::up(
+        "DROP INDEX check_runs_day;
+    CREATE INDEX check_runs_by_day ON check_runs(day_ms, agent_id, ok, total);",
+    ),
 ];
 
 /// The migrations applied by every [`Db::open`] and [`Writer::spawn`].
