@@ -34,17 +34,21 @@
 //!    checks; default `down_when`, combine "all") from now - 365 d to now through
 //!    `sla::report_with_days`, the function `GET /api/v1/slas/{name}/report` calls, on a
 //!    fresh `store::Db::open` each run (its pragmas and migrations; the file is in the page
-//!    cache). Also timed: opening it, `sla::load::timelines` alone (the store read),
-//!    `sla::occurrences::count` (the check runs), one `sla::compute` of the year and
-//!    `sla::report` (no daily series), so that the split between reading and computing shows. Unless `--no-http`, the same report through the real endpoint of an
-//!    in-process collector (`app::start`, no agents connected, a viewer token).
+//!    cache), alternately cold (`sla::cache::forget`: the first report after a start reads
+//!    everything) and warm (after `churn`: what a running collector writes between two reads,
+//!    today's check executions of every agent and 20 incidents, re-read through the cache's
+//!    change log). Also timed, warm: opening it, `sla::load::timelines` alone (the store
+//!    read), `sla::occurrences::count` (the check runs), one `sla::compute` of the year and
+//!    `sla::report` (no daily series), so that the split between reading and computing shows.
+//!    Unless `--no-http`, the same report through the real endpoint of an in-process collector
+//!    (`app::start`, no agents connected, a viewer token; its cache warm after the first run).
 //! 2. Refresh: 100 SLAs (scopes by role, data centre, host glob, the whole fleet, host CIs only;
 //!    rolling 1 d / 7 d / 30 d / 90 d and calendar week / month / quarter windows in UTC,
 //!    Europe/Berlin and America/New_York; service hours on a third, a quorum on some,
 //!    `degraded_when` on a quarter) through `sla::metrics::SlaMetrics::refresh`, what the
 //!    collector's "SLA figures" task runs every `REFRESH_EVERY` (30 s; within
 //!    `REFRESH_AFTER_CHANGE`, 5 s, of an incident change), each round on a fresh connection as
-//!    the task opens one. CPU time of the refreshing thread (`CLOCK_THREAD_CPUTIME_ID`), and
+//!    the task opens one, alternately cold and warm (as for the report). CPU time of the refreshing thread (`CLOCK_THREAD_CPUTIME_ID`), and
 //!    per SLA what its `sla::reports` costs, with the store read (`load::timelines`) apart.
 //! 3. Streaming: the collector in this process (`app::start`, runtime threads `vigil-rt`) on a
 //!    fresh copy of the store, 1,000 simulated agents x 100 metrics streaming every 10 s
@@ -1218,8 +1222,10 @@ fn enroll(b: &Bench) -> Result<Vec<(String, String)>> {
 // --- phase 1: the year's report ----------------------------------------------------------------
 
 struct ReportResult {
-    /// `report_with_days` on a fresh connection.
+    /// `report_with_days` on a fresh connection, the store's cache warm (after `churn`).
     with_days: Vec<f64>,
+    /// The same with the cache forgotten.
+    cold: Vec<f64>,
     /// Opening that connection (pragmas, migrations).
     open: Vec<f64>,
     /// `load::timelines` alone.
@@ -1246,22 +1252,36 @@ fn report_phase(b: &Bench) -> Result<ReportResult> {
         "report: SLA `fleet` over the last 365 days, {} runs of `sla::report_with_days` on a fresh connection each",
         a.runs
     );
-    let (mut with_days, mut open, mut last) = (Vec::new(), Vec::new(), None);
-    for run in 0..a.runs {
+    let (mut with_days, mut cold, mut open, mut last) = (Vec::new(), Vec::new(), Vec::new(), None);
+    // Alternately cold (the cache of this store forgotten: the first report after a start)
+    // and warm (after what a running collector writes in a refresh period: `churn`).
+    for run in 0..a.runs * 2 {
+        let warm = run % 2 == 1;
         let t0 = Instant::now();
         let db = open_store(&b.template)?;
         let conn = db.conn();
+        if warm {
+            churn(conn)?;
+        } else {
+            sla::cache::forget(conn);
+        }
         let t1 = Instant::now();
         let now = now_ms();
         let (r, days) = sla::report_with_days(conn, &fleet, year(now), now)?;
         let t2 = Instant::now();
         open.push(ms(t1 - t0));
-        with_days.push(ms(t2 - t1));
+        if warm {
+            with_days.push(ms(t2 - t1));
+        } else {
+            cold.push(ms(t2 - t1));
+        }
         say!(
-            "report: run {:2}: {:7.1} ms (+ {:.1} ms opening the connection), {} days",
-            run + 1,
+            "report: run {:2} ({}): {:7.1} ms (+ {:.1} ms opening the connection{}), {} days",
+            run / 2 + 1,
+            if warm { "warm" } else { "cold" },
             ms(t2 - t1),
             ms(t1 - t0),
+            if warm { " and writing the changes" } else { "" },
             days.len()
         );
         last = Some((r, days.len()));
@@ -1348,6 +1368,7 @@ fn report_phase(b: &Bench) -> Result<ReportResult> {
     let http = if a.http { Some(http_report(b)?) } else { None };
     Ok(ReportResult {
         with_days,
+        cold,
         open,
         load,
         no_days,
@@ -1360,6 +1381,25 @@ fn report_phase(b: &Bench) -> Result<ReportResult> {
         quorum,
         http,
     })
+}
+
+/// What a running collector writes between two SLA reads, more or less, without changing a
+/// figure: today's check executions of every agent (the ingest writer adds to them with every
+/// batch) and 20 incidents (opened, resolved or reopened in 30 s at most at this fleet's rate of
+/// one every 5 minutes). Through the triggers the cache reads, so that a warm read re-reads
+/// them.
+fn churn(conn: &rusqlite::Connection) -> Result<()> {
+    conn.execute(
+        "UPDATE check_runs SET ok = ok, total = total
+         WHERE day_ms = (SELECT MAX(day_ms) FROM check_runs)",
+        [],
+    )?;
+    conn.execute(
+        "UPDATE incidents SET resolved_ms = resolved_ms
+         WHERE id IN (SELECT id FROM incidents ORDER BY random() LIMIT 20)",
+        [],
+    )?;
+    Ok(())
 }
 
 /// The same report through `GET /api/v1/slas/fleet/report` of a collector in this process.
@@ -1408,8 +1448,10 @@ fn http_report(b: &Bench) -> Result<(Vec<f64>, usize)> {
 // --- phase 2: the refresh of 100 SLAs ----------------------------------------------------------
 
 struct RefreshResult {
-    /// CPU per refresh (ms), every round.
+    /// CPU per refresh (ms), every warm round.
     cpu: Vec<f64>,
+    /// CPU per refresh with the cache forgotten.
+    cold: Vec<f64>,
     wall: Vec<f64>,
     series: usize,
     /// Sum over the SLAs of their `reports` CPU and of its store read.
@@ -1438,15 +1480,30 @@ fn refresh_phase(b: &Bench, slas: &[Sla]) -> Result<RefreshResult> {
         slas.len(),
         b.args.rounds
     );
-    let (mut cpu, mut wall) = (Vec::new(), Vec::new());
-    for round in 0..b.args.rounds {
+    let (mut cpu, mut wall, mut cold) = (Vec::new(), Vec::new(), Vec::new());
+    // Alternately cold (the store's cache forgotten) and warm (after `churn`).
+    for round in 0..b.args.rounds * 2 {
+        let warm = round % 2 == 1;
+        {
+            let db = open_store(&b.template)?;
+            if warm {
+                churn(db.conn())?;
+            } else {
+                sla::cache::forget(db.conn());
+            }
+        }
         let (c, w, burns) = refresh_once(&b.template, &m, slas)?;
         say!(
-            "refresh: round {}: {c:.0} ms CPU, {w:.0} ms wall, {burns} burn records",
-            round + 1
+            "refresh: round {} ({}): {c:.0} ms CPU, {w:.0} ms wall, {burns} burn records",
+            round / 2 + 1,
+            if warm { "warm" } else { "cold" },
         );
-        cpu.push(c);
-        wall.push(w);
+        if warm {
+            cpu.push(c);
+            wall.push(w);
+        } else {
+            cold.push(c);
+        }
     }
     let text = prometheus::TextEncoder::new()
         .encode_to_string(&registry.gather())
@@ -1525,6 +1582,7 @@ fn refresh_phase(b: &Bench, slas: &[Sla]) -> Result<RefreshResult> {
     }
     Ok(RefreshResult {
         cpu,
+        cold,
         wall,
         series,
         per_sla_total,
@@ -1782,11 +1840,15 @@ fn main() -> Result<()> {
     println!("|---|---|---|---|");
     if let Some(r) = &rep {
         println!(
-            "| year report, SLA over {} hosts ({} units), `sla::report_with_days` (what `GET /api/v1/slas/{{name}}/report` runs), fresh connection per run | {} | <= 200 ms | {} |",
+            "| year report, SLA over {} hosts ({} units), `sla::report_with_days` (what `GET /api/v1/slas/{{name}}/report` runs), fresh connection per run, the store's cache warm (after a refresh period's writes) | {} | <= 200 ms | {} |",
             thousands(a.hosts as f64),
             thousands(r.units as f64),
             summary(&r.with_days),
             verdict(median(&r.with_days) <= 200.0)
+        );
+        println!(
+            "| the same, cold (the first report after the collector starts) | {} | - | - |",
+            summary(&r.cold)
         );
         if let Some((lat, bytes)) = &r.http {
             println!(
@@ -1844,11 +1906,16 @@ fn main() -> Result<()> {
         let (lo, hi) = min_max(&f.cpu);
         let share = c / 1e3 / period_s * 100.0;
         println!(
-            "| refresh of {} SLAs (`SlaMetrics::refresh`, isolated, fresh connection): CPU per refresh | median {c:.0} ms (min {lo:.0}, max {hi:.0}; {} rounds), wall {:.0} ms; {} series | - | - |",
+            "| refresh of {} SLAs (`SlaMetrics::refresh`, isolated, fresh connection, cache warm): CPU per refresh | median {c:.0} ms (min {lo:.0}, max {hi:.0}; {} rounds), wall {:.0} ms; {} series | - | - |",
             a.slas,
             f.cpu.len(),
             median(&f.wall),
             f.series
+        );
+        println!(
+            "| the same, cold (the first refresh after a start) | median {:.0} ms CPU ({} rounds) | - | - |",
+            median(&f.cold),
+            f.cold.len()
         );
         println!(
             "| {} SLAs kept current: CPU share of one core at the {period_s:.0} s refresh period (isolated) | {share:.2} % | <= 1 % | {} |",

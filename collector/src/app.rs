@@ -385,6 +385,7 @@ pub async fn start(config: &CollectorConfig) -> Result<Running> {
                 let pruned = db.prune_batches(cutoff)?;
                 // Check executions stay as long as a report can reach back, whatever the retention.
                 crate::sla::occurrences::prune(db.conn(), now)?;
+                crate::sla::cache::prune(db.conn(), crate::sla::cache::KEEP_CHANGES)?;
                 crate::http::audit::prune(db.conn(), now)?;
                 // Delivered or failed notifications past retention (pending ones stay).
                 crate::notify::prune(db.conn(), cutoff)?;

@@ -1,9 +1,10 @@
 //! The timelines of an SLA's CIs, read from what the store holds: the CMDB (which CIs, since
 //! when), the incidents and their episodes (down and degraded time), the maintenance windows.
 //!
-//! Derived on every call, never cached: late data that opened incidents in the past, an
-//! incident resolved later, a maintenance window added afterwards or a changed SLA all show in
-//! the next report.
+//! Derived on every call from what the store holds at that moment: late data that opened
+//! incidents in the past, an incident resolved later, a maintenance window added afterwards or
+//! a changed SLA all show in the next report. The incidents and check executions come through
+//! `super::cache`, which reads only what changed since the last read.
 //!
 //! A unit of the service is a CI of the CMDB in scope, or a check of a host in scope (checks
 //! are not CMDB items; their incidents name them by key). A CI exists from when it was first
@@ -14,9 +15,12 @@
 //! from while it was down itself, is unknown then, unless an incident decided it was down).
 
 use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
 
 use rusqlite::{params, Connection};
 
+use super::cache::Incident;
+use super::occurrences::days_of;
 use super::spans::{Span, Spans};
 use super::{CiTimeline, Sla};
 use crate::incidents::maintenance::{self, Window};
@@ -48,7 +52,7 @@ struct CiRow {
 /// What the store holds about one stretch of time, read once, from which the timelines and
 /// check executions of any number of SLAs (and any periods within it) are derived in memory:
 /// the collector's refresh of every SLA on `/metrics` reads the store once, not once per SLA.
-/// Read again for every report and refresh; nothing outlives it.
+/// Taken again for every report and refresh (`super::cache` keeps what did not change).
 pub struct Snapshot {
     period: Span,
     now_ms: i64,
@@ -61,7 +65,7 @@ pub struct Snapshot {
     host_known: HashMap<String, Span>,
     cis: Vec<CiRow>,
     /// Incidents that overlap `period`, with the spans they were active.
-    incidents: Vec<(IncidentRow, Vec<Span>)>,
+    incidents: Vec<Arc<Incident>>,
     data: HashMap<String, Spans>,
     /// Check executions per agent: `(UTC day, passed, ran)` in day order, over the whole
     /// UTC days `period` touches.
@@ -69,8 +73,34 @@ pub struct Snapshot {
 }
 
 impl Snapshot {
-    /// Everything that overlaps `period`, as of `now_ms`.
+    /// Everything that overlaps `period`, as of `now_ms`: the CMDB, maintenance and coverage
+    /// read again, the incidents and check executions that changed since the last read of this
+    /// store in this process (`super::cache`).
     pub fn read(conn: &Connection, period: Span, now_ms: i64) -> rusqlite::Result<Snapshot> {
+        Snapshot::read_with(conn, period, now_ms, super::cache::of(conn).as_deref())
+    }
+
+    /// [`Snapshot::read`] of everything from the store, as the first read of a store does.
+    pub fn read_uncached(
+        conn: &Connection,
+        period: Span,
+        now_ms: i64,
+    ) -> rusqlite::Result<Snapshot> {
+        Snapshot::read_with(conn, period, now_ms, None)
+    }
+
+    fn read_with(
+        conn: &Connection,
+        period: Span,
+        now_ms: i64,
+        cache: Option<&super::cache::StoreCache>,
+    ) -> rusqlite::Result<Snapshot> {
+        // One read transaction: what the cache asks for changes is what the rows say.
+        let tx = if conn.is_autocommit() {
+            Some(conn.unchecked_transaction()?)
+        } else {
+            None
+        };
         let hosts = crate::cmdb::lookup::hosts(conn)?;
         let host_of = hosts
             .iter()
@@ -113,35 +143,21 @@ impl Snapshot {
                 )
             })
             .collect();
-        // Incidents that overlap the period; the episodes of reopened ones from their events.
-        let mut stmt = conn.prepare_cached(
-            "SELECT id, agent_id, ci_id, ci_type, ci_key, rule, priority, first_breach_ms,
-                    resolved_ms, reopen_count
-             FROM incidents
-             WHERE agent_id IS NOT NULL AND first_breach_ms < ?1
-               AND (resolved_ms IS NULL OR resolved_ms > ?2)",
-        )?;
-        let rows = stmt
-            .query_map(params![period.end, period.start], |r| {
-                Ok(IncidentRow {
-                    id: r.get(0)?,
-                    agent: r.get(1)?,
-                    ci_id: r.get(2)?,
-                    ci_type: r.get(3)?,
-                    ci_key: r.get(4)?,
-                    rule: r.get(5)?,
-                    priority: r.get(6)?,
-                    first_breach_ms: r.get(7)?,
-                    resolved_ms: r.get(8)?,
-                    reopen_count: r.get(9)?,
-                })
-            })?
-            .collect::<rusqlite::Result<Vec<_>>>()?;
-        let mut incidents = Vec::with_capacity(rows.len());
-        for inc in rows {
-            let spans = episodes(conn, &inc, now_ms)?;
-            incidents.push((inc, spans));
-        }
+        let (incidents, runs) = match cache {
+            Some(cache) => {
+                let incidents = match cache.incidents(conn, period, now_ms)? {
+                    Some(cached) => cached,
+                    None => super::cache::incidents_uncached(conn, period)?,
+                };
+                (incidents, cache.runs(conn, days_of(period))?)
+            }
+            None => (
+                super::cache::incidents_uncached(conn, period)?,
+                super::occurrences::read(conn, days_of(period))?,
+            ),
+        };
+        let data = data_spans(conn, period)?;
+        drop(tx);
         Ok(Snapshot {
             period,
             now_ms,
@@ -152,8 +168,8 @@ impl Snapshot {
             host_known,
             cis,
             incidents,
-            data: data_spans(conn, period)?,
-            runs: super::occurrences::read(conn, super::occurrences::days_of(period))?,
+            data,
+            runs,
         })
     }
 
@@ -246,20 +262,14 @@ impl Snapshot {
             };
             units.insert((&ci.agent, &ci.ty, &ci.key), timeline);
         }
-        for (inc, spans) in &self.incidents {
-            if inc.first_breach_ms >= period.end
-                || inc.resolved_ms.is_some_and(|r| r <= period.start)
-            {
+        for inc in &self.incidents {
+            if !inc.overlaps(period) {
                 continue;
             }
             let Some(weight) = sla.effect(&inc.rule, inc.priority) else {
                 continue;
             };
-            let key = (
-                inc.agent.as_str(),
-                inc.ci_type.as_str(),
-                inc.ci_key.as_str(),
-            );
+            let key = (&*inc.agent, &*inc.ci_type, &*inc.ci_key);
             let timeline = match units.entry(key) {
                 std::collections::btree_map::Entry::Occupied(e) => e.into_mut(),
                 std::collections::btree_map::Entry::Vacant(v) => {
@@ -279,7 +289,11 @@ impl Snapshot {
                     {
                         continue; // a CI out of scope, or retired before the period
                     }
-                    let known = self.host_known.get(&inc.agent).copied().unwrap_or_default();
+                    let known = self
+                        .host_known
+                        .get(&*inc.agent)
+                        .copied()
+                        .unwrap_or_default();
                     v.insert(CiTimeline {
                         exists: Some(Spans::one(known)),
                         known: Spans::one(known).intersect(&data_of(&inc.agent)),
@@ -288,7 +302,11 @@ impl Snapshot {
                     })
                 }
             };
-            for &span in spans {
+            for span in inc
+                .episodes
+                .iter()
+                .map(|s| Span::new(s.start, s.end.min(now_ms)))
+            {
                 if weight >= 1.0 {
                     timeline.down.push((span, inc.id));
                 } else {
@@ -323,62 +341,6 @@ fn data_spans(conn: &Connection, period: Span) -> rusqlite::Result<HashMap<Strin
         .into_iter()
         .map(|(agent, spans)| (agent, Spans::from_unsorted(spans)))
         .collect())
-}
-
-struct IncidentRow {
-    id: i64,
-    agent: String,
-    ci_id: Option<i64>,
-    ci_type: String,
-    ci_key: String,
-    rule: String,
-    priority: u8,
-    first_breach_ms: i64,
-    resolved_ms: Option<i64>,
-    reopen_count: i64,
-}
-
-/// The spans an incident was active: from its first breach to its resolution, or, once
-/// reopened, each episode from (re)opening to the next resolution. An active one runs to now.
-fn episodes(conn: &Connection, inc: &IncidentRow, now_ms: i64) -> rusqlite::Result<Vec<Span>> {
-    if inc.reopen_count == 0 {
-        let end = inc.resolved_ms.unwrap_or(now_ms);
-        return Ok(vec![Span::new(inc.first_breach_ms, end)]);
-    }
-    // An episode runs from its breach (`first_breach_ms` of the reopen; the sample's time, which
-    // lies in the past for data replayed after an outage) to the time of the sample that
-    // resolved it (`at_ms`), not to when the collector wrote the events.
-    let mut stmt = conn.prepare_cached(
-        "SELECT ts_ms, kind, detail FROM incident_events
-         WHERE incident_id = ?1 AND kind IN ('reopened', 'resolved') ORDER BY id",
-    )?;
-    let events = stmt
-        .query_map([inc.id], |r| {
-            Ok((
-                r.get::<_, i64>(0)?,
-                r.get::<_, String>(1)?,
-                r.get::<_, String>(2)?,
-            ))
-        })?
-        .collect::<rusqlite::Result<Vec<_>>>()?;
-    let mut out = Vec::new();
-    let mut start = Some(inc.first_breach_ms);
-    for (ts, kind, detail) in events {
-        let detail: serde_json::Value = serde_json::from_str(&detail).unwrap_or_default();
-        let at = |key: &str| detail[key].as_i64().unwrap_or(ts);
-        match (kind.as_str(), start) {
-            ("resolved", Some(s)) => {
-                out.push(Span::new(s, at("at_ms").max(s)));
-                start = None;
-            }
-            ("reopened", None) => start = Some(at("first_breach_ms")),
-            _ => {}
-        }
-    }
-    if let Some(s) = start {
-        out.push(Span::new(s, inc.resolved_ms.unwrap_or(now_ms)));
-    }
-    Ok(out)
 }
 
 /// The occurrences of one maintenance window within `period`.

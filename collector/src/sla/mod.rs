@@ -12,6 +12,7 @@
 pub mod alerts;
 pub mod api;
 pub mod availability;
+pub mod cache;
 pub mod calendar;
 pub mod kpis;
 pub mod load;

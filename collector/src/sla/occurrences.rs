@@ -11,6 +11,7 @@
 //! execution, as the anchors do, and compares with the experienced view.
 
 use std::collections::HashMap;
+use std::sync::Arc;
 
 use rusqlite::{params, Connection};
 use vigil_shared::proto::Sample;
@@ -21,7 +22,7 @@ use super::Sla;
 use crate::store::CheckTally;
 
 /// Check executions per agent: `(UTC day, passed, ran)` in day order.
-pub type Runs = HashMap<String, Vec<(i64, u64, u64)>>;
+pub type Runs = HashMap<Arc<str>, Vec<(i64, u64, u64)>>;
 
 /// Milliseconds in a UTC day, the bucket of `check_runs`.
 pub const DAY_MS: i64 = 86_400_000;
@@ -149,7 +150,7 @@ pub fn read(conn: &Connection, days: Span) -> rusqlite::Result<Runs> {
         match out.get_mut(agent) {
             Some(v) => v.push(run),
             None => {
-                out.insert(agent.to_owned(), vec![run]);
+                out.insert(Arc::from(agent), vec![run]);
             }
         }
     }
@@ -160,10 +161,9 @@ pub fn read(conn: &Connection, days: Span) -> rusqlite::Result<Runs> {
 /// `now_ms`, plus one day for a period that starts within a day).
 pub fn prune(conn: &Connection, now_ms: i64) -> rusqlite::Result<usize> {
     let keep = (super::MAX_DAYS as i64 + 1).saturating_mul(DAY_MS);
-    conn.execute(
-        "DELETE FROM check_runs WHERE day_ms < ?1",
-        [now_ms.saturating_sub(keep)],
-    )
+    let before = now_ms.saturating_sub(keep);
+    conn.execute("DELETE FROM check_days WHERE day_ms < ?1", [before])?;
+    conn.execute("DELETE FROM check_runs WHERE day_ms < ?1", [before])
 }
 
 #[cfg(test)]

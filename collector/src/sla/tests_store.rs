@@ -540,3 +540,82 @@ async fn coverage_is_the_time_the_agent_sent_data() {
         .expect("rows");
     assert!(rows <= 3, "one row per stretch, not per batch: {rows}");
 }
+
+/// A read through the cache (`super::cache`, warm from the read before) gives what a read of
+/// everything gives, after each kind of write an SLA figure depends on: an incident opened,
+/// resolved, reopened, one opened late in the past, check executions added to a past day, the
+/// change log pruned behind the cache, days pruned; and a read reaching behind what the cache
+/// let go of. Each step moves the figures, so a stale cache would differ.
+#[test]
+fn the_cache_reads_what_the_store_holds() {
+    use crate::sla::occurrences::DAY_MS;
+
+    let (_dir, db) = db();
+    let c = db.conn();
+    let web1 = host(c, "web1", "web", T0 - HOUR);
+    let web2 = host(c, "web2", "web", T0 - HOUR);
+    let s = sla("target = 0.99\n[sla.scope]\ntag = \"role=web\"\n");
+    let now = T0 + 3 * DAY_MS;
+    let period = Span::new(T0, now);
+    let read = |snapshot: load::Snapshot| reports_from(&snapshot, &s, &[period], now).remove(0);
+    let mut last = read(load::Snapshot::read(c, period, now).expect("read"));
+    let mut step = |what: &str, change: &dyn Fn()| {
+        change();
+        let cached = read(load::Snapshot::read(c, period, now).expect("cached read"));
+        let fresh = read(load::Snapshot::read_uncached(c, period, now).expect("read"));
+        assert_eq!(cached, fresh, "{what}");
+        assert_ne!(cached, last, "{what}: the figures move");
+        last = cached;
+    };
+    let id = std::cell::Cell::new(0);
+    step("an incident opens", &|| {
+        id.set(down(c, "web1", web1, T0 + HOUR, None));
+    });
+    step("it is resolved", &|| {
+        let t = T0 + 2 * HOUR;
+        Lifecycle::new(c, &[], t)
+            .resolve(id.get(), t, Some(1.0), "recovered", true)
+            .expect("resolve");
+    });
+    step("it reopens and is resolved again", &|| {
+        let again = down(
+            c,
+            "web1",
+            web1,
+            T0 + 2 * HOUR + 10 * MIN,
+            Some(T0 + 3 * HOUR),
+        );
+        assert_eq!(again, id.get(), "reopened, not new");
+    });
+    step("late data opens an incident in the past", &|| {
+        down(c, "web2", web2, T0 + 10 * HOUR, Some(T0 + 11 * HOUR));
+    });
+    step("check executions on a past day", &|| {
+        c.execute(
+            "INSERT INTO check_runs VALUES ('web1', 'http', ?1, 5, 10)",
+            [T0],
+        )
+        .expect("runs");
+    });
+    step("more of them, a batch replayed late", &|| {
+        c.execute(
+            "UPDATE check_runs SET ok = ok + 10, total = total + 10 WHERE day_ms = ?1",
+            [T0],
+        )
+        .expect("runs");
+    });
+    step("the change log pruned behind the cache", &|| {
+        crate::sla::cache::prune(c, 0).expect("prune");
+        down(c, "web2", web2, T0 + 20 * HOUR, Some(T0 + 21 * HOUR));
+    });
+    step("the days pruned", &|| {
+        crate::sla::occurrences::prune(c, T0 + 500 * DAY_MS).expect("prune");
+    });
+    // A read as of a year later lets go of these incidents; a read of the old period then
+    // reads them from the store.
+    let later = T0 + 500 * DAY_MS;
+    let recent = Span::new(later - 30 * DAY_MS, later);
+    load::Snapshot::read(c, recent, later).expect("later read");
+    let cached = read(load::Snapshot::read(c, period, now).expect("cached read"));
+    assert_eq!(cached, last, "behind the cache's horizon");
+}

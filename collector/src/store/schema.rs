@@ -330,6 +330,36 @@ const MIGRATION_STEPS: &[M<'static>] = &[
         "DROP INDEX check_runs_day;
     CREATE INDEX check_runs_by_day ON check_runs(day_ms, agent_id, ok, total);",
     ),
+    // What changed since an SLA read last looked (`crate::sla::cache`): the version of each
+    // UTC day of `check_runs`, raised by every write to it, and a log of the incidents whose
+    // rows an SLA figure depends on were written. Kept by triggers, so that every writer (the
+    // ingest writer, the incident engine, a tool on the same file) is seen.
+    M::up(
+        "CREATE TABLE check_days (
+        day_ms  INTEGER PRIMARY KEY,
+        version INTEGER NOT NULL
+    ) STRICT;
+    INSERT INTO check_days (day_ms, version) SELECT DISTINCT day_ms, 1 FROM check_runs;
+    CREATE TRIGGER check_runs_inserted AFTER INSERT ON check_runs BEGIN
+        INSERT OR IGNORE INTO check_days (day_ms, version) VALUES (NEW.day_ms, 0);
+        UPDATE check_days SET version = version + 1 WHERE day_ms = NEW.day_ms;
+    END;
+    CREATE TRIGGER check_runs_updated AFTER UPDATE ON check_runs BEGIN
+        INSERT OR IGNORE INTO check_days (day_ms, version) VALUES (NEW.day_ms, 0);
+        UPDATE check_days SET version = version + 1 WHERE day_ms = NEW.day_ms;
+    END;
+    CREATE TABLE incident_changes (
+        seq         INTEGER PRIMARY KEY AUTOINCREMENT,
+        incident_id INTEGER NOT NULL
+    ) STRICT;
+    CREATE TRIGGER incidents_inserted AFTER INSERT ON incidents BEGIN
+        INSERT INTO incident_changes (incident_id) VALUES (NEW.id);
+    END;
+    CREATE TRIGGER incidents_changed AFTER UPDATE OF agent_id, ci_id, ci_type, ci_key, rule,
+        priority, first_breach_ms, resolved_ms, reopen_count ON incidents BEGIN
+        INSERT INTO incident_changes (incident_id) VALUES (NEW.id);
+    END;",
+    ),
 ];
 
 /// The migrations applied by every [`Db::open`] and [`Writer::spawn`].
