@@ -333,7 +333,8 @@ const MIGRATION_STEPS: &[M<'static>] = &[
     // What changed since an SLA read last looked (`crate::sla::cache`): the version of each
     // UTC day of `check_runs`, raised by every write to it, and a log of the incidents whose
     // rows an SLA figure depends on were written. Kept by triggers, so that every writer (the
-    // ingest writer, the incident engine, a tool on the same file) is seen.
+    // ingest writer, the incident engine, a tool on the same file) is seen. (No `OR IGNORE` in
+    // them: under the writer's upsert it would take the upsert's conflict policy and fail.)
     M::up(
         "CREATE TABLE check_days (
         day_ms  INTEGER PRIMARY KEY,
@@ -341,11 +342,13 @@ const MIGRATION_STEPS: &[M<'static>] = &[
     ) STRICT;
     INSERT INTO check_days (day_ms, version) SELECT DISTINCT day_ms, 1 FROM check_runs;
     CREATE TRIGGER check_runs_inserted AFTER INSERT ON check_runs BEGIN
-        INSERT OR IGNORE INTO check_days (day_ms, version) VALUES (NEW.day_ms, 0);
+        INSERT INTO check_days (day_ms, version) SELECT NEW.day_ms, 0
+            WHERE NOT EXISTS (SELECT 1 FROM check_days WHERE day_ms = NEW.day_ms);
         UPDATE check_days SET version = version + 1 WHERE day_ms = NEW.day_ms;
     END;
     CREATE TRIGGER check_runs_updated AFTER UPDATE ON check_runs BEGIN
-        INSERT OR IGNORE INTO check_days (day_ms, version) VALUES (NEW.day_ms, 0);
+        INSERT INTO check_days (day_ms, version) SELECT NEW.day_ms, 0
+            WHERE NOT EXISTS (SELECT 1 FROM check_days WHERE day_ms = NEW.day_ms);
         UPDATE check_days SET version = version + 1 WHERE day_ms = NEW.day_ms;
     END;
     CREATE TABLE incident_changes (
