@@ -143,18 +143,18 @@ impl Snapshot {
                 )
             })
             .collect();
-        let (incidents, runs) = match cache {
-            Some(cache) => {
-                let incidents = match cache.incidents(conn, period, now_ms)? {
-                    Some(cached) => cached,
-                    None => super::cache::incidents_uncached(conn, period)?,
-                };
-                (incidents, cache.runs(conn, days_of(period))?)
-            }
-            None => (
-                super::cache::incidents_uncached(conn, period)?,
-                super::occurrences::read(conn, days_of(period))?,
-            ),
+        // The cache holds none of a period before its horizon: read from the store then.
+        let cached = match cache {
+            Some(c) => c.incidents(conn, period, now_ms)?,
+            None => None,
+        };
+        let incidents = match cached {
+            Some(i) => i,
+            None => super::cache::incidents_uncached(conn, period)?,
+        };
+        let runs = match cache {
+            Some(c) => c.runs(conn, days_of(period))?,
+            None => super::occurrences::read(conn, days_of(period))?,
         };
         let data = data_spans(conn, period)?;
         drop(tx);
