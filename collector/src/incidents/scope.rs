@@ -211,17 +211,18 @@ pub fn host_matches(scope: &Scope, hostname: &str, tags: &BTreeMap<String, Strin
             .is_none_or(|(k, v)| tags.get(k).is_some_and(|have| have == v))
 }
 
-/// Every given criterion of `scope` matches `t` (an empty scope matches everything).
-pub fn matches(scope: &Scope, t: &Target<'_>) -> bool {
-    host_matches(scope, t.hostname, t.tags)
-        && scope
-            .ci_type
-            .as_deref()
-            .is_none_or(|want| want == t.ci_type)
+/// The parts of a scope that depend only on the CI (type, id).
+pub fn ci_matches(scope: &Scope, ci_type: &str, ci_id: Option<i64>) -> bool {
+    scope.ci_type.as_deref().is_none_or(|want| want == ci_type)
         && scope
             .ci
             .as_deref()
-            .is_none_or(|want| t.ci_id.is_some_and(|id| want == id.to_string()))
+            .is_none_or(|want| ci_id.is_some_and(|id| want == id.to_string()))
+}
+
+/// Every given criterion of `scope` matches `t` (an empty scope matches everything).
+pub fn matches(scope: &Scope, t: &Target<'_>) -> bool {
+    host_matches(scope, t.hostname, t.tags) && ci_matches(scope, t.ci_type, t.ci_id)
 }
 
 #[cfg(test)]

@@ -12,8 +12,6 @@
 //! availability = up / (up + down), where a degraded second counts `weight` down and the rest
 //! up. Unknown time is left out of both and reported as the coverage ratio.
 
-use std::collections::BTreeMap;
-
 use super::spans::{Span, Spans};
 
 /// What one CI went through, as time spans (any order, may overlap).
@@ -109,43 +107,91 @@ enum ServiceState {
     Excluded,
 }
 
-/// Cuts one CI's history within `period` into pieces of constant state.
-fn pieces(ci: &CiTimeline, period: Span, kind: Kind) -> Vec<(Span, CiState)> {
-    let down = Spans::from_unsorted(ci.down.iter().map(|d| d.0).collect()).clip(period);
+/// Buffers [`pieces`] reuses from one CI to the next (a sweep cuts thousands).
+#[derive(Default)]
+struct Scratch {
+    down: Vec<Span>,
+    degraded: Vec<(Span, f64)>,
+    cuts: Vec<i64>,
+}
+
+/// Whether `t` is within one of `spans` (disjoint, in order).
+fn within_any(spans: &[Span], t: i64) -> bool {
+    let i = spans.partition_point(|s| s.end <= t);
+    spans.get(i).is_some_and(|s| s.start <= t)
+}
+
+/// Cuts one CI's history within `period` into pieces of constant state, into `out`.
+fn pieces(
+    ci: &CiTimeline,
+    period: Span,
+    kind: Kind,
+    scratch: &mut Scratch,
+    out: &mut Vec<(Span, CiState)>,
+) {
+    out.clear();
+    let Scratch {
+        down,
+        degraded,
+        cuts,
+    } = scratch;
+    // The union of the down spans within the period, in order.
+    down.clear();
+    down.extend(
+        ci.down
+            .iter()
+            .map(|d| d.0.intersect(period))
+            .filter(|s| !s.is_empty()),
+    );
+    down.sort_unstable();
+    let mut merged = 0;
+    for i in 0..down.len() {
+        let s = down[i];
+        if merged > 0 && s.start <= down[merged - 1].end {
+            down[merged - 1].end = down[merged - 1].end.max(s.end);
+        } else {
+            down[merged] = s;
+            merged += 1;
+        }
+    }
+    down.truncate(merged);
+    // Membership of an instant within the period is the same clipped or not.
     let maint = match kind {
-        Kind::Contractual => ci.maintenance.clip(period),
-        Kind::Experienced => Spans::new(),
+        Kind::Contractual => Some(&ci.maintenance),
+        Kind::Experienced => None,
     };
-    let known = ci.known.clip(period);
-    let exists = ci.exists.as_ref().map(|e| e.clip(period));
-    let mut cuts = vec![period.start, period.end];
-    let lifetime = exists.iter().flat_map(|e| e.iter());
-    for s in down
-        .iter()
-        .chain(maint.iter())
-        .chain(known.iter())
+    cuts.clear();
+    cuts.extend([period.start, period.end]);
+    for s in down.iter().copied() {
+        cuts.extend([s.start, s.end]);
+    }
+    let lifetime = ci.exists.iter().flat_map(|e| e.within(period));
+    for s in maint
+        .into_iter()
+        .flat_map(|m| m.within(period))
+        .chain(ci.known.within(period))
         .chain(lifetime)
     {
         cuts.extend([s.start, s.end]);
     }
-    let degraded: Vec<(Span, f64)> = ci
-        .degraded
-        .iter()
-        .map(|&(s, w, _)| (s.intersect(period), w.clamp(0.0, 1.0)))
-        .filter(|(s, _)| !s.is_empty())
-        .collect();
-    for (s, _) in &degraded {
+    degraded.clear();
+    degraded.extend(
+        ci.degraded
+            .iter()
+            .map(|&(s, w, _)| (s.intersect(period), w.clamp(0.0, 1.0)))
+            .filter(|(s, _)| !s.is_empty()),
+    );
+    for (s, _) in degraded.iter() {
         cuts.extend([s.start, s.end]);
     }
     cuts.sort_unstable();
     cuts.dedup();
-    let mut out: Vec<(Span, CiState)> = Vec::with_capacity(cuts.len());
     for w in cuts.windows(2) {
         let piece = Span::new(w[0], w[1]);
         let t = piece.start;
-        let state = if maint.contains(t) {
+        let state = if maint.is_some_and(|m| m.contains(t)) {
             CiState::Maintenance
-        } else if down.contains(t) {
+        } else if within_any(down, t) {
             CiState::Down
         } else if let Some(weight) = degraded
             .iter()
@@ -154,9 +200,9 @@ fn pieces(ci: &CiTimeline, period: Span, kind: Kind) -> Vec<(Span, CiState)> {
             .reduce(f64::max)
         {
             CiState::Degraded(weight)
-        } else if exists.as_ref().is_some_and(|e| !e.contains(t)) {
+        } else if ci.exists.as_ref().is_some_and(|e| !e.contains(t)) {
             CiState::Absent
-        } else if known.contains(t) {
+        } else if ci.known.contains(t) {
             CiState::Up
         } else {
             CiState::Unknown
@@ -166,71 +212,107 @@ fn pieces(ci: &CiTimeline, period: Span, kind: Kind) -> Vec<(Span, CiState)> {
             _ => out.push((piece, state)),
         }
     }
-    out
 }
 
-/// Counts of CIs per state while sweeping; degraded weights as a multiset.
-#[derive(Default)]
+/// The number of fixed CI state codes (`Counts::code`); degraded weights come after them.
+const FIXED_CODES: usize = 5;
+
+/// Counts of CIs per state while sweeping. A state is a small code (the sweep's events are
+/// `(time, from, to)` of 16 bytes, sorted once): the five fixed states, then one code per
+/// distinct degraded weight (the weights of an SLA's `degraded_when`: a handful).
 struct Counts {
-    absent: u32,
-    unknown: u32,
-    up: u32,
-    down: u32,
-    maintenance: u32,
-    degraded: BTreeMap<u64, u32>,
-    degraded_n: u32,
+    by_code: Vec<u32>,
+    weights: Vec<f64>,
 }
 
 impl Counts {
-    fn add(&mut self, s: CiState, delta: i32) {
-        let bump = |c: &mut u32| *c = c.saturating_add_signed(delta);
+    fn new(unknown: u32) -> Counts {
+        let mut by_code = vec![0; FIXED_CODES];
+        by_code[Counts::code_fixed(CiState::Unknown)] = unknown;
+        Counts {
+            by_code,
+            weights: Vec::new(),
+        }
+    }
+
+    fn code_fixed(s: CiState) -> usize {
         match s {
-            CiState::Absent => bump(&mut self.absent),
-            CiState::Unknown => bump(&mut self.unknown),
-            CiState::Up => bump(&mut self.up),
-            CiState::Down => bump(&mut self.down),
-            CiState::Maintenance => bump(&mut self.maintenance),
+            CiState::Absent => 0,
+            CiState::Unknown => 1,
+            CiState::Up => 2,
+            CiState::Down => 3,
+            CiState::Maintenance => 4,
+            CiState::Degraded(_) => unreachable!("degraded states have a code per weight"),
+        }
+    }
+
+    /// The code of `s`, adding one for a weight not seen yet.
+    fn code(&mut self, s: CiState) -> u16 {
+        let code = match s {
             CiState::Degraded(w) => {
-                bump(&mut self.degraded_n);
-                let e = self.degraded.entry(w.to_bits()).or_insert(0);
-                bump(e);
-                if *e == 0 {
-                    self.degraded.remove(&w.to_bits());
-                }
+                let k = match self
+                    .weights
+                    .iter()
+                    .position(|&x| x.to_bits() == w.to_bits())
+                {
+                    Some(k) => k,
+                    None => {
+                        self.weights.push(w);
+                        self.by_code.push(0);
+                        self.weights.len() - 1
+                    }
+                };
+                FIXED_CODES + k
             }
+            s => Counts::code_fixed(s),
+        };
+        u16::try_from(code).unwrap_or(u16::MAX)
+    }
+
+    fn add(&mut self, code: u16, delta: i32) {
+        if let Some(c) = self.by_code.get_mut(usize::from(code)) {
+            *c = c.saturating_add_signed(delta);
         }
     }
 
     fn service(&self, combine: Combine, cis: u32) -> ServiceState {
-        let present = cis.saturating_sub(self.absent);
+        let [absent, unknown, up, down, maintenance] = [0, 1, 2, 3, 4].map(|i| self.by_code[i]);
+        let present = cis.saturating_sub(absent);
         if present == 0 {
             return ServiceState::Unknown;
         }
-        if self.maintenance == present {
+        if maintenance == present {
             return ServiceState::Excluded;
         }
-        let worst_degraded = self.degraded.keys().next_back().map(|&b| f64::from_bits(b));
+        let degraded = &self.by_code[FIXED_CODES..];
+        let degraded_n: u32 = degraded.iter().sum();
+        let worst_degraded = degraded
+            .iter()
+            .zip(&self.weights)
+            .filter(|(&n, _)| n > 0)
+            .map(|(_, &w)| w)
+            .reduce(f64::max);
         match combine {
             Combine::All => {
-                if self.down > 0 {
+                if down > 0 {
                     ServiceState::Down
                 } else if let Some(w) = worst_degraded {
                     ServiceState::Degraded(w)
-                } else if self.unknown > 0 {
+                } else if unknown > 0 {
                     ServiceState::Unknown
                 } else {
                     ServiceState::Up
                 }
             }
             Combine::Quorum(n) => {
-                let up = self.up + self.maintenance + self.degraded_n;
-                if up >= n {
+                let up_n = up + maintenance + degraded_n;
+                if up_n >= n {
                     // Up; a degraded CI the quorum needs degrades the service.
                     match worst_degraded {
-                        Some(w) if self.up + self.maintenance < n => ServiceState::Degraded(w),
+                        Some(w) if up + maintenance < n => ServiceState::Degraded(w),
                         _ => ServiceState::Up,
                     }
-                } else if up + self.unknown < n {
+                } else if up_n + unknown < n {
                     ServiceState::Down
                 } else {
                     ServiceState::Unknown
@@ -271,21 +353,38 @@ impl States {
                 pieces: service,
             };
         }
-        // Every CI starts unknown at the period's start; events move it between states.
-        let mut events: Vec<(i64, CiState, CiState)> = Vec::new();
+        // Every CI starts unknown at the period's start; events move it between states. All
+        // events at one instant are applied before the state is read: their order is free.
         let n = u32::try_from(cis.len()).unwrap_or(u32::MAX);
-        let mut counts = Counts {
-            unknown: n,
-            ..Counts::default()
-        };
+        let mut counts = Counts::new(n);
+        let unknown = counts.code(CiState::Unknown);
+        // Each CI's first piece starts at the period's start: counted here, not an event.
+        let bound: usize = cis
+            .iter()
+            .map(|c| {
+                let maint = c.maintenance.as_slice().len();
+                let exists = c.exists.as_ref().map_or(0, |e| e.as_slice().len());
+                2 * (c.down.len() + c.degraded.len() + maint + c.known.as_slice().len() + exists)
+            })
+            .sum();
+        let mut events: Vec<(i64, u16, u16)> = Vec::with_capacity(bound);
+        let mut scratch = Scratch::default();
+        let mut cut = Vec::new();
         for ci in cis {
-            let mut prev = CiState::Unknown;
-            for (span, state) in pieces(ci, period, kind) {
-                events.push((span.start, prev, state));
-                prev = state;
+            pieces(ci, period, kind, &mut scratch, &mut cut);
+            let mut prev = unknown;
+            for &(span, state) in &cut {
+                let code = counts.code(state);
+                if span.start <= period.start {
+                    counts.add(prev, -1);
+                    counts.add(code, 1);
+                } else {
+                    events.push((span.start, prev, code));
+                }
+                prev = code;
             }
         }
-        events.sort_by_key(|e| e.0);
+        events.sort_unstable_by_key(|e| e.0);
         let mut i = 0;
         let mut t = period.start;
         while t < period.end {

@@ -57,6 +57,11 @@ pub(super) struct Incident {
 }
 
 impl Incident {
+    /// When it ended, for ordering: its resolution, `i64::MAX` while active.
+    pub fn end_key(&self) -> i64 {
+        self.resolved_ms.unwrap_or(i64::MAX)
+    }
+
     /// Whether it was active at some time within `period`.
     pub fn overlaps(&self, period: Span) -> bool {
         self.first_breach_ms < period.end && self.resolved_ms.is_none_or(|r| r > period.start)
@@ -82,12 +87,34 @@ struct Incidents {
     seq: i64,
     /// Incidents that ended before this are not held.
     horizon: i64,
-    by_id: HashMap<i64, Arc<Incident>>,
+    /// By `(end, id)` ([`Incident::end_key`]): a period's incidents are a range, in order.
+    by_end: BTreeMap<(i64, i64), Arc<Incident>>,
+    /// Each held incident's `end_key`.
+    end_of: HashMap<i64, i64>,
 }
+
+impl Incidents {
+    fn insert(&mut self, inc: Arc<Incident>) {
+        let key = inc.end_key();
+        if let Some(old) = self.end_of.insert(inc.id, key) {
+            self.by_end.remove(&(old, inc.id));
+        }
+        self.by_end.insert((key, inc.id), inc);
+    }
+
+    fn remove(&mut self, id: i64) {
+        if let Some(old) = self.end_of.remove(&id) {
+            self.by_end.remove(&(old, id));
+        }
+    }
+}
+
+/// One agent's `(UTC day, passed, ran)` in day order.
+type DayRuns = Vec<(i64, u64, u64)>;
 
 struct Day {
     version: i64,
-    /// `(agent, passed, ran)`.
+    /// `(agent, passed, ran)` in agent order.
     runs: Vec<(Arc<str>, u64, u64)>,
 }
 
@@ -138,7 +165,8 @@ pub fn forget(conn: &Connection) {
 
 impl StoreCache {
     /// The incidents active at some time within `period`, as of the read transaction `conn` is
-    /// in; `None` when `period` reaches back further than the cache holds.
+    /// in, in order of their end and id ([`Incident::end_key`]); `None` when `period` reaches
+    /// back further than the cache holds.
     pub fn incidents(
         &self,
         conn: &Connection,
@@ -177,11 +205,9 @@ impl StoreCache {
             for id in ids {
                 match read_one(conn, strings, id)? {
                     Some(inc) if inc.resolved_ms.is_none_or(|r| r > cached.horizon) => {
-                        cached.by_id.insert(id, Arc::new(inc));
+                        cached.insert(Arc::new(inc));
                     }
-                    _ => {
-                        cached.by_id.remove(&id);
-                    }
+                    _ => cached.remove(id),
                 }
             }
             cached.seq = last;
@@ -189,18 +215,23 @@ impl StoreCache {
         // Incidents that ended before any report reaches leave, a day at a time.
         if horizon.saturating_sub(cached.horizon) > DAY_MS {
             cached.horizon = horizon;
-            cached
-                .by_id
-                .retain(|_, i| i.resolved_ms.is_none_or(|r| r > horizon));
+            let kept = cached
+                .by_end
+                .split_off(&(horizon.saturating_add(1), i64::MIN));
+            for &(_, id) in cached.by_end.keys() {
+                cached.end_of.remove(&id);
+            }
+            cached.by_end = kept;
             strings.collect();
         }
-        let mut out: Vec<Arc<Incident>> = cached
-            .by_id
-            .values()
+        // Those that ended after the period's start, in order of their end.
+        let out = cached
+            .by_end
+            .range((period.start.saturating_add(1), i64::MIN)..)
+            .map(|(_, i)| i)
             .filter(|i| i.overlaps(period))
             .cloned()
             .collect();
-        out.sort_unstable_by_key(|i| i.id);
         Ok(Some(out))
     }
 
@@ -225,7 +256,7 @@ impl StoreCache {
         cached.retain(|d, _| *d < days.start || *d >= days.end || versions.contains_key(d));
         let mut read_day = conn.prepare_cached(
             "SELECT agent_id, SUM(ok), SUM(total) FROM check_runs
-             WHERE day_ms = ?1 GROUP BY agent_id",
+             WHERE day_ms = ?1 GROUP BY agent_id ORDER BY agent_id",
         )?;
         for (&day, &version) in &versions {
             if cached.get(&day).is_some_and(|d| d.version == version) {
@@ -240,6 +271,7 @@ impl StoreCache {
                     r.get::<_, i64>(2)?.max(0).unsigned_abs(),
                 ));
             }
+            runs.sort_by(|a, b| a.0.cmp(&b.0)); // in agent order already (ORDER BY)
             cached.insert(day, Day { version, runs });
         }
         // Days no report reaches any more leave.
@@ -247,18 +279,32 @@ impl StoreCache {
             let oldest = newest.saturating_sub(KEEP_MS);
             cached.retain(|d, _| *d >= oldest);
         }
-        let mut out = Runs::new();
+        // Each day's runs are in agent order, and mostly of the same agents: merged day by day
+        // into a list in agent order (interned ids compare by pointer), not hashed per day.
+        let mut agents: Vec<(Arc<str>, DayRuns)> = Vec::new();
+        let mut joined = Vec::new();
         for (&day, d) in cached.range(days.start..days.end) {
+            let mut i = 0;
             for (agent, ok, total) in &d.runs {
-                match out.get_mut(&**agent) {
-                    Some(v) => v.push((day, *ok, *total)),
-                    None => {
-                        out.insert(Arc::clone(agent), vec![(day, *ok, *total)]);
+                while agents
+                    .get(i)
+                    .is_some_and(|(a, _)| !Arc::ptr_eq(a, agent) && **a < **agent)
+                {
+                    i += 1;
+                }
+                match agents.get_mut(i) {
+                    Some((a, v)) if Arc::ptr_eq(a, agent) || **a == **agent => {
+                        v.push((day, *ok, *total))
                     }
+                    _ => joined.push((Arc::clone(agent), vec![(day, *ok, *total)])),
                 }
             }
+            if !joined.is_empty() {
+                agents.append(&mut joined);
+                agents.sort_by(|a, b| a.0.cmp(&b.0));
+            }
         }
-        Ok(out)
+        Ok(agents.into_iter().collect())
     }
 }
 
@@ -273,15 +319,16 @@ fn read_all(
     horizon: i64,
     seq: i64,
 ) -> rusqlite::Result<Incidents> {
-    let by_id = read_overlapping(conn, strings, Span::new(horizon, i64::MAX))?
-        .into_iter()
-        .map(|i| (i.id, Arc::new(i)))
-        .collect();
-    Ok(Incidents {
+    let mut out = Incidents {
         seq,
         horizon,
-        by_id,
-    })
+        by_end: BTreeMap::new(),
+        end_of: HashMap::new(),
+    };
+    for inc in read_overlapping(conn, strings, Span::new(horizon, i64::MAX))? {
+        out.insert(Arc::new(inc));
+    }
+    Ok(out)
 }
 
 /// The incidents active at some time within `period` (of an agent), with their episodes.
@@ -393,7 +440,7 @@ pub(super) fn incidents_uncached(
         .into_iter()
         .map(Arc::new)
         .collect();
-    out.sort_unstable_by_key(|i| i.id);
+    out.sort_unstable_by_key(|i| (i.end_key(), i.id));
     Ok(out)
 }
 

@@ -24,7 +24,7 @@ use super::occurrences::days_of;
 use super::spans::{Span, Spans};
 use super::{CiTimeline, Sla};
 use crate::incidents::maintenance::{self, Window};
-use crate::incidents::scope::{matches, Target};
+use crate::incidents::scope::{ci_matches, host_matches, matches, Target};
 
 /// One unit: `(agent id, CI type, CI key)`.
 type UnitKey<'a> = (&'a str, &'a str, &'a str);
@@ -47,6 +47,32 @@ struct CiRow {
     key: String,
     first_seen_ms: i64,
     retired_ms: Option<i64>,
+    /// Its host's index in `Snapshot::hosts` (`None`: revoked).
+    host: Option<usize>,
+}
+
+/// Where an incident's time goes, resolved once per snapshot (not per SLA): the CI row of its
+/// `(agent, type, key)` if the CMDB has one, else a check unit of its host.
+#[derive(Clone, Copy)]
+struct IncidentUnit {
+    /// Index in `Snapshot::cis`.
+    ci: Option<u32>,
+    /// Index among the snapshot's distinct `(agent, type, key)` of incidents.
+    check: u32,
+    /// Index in `Snapshot::hosts` (`None`: revoked).
+    host: Option<u32>,
+}
+
+/// One incident of a snapshot: what every SLA's timelines look at for every incident of its
+/// period, in one contiguous array; the incident itself is read only for those it counts.
+struct Entry {
+    /// [`Incident::end_key`].
+    end: i64,
+    first_breach_ms: i64,
+    /// Index in `Snapshot::effect_keys`: its rule and priority.
+    effect: u32,
+    unit: IncidentUnit,
+    incident: Arc<Incident>,
 }
 
 /// What the store holds about one stretch of time, read once, from which the timelines and
@@ -57,19 +83,33 @@ pub struct Snapshot {
     period: Span,
     now_ms: i64,
     hosts: Vec<crate::cmdb::lookup::HostRow>,
-    host_of: HashMap<String, usize>,
     services: BTreeMap<String, crate::cmdb::lookup::ServiceMembers>,
     /// Maintenance windows and the occurrences of each within `period`.
     windows: Vec<(Window, Spans)>,
-    /// Each host's life: from its host CI's first report to its retirement (or now).
-    host_known: HashMap<String, Span>,
+    /// Per host (as `hosts`): the windows (indices in `windows`) whose host criteria match it.
+    host_windows: Vec<Vec<usize>>,
+    /// Per host (as `hosts`): its life, from its host CI's first report to its retirement (or
+    /// now).
+    host_known: Vec<Option<Span>>,
     cis: Vec<CiRow>,
-    /// Incidents that overlap `period`, with the spans they were active.
-    incidents: Vec<Arc<Incident>>,
-    data: HashMap<String, Spans>,
-    /// Check executions per agent: `(UTC day, passed, ran)` in day order, over the whole
-    /// UTC days `period` touches.
-    runs: super::occurrences::Runs,
+    /// Incidents that overlap `period`, with the spans they were active and their unit, in
+    /// order of their end (active ones last): a period's incidents are a suffix.
+    incidents: Vec<Entry>,
+    /// The number of distinct check units of `incidents`.
+    checks: usize,
+    /// The distinct `(rule, priority)` of `incidents`: what an SLA makes of each is looked up
+    /// once per SLA.
+    effect_keys: Vec<(Arc<str>, u8)>,
+    /// Per host (as `hosts`): when its agent sent data.
+    data: Vec<Spans>,
+    /// Per host: when the collector knew its state (its life, with data), the `known` of its
+    /// units.
+    known: Vec<Spans>,
+    /// Per CI (as `cis`): the maintenance windows over it.
+    ci_maintenance: Vec<Spans>,
+    /// Check executions per host (as `hosts`): `(UTC day, passed, ran)` in day order, over
+    /// the whole UTC days `period` touches, as running sums (each day's counts and all before).
+    runs: Vec<Vec<(i64, u64, u64)>>,
 }
 
 impl Snapshot {
@@ -102,16 +142,25 @@ impl Snapshot {
             None
         };
         let hosts = crate::cmdb::lookup::hosts(conn)?;
-        let host_of = hosts
+        let host_of: HashMap<&str, usize> = hosts
             .iter()
             .enumerate()
-            .map(|(i, h)| (h.agent_id.clone(), i))
+            .map(|(i, h)| (h.agent_id.as_str(), i))
             .collect();
-        let windows = maintenance::load(conn, true)?
+        let windows: Vec<(Window, Spans)> = maintenance::load(conn, true)?
             .into_iter()
             .map(|w| {
                 let occ = occurrences_of(&w, period);
                 (w, occ)
+            })
+            .filter(|(_, occ)| !occ.is_empty())
+            .collect();
+        let host_windows: Vec<Vec<usize>> = hosts
+            .iter()
+            .map(|h| {
+                (0..windows.len())
+                    .filter(|&i| host_matches(&windows[i].0.scope, &h.hostname, &h.tags))
+                    .collect()
             })
             .collect();
         let services = crate::cmdb::lookup::services(conn)?;
@@ -123,9 +172,11 @@ impl Snapshot {
         )?;
         let cis = stmt
             .query_map(params![period.end, period.start], |r| {
+                let agent: String = r.get(1)?;
                 Ok(CiRow {
                     id: r.get(0)?,
-                    agent: r.get(1)?,
+                    host: host_of.get(agent.as_str()).copied(),
+                    agent,
                     ty: r.get(2)?,
                     key: r.get(3)?,
                     first_seen_ms: r.get(4)?,
@@ -133,16 +184,12 @@ impl Snapshot {
                 })
             })?
             .collect::<rusqlite::Result<Vec<_>>>()?;
-        let host_known = cis
-            .iter()
-            .filter(|c| c.ty == "host" && c.key == "host")
-            .map(|c| {
-                (
-                    c.agent.clone(),
-                    Span::new(c.first_seen_ms, end_of(c.retired_ms)),
-                )
-            })
-            .collect();
+        let mut host_known = vec![None; hosts.len()];
+        for c in cis.iter().filter(|c| c.ty == "host" && c.key == "host") {
+            if let Some(h) = c.host {
+                host_known[h] = Some(Span::new(c.first_seen_ms, end_of(c.retired_ms)));
+            }
+        }
         // The cache holds none of a period before its horizon: read from the store then.
         let cached = match cache {
             Some(c) => c.incidents(conn, period, now_ms)?,
@@ -156,18 +203,95 @@ impl Snapshot {
             Some(c) => c.runs(conn, days_of(period))?,
             None => super::occurrences::read(conn, days_of(period))?,
         };
-        let data = data_spans(conn, period)?;
+        let mut cumulative = vec![Vec::new(); hosts.len()];
+        for (agent, days) in runs {
+            if let Some(&h) = host_of.get(&*agent) {
+                let (mut ok, mut total) = (0u64, 0u64);
+                cumulative[h] = days
+                    .into_iter()
+                    .map(|(day, o, t)| {
+                        ok = ok.saturating_add(o);
+                        total = total.saturating_add(t);
+                        (day, ok, total)
+                    })
+                    .collect();
+            }
+        }
+        let runs = cumulative;
+        let mut data = vec![Spans::new(); hosts.len()];
+        for (agent, spans) in data_spans(conn, period)? {
+            if let Some(&h) = host_of.get(agent.as_str()) {
+                data[h] = spans;
+            }
+        }
         drop(tx);
+        // Each incident's unit, found once here rather than by key in every SLA's timelines;
+        // by the addresses of its (interned) strings first, by their text once per distinct
+        // address triple.
+        let ci_of: HashMap<UnitKey<'_>, usize> = cis
+            .iter()
+            .enumerate()
+            .map(|(i, c)| ((c.agent.as_str(), c.ty.as_str(), c.key.as_str()), i))
+            .collect();
+        let mut check_of: HashMap<UnitKey<'_>, usize> = HashMap::new();
+        let mut by_address: HashMap<[usize; 3], IncidentUnit> = HashMap::new();
+        let mut effect_of: HashMap<(usize, u8), u32> = HashMap::new();
+        let mut effect_keys: Vec<(Arc<str>, u8)> = Vec::new();
+        let index = |i: usize| u32::try_from(i).unwrap_or(u32::MAX);
+        let mut entries = Vec::with_capacity(incidents.len());
+        for inc in &incidents {
+            let address = [&inc.agent, &inc.ci_type, &inc.ci_key].map(|s| s.as_ptr() as usize);
+            let unit = *by_address.entry(address).or_insert_with(|| {
+                let key = (&*inc.agent, &*inc.ci_type, &*inc.ci_key);
+                let next = check_of.len();
+                IncidentUnit {
+                    ci: ci_of.get(&key).map(|&c| index(c)),
+                    check: index(*check_of.entry(key).or_insert(next)),
+                    host: host_of.get(&*inc.agent).map(|&h| index(h)),
+                }
+            });
+            let effect = *effect_of
+                .entry((inc.rule.as_ptr() as usize, inc.priority))
+                .or_insert_with(|| {
+                    effect_keys.push((Arc::clone(&inc.rule), inc.priority));
+                    index(effect_keys.len() - 1)
+                });
+            entries.push(Entry {
+                end: inc.end_key(),
+                first_breach_ms: inc.first_breach_ms,
+                effect,
+                unit,
+                incident: Arc::clone(inc),
+            });
+        }
+        let checks = check_of.len();
+        drop((ci_of, check_of, by_address, host_of));
+        debug_assert!(entries.is_sorted_by_key(|e| (e.end, e.incident.id)));
+        let incidents = entries;
+        let known = (0..hosts.len())
+            .map(|h| Spans::one(host_known[h].unwrap_or_default()).intersect(&data[h]))
+            .collect();
+        let ci_maintenance = cis
+            .iter()
+            .map(|c| match c.host {
+                Some(h) => maintenance_of(&windows, &host_windows[h], &c.ty, Some(c.id)),
+                None => Spans::new(),
+            })
+            .collect();
         Ok(Snapshot {
             period,
             now_ms,
-            host_of,
+            known,
+            ci_maintenance,
             hosts,
             services,
             windows,
+            host_windows,
             host_known,
             cis,
             incidents,
+            checks,
+            effect_keys,
             data,
             runs,
         })
@@ -176,10 +300,6 @@ impl Snapshot {
     /// The stretch of time read.
     pub fn period(&self) -> Span {
         self.period
-    }
-
-    fn host(&self, agent: &str) -> Option<&crate::cmdb::lookup::HostRow> {
-        self.host_of.get(agent).map(|&i| &self.hosts[i])
     }
 
     /// Whether a unit of `agent` (its CI `ci_id`, or one of its checks) belongs to the business
@@ -210,98 +330,128 @@ impl Snapshot {
         &self.hosts
     }
 
-    /// One agent's check executions, `(UTC day, passed, ran)` in day order.
-    pub(super) fn runs_of(&self, agent: &str) -> &[(i64, u64, u64)] {
-        self.runs.get(agent).map_or(&[], Vec::as_slice)
+    /// Whether host `h` (as [`Snapshot::hosts`]) ran checks on the days read.
+    pub(super) fn has_runs(&self, h: usize) -> bool {
+        !self.runs[h].is_empty()
     }
 
-    /// The maintenance windows over `target`, within `period`.
-    fn maintenance(&self, target: &Target<'_>, period: Span) -> Spans {
-        let mut out = Vec::new();
-        for (_, occ) in self
-            .windows
-            .iter()
-            .filter(|(w, _)| matches(&w.scope, target))
-        {
-            out.extend(occ.clip(period).iter().copied());
-        }
-        Spans::from_unsorted(out)
+    /// Host `h`'s check executions on the UTC days of `days`: `(passed, ran)`, from the running
+    /// sums (two binary searches, not a day-by-day sum).
+    pub(super) fn runs_within(&self, h: usize, days: Span) -> (u64, u64) {
+        let runs = &self.runs[h];
+        let upto = |day: i64| {
+            let i = runs.partition_point(|r| r.0 < day);
+            i.checked_sub(1).map_or((0, 0), |i| (runs[i].1, runs[i].2))
+        };
+        let (ok_a, total_a) = upto(days.start);
+        let (ok_b, total_b) = upto(days.end);
+        (ok_b.saturating_sub(ok_a), total_b.saturating_sub(total_a))
     }
 
-    /// The timeline of every unit `sla` covers, within `period` (clipped to what was read).
+    /// The maintenance windows over a CI (or check) of host `h`, within what was read.
+    fn maintenance(&self, h: usize, ci_type: &str, ci_id: Option<i64>) -> Spans {
+        maintenance_of(&self.windows, &self.host_windows[h], ci_type, ci_id)
+    }
+
+    /// The timeline of every unit `sla` covers, within `period` (clipped to what was read):
+    /// the CIs in the CMDB's order, then the checks in the order of their first incident. The
+    /// spans a unit shares with others (its host's data, its maintenance) are those of the
+    /// whole snapshot, reaching beyond `period`: what is outside it is never measured.
     pub fn timelines(&self, sla: &Sla, period: Span) -> Vec<CiTimeline> {
+        const NONE: usize = usize::MAX;
         let period = period.intersect(self.period);
         let now_ms = self.now_ms;
         let end_of = |retired: Option<i64>| retired.unwrap_or(now_ms).min(now_ms);
-        let no_data = Spans::new();
-        let data_of = |agent: &str| self.data.get(agent).unwrap_or(&no_data).clip(period);
-        let mut units: BTreeMap<UnitKey<'_>, CiTimeline> = BTreeMap::new();
-        for ci in &self.cis {
+        // Per host: whether the host criteria of the SLA's scope match it (once each).
+        let mut scoped: Vec<Option<bool>> = vec![None; self.hosts.len()];
+        let mut host_in_scope = |h: usize| {
+            *scoped[h].get_or_insert_with(|| {
+                let host = &self.hosts[h];
+                host_matches(&sla.scope, &host.hostname, &host.tags)
+            })
+        };
+        let mut units: Vec<CiTimeline> = Vec::new();
+        let mut unit_of_ci = vec![NONE; self.cis.len()];
+        for (i, ci) in self.cis.iter().enumerate() {
             if ci.first_seen_ms >= period.end || ci.retired_ms.is_some_and(|r| r <= period.start) {
                 continue;
             }
-            let Some(host) = self.host(&ci.agent) else {
+            let Some(h) = ci.host else {
                 continue; // revoked
             };
-            let target = Target {
-                hostname: &host.hostname,
-                tags: &host.tags,
-                ci_type: &ci.ty,
-                ci_id: Some(ci.id),
-            };
-            if !matches(&sla.scope, &target) || !self.in_service(sla, &ci.agent, Some(ci.id)) {
+            if !host_in_scope(h)
+                || !ci_matches(&sla.scope, &ci.ty, Some(ci.id))
+                || !self.in_service(sla, &ci.agent, Some(ci.id))
+            {
                 continue;
             }
             let lifetime = Span::new(ci.first_seen_ms, end_of(ci.retired_ms));
-            let timeline = CiTimeline {
+            unit_of_ci[i] = units.len();
+            units.push(CiTimeline {
                 exists: Some(Spans::one(lifetime)),
-                known: Spans::one(self.host_known.get(&ci.agent).copied().unwrap_or(lifetime))
-                    .intersect(&data_of(&ci.agent)),
-                maintenance: self.maintenance(&target, period),
+                known: match self.host_known[h] {
+                    Some(_) => self.known[h].clone(),
+                    None => Spans::one(lifetime).intersect(&self.data[h]),
+                },
+                maintenance: self.ci_maintenance[i].clone(),
                 ..CiTimeline::default()
-            };
-            units.insert((&ci.agent, &ci.ty, &ci.key), timeline);
+            });
         }
-        for inc in &self.incidents {
-            if !inc.overlaps(period) {
+        // A check unit: `NONE` not looked at yet, `NONE - 1` out of scope.
+        let mut unit_of_check = vec![NONE; self.checks];
+        // What each (rule, priority) does to this SLA.
+        let effects: Vec<Option<f64>> = self
+            .effect_keys
+            .iter()
+            .map(|(rule, priority)| sla.effect(rule, *priority))
+            .collect();
+        let first = self.incidents.partition_point(|e| e.end <= period.start);
+        for entry in &self.incidents[first..] {
+            if entry.first_breach_ms >= period.end {
                 continue;
             }
-            let Some(weight) = sla.effect(&inc.rule, inc.priority) else {
+            let Some(weight) = effects[entry.effect as usize] else {
                 continue;
             };
-            let key = (&*inc.agent, &*inc.ci_type, &*inc.ci_key);
-            let timeline = match units.entry(key) {
-                std::collections::btree_map::Entry::Occupied(e) => e.into_mut(),
-                std::collections::btree_map::Entry::Vacant(v) => {
+            let (inc, unit) = (&entry.incident, entry.unit);
+            let index = match unit.ci.map(|c| unit_of_ci[c as usize]) {
+                Some(u) if u != NONE => u,
+                _ => {
                     // A check (not a CMDB item) of a host in scope, known as long as its host.
-                    let Some(host) = self.host(&inc.agent) else {
+                    let u = unit_of_check[unit.check as usize];
+                    if u == NONE - 1 {
                         continue;
-                    };
-                    let target = Target {
-                        hostname: &host.hostname,
-                        tags: &host.tags,
-                        ci_type: &inc.ci_type,
-                        ci_id: inc.ci_id,
-                    };
-                    if inc.ci_id.is_some()
-                        || !matches(&sla.scope, &target)
-                        || !self.in_service(sla, &inc.agent, None)
-                    {
-                        continue; // a CI out of scope, or retired before the period
                     }
-                    let known = self
-                        .host_known
-                        .get(&*inc.agent)
-                        .copied()
-                        .unwrap_or_default();
-                    v.insert(CiTimeline {
-                        exists: Some(Spans::one(known)),
-                        known: Spans::one(known).intersect(&data_of(&inc.agent)),
-                        maintenance: self.maintenance(&target, period),
-                        ..CiTimeline::default()
-                    })
+                    if u != NONE {
+                        u
+                    } else {
+                        let Some(h) = unit.host.map(|h| h as usize) else {
+                            continue;
+                        };
+                        if inc.ci_id.is_some()
+                            || !host_in_scope(h)
+                            || !ci_matches(&sla.scope, &inc.ci_type, None)
+                            || !self.in_service(sla, &inc.agent, None)
+                        {
+                            // A CI out of scope, or retired before the period. (Whether it
+                            // is depends on the incident's `ci_id`: asked again for the next.)
+                            if inc.ci_id.is_none() {
+                                unit_of_check[unit.check as usize] = NONE - 1;
+                            }
+                            continue;
+                        }
+                        unit_of_check[unit.check as usize] = units.len();
+                        units.push(CiTimeline {
+                            exists: Some(Spans::one(self.host_known[h].unwrap_or_default())),
+                            known: self.known[h].clone(),
+                            maintenance: self.maintenance(h, &inc.ci_type, None),
+                            ..CiTimeline::default()
+                        });
+                        units.len() - 1
+                    }
                 }
             };
+            let timeline = &mut units[index];
             for span in inc
                 .episodes
                 .iter()
@@ -314,8 +464,28 @@ impl Snapshot {
                 }
             }
         }
-        units.into_values().collect()
+        units
     }
+}
+
+/// The occurrences of the windows `of` (indices in `windows`) whose CI criteria match.
+fn maintenance_of(
+    windows: &[(Window, Spans)],
+    of: &[usize],
+    ci_type: &str,
+    ci_id: Option<i64>,
+) -> Spans {
+    let mut out = Vec::new();
+    for &w in of {
+        let (window, occ) = &windows[w];
+        if ci_matches(&window.scope, ci_type, ci_id) {
+            out.extend(occ.iter().copied());
+        }
+    }
+    if out.is_empty() {
+        return Spans::new();
+    }
+    Spans::from_unsorted(out)
 }
 
 /// When each agent sent data, within `period` (`agent_data`, written by the ingest writer).

@@ -288,9 +288,18 @@ struct Views {
 
 impl Views {
     fn sweep(cis: &[CiTimeline], sla: &Sla, span: Span) -> Views {
+        let experienced = availability::States::sweep(cis, span, Kind::Experienced, sla.combine);
+        // The views differ only in maintenance: without any in the span they are one sweep.
+        let maintenance = cis
+            .iter()
+            .any(|c| c.maintenance.within(span).next().is_some());
         Views {
-            contractual: availability::States::sweep(cis, span, Kind::Contractual, sla.combine),
-            experienced: availability::States::sweep(cis, span, Kind::Experienced, sla.combine),
+            contractual: if maintenance {
+                availability::States::sweep(cis, span, Kind::Contractual, sla.combine)
+            } else {
+                experienced.clone()
+            },
+            experienced,
             service_time: service_time(sla, span),
         }
     }

@@ -109,21 +109,14 @@ pub fn of(snapshot: &Snapshot, sla: &Sla, periods: &[Span]) -> Vec<Occurrences> 
             ..Occurrences::default()
         })
         .collect();
-    for host in snapshot
-        .hosts()
-        .iter()
-        .filter(|h| snapshot.checks_in_scope(sla, h))
-    {
-        let runs = snapshot.runs_of(&host.agent_id);
-        if runs.is_empty() {
+    for (h, host) in snapshot.hosts().iter().enumerate() {
+        if !snapshot.has_runs(h) || !snapshot.checks_in_scope(sla, host) {
             continue;
         }
         for o in &mut out {
-            let first = runs.partition_point(|r| r.0 < o.days.start);
-            for &(_, ok, total) in runs[first..].iter().take_while(|r| r.0 < o.days.end) {
-                o.ok = o.ok.saturating_add(ok);
-                o.total = o.total.saturating_add(total);
-            }
+            let (ok, total) = snapshot.runs_within(h, o.days);
+            o.ok = o.ok.saturating_add(ok);
+            o.total = o.total.saturating_add(total);
         }
     }
     out

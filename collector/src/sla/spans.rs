@@ -139,7 +139,7 @@ impl Spans {
     }
 
     /// The non-empty parts within `span`, found by binary search.
-    fn within(&self, span: Span) -> impl Iterator<Item = Span> + '_ {
+    pub fn within(&self, span: Span) -> impl Iterator<Item = Span> + '_ {
         let first = self.0.partition_point(|s| s.end <= span.start);
         self.0[first..]
             .iter()

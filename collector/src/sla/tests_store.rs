@@ -606,6 +606,19 @@ fn the_cache_reads_what_the_store_holds() {
         )
         .expect("runs");
     });
+    step("check executions of the hosts on different days", &|| {
+        for (agent, day) in [
+            ("web2", T0 + DAY_MS),
+            ("web1", T0 + 2 * DAY_MS),
+            ("web2", T0),
+        ] {
+            c.execute(
+                "INSERT INTO check_runs VALUES (?1, 'http', ?2, 3, 4)",
+                rusqlite::params![agent, day],
+            )
+            .expect("runs");
+        }
+    });
     step("the change log pruned behind the cache", &|| {
         crate::sla::cache::prune(c, 0).expect("prune");
         down(c, "web2", web2, T0 + 20 * HOUR, Some(T0 + 21 * HOUR));
