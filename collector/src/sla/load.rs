@@ -358,7 +358,6 @@ impl Snapshot {
     /// spans a unit shares with others (its host's data, its maintenance) are those of the
     /// whole snapshot, reaching beyond `period`: what is outside it is never measured.
     pub fn timelines(&self, sla: &Sla, period: Span) -> Vec<CiTimeline> {
-        const NONE: usize = usize::MAX;
         let period = period.intersect(self.period);
         let now_ms = self.now_ms;
         let end_of = |retired: Option<i64>| retired.unwrap_or(now_ms).min(now_ms);
@@ -371,7 +370,7 @@ impl Snapshot {
             })
         };
         let mut units: Vec<CiTimeline> = Vec::new();
-        let mut unit_of_ci = vec![NONE; self.cis.len()];
+        let mut unit_of_ci: Vec<Option<usize>> = vec![None; self.cis.len()];
         for (i, ci) in self.cis.iter().enumerate() {
             if ci.first_seen_ms >= period.end || ci.retired_ms.is_some_and(|r| r <= period.start) {
                 continue;
@@ -386,7 +385,7 @@ impl Snapshot {
                 continue;
             }
             let lifetime = Span::new(ci.first_seen_ms, end_of(ci.retired_ms));
-            unit_of_ci[i] = units.len();
+            unit_of_ci[i] = Some(units.len());
             units.push(CiTimeline {
                 exists: Some(Spans::one(lifetime)),
                 known: match self.host_known[h] {
@@ -397,8 +396,8 @@ impl Snapshot {
                 ..CiTimeline::default()
             });
         }
-        // A check unit: `NONE` not looked at yet, `NONE - 1` out of scope.
-        let mut unit_of_check = vec![NONE; self.checks];
+        // Per check key: `None` not looked at yet, `Some(None)` not a unit of this SLA.
+        let mut unit_of_check: Vec<Option<Option<usize>>> = vec![None; self.checks];
         // What each (rule, priority) does to this SLA.
         let effects: Vec<Option<f64>> = self
             .effect_keys
@@ -414,41 +413,32 @@ impl Snapshot {
                 continue;
             };
             let (inc, unit) = (&entry.incident, entry.unit);
-            let index = match unit.ci.map(|c| unit_of_ci[c as usize]) {
-                Some(u) if u != NONE => u,
-                _ => {
+            let ci_unit = unit.ci.and_then(|c| unit_of_ci[c as usize]);
+            let index = match (ci_unit, unit_of_check[unit.check as usize]) {
+                (Some(u), _) | (None, Some(Some(u))) => u,
+                (None, Some(None)) => continue,
+                // A CI out of scope, or retired before the period, is not a check; whether the
+                // key is one depends on the incident's `ci_id`, so it is asked again.
+                (None, None) if inc.ci_id.is_some() => continue,
+                (None, None) => {
                     // A check (not a CMDB item) of a host in scope, known as long as its host.
-                    let u = unit_of_check[unit.check as usize];
-                    if u == NONE - 1 {
+                    let in_scope = unit.host.map(|h| h as usize).filter(|&h| {
+                        host_in_scope(h)
+                            && ci_matches(&sla.scope, &inc.ci_type, None)
+                            && self.in_service(sla, &inc.agent, None)
+                    });
+                    let Some(h) = in_scope else {
+                        unit_of_check[unit.check as usize] = Some(None);
                         continue;
-                    }
-                    if u != NONE {
-                        u
-                    } else {
-                        let Some(h) = unit.host.map(|h| h as usize) else {
-                            continue;
-                        };
-                        if inc.ci_id.is_some()
-                            || !host_in_scope(h)
-                            || !ci_matches(&sla.scope, &inc.ci_type, None)
-                            || !self.in_service(sla, &inc.agent, None)
-                        {
-                            // A CI out of scope, or retired before the period. (Whether it
-                            // is depends on the incident's `ci_id`: asked again for the next.)
-                            if inc.ci_id.is_none() {
-                                unit_of_check[unit.check as usize] = NONE - 1;
-                            }
-                            continue;
-                        }
-                        unit_of_check[unit.check as usize] = units.len();
-                        units.push(CiTimeline {
-                            exists: Some(Spans::one(self.host_known[h].unwrap_or_default())),
-                            known: self.known[h].clone(),
-                            maintenance: self.maintenance(h, &inc.ci_type, None),
-                            ..CiTimeline::default()
-                        });
-                        units.len() - 1
-                    }
+                    };
+                    unit_of_check[unit.check as usize] = Some(Some(units.len()));
+                    units.push(CiTimeline {
+                        exists: Some(Spans::one(self.host_known[h].unwrap_or_default())),
+                        known: self.known[h].clone(),
+                        maintenance: self.maintenance(h, &inc.ci_type, None),
+                        ..CiTimeline::default()
+                    });
+                    units.len() - 1
                 }
             };
             let timeline = &mut units[index];

@@ -55,16 +55,43 @@ fn incident(
     first: i64,
     until: Option<i64>,
 ) -> i64 {
+    incident_on(
+        c,
+        agent,
+        (Some(ci), "host", "host"),
+        rule,
+        urgency,
+        first,
+        until,
+    )
+}
+
+/// A P2 `check-down` incident on check `check` of `agent` (not a CMDB item: no CI id).
+fn check_down(c: &Connection, agent: &str, check: &str, first: i64, until: Option<i64>) -> i64 {
+    let unit = (None, "check", check);
+    incident_on(c, agent, unit, "check-down", Level::High, first, until)
+}
+
+/// [`incident`] on the unit `(CI id, type, key)`.
+fn incident_on(
+    c: &Connection,
+    agent: &str,
+    (ci_id, ci_type, ci_key): (Option<i64>, &str, &str),
+    rule: &str,
+    urgency: Level,
+    first: i64,
+    until: Option<i64>,
+) -> i64 {
     let labels = BTreeMap::new();
-    let key = format!("{rule}|{agent}|host|host");
+    let key = format!("{rule}|{agent}|{ci_type}|{ci_key}");
     let o = Opening {
         dedup_key: &key,
         rule,
         origin: Origin::Rule,
         agent_id: Some(agent),
-        ci_id: Some(ci),
-        ci_type: "host",
-        ci_key: "host",
+        ci_id,
+        ci_type,
+        ci_key,
         title: "t",
         impact: Level::High,
         urgency,
@@ -541,6 +568,31 @@ async fn coverage_is_the_time_the_agent_sent_data() {
         .query_row("SELECT COUNT(*) FROM agent_data", [], |r| r.get(0))
         .expect("rows");
     assert!(rows <= 3, "one row per stretch, not per batch: {rows}");
+}
+
+/// A check is not a CMDB item: its incidents name it by key, without a CI id. Each check of a
+/// host in scope is a unit of the service, known as long as its host; the checks of a host out
+/// of scope are not.
+#[test]
+fn check_incidents_count_as_units_of_hosts_in_scope() {
+    let (_dir, db) = db();
+    let c = db.conn();
+    host(c, "web1", "web", T0 - HOUR);
+    host(c, "db1", "db", T0 - HOUR);
+    let http = check_down(c, "web1", "http", T0 + HOUR, Some(T0 + 2 * HOUR));
+    let dns = check_down(c, "web1", "dns", T0 + HOUR + 30 * MIN, Some(T0 + 150 * MIN));
+    check_down(c, "db1", "http", T0, Some(T0 + 5 * HOUR));
+    let s = sla("target = 0.99\n[sla.scope]\ntag = \"role=web\"\n");
+    let now = T0 + 6 * HOUR;
+    let r = report(c, &s, Span::new(T0, now), now).expect("report");
+    // Down while either check of web1 is: 1 h 30 min, one outage of both incidents.
+    assert_eq!(r.experienced.down_ms, (90 * MIN) as f64);
+    assert_eq!(r.experienced.outages.len(), 1);
+    assert_eq!(r.experienced.outages[0].incidents, [http, dns]);
+    // Host CIs only: the checks are not in scope.
+    let hosts = sla("target = 0.99\n[sla.scope]\ntag = \"role=web\"\ntype = \"host\"\n");
+    let r = report(c, &hosts, Span::new(T0, now), now).expect("report");
+    assert_eq!(r.experienced.down_ms, 0.0);
 }
 
 /// A read through the cache (`super::cache`, warm from the read before) gives what a read of
