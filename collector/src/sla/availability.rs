@@ -12,6 +12,8 @@
 //! availability = up / (up + down), where a degraded second counts `weight` down and the rest
 //! up. Unknown time is left out of both and reported as the coverage ratio.
 
+use std::sync::Arc;
+
 use super::spans::{Span, Spans};
 
 /// What one CI went through, as time spans (any order, may overlap).
@@ -19,14 +21,15 @@ use super::spans::{Span, Spans};
 pub struct CiTimeline {
     /// When the CI existed (first seen to retired); `None`: all along.
     pub exists: Option<Spans>,
-    /// When the collector had data for the CI (or decided its state).
-    pub known: Spans,
+    /// When the collector had data for the CI (or decided its state); shared by the units of
+    /// one host and by every SLA of a refresh.
+    pub known: Arc<Spans>,
     /// Incidents that make it down: `(span from first breach to resolution, incident id)`.
     pub down: Vec<(Span, i64)>,
     /// Incidents that degrade it: `(span, weight in (0, 1), incident id)`.
     pub degraded: Vec<(Span, f64, i64)>,
-    /// Maintenance windows over it.
-    pub maintenance: Spans,
+    /// Maintenance windows over it (shared like `known`).
+    pub maintenance: Arc<Spans>,
 }
 
 /// Which view of the same history.
@@ -115,10 +118,25 @@ struct Scratch {
     cuts: Vec<i64>,
 }
 
-/// Whether `t` is within one of `spans` (disjoint, in order).
-fn within_any(spans: &[Span], t: i64) -> bool {
-    let i = spans.partition_point(|s| s.end <= t);
-    spans.get(i).is_some_and(|s| s.start <= t)
+/// Membership of instants asked in increasing order in disjoint spans in order: one pass over
+/// the spans for all the instants of a CI, not a binary search per instant.
+struct Cursor<'a> {
+    spans: &'a [Span],
+    next: usize,
+}
+
+impl<'a> Cursor<'a> {
+    fn new(spans: &'a [Span]) -> Cursor<'a> {
+        Cursor { spans, next: 0 }
+    }
+
+    /// Whether `t` is within one of the spans; `t` is no earlier than the last one asked.
+    fn contains(&mut self, t: i64) -> bool {
+        while self.spans.get(self.next).is_some_and(|s| s.end <= t) {
+            self.next += 1;
+        }
+        self.spans.get(self.next).is_some_and(|s| s.start <= t)
+    }
 }
 
 /// Cuts one CI's history within `period` into pieces of constant state, into `out`.
@@ -186,12 +204,25 @@ fn pieces(
     }
     cuts.sort_unstable();
     cuts.dedup();
+    // The cuts are in order: each membership is a cursor moving forward.
+    let mut in_maint = maint.map(|m| Cursor::new(m.as_slice()));
+    let mut in_down = Cursor::new(down);
+    let mut in_life = ci.exists.as_ref().map(|e| Cursor::new(e.as_slice()));
+    let mut in_known = Cursor::new(ci.known.as_slice());
     for w in cuts.windows(2) {
         let piece = Span::new(w[0], w[1]);
         let t = piece.start;
-        let state = if maint.is_some_and(|m| m.contains(t)) {
+        let (maintained, is_down) = (
+            in_maint.as_mut().is_some_and(|m| m.contains(t)),
+            in_down.contains(t),
+        );
+        let (alive, known) = (
+            in_life.as_mut().is_none_or(|e| e.contains(t)),
+            in_known.contains(t),
+        );
+        let state = if maintained {
             CiState::Maintenance
-        } else if within_any(down, t) {
+        } else if is_down {
             CiState::Down
         } else if let Some(weight) = degraded
             .iter()
@@ -200,9 +231,9 @@ fn pieces(
             .reduce(f64::max)
         {
             CiState::Degraded(weight)
-        } else if ci.exists.as_ref().is_some_and(|e| !e.contains(t)) {
+        } else if !alive {
             CiState::Absent
-        } else if ci.known.contains(t) {
+        } else if known {
             CiState::Up
         } else {
             CiState::Unknown
@@ -514,7 +545,7 @@ mod tests {
 
     fn ci(down: &[(i64, i64, i64)]) -> CiTimeline {
         CiTimeline {
-            known: known(0, 100),
+            known: known(0, 100).into(),
             down: down.iter().map(|&(a, b, id)| (sp(a, b), id)).collect(),
             ..CiTimeline::default()
         }
@@ -548,7 +579,7 @@ mod tests {
     #[test]
     fn maintenance_is_excluded_from_the_contractual_view_only() {
         let mut c = ci(&[(10, 20, 1)]);
-        c.maintenance = Spans::one(sp(8, 15));
+        c.maintenance = Spans::one(sp(8, 15)).into();
         let p = sp(0, 100);
         let exp = compute(
             std::slice::from_ref(&c),
@@ -594,7 +625,7 @@ mod tests {
     #[test]
     fn time_without_data_is_unknown_never_up() {
         let c = CiTimeline {
-            known: known(50, 100),
+            known: known(50, 100).into(),
             down: vec![(sp(40, 55), 9)],
             ..CiTimeline::default()
         };
@@ -684,7 +715,7 @@ mod tests {
     fn precision_is_kept_and_window_edges_clip() {
         // 0.005 % of 100 h down = 18 s: 99.995 %, never rounded to 100 %.
         let c = CiTimeline {
-            known: Spans::one(Span::new(-10 * H, 200 * H)),
+            known: Spans::one(Span::new(-10 * H, 200 * H)).into(),
             down: vec![(Span::new(-H, 18_000), 1)],
             ..CiTimeline::default()
         };
@@ -733,8 +764,8 @@ mod tests {
     fn every_ci_in_maintenance_excludes_the_time_for_the_service() {
         let mut a = ci(&[]);
         let mut b = ci(&[(0, 100, 7)]);
-        a.maintenance = Spans::one(sp(0, 10));
-        b.maintenance = Spans::one(sp(0, 10));
+        a.maintenance = Spans::one(sp(0, 10)).into();
+        b.maintenance = Spans::one(sp(0, 10)).into();
         let p = sp(0, 100);
         let f = compute(&[a, b], p, &all(p), Kind::Contractual, Combine::All);
         assert_eq!(f.excluded_ms, 10 * H);
@@ -774,10 +805,10 @@ mod tests {
             let exists = (id % 4 == 0).then(|| Spans::from_unsorted(spans(1, 8 * 24 * H)));
             cis.push(CiTimeline {
                 exists,
-                known: Spans::from_unsorted(known),
+                known: Spans::from_unsorted(known).into(),
                 down: down.into_iter().map(|s| (s, id)).collect(),
                 degraded: degraded.into_iter().map(|s| (s, 0.25, 100 + id)).collect(),
-                maintenance: Spans::from_unsorted(maintenance),
+                maintenance: Spans::from_unsorted(maintenance).into(),
             });
         }
         let whole = Span::new(0, len);

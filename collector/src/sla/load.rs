@@ -104,9 +104,9 @@ pub struct Snapshot {
     data: Vec<Spans>,
     /// Per host: when the collector knew its state (its life, with data), the `known` of its
     /// units.
-    known: Vec<Spans>,
+    known: Vec<Arc<Spans>>,
     /// Per CI (as `cis`): the maintenance windows over it.
-    ci_maintenance: Vec<Spans>,
+    ci_maintenance: Vec<Arc<Spans>>,
     /// Check executions per host (as `hosts`): `(UTC day, passed, ran)` in day order, over
     /// the whole UTC days `period` touches, as running sums (each day's counts and all before).
     runs: Vec<Vec<(i64, u64, u64)>>,
@@ -269,7 +269,7 @@ impl Snapshot {
         debug_assert!(entries.is_sorted_by_key(|e| (e.end, e.incident.id)));
         let incidents = entries;
         let known = (0..hosts.len())
-            .map(|h| Spans::one(host_known[h].unwrap_or_default()).intersect(&data[h]))
+            .map(|h| Arc::new(Spans::one(host_known[h].unwrap_or_default()).intersect(&data[h])))
             .collect();
         let ci_maintenance = cis
             .iter()
@@ -277,6 +277,7 @@ impl Snapshot {
                 Some(h) => maintenance_of(&windows, &host_windows[h], &c.ty, Some(c.id)),
                 None => Spans::new(),
             })
+            .map(Arc::new)
             .collect();
         Ok(Snapshot {
             period,
@@ -390,7 +391,7 @@ impl Snapshot {
                 exists: Some(Spans::one(lifetime)),
                 known: match self.host_known[h] {
                     Some(_) => self.known[h].clone(),
-                    None => Spans::one(lifetime).intersect(&self.data[h]),
+                    None => Arc::new(Spans::one(lifetime).intersect(&self.data[h])),
                 },
                 maintenance: self.ci_maintenance[i].clone(),
                 ..CiTimeline::default()
@@ -435,7 +436,7 @@ impl Snapshot {
                     units.push(CiTimeline {
                         exists: Some(Spans::one(self.host_known[h].unwrap_or_default())),
                         known: self.known[h].clone(),
-                        maintenance: self.maintenance(h, &inc.ci_type, None),
+                        maintenance: Arc::new(self.maintenance(h, &inc.ci_type, None)),
                         ..CiTimeline::default()
                     });
                     units.len() - 1
