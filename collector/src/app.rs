@@ -268,6 +268,15 @@ pub async fn start(config: &CollectorConfig) -> Result<Running> {
     let http_limits = fit_to_open_files(config.http.limits.clone());
     http_state.http_metrics = http_metrics.clone();
     http_state.exports = Arc::new(tokio::sync::Semaphore::new(http_limits.max_exports));
+    http_state.console = Arc::new(
+        http::session::Console::new(
+            Some(metrics.registry()),
+            config.http.sessions,
+            http::session::LoginLimits::default(),
+            false,
+        )
+        .context("cannot register metrics")?,
+    );
     let router = http::router(http_state);
     let http_shutdown = shutdown.clone();
     let http_sentinel = supervisor.sentinel("HTTP server");
@@ -344,9 +353,17 @@ pub async fn start(config: &CollectorConfig) -> Result<Running> {
                         m.refresh_none();
                         return Ok(Vec::new());
                     }
+                    let (cpu, wall) = (
+                        vigil_runtime::clock::thread_cpu(),
+                        std::time::Instant::now(),
+                    );
                     let db = Db::open(&dir)?;
-                    let burns = m.refresh(db.conn(), &slas, now_ms())?;
-                    Ok::<_, crate::store::StoreError>(burns)
+                    let burns = m.refresh(db.conn(), &slas, now_ms());
+                    m.record_cost(
+                        vigil_runtime::clock::thread_cpu().saturating_sub(cpu),
+                        wall.elapsed(),
+                    );
+                    Ok::<_, crate::store::StoreError>(burns?)
                 })
                 .await;
                 match res {
@@ -365,6 +382,7 @@ pub async fn start(config: &CollectorConfig) -> Result<Running> {
 
     let retention = config.store.retention;
     let stale_after = config.store.stale_after;
+    let sessions = config.http.sessions;
     let prune_shutdown = shutdown.clone();
     let prune_dir = data_dir.clone();
     let prune_sentinel = supervisor.sentinel("housekeeping");
@@ -387,6 +405,7 @@ pub async fn start(config: &CollectorConfig) -> Result<Running> {
                 crate::sla::occurrences::prune(db.conn(), now)?;
                 crate::sla::cache::prune(db.conn(), crate::sla::cache::KEEP_CHANGES)?;
                 crate::http::audit::prune(db.conn(), now)?;
+                db.prune_sessions(sessions, now)?;
                 // Delivered or failed notifications past retention (pending ones stay).
                 crate::notify::prune(db.conn(), cutoff)?;
                 let stale = crate::cmdb::mark_stale(&db, stale_after, now)?;

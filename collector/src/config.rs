@@ -80,6 +80,8 @@ pub struct HttpConfig {
     pub listen: SocketAddr,
     /// Connection caps and timeouts (`crate::http::serve`).
     pub limits: crate::http::serve::HttpLimits,
+    /// How long console sessions last (`session_idle`, `session_max`).
+    pub sessions: crate::store::users::SessionPolicy,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -174,6 +176,7 @@ impl CollectorConfig {
             http: HttpConfig {
                 listen: DEFAULT_HTTP_LISTEN,
                 limits: Default::default(),
+                sessions: Default::default(),
             },
             store: StoreConfig {
                 retention: DEFAULT_RETENTION,
@@ -301,6 +304,8 @@ struct RawHttp {
     header_timeout: Option<Spanned<String>>,
     idle_timeout: Option<Spanned<String>>,
     max_exports: Option<Spanned<i64>>,
+    session_idle: Option<Spanned<String>>,
+    session_max: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -468,6 +473,22 @@ fn convert_main(raw: &RawCollector, d: &mut Diagnostics) -> CollectorConfig {
             .unwrap_or(l.idle_timeout);
         l.max_exports =
             count_in(d, h.max_exports.as_ref(), "max_exports", 1..=64).unwrap_or(l.max_exports);
+        let minute = Duration::from_secs(60);
+        let s = &mut config.http.sessions;
+        s.idle = duration_in(
+            d,
+            h.session_idle.as_ref(),
+            "session_idle",
+            minute..=Duration::from_secs(7 * 86_400),
+        )
+        .unwrap_or(s.idle);
+        s.max = duration_in(
+            d,
+            h.session_max.as_ref(),
+            "session_max",
+            minute..=Duration::from_secs(30 * 86_400),
+        )
+        .unwrap_or(s.max);
     }
     if let Some(s) = &raw.store {
         config.store.retention =
@@ -1375,6 +1396,21 @@ mod tests {
                 "c.toml:2:19: `max_connections` must be between 1 and 1000000, got 0",
                 "c.toml:3:16: `idle_timeout` must be between 1s and 1h",
                 "c.toml:4:15: `max_exports` must be between 1 and 64, got 65",
+            ],
+        );
+        let c = valid("[http]\nsession_idle = \"30m\"\nsession_max = \"8h\"\n");
+        assert_eq!(
+            c.http.sessions,
+            crate::store::users::SessionPolicy {
+                idle: Duration::from_secs(1800),
+                max: Duration::from_secs(8 * 3600),
+            }
+        );
+        check(
+            "[http]\nsession_idle = \"10s\"\nsession_max = \"90d\"\n",
+            &[
+                "c.toml:2:16: `session_idle` must be between 1m and 7days",
+                "c.toml:3:15: `session_max` must be between 1m and 30days",
             ],
         );
     }

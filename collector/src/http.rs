@@ -16,6 +16,7 @@ mod incidents;
 mod maintenance;
 mod rules;
 pub mod serve;
+pub mod session;
 mod slas;
 
 use std::path::PathBuf;
@@ -55,6 +56,8 @@ pub struct HttpState {
     pub http_metrics: serve::HttpMetrics,
     /// Permits for CMDB exports streaming at once (`[http] max_exports`).
     pub exports: Arc<tokio::sync::Semaphore>,
+    /// Console logins: session policy, login limits, their counter.
+    pub console: Arc<session::Console>,
 }
 
 /// What the incident endpoints need besides the store: the webhooks to notify, a way to wake
@@ -107,6 +110,7 @@ impl HttpState {
             exports: Arc::new(tokio::sync::Semaphore::new(
                 serve::HttpLimits::default().max_exports,
             )),
+            console: Arc::new(session::Console::default()),
         })
     }
 }
@@ -156,12 +160,22 @@ pub fn router(state: HttpState) -> Router {
         .merge(slas::routes())
         .merge(alertmanager::routes())
         .route("/audit", get(audit::list))
+        .route("/users", get(session::users))
+        .route("/session", get(session::current))
         .layer(axum::middleware::from_fn_with_state(
             state.clone(),
             audit::audit,
         ));
+    let console = Router::new()
+        .route("/login", get(session::login_page).post(session::login))
+        .route("/logout", axum::routing::post(session::logout))
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            audit::audit_console,
+        ));
     Router::new()
         .route("/", get(index))
+        .merge(console)
         .route("/metrics", get(metrics))
         .route("/healthz", get(|| async { "ok" }))
         .route("/readyz", get(readyz))

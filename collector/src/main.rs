@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Duration;
 
-use anyhow::Result;
+use anyhow::{Context, Result};
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use vigil_collector::admin::AdminStore;
 use vigil_collector::config::{self, CollectorConfig};
@@ -75,6 +75,11 @@ enum Command {
     ApiToken {
         #[command(subcommand)]
         command: ApiTokenCommand,
+    },
+    /// Console users (they log in at the console with a password).
+    User {
+        #[command(subcommand)]
+        command: UserCommand,
     },
     /// Service level objectives.
     Slo {
@@ -180,6 +185,64 @@ enum ApiTokenCommand {
         #[command(flatten)]
         store: StoreArgs,
     },
+}
+
+#[derive(Subcommand)]
+enum UserCommand {
+    /// Add a user. The password is read from the terminal (twice), or else from the first line
+    /// of standard input; it is stored as an argon2id hash.
+    Create {
+        /// Letters, digits, '.', '_', '-' or '@' (at most 64).
+        name: String,
+        /// What the user may do: viewer reads, operator also works incidents and maintenance,
+        /// admin also manages rules, SLAs, agents, users and tokens.
+        #[arg(long, value_enum)]
+        role: RoleArg,
+        #[command(flatten)]
+        store: StoreArgs,
+    },
+    /// Set a user's password (read as for `create`), and its role with --role; every session it
+    /// has ends.
+    Passwd {
+        /// The user's name.
+        name: String,
+        /// A new role for the user (else it keeps its role).
+        #[arg(long, value_enum)]
+        role: Option<RoleArg>,
+        #[command(flatten)]
+        store: StoreArgs,
+    },
+    /// Disable a user: it cannot log in, and its sessions end at once.
+    Disable {
+        /// The user's name.
+        name: String,
+        #[command(flatten)]
+        store: StoreArgs,
+    },
+    /// List users: name, role, created, last login, disabled.
+    List {
+        #[command(flatten)]
+        store: StoreArgs,
+    },
+}
+
+/// A new password: from the terminal (asked twice, not echoed), or the first line of stdin.
+fn read_new_password() -> Result<String> {
+    use std::io::IsTerminal;
+    if std::io::stdin().is_terminal() {
+        let first = rpassword::prompt_password("New password: ")?;
+        let again = rpassword::prompt_password("Repeat it: ")?;
+        anyhow::ensure!(first == again, "the passwords differ");
+        return Ok(first);
+    }
+    let mut line = String::new();
+    // Bounded: a password is at most MAX_PASSWORD bytes, so a longer line is refused anyway.
+    std::io::Read::read_to_string(
+        &mut std::io::Read::take(std::io::stdin().lock(), 4096),
+        &mut line,
+    )
+    .context("cannot read the password from standard input")?;
+    Ok(line.lines().next().unwrap_or("").to_owned())
 }
 
 fn parse_duration(s: &str) -> Result<Duration, String> {
@@ -367,6 +430,47 @@ fn real_main(command: Command) -> Result<ExitCode> {
                 let (AdminStore { db, .. }, _) = open_store(&store)?;
                 admin::found(db.revoke_agent(&id, now_ms())?, "agent", &id)?;
                 eprintln!("agent {id} revoked");
+            }
+        },
+        Command::User { command } => match command {
+            UserCommand::Create { name, role, store } => {
+                let (AdminStore { db, .. }, _) = open_store(&store)?;
+                let password = read_new_password()?;
+                let role = Role::from(role);
+                db.create_user(&name, role, &password, now_ms())?;
+                eprintln!("user {name} ({role}) created");
+            }
+            UserCommand::Passwd { name, role, store } => {
+                let (AdminStore { db, .. }, _) = open_store(&store)?;
+                let password = read_new_password()?;
+                db.set_password(&name, &password, role.map(Role::from), now_ms())?;
+                eprintln!("password of {name} set; its sessions ended");
+            }
+            UserCommand::Disable { name, store } => {
+                let (AdminStore { db, .. }, _) = open_store(&store)?;
+                if db.disable_user(&name, now_ms())? {
+                    eprintln!("user {name} disabled; its sessions ended");
+                } else {
+                    eprintln!("user {name} was already disabled");
+                }
+            }
+            UserCommand::List { store } => {
+                let (AdminStore { db, .. }, _) = open_store(&store)?;
+                let t = |ms: Option<i64>| {
+                    ms.and_then(vigil_shared::time::format_rfc3339_ms)
+                        .unwrap_or_else(|| "-".into())
+                };
+                println!("NAME\tROLE\tCREATED\tLAST LOGIN\tDISABLED");
+                for u in db.list_users()? {
+                    println!(
+                        "{}\t{}\t{}\t{}\t{}",
+                        u.name,
+                        u.role,
+                        t(Some(u.created_ms)),
+                        t(u.last_login_ms),
+                        t(u.disabled_ms)
+                    );
+                }
             }
         },
         Command::ApiToken { command } => match command {

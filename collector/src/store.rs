@@ -21,6 +21,7 @@
 mod checkpoint;
 mod schema;
 mod tokens;
+pub mod users;
 mod writer;
 
 use std::collections::HashSet;

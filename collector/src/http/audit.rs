@@ -1,5 +1,5 @@
-//! The audit log: every state-changing request to `/api/v1` (POST, PUT, PATCH, DELETE) — who
-//! (the API token, its role), what (method and path), when, from where (the client's address)
+//! The audit log: every state-changing request to `/api/v1` and to the console's own routes
+//! (login, logout; POST, PUT, PATCH, DELETE) — who (the API token or console user, its role), what (method and path), when, from where (the client's address)
 //! and the outcome (the status) — kept in the store's `audit_log` and listed by
 //! `GET /api/v1/audit` (admin). Request bodies are not kept: they may hold secrets (a webhook's
 //! token, a new API token's name is in the answer, not the request).
@@ -28,16 +28,42 @@ use crate::store::Role;
 #[derive(Debug, Clone, Copy)]
 pub struct Peer(pub SocketAddr);
 
-/// Filled in by [`Auth`] when it authenticates a request that is being audited.
+/// Who made an audited request, as far as it is known.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Who {
+    /// The API token's id, or the console session's.
+    pub token_id: Option<String>,
+    pub role: Option<Role>,
+    /// The console user (for a login, the name it tried).
+    pub user: Option<String>,
+}
+
+/// Filled in by [`Auth`] (or the login) when it authenticates a request that is being audited.
 #[derive(Debug, Clone, Default)]
-pub(super) struct Actor(Arc<Mutex<Option<(String, Role)>>>);
+pub(super) struct Actor(Arc<Mutex<Who>>);
 
 impl Actor {
     pub(super) fn set(&self, token_id: &str, role: Role) {
-        *self.0.lock().unwrap_or_else(|p| p.into_inner()) = Some((token_id.to_owned(), role));
+        let mut w = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        w.token_id = Some(token_id.to_owned());
+        w.role = Some(role);
     }
 
-    fn get(&self) -> Option<(String, Role)> {
+    pub(super) fn set_session(&self, s: &crate::store::users::Session) {
+        *self.0.lock().unwrap_or_else(|p| p.into_inner()) = Who {
+            token_id: Some(s.id.clone()),
+            role: Some(s.role),
+            user: Some(s.user.clone()),
+        };
+    }
+
+    pub(super) fn set_user(&self, user: &str, role: Option<Role>) {
+        let mut w = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        w.user = Some(user.to_owned());
+        w.role = role;
+    }
+
+    fn get(&self) -> Who {
         self.0.lock().unwrap_or_else(|p| p.into_inner()).clone()
     }
 }
@@ -48,11 +74,21 @@ const MAX_PATH: usize = 512;
 pub const KEEP_MS: i64 = 400 * 86_400_000;
 
 /// The middleware on `/api/v1`.
-pub(super) async fn audit(
+pub(super) async fn audit(State(state): State<HttpState>, req: Request, next: Next) -> Response {
+    audit_under(state, "/api/v1", req, next).await
+}
+
+/// The middleware on the console's own routes (login, logout, its forms).
+pub(super) async fn audit_console(
     State(state): State<HttpState>,
-    mut req: Request,
+    req: Request,
     next: Next,
 ) -> Response {
+    audit_under(state, "", req, next).await
+}
+
+/// Audits a request to a router nested at `prefix` (which sees paths without it).
+async fn audit_under(state: HttpState, prefix: &str, mut req: Request, next: Next) -> Response {
     if !matches!(
         *req.method(),
         Method::POST | Method::PUT | Method::PATCH | Method::DELETE
@@ -62,8 +98,7 @@ pub(super) async fn audit(
     let actor = Actor::default();
     req.extensions_mut().insert(actor.clone());
     let method = req.method().as_str().to_owned();
-    // The layer sits on the router nested at /api/v1, which sees the path without it.
-    let mut path = format!("/api/v1{}", req.uri().path());
+    let mut path = format!("{prefix}{}", req.uri().path());
     if path.len() > MAX_PATH {
         let mut end = MAX_PATH;
         while !path.is_char_boundary(end) {
@@ -79,7 +114,7 @@ pub(super) async fn audit(
         record(
             db.conn(),
             now_ms(),
-            who.as_ref().map(|(t, r)| (t.as_str(), *r)),
+            &who,
             &method,
             &path,
             status,
@@ -102,20 +137,21 @@ pub(super) async fn audit(
 pub fn record(
     c: &Connection,
     at_ms: i64,
-    who: Option<(&str, Role)>,
+    who: &Who,
     method: &str,
     path: &str,
     status: u16,
     remote: Option<&str>,
 ) -> rusqlite::Result<()> {
     c.prepare_cached(
-        "INSERT INTO audit_log (ts_ms, token_id, role, method, path, status, remote)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+        "INSERT INTO audit_log (ts_ms, token_id, role, user_name, method, path, status, remote)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
     )?
     .execute(params![
         at_ms,
-        who.map(|w| w.0),
-        who.map(|w| w.1.as_str()),
+        who.token_id,
+        who.role.map(Role::as_str),
+        who.user,
         method,
         path,
         status,
@@ -138,6 +174,7 @@ pub(super) struct AuditQuery {
     from: Option<String>,
     to: Option<String>,
     token_id: Option<String>,
+    user: Option<String>,
     limit: Option<u32>,
 }
 
@@ -146,9 +183,12 @@ pub(super) struct AuditRow {
     id: i64,
     at: Option<String>,
     at_ms: i64,
-    /// `null`: the request was not authenticated (it got a 401).
+    /// The API token, or the console session; `null`: the request was not authenticated (it
+    /// got a 401).
     token_id: Option<String>,
     role: Option<String>,
+    /// The console user (for a login, the name given, whether it succeeded or not).
+    user: Option<String>,
     method: String,
     path: String,
     status: u16,
@@ -158,7 +198,7 @@ pub(super) struct AuditRow {
 /// The most rows one answer holds.
 const MAX_LIMIT: u32 = 1_000;
 
-/// `GET /api/v1/audit?from=&to=&token_id=&limit=`: newest first.
+/// `GET /api/v1/audit?from=&to=&token_id=&user=&limit=`: newest first.
 pub(super) async fn list(
     auth: Auth,
     State(state): State<HttpState>,
@@ -186,13 +226,15 @@ pub(super) async fn list(
             )))
         }
     };
-    let token = q.token_id;
+    let (token, user) = (q.token_id, q.user);
     let rows = state
         .db
         .run(move |db| {
             let mut stmt = db.conn().prepare_cached(
-                "SELECT id, ts_ms, token_id, role, method, path, status, remote FROM audit_log
+                "SELECT id, ts_ms, token_id, role, method, path, status, remote, user_name
+                 FROM audit_log
                  WHERE ts_ms >= ?1 AND ts_ms < ?2 AND (?3 IS NULL OR token_id = ?3)
+                   AND (?5 IS NULL OR user_name = ?5)
                  ORDER BY id DESC LIMIT ?4",
             )?;
             let rows = stmt
@@ -201,7 +243,8 @@ pub(super) async fn list(
                         from.unwrap_or(0),
                         to.unwrap_or(i64::MAX),
                         token,
-                        i64::from(limit)
+                        i64::from(limit),
+                        user
                     ],
                     |r| {
                         let at_ms: i64 = r.get(1)?;
@@ -215,6 +258,7 @@ pub(super) async fn list(
                             path: r.get(5)?,
                             status: r.get(6)?,
                             remote: r.get(7)?,
+                            user: r.get(8)?,
                         })
                     },
                 )?

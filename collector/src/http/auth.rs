@@ -1,12 +1,14 @@
-//! Bearer-token authentication for the JSON API.
+//! Authentication for the JSON API: a bearer token, or a console session's cookie.
 //!
 //! Put [`Auth`] in a handler's arguments, then call [`Auth::require`] with the weakest role the
-//! endpoint accepts. A missing, malformed, unknown or revoked token is a 401 before the handler
-//! runs; a known token with too weak a role is a 403 from `require`. The token text is never logged.
+//! endpoint accepts. A missing, malformed, unknown or revoked token (or an ended session) is a
+//! 401 before the handler runs; a known token with too weak a role is a 403 from `require`. A
+//! state-changing request made with a cookie and without the session's CSRF token is a 403
+//! before the handler runs (`super::session`). The token text is never logged.
 
 use axum::extract::FromRequestParts;
 use axum::http::request::Parts;
-use axum::http::{header, HeaderMap};
+use axum::http::{header, HeaderMap, Method};
 
 use super::{now_ms, ApiError, HttpState};
 use crate::store::Role;
@@ -14,12 +16,34 @@ use crate::store::Role;
 /// An authenticated API caller.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Auth {
-    /// The API token's id (for audit trails: "acknowledged by ...").
+    /// The API token's id, or for a console session the session's id.
     pub token_id: String,
     pub role: Role,
+    /// The console user, for a request made with a session cookie.
+    pub user: Option<String>,
+    /// The session's CSRF token (a session only).
+    pub csrf: Option<String>,
 }
 
 impl Auth {
+    /// A bearer token's caller.
+    pub fn token(token_id: impl Into<String>, role: Role) -> Auth {
+        Auth {
+            token_id: token_id.into(),
+            role,
+            user: None,
+            csrf: None,
+        }
+    }
+
+    /// Who did it, for timelines and history: `user:<name>` or `api:<token id>`.
+    pub fn by(&self) -> String {
+        match &self.user {
+            Some(u) => format!("user:{u}"),
+            None => format!("api:{}", self.token_id),
+        }
+    }
+
     /// `Ok` if the caller's role is at least `needed`, else [`ApiError::Forbidden`].
     pub fn require(&self, needed: Role) -> Result<(), ApiError> {
         if self.role >= needed {
@@ -57,6 +81,11 @@ impl FromRequestParts<HttpState> for Auth {
         parts: &mut Parts,
         state: &HttpState,
     ) -> Result<Self, Self::Rejection> {
+        if parts.headers.get(header::AUTHORIZATION).is_none() {
+            if let Some(cookie) = super::session::session_cookie(&parts.headers) {
+                return from_session(parts, state, cookie.to_owned()).await;
+            }
+        }
         let token = bearer(&parts.headers)?.to_owned();
         let found = state
             .db
@@ -68,11 +97,36 @@ impl FromRequestParts<HttpState> for Auth {
                 if let Some(actor) = parts.extensions.get::<super::audit::Actor>() {
                     actor.set(&token_id, role);
                 }
-                Ok(Auth { token_id, role })
+                Ok(Auth::token(token_id, role))
             }
             None => Err(ApiError::Unauthorized("unknown or revoked token")),
         }
     }
+}
+
+/// A request made with a session cookie: the session must be live, and a state-changing one
+/// must carry its CSRF token in `X-CSRF-Token` (the API's bodies are JSON, so not a form field).
+async fn from_session(parts: &Parts, state: &HttpState, cookie: String) -> Result<Auth, ApiError> {
+    let policy = state.console.policy;
+    let session = state
+        .db
+        .run(move |db| db.authenticate_session(&cookie, policy, now_ms()))
+        .await?
+        .ok_or(ApiError::Unauthorized("the session ended: log in again"))?;
+    let actor = parts.extensions.get::<super::audit::Actor>();
+    if let Some(actor) = actor {
+        actor.set_session(&session);
+    }
+    let changes = !matches!(parts.method, Method::GET | Method::HEAD | Method::OPTIONS);
+    if changes && !super::session::csrf_ok(&parts.headers, &session.csrf, None) {
+        return Err(ApiError::Csrf);
+    }
+    Ok(Auth {
+        token_id: session.id,
+        role: session.role,
+        user: Some(session.user),
+        csrf: Some(session.csrf),
+    })
 }
 
 #[cfg(test)]
@@ -112,10 +166,7 @@ mod tests {
 
     #[test]
     fn require_orders_roles() {
-        let auth = |role| Auth {
-            token_id: "t".into(),
-            role,
-        };
+        let auth = |role| Auth::token("t", role);
         assert!(auth(Role::Viewer).require(Role::Viewer).is_ok());
         assert!(auth(Role::Admin).require(Role::Operator).is_ok());
         assert!(matches!(

@@ -48,7 +48,7 @@ use hyper::body::Frame;
 use tokio::sync::mpsc;
 
 use super::{now_ms, ApiError, ApiJson, ApiPath, ApiQuery, Auth, HttpState};
-use crate::cmdb::query::manual::{self, api_source, CiPatch, NewCi, RelationSpec, WriteError};
+use crate::cmdb::query::manual::{self, CiPatch, NewCi, RelationSpec, WriteError};
 use crate::cmdb::query::{self, CiRecord, Direction, Paging, MAX_DEPTH};
 use crate::store::{Db, DbPool, Role, StoreError};
 use params::{bad, ci_filter, Params};
@@ -393,7 +393,7 @@ async fn create_ci(
 ) -> Result<(StatusCode, Json<CiView>), ApiError> {
     auth.require(Role::Admin)?;
     let ApiJson(new) = body?;
-    let source = api_source(&auth.token_id);
+    let source = auth.by();
     let ci = write(&state, move |db| {
         let id = manual::create_business_service(db, &new, &source, now_ms())?;
         reread(db, id)
@@ -410,7 +410,7 @@ async fn patch_ci(
 ) -> Result<Json<CiView>, ApiError> {
     auth.require(Role::Admin)?;
     let ApiJson(patch) = body?;
-    let source = api_source(&auth.token_id);
+    let source = auth.by();
     let ci = write(&state, move |db| {
         manual::patch_ci(db, id, &patch, &source, now_ms())?;
         reread(db, id)
@@ -425,7 +425,7 @@ async fn delete_ci(
     ApiPath(id): ApiPath<i64>,
 ) -> Result<Json<CiView>, ApiError> {
     auth.require(Role::Admin)?;
-    let source = api_source(&auth.token_id);
+    let source = auth.by();
     let ci = write(&state, move |db| {
         manual::retire_ci(db, id, &source, now_ms())?;
         reread(db, id)
@@ -441,7 +441,7 @@ async fn add_relation(
 ) -> Result<(StatusCode, Json<RelationView>), ApiError> {
     auth.require(Role::Admin)?;
     let ApiJson(rel) = body?;
-    let source = api_source(&auth.token_id);
+    let source = auth.by();
     let (rel, created) = write(&state, move |db| {
         let created = manual::add_relation(db, &rel, &source, now_ms())?;
         Ok((rel, created))
@@ -470,7 +470,7 @@ async fn remove_relation(
 ) -> Result<Json<RelationDeleted>, ApiError> {
     auth.require(Role::Admin)?;
     let ApiJson(rel) = body?;
-    let source = api_source(&auth.token_id);
+    let source = auth.by();
     let rel = write(&state, move |db| {
         manual::remove_relation(db, &rel, &source, now_ms())?;
         Ok(rel)

@@ -26,6 +26,10 @@ pub enum ApiError {
     /// 403: the token's role is too weak.
     #[error("this needs the {needed} role")]
     Forbidden { needed: Role },
+    /// 403: a request made with a session cookie that changes state, without the session's
+    /// CSRF token (or from another origin).
+    #[error("missing or wrong CSRF token: send the session's token in X-CSRF-Token")]
+    Csrf,
     /// 404
     #[error("{0}")]
     NotFound(String),
@@ -64,7 +68,7 @@ impl ApiError {
         match self {
             ApiError::BadRequest(_) => StatusCode::BAD_REQUEST,
             ApiError::Unauthorized(_) => StatusCode::UNAUTHORIZED,
-            ApiError::Forbidden { .. } => StatusCode::FORBIDDEN,
+            ApiError::Forbidden { .. } | ApiError::Csrf => StatusCode::FORBIDDEN,
             ApiError::NotFound(_) => StatusCode::NOT_FOUND,
             ApiError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             ApiError::Conflict(_) | ApiError::IllegalTransition { .. } => StatusCode::CONFLICT,
@@ -81,6 +85,7 @@ impl ApiError {
             ApiError::BadRequest(_) => "bad_request",
             ApiError::Unauthorized(_) => "unauthorized",
             ApiError::Forbidden { .. } => "forbidden",
+            ApiError::Csrf => "csrf",
             ApiError::NotFound(_) => "not_found",
             ApiError::MethodNotAllowed => "method_not_allowed",
             ApiError::Conflict(_) => "conflict",

@@ -557,7 +557,7 @@ async fn act(
     req: Request,
 ) -> Result<Json<IncidentView>, ApiError> {
     auth.require(Role::Operator)?;
-    let actor = format!("api:{}", auth.token_id);
+    let actor = auth.by();
     let hooks = state.incidents.webhooks.clone();
     let now = now_ms();
     let result = state

@@ -109,7 +109,7 @@ async fn create_rule(
             rule.name
         )));
     }
-    let by = format!("api:{}", auth.token_id);
+    let by = auth.by();
     let now = now_ms();
     let stored = rule.clone();
     let created = state

@@ -622,7 +622,7 @@ async fn create(
             "SLA {name:?} is defined in the configuration"
         )));
     }
-    let by = format!("api:{}", auth.token_id);
+    let by = auth.by();
     let now = now_ms();
     let created = state
         .db
@@ -656,7 +656,7 @@ async fn change(
             s.name
         )));
     }
-    let by = format!("api:{}", auth.token_id);
+    let by = auth.by();
     let now = now_ms();
     let n = name.clone();
     let replaced = state

@@ -576,3 +576,300 @@ async fn state_changing_requests_are_audited() {
         "bad_request",
     );
 }
+
+impl Server {
+    /// Sends `head` (request line and headers, without the blank line) and `body`; returns
+    /// `(status, headers with their names in lower case, body)`.
+    async fn raw(&self, head: &str, body: &str) -> (u16, String, String) {
+        let mut stream = tokio::net::TcpStream::connect(self.addr)
+            .await
+            .expect("connect");
+        let req = format!(
+            "{head}\r\nHost: test\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+            body.len()
+        );
+        stream.write_all(req.as_bytes()).await.expect("write");
+        let mut raw = Vec::new();
+        stream.read_to_end(&mut raw).await.expect("read");
+        let text = String::from_utf8(raw).expect("utf8");
+        let (head, body) = text.split_once("\r\n\r\n").expect("head/body");
+        let status = head
+            .split(' ')
+            .nth(1)
+            .and_then(|s| s.parse().ok())
+            .expect("status");
+        let head = head
+            .lines()
+            .map(|l| match l.split_once(':') {
+                Some((k, v)) => format!("{}:{v}", k.to_ascii_lowercase()),
+                None => l.to_owned(),
+            })
+            .collect::<Vec<_>>()
+            .join("\r\n");
+        (status, head, body.to_owned())
+    }
+}
+
+/// The `vigil_session` value a response set.
+fn set_cookie(head: &str) -> Option<String> {
+    head.lines()
+        .find_map(|l| l.strip_prefix("set-cookie: vigil_session="))
+        .map(|v| v.split(';').next().unwrap_or("").to_owned())
+}
+
+const PASSWORD: &str = "a long enough password";
+
+/// The console's sessions, end to end over the router: a form login sets a cookie with the
+/// right attributes, the cookie reads the API as its user's role, a state-changing request
+/// with it needs the session's CSRF token (and this origin), a viewer's cookie cannot act,
+/// logout ends it, and each of these is in the audit log under the user's name.
+#[tokio::test]
+async fn console_sessions_log_in_act_with_csrf_and_log_out() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let db = Db::open(tmp.path()).expect("open");
+    db.create_user("olga", Role::Operator, PASSWORD, 1_000)
+        .expect("operator");
+    db.create_user("vic", Role::Viewer, PASSWORD, 1_000)
+        .expect("viewer");
+    let (_, admin) = db.create_api_token(Role::Admin, "a", 1_000).expect("admin");
+    drop(db);
+    let server = Server::start(tmp.path()).await;
+    let s = &server;
+    let form = "Content-Type: application/x-www-form-urlencoded";
+
+    // The form, then a wrong password (401, the form again, no cookie), then the right one.
+    let (status, _, page) = s.raw("GET /login HTTP/1.1", "").await;
+    assert_eq!(status, 200);
+    assert!(page.contains("name=\"password\""), "{page}");
+    let (status, head, _) = s
+        .raw(
+            &format!("POST /login HTTP/1.1\r\n{form}"),
+            "user=olga&password=wrong+password+here",
+        )
+        .await;
+    assert_eq!(status, 401);
+    assert_eq!(set_cookie(&head), None);
+    let (status, head, _) = s
+        .raw(
+            &format!("POST /login HTTP/1.1\r\n{form}"),
+            "user=olga&password=a+long+enough+password",
+        )
+        .await;
+    assert_eq!(status, 303, "{head}");
+    assert!(
+        head.contains("location: /\r\n") || head.ends_with("location: /"),
+        "{head}"
+    );
+    let line = head
+        .lines()
+        .find(|l| l.starts_with("set-cookie:"))
+        .expect("a cookie");
+    for attr in ["HttpOnly", "SameSite=Strict", "Path=/", "Max-Age=43200"] {
+        assert!(line.contains(attr), "{attr} in {line}");
+    }
+    assert!(!line.contains("Secure"), "plain HTTP: {line}");
+    let cookie = set_cookie(&head).expect("cookie");
+
+    // The cookie reads as its user; the session names the CSRF token.
+    let with = |extra: &str| format!("Cookie: vigil_session={cookie}{extra}");
+    let (status, _, body) = s
+        .raw(&format!("GET /api/v1/session HTTP/1.1\r\n{}", with("")), "")
+        .await;
+    assert_eq!(status, 200, "{body}");
+    let me: serde_json::Value = serde_json::from_str(&body).expect("json");
+    assert_eq!(
+        (me["user"].as_str(), me["role"].as_str()),
+        (Some("olga"), Some("operator"))
+    );
+    let csrf = me["csrf"].as_str().expect("csrf").to_owned();
+    let (status, _, _) = s
+        .raw(
+            &format!("GET /api/v1/incidents HTTP/1.1\r\n{}", with("")),
+            "",
+        )
+        .await;
+    assert_eq!(status, 200);
+
+    // A state-changing request with the cookie: without the token 403 `csrf`, with a wrong
+    // one too, from another origin too; with it the handler runs (no such window: 404).
+    let delete = |extra: String| async move {
+        s.raw(
+            &format!("DELETE /api/v1/maintenance/77 HTTP/1.1\r\n{extra}"),
+            "",
+        )
+        .await
+    };
+    let (status, _, body) = delete(with("")).await;
+    assert_eq!(status, 403, "{body}");
+    assert!(body.contains("\"csrf\""), "{body}");
+    assert_eq!(delete(with("\r\nX-CSRF-Token: nope")).await.0, 403);
+    assert_eq!(
+        delete(with(&format!(
+            "\r\nX-CSRF-Token: {csrf}\r\nOrigin: http://evil.example"
+        )))
+        .await
+        .0,
+        403
+    );
+    let (status, _, body) = delete(with(&format!("\r\nX-CSRF-Token: {csrf}"))).await;
+    assert_eq!(status, 404, "{body}");
+
+    // A viewer's cookie with its own token: the role decides (403 forbidden, not csrf).
+    let (_, head, body) = s
+        .raw(
+            "POST /login HTTP/1.1\r\nContent-Type: application/json",
+            &format!(r#"{{"user":"vic","password":"{PASSWORD}"}}"#),
+        )
+        .await;
+    let vcookie = set_cookie(&head).expect("viewer cookie");
+    let vcsrf = serde_json::from_str::<serde_json::Value>(&body).expect("json")["csrf"]
+        .as_str()
+        .expect("csrf")
+        .to_owned();
+    let (status, _, body) = s
+        .raw(
+            &format!(
+                "DELETE /api/v1/maintenance/77 HTTP/1.1\r\nCookie: vigil_session={vcookie}\r\nX-CSRF-Token: {vcsrf}"
+            ),
+            "",
+        )
+        .await;
+    assert_eq!(status, 403, "{body}");
+    assert!(body.contains("\"forbidden\""), "{body}");
+
+    // Logout needs the token too; then the cookie is cleared and dead.
+    let (status, _, _) = s
+        .raw(
+            &format!("POST /logout HTTP/1.1\r\n{}\r\n{form}", with("")),
+            "",
+        )
+        .await;
+    assert_eq!(status, 403);
+    let (status, head, _) = s
+        .raw(
+            &format!("POST /logout HTTP/1.1\r\n{}\r\n{form}", with("")),
+            &format!("_csrf={csrf}"),
+        )
+        .await;
+    assert_eq!(status, 303, "{head}");
+    assert!(head.contains("set-cookie: vigil_session=;"), "{head}");
+    let (status, _, _) = s
+        .raw(&format!("GET /api/v1/session HTTP/1.1\r\n{}", with("")), "")
+        .await;
+    assert_eq!(status, 401);
+
+    // The audit log names the user of each state-changing request, logins included.
+    let (status, _, body) = s
+        .get("/api/v1/audit?user=olga", Some(&bearer(&admin)))
+        .await;
+    assert_eq!(status, 200, "{body}");
+    let rows: Vec<serde_json::Value> = serde_json::from_str(&body).expect("json");
+    let got: Vec<(String, String, u64)> = rows
+        .iter()
+        .map(|r| {
+            (
+                r["method"].as_str().unwrap_or("").to_owned(),
+                r["path"].as_str().unwrap_or("").to_owned(),
+                r["status"].as_u64().unwrap_or(0),
+            )
+        })
+        .collect();
+    let row = |m: &str, p: &str, st: u64| (m.to_owned(), p.to_owned(), st);
+    assert_eq!(
+        got,
+        [
+            row("POST", "/logout", 303),
+            row("POST", "/logout", 403),
+            row("DELETE", "/api/v1/maintenance/77", 404),
+            row("DELETE", "/api/v1/maintenance/77", 403),
+            row("DELETE", "/api/v1/maintenance/77", 403),
+            row("DELETE", "/api/v1/maintenance/77", 403),
+            row("POST", "/login", 303),
+            row("POST", "/login", 401),
+        ],
+        "{body}"
+    );
+    let (status, _, body) = s.get("/api/v1/users", Some(&bearer(&admin))).await;
+    assert_eq!(status, 200);
+    assert!(
+        body.contains("\"olga\"") && !body.contains("argon2"),
+        "{body}"
+    );
+    server.stop().await;
+}
+
+/// Failed logins are limited per user and per address, counted by outcome; past the limit a
+/// login is refused before its password is checked, even the right one.
+#[tokio::test]
+async fn failed_logins_are_rate_limited_and_counted() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let db = Db::open(tmp.path()).expect("open");
+    db.create_user("olga", Role::Operator, PASSWORD, 1_000)
+        .expect("user");
+    drop(db);
+    let registry = prometheus::Registry::new();
+    let console = Arc::new(
+        session::Console::new(
+            Some(&registry),
+            Default::default(),
+            session::LoginLimits {
+                per_user: 3,
+                per_address: 5,
+                window: Duration::from_secs(600),
+            },
+            false,
+        )
+        .expect("console"),
+    );
+    let server = Server::start_with(tmp.path(), |st| st.console = console).await;
+    let s = &server;
+    let login = |user: &str, pw: &str| {
+        let body = format!(r#"{{"user":"{user}","password":"{pw}"}}"#);
+        async move {
+            s.raw(
+                "POST /login HTTP/1.1\r\nContent-Type: application/json",
+                &body,
+            )
+            .await
+        }
+    };
+    for _ in 0..3 {
+        assert_eq!(login("olga", "not the password").await.0, 401);
+    }
+    let (status, head, body) = login("olga", PASSWORD).await;
+    assert_eq!(status, 429, "{body}");
+    let retry: u64 = head
+        .lines()
+        .find_map(|l| l.strip_prefix("retry-after: "))
+        .and_then(|v| v.trim().parse().ok())
+        .expect("retry-after");
+    assert!((590..=600).contains(&retry), "{retry}");
+    // Another name from the same address: two more failures reach the address's limit.
+    assert_eq!(login("ghost", "whatever it is").await.0, 401);
+    assert_eq!(login("ghost", "whatever it is").await.0, 401);
+    assert_eq!(login("ghost", "whatever it is").await.0, 429);
+    // Malformed bodies are refused and counted, without touching the limits' keys.
+    assert_eq!(
+        s.raw(
+            "POST /login HTTP/1.1\r\nContent-Type: application/json",
+            "{"
+        )
+        .await
+        .0,
+        400
+    );
+    let text = prometheus::TextEncoder::new()
+        .encode_to_string(&registry.gather())
+        .expect("encode");
+    let value = |o: &str| {
+        text.lines()
+            .find_map(|l| l.strip_prefix(&format!("vigil_http_logins_total{{outcome=\"{o}\"}} ")))
+            .and_then(|v| v.parse::<u64>().ok())
+    };
+    assert_eq!(value("bad_credentials"), Some(5), "{text}");
+    assert_eq!(value("rate_limited_user"), Some(1), "{text}");
+    assert_eq!(value("rate_limited_address"), Some(1), "{text}");
+    assert_eq!(value("malformed"), Some(1), "{text}");
+    assert_eq!(value("success"), Some(0), "{text}");
+    server.stop().await;
+}

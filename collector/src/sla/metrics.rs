@@ -6,7 +6,7 @@ use std::collections::HashMap;
 use std::sync::Mutex;
 use std::time::Duration;
 
-use prometheus::{GaugeVec, IntCounterVec, Opts, Registry};
+use prometheus::{Counter, GaugeVec, Histogram, HistogramOpts, IntCounterVec, Opts, Registry};
 use rusqlite::Connection;
 
 use super::alerts::Burn;
@@ -35,6 +35,10 @@ pub struct SlaMetrics {
     coverage: GaugeVec,
     burn_rate: GaugeVec,
     outages: IntCounterVec,
+    /// What keeping the figures current costs: CPU of the refreshing thread, and each
+    /// refresh's wall time.
+    refresh_cpu: Counter,
+    refresh_duration: Histogram,
     /// Per SLA: the start of the latest outage already counted.
     counted: Mutex<HashMap<String, i64>>,
     /// The SLAs (name, window label) whose series are on `/metrics`.
@@ -57,6 +61,19 @@ impl SlaMetrics {
             &["sla"],
         )?;
         registry.register(Box::new(outages.clone()))?;
+        let refresh_cpu = Counter::new(
+            "vigil_sla_refresh_cpu_seconds_total",
+            "CPU time spent recomputing the SLA figures on /metrics",
+        )?;
+        registry.register(Box::new(refresh_cpu.clone()))?;
+        let refresh_duration = Histogram::with_opts(
+            HistogramOpts::new(
+                "vigil_sla_refresh_duration_seconds",
+                "Wall time of one refresh of every SLA's figures (store read included)",
+            )
+            .buckets(vec![0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0]),
+        )?;
+        registry.register(Box::new(refresh_duration.clone()))?;
         Ok(SlaMetrics {
             target: gauge(
                 "vigil_sla_target_ratio",
@@ -84,6 +101,8 @@ impl SlaMetrics {
                 &["sla", "window"],
             )?,
             outages,
+            refresh_cpu,
+            refresh_duration,
             counted: Mutex::new(HashMap::new()),
             shown: Mutex::new(Vec::new()),
         })
@@ -113,6 +132,12 @@ impl SlaMetrics {
             out.extend(self.refresh_one(&snapshot, sla, periods.as_deref(), now_ms));
         }
         Ok(out)
+    }
+
+    /// Counts what one refresh (its store read included) cost: `cpu` of its thread, `wall`.
+    pub fn record_cost(&self, cpu: Duration, wall: Duration) {
+        self.refresh_cpu.inc_by(cpu.as_secs_f64());
+        self.refresh_duration.observe(wall.as_secs_f64());
     }
 
     /// No SLA is in force (any more): their series leave `/metrics`.

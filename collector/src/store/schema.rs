@@ -363,6 +363,31 @@ const MIGRATION_STEPS: &[M<'static>] = &[
         INSERT INTO incident_changes (incident_id) VALUES (NEW.id);
     END;",
     ),
+    // Console users and their sessions (`store::users`); the audit log names the user of a
+    // request made with a session.
+    M::up(
+        "CREATE TABLE users (
+        name          TEXT PRIMARY KEY,
+        role          TEXT NOT NULL,
+        password_hash TEXT NOT NULL,
+        created_ms    INTEGER NOT NULL,
+        updated_ms    INTEGER NOT NULL,
+        disabled_ms   INTEGER,
+        last_login_ms INTEGER
+    ) STRICT;
+    CREATE TABLE sessions (
+        id           TEXT PRIMARY KEY,
+        secret_hash  TEXT NOT NULL,
+        user_name    TEXT NOT NULL REFERENCES users(name),
+        csrf         TEXT NOT NULL,
+        created_ms   INTEGER NOT NULL,
+        last_seen_ms INTEGER NOT NULL,
+        remote       TEXT,
+        ended_ms     INTEGER
+    ) STRICT;
+    CREATE INDEX sessions_user ON sessions(user_name);
+    ALTER TABLE audit_log ADD COLUMN user_name TEXT;",
+    ),
 ];
 
 /// The migrations applied by every [`Db::open`] and [`Writer::spawn`].

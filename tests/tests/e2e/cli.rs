@@ -23,6 +23,11 @@ const COLLECTOR_COMMANDS: &[&[&str]] = &[
     &["api-token"],
     &["api-token", "create"],
     &["api-token", "revoke"],
+    &["user"],
+    &["user", "create"],
+    &["user", "passwd"],
+    &["user", "disable"],
+    &["user", "list"],
 ];
 const AGENT_COMMANDS: &[&[&str]] = &[&[], &["run"], &["inventory"], &["simulate"]];
 

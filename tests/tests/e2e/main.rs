@@ -6,6 +6,7 @@ mod bad_input;
 mod cli;
 mod cmdb;
 mod config;
+mod console;
 mod durability;
 mod enrollment;
 mod floods;

@@ -10,7 +10,7 @@
 //! Ownership: discovered attributes (`attrs`, `name`, `key`, `type` of a `discovery` CI) belong
 //! to discovery and a write to them is a [`WriteError::Conflict`]; manual attributes
 //! (`cis.manual_attrs`) belong to the API. A business service's own `attrs`/`name` belong to the
-//! API too. Every change is a `ci_history` row with source `api:<token id>` ([`api_source`]):
+//! API too. Every change is a `ci_history` row with source `api:<token id>` ([`api_source`]) or `user:<name>`:
 //! manual attributes as `manual.<name>`, the display name as `_name`, relations as
 //! `relation.<kind>` on the business service (old/new value: the other end's CI id).
 //!
