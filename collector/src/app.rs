@@ -59,6 +59,14 @@ pub struct Running {
 
 /// Binds, opens and spawns everything `config` describes.
 pub async fn start(config: &CollectorConfig) -> Result<Running> {
+    // The HTTPS identity first: a bad file stops the start before anything runs.
+    let tls_acceptor = match &config.http.tls {
+        Some(files) => Some(
+            http::serve::tls_acceptor(&files.cert, &files.key)
+                .map_err(|e| anyhow::anyhow!("[http] tls: {e}"))?,
+        ),
+        None => None,
+    };
     let data_dir = config.data_dir.clone();
     // First: a second collector on this data dir stops here, before it touches anything.
     let lock = crate::admin::lock_data_dir(&data_dir)?;
@@ -273,7 +281,7 @@ pub async fn start(config: &CollectorConfig) -> Result<Running> {
             Some(metrics.registry()),
             config.http.sessions,
             http::session::LoginLimits::default(),
-            false,
+            config.http.tls.is_some(),
         )
         .context("cannot register metrics")?,
     );
@@ -282,11 +290,12 @@ pub async fn start(config: &CollectorConfig) -> Result<Running> {
     let http_sentinel = supervisor.sentinel("HTTP server");
     tracker.spawn(async move {
         let _sentinel = http_sentinel;
-        let serve = http::serve::serve(
+        let serve = http::serve::serve_tls(
             http_listener,
             router,
             http_limits,
             http_metrics,
+            tls_acceptor,
             http_shutdown.cancelled_owned(),
         );
         if let Err(e) = serve.await {
@@ -330,6 +339,9 @@ pub async fn start(config: &CollectorConfig) -> Result<Running> {
         let changed = incidents_changed.clone();
         tracker.spawn(async move {
             let _sentinel = sla_sentinel;
+            // One connection kept from one refresh to the next (opening one costs more than
+            // many a refresh's reads); opened again after an error.
+            let kept: Arc<std::sync::Mutex<Option<Db>>> = Arc::default();
             let mut tick = tokio::time::interval(crate::sla::metrics::REFRESH_EVERY);
             let mut last = tokio::time::Instant::now();
             loop {
@@ -348,6 +360,7 @@ pub async fn start(config: &CollectorConfig) -> Result<Running> {
                 }
                 last = tokio::time::Instant::now();
                 let (dir, slas, m) = (sla_dir.clone(), slas.all(), sla_metrics.clone());
+                let kept = kept.clone();
                 let res = tokio::task::spawn_blocking(move || {
                     if slas.is_empty() {
                         m.refresh_none();
@@ -357,8 +370,15 @@ pub async fn start(config: &CollectorConfig) -> Result<Running> {
                         vigil_runtime::clock::thread_cpu(),
                         std::time::Instant::now(),
                     );
-                    let db = Db::open(&dir)?;
+                    let mut kept = kept.lock().unwrap_or_else(|p| p.into_inner());
+                    let db = match kept.take() {
+                        Some(db) => db,
+                        None => Db::open(&dir)?,
+                    };
                     let burns = m.refresh(db.conn(), &slas, now_ms());
+                    if burns.is_ok() {
+                        *kept = Some(db);
+                    }
                     m.record_cost(
                         vigil_runtime::clock::thread_cpu().saturating_sub(cpu),
                         wall.elapsed(),

@@ -82,6 +82,16 @@ pub struct HttpConfig {
     pub limits: crate::http::serve::HttpLimits,
     /// How long console sessions last (`session_idle`, `session_max`).
     pub sessions: crate::store::users::SessionPolicy,
+    /// `tls_cert` and `tls_key`: the listener serves HTTPS with them (PEM files; relative paths
+    /// are relative to the working directory, as `data_dir`).
+    pub tls: Option<TlsFiles>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TlsFiles {
+    /// The certificate chain, leaf first.
+    pub cert: PathBuf,
+    pub key: PathBuf,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -177,6 +187,7 @@ impl CollectorConfig {
                 listen: DEFAULT_HTTP_LISTEN,
                 limits: Default::default(),
                 sessions: Default::default(),
+                tls: None,
             },
             store: StoreConfig {
                 retention: DEFAULT_RETENTION,
@@ -306,6 +317,8 @@ struct RawHttp {
     max_exports: Option<Spanned<i64>>,
     session_idle: Option<Spanned<String>>,
     session_max: Option<Spanned<String>>,
+    tls_cert: Option<Spanned<String>>,
+    tls_key: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -489,6 +502,28 @@ fn convert_main(raw: &RawCollector, d: &mut Diagnostics) -> CollectorConfig {
             minute..=Duration::from_secs(30 * 86_400),
         )
         .unwrap_or(s.max);
+        match (&h.tls_cert, &h.tls_key) {
+            (None, None) => {}
+            (Some(c), Some(k)) => {
+                for (v, key) in [(c, "tls_cert"), (k, "tls_key")] {
+                    if v.get_ref().is_empty() {
+                        d.error_at(v, format!("`{key}` must not be empty"));
+                    }
+                }
+                config.http.tls = Some(TlsFiles {
+                    cert: PathBuf::from(c.get_ref()),
+                    key: PathBuf::from(k.get_ref()),
+                });
+            }
+            (Some(v), None) => d.error_at(
+                v,
+                "`tls_cert` needs `tls_key` (the certificate's private key)",
+            ),
+            (None, Some(v)) => d.error_at(
+                v,
+                "`tls_key` needs `tls_cert` (the certificate it belongs to)",
+            ),
+        }
     }
     if let Some(s) = &raw.store {
         config.store.retention =
@@ -1412,6 +1447,18 @@ mod tests {
                 "c.toml:2:16: `session_idle` must be between 1m and 7days",
                 "c.toml:3:15: `session_max` must be between 1m and 30days",
             ],
+        );
+        let c = valid("[http]\ntls_cert = \"c.pem\"\ntls_key = \"k.pem\"\n");
+        assert_eq!(
+            c.http.tls,
+            Some(TlsFiles {
+                cert: "c.pem".into(),
+                key: "k.pem".into()
+            })
+        );
+        check(
+            "[http]\ntls_cert = \"c.pem\"\n",
+            &["c.toml:2:12: `tls_cert` needs `tls_key` (the certificate's private key)"],
         );
     }
 

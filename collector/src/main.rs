@@ -323,8 +323,14 @@ fn real_main(command: Command) -> Result<ExitCode> {
                 let mut signals = vigil_runtime::signal::listen()?;
                 let running = app::start(&config).await?;
                 println!(
-                    "vigil-collector listening: QUIC {}, HTTP http://{}/",
-                    running.quic_addr, running.http_addr
+                    "vigil-collector listening: QUIC {}, HTTP {}://{}/",
+                    running.quic_addr,
+                    if config.http.tls.is_some() {
+                        "https"
+                    } else {
+                        "http"
+                    },
+                    running.http_addr
                 );
                 let failure = tokio::select! {
                     _ = signals.recv() => None,

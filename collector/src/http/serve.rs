@@ -212,6 +212,46 @@ pub async fn serve(
     metrics: HttpMetrics,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> io::Result<()> {
+    serve_tls(listener, router, limits, metrics, None, shutdown).await
+}
+
+/// Reads a PEM certificate chain and its private key into a TLS acceptor for the listener
+/// (TLS 1.2 and 1.3, ring, HTTP/1.1).
+pub fn tls_acceptor(
+    cert: &std::path::Path,
+    key: &std::path::Path,
+) -> Result<tokio_rustls::TlsAcceptor, String> {
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+    let certs = CertificateDer::pem_file_iter(cert)
+        .and_then(|it| it.collect::<Result<Vec<_>, _>>())
+        .map_err(|e| format!("cannot read the certificate {}: {e}", cert.display()))?;
+    if certs.is_empty() {
+        return Err(format!("no certificate in {}", cert.display()));
+    }
+    let key = PrivateKeyDer::from_pem_file(key)
+        .map_err(|e| format!("cannot read the private key {}: {e}", key.display()))?;
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut config = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| e.to_string())?
+        .with_no_client_auth()
+        .with_single_cert(certs, key)
+        .map_err(|e| format!("the certificate and key do not make a TLS identity: {e}"))?;
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Ok(tokio_rustls::TlsAcceptor::from(Arc::new(config)))
+}
+
+/// [`serve`], over TLS when `tls` is given: the handshake happens on the connection's own task,
+/// within `header_timeout` (a client that never finishes it holds only its own slot).
+pub async fn serve_tls(
+    listener: TcpListener,
+    router: Router,
+    limits: HttpLimits,
+    metrics: HttpMetrics,
+    tls: Option<tokio_rustls::TlsAcceptor>,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> io::Result<()> {
     let router = router.layer(axum::middleware::from_fn_with_state(
         metrics.clone(),
         catch_panic,
@@ -246,7 +286,7 @@ pub async fn serve(
             continue;
         };
         let _ = stream.set_nodelay(true);
-        let io = TokioIo::new(IdleTimeout::new(stream, limits.idle_timeout));
+        let stream = IdleTimeout::new(stream, limits.idle_timeout);
         let inner = hyper_util::service::TowerToHyperService::new(router.clone());
         // Each request carries the client's address (the audit log's "from where").
         let service =
@@ -254,14 +294,44 @@ pub async fn serve(
                 req.extensions_mut().insert(super::audit::Peer(peer));
                 hyper::service::Service::call(&inner, req)
             });
-        let conn = graceful.watch(builder.serve_connection(io, service));
         let metrics = metrics.clone();
-        tokio::spawn(async move {
-            let _slot = slot;
-            if let Err(e) = conn.await {
-                note_connection_error(&e, peer, &metrics);
+        match &tls {
+            None => {
+                let conn = graceful.watch(builder.serve_connection(TokioIo::new(stream), service));
+                tokio::spawn(async move {
+                    let _slot = slot;
+                    if let Err(e) = conn.await {
+                        note_connection_error(&e, peer, &metrics);
+                    }
+                });
             }
-        });
+            Some(acceptor) => {
+                let (acceptor, builder) = (acceptor.clone(), builder.clone());
+                let watcher = graceful.watcher();
+                let handshake_timeout = limits.header_timeout;
+                tokio::spawn(async move {
+                    let _slot = slot;
+                    let tls = match tokio::time::timeout(handshake_timeout, acceptor.accept(stream))
+                        .await
+                    {
+                        Ok(Ok(tls)) => tls,
+                        Ok(Err(e)) => {
+                            tracing::debug!(%peer, error = %e, "TLS handshake failed");
+                            return;
+                        }
+                        Err(_) => {
+                            metrics.timeouts.with_label_values(&["header"]).inc();
+                            tracing::debug!(%peer, "TLS handshake timed out");
+                            return;
+                        }
+                    };
+                    let conn = watcher.watch(builder.serve_connection(TokioIo::new(tls), service));
+                    if let Err(e) = conn.await {
+                        note_connection_error(&e, peer, &metrics);
+                    }
+                });
+            }
+        }
     }
     drop(listener);
     tokio::select! {

@@ -153,3 +153,86 @@ fn users_made_on_the_command_line_log_in_and_lose_their_sessions_when_changed() 
     let (ok, text) = user(&data, &["disable", "nobody"], "");
     assert!(!ok && text.contains("unknown user"), "{text}");
 }
+
+/// `[http] tls_cert`/`tls_key`: the console and the API over HTTPS with the operator's own
+/// certificate; session cookies are `Secure` there; plain HTTP on that port gets no answer.
+#[test]
+fn the_listener_serves_https_with_secure_cookies() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let data = dir.path().join("c");
+    std::fs::create_dir_all(&data).expect("dir");
+    let key = rcgen::KeyPair::generate().expect("key");
+    let params =
+        rcgen::CertificateParams::new(vec!["localhost".to_owned(), "127.0.0.1".to_owned()])
+            .expect("params");
+    let cert = params.self_signed(&key).expect("cert");
+    let (cert_path, key_path) = (dir.path().join("http.pem"), dir.path().join("http.key"));
+    std::fs::write(&cert_path, cert.pem()).expect("cert file");
+    std::fs::write(&key_path, key.serialize_pem()).expect("key file");
+    let any: std::net::SocketAddr = "127.0.0.1:0".parse().expect("addr");
+    let c = spawn_collector_with(
+        &data,
+        any,
+        any,
+        &format!(
+            "tls_cert = {:?}\ntls_key = {:?}\n",
+            cert_path.display().to_string(),
+            key_path.display().to_string()
+        ),
+    );
+    let (ok, text) = user(
+        &c.data_dir,
+        &["create", "tess", "--role", "viewer"],
+        "a viewer password\n",
+    );
+    assert!(ok, "{text}");
+
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    rt.block_on(async {
+        let root = reqwest::Certificate::from_pem(cert.pem().as_bytes()).expect("root");
+        let client = http_client_builder()
+            .tls_certs_only([root])
+            .timeout(std::time::Duration::from_secs(10))
+            .build()
+            .expect("client");
+        let port = c.http.port();
+        let healthz = client
+            .get(format!("https://localhost:{port}/healthz"))
+            .send()
+            .await
+            .expect("https");
+        assert_eq!(healthz.status().as_u16(), 200);
+        let resp = client
+            .post(format!("https://localhost:{port}/login"))
+            .json(&serde_json::json!({ "user": "tess", "password": "a viewer password" }))
+            .send()
+            .await
+            .expect("login");
+        assert_eq!(resp.status().as_u16(), 200);
+        let cookie = resp
+            .headers()
+            .get("set-cookie")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("")
+            .to_owned();
+        assert!(
+            cookie.starts_with("vigil_session=") && cookie.contains("; Secure"),
+            "{cookie}"
+        );
+        // Plain HTTP to the TLS port: no HTTP answer.
+        let plain = http_client_builder()
+            .timeout(std::time::Duration::from_secs(10))
+            .build()
+            .expect("client")
+            .get(format!("http://127.0.0.1:{port}/healthz"))
+            .send()
+            .await;
+        assert!(
+            plain.as_ref().map_or(true, |r| !r.status().is_success()),
+            "{plain:?}"
+        );
+    });
+}

@@ -237,7 +237,8 @@ pub fn spawn_collector_config_env(
     let line = rx
         .recv_timeout(Duration::from_secs(30))
         .unwrap_or_else(|_| panic!("collector did not start; log:\n{}", proc.logs()));
-    // "vigil-collector listening: QUIC 127.0.0.1:4433, HTTP http://127.0.0.1:8080/"
+    // "vigil-collector listening: QUIC 127.0.0.1:4433, HTTP http://127.0.0.1:8080/" (https://
+    // with `[http] tls_cert`)
     let quic = line
         .split("QUIC ")
         .nth(1)
@@ -245,7 +246,7 @@ pub fn spawn_collector_config_env(
         .and_then(|s| s.parse().ok())
         .unwrap_or_else(|| panic!("unexpected start line {line:?}"));
     let http = line
-        .split("http://")
+        .split("://")
         .nth(1)
         .and_then(|s| s.trim_end_matches('/').parse().ok())
         .unwrap_or_else(|| panic!("unexpected start line {line:?}"));
