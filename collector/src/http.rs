@@ -11,6 +11,7 @@ mod alertmanager;
 pub mod audit;
 mod auth;
 mod cmdb;
+mod console;
 mod error;
 mod incidents;
 mod maintenance;
@@ -174,8 +175,8 @@ pub fn router(state: HttpState) -> Router {
             audit::audit_console,
         ));
     Router::new()
-        .route("/", get(index))
         .merge(console)
+        .merge(console::routes())
         .route("/metrics", get(metrics))
         .route("/healthz", get(|| async { "ok" }))
         .route("/readyz", get(readyz))
@@ -183,29 +184,6 @@ pub fn router(state: HttpState) -> Router {
         .fallback(fallback)
         .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed })
         .with_state(state)
-}
-
-/// `GET /`: where the operations console will live; until it does, a page that says so and
-/// links what there is (no data, so no login).
-async fn index() -> Response {
-    (
-        [
-            (header::CONTENT_TYPE, "text/html; charset=utf-8"),
-            (header::CACHE_CONTROL, "no-store"),
-        ],
-        concat!(
-            "<!doctype html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">",
-            "<title>Vigil</title></head><body>\n<h1>Vigil collector ",
-            env!("CARGO_PKG_VERSION"),
-            "</h1>\n<p>The operations console is not part of this build yet. What there is:</p>\n<ul>\n",
-            "<li><a href=\"/metrics\">/metrics</a>: Prometheus exposition</li>\n",
-            "<li><a href=\"/readyz\">/readyz</a>: readiness</li>\n",
-            "<li><code>/api/v1/</code>: the API (agents, CMDB, incidents, rules, maintenance), ",
-            "with a bearer token from <code>vigil-collector api-token create</code></li>\n",
-            "</ul>\n</body></html>\n"
-        ),
-    )
-        .into_response()
 }
 
 /// [`serve::serve`] with the default limits (the handlers' unit tests).

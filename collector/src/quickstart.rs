@@ -34,6 +34,8 @@ const LOCAL_AGENT_INTERVAL: Duration = Duration::from_secs(10);
 
 /// The admin API token quickstart prints, kept (0600) so later starts print the same one.
 const ADMIN_TOKEN_FILE: &str = "admin-token";
+/// The password of the console user `admin` quickstart makes, kept (0600) likewise.
+const ADMIN_PASSWORD_FILE: &str = "admin-password";
 
 pub async fn run(opts: Options) -> Result<()> {
     let mut signals = vigil_runtime::signal::listen()?;
@@ -47,27 +49,52 @@ pub async fn run(opts: Options) -> Result<()> {
     let running = app::start(&config).await?;
 
     let dir = opts.data_dir.clone();
-    let (admin_token, agent_token) = tokio::task::spawn_blocking(move || -> Result<_> {
-        let db = Db::open(&dir)?;
-        let path = dir.join(ADMIN_TOKEN_FILE);
-        let admin_token = match std::fs::read_to_string(&path) {
-            Ok(t) if !t.trim().is_empty() => t.trim().to_string(),
-            _ => {
-                let (_, token) =
-                    db.create_api_token(Role::Admin, "quickstart", vigil_runtime::clock::now_ms())?;
-                write_file(&path, token.as_bytes(), true)?;
-                token
-            }
-        };
-        let agent_dir = dir.join("agent");
-        let agent_token = if agent_dir.join("agent-id").exists() {
-            None
-        } else {
-            Some(admin::create_enroll_token(&dir, &db, Duration::from_secs(600), true)?.to_string())
-        };
-        Ok((admin_token, agent_token))
-    })
-    .await??;
+    let (admin_token, admin_password, agent_token) =
+        tokio::task::spawn_blocking(move || -> Result<_> {
+            let db = Db::open(&dir)?;
+            let path = dir.join(ADMIN_TOKEN_FILE);
+            let admin_token = match std::fs::read_to_string(&path) {
+                Ok(t) if !t.trim().is_empty() => t.trim().to_string(),
+                _ => {
+                    let (_, token) = db.create_api_token(
+                        Role::Admin,
+                        "quickstart",
+                        vigil_runtime::clock::now_ms(),
+                    )?;
+                    write_file(&path, token.as_bytes(), true)?;
+                    token
+                }
+            };
+            // A console user `admin`, unless one was made by hand (then its password is the
+            // administrator's, and not printed).
+            let path = dir.join(ADMIN_PASSWORD_FILE);
+            let admin_password = match std::fs::read_to_string(&path) {
+                Ok(p) if !p.trim().is_empty() => Some(p.trim().to_string()),
+                _ => {
+                    let password = vigil_shared::identity::random_secret(20);
+                    let now = vigil_runtime::clock::now_ms();
+                    match db.create_user("admin", Role::Admin, &password, now) {
+                        Ok(()) => {
+                            write_file(&path, password.as_bytes(), true)?;
+                            Some(password)
+                        }
+                        Err(crate::store::users::UserError::Exists(_)) => None,
+                        Err(e) => return Err(e.into()),
+                    }
+                }
+            };
+            let agent_dir = dir.join("agent");
+            let agent_token = if agent_dir.join("agent-id").exists() {
+                None
+            } else {
+                Some(
+                    admin::create_enroll_token(&dir, &db, Duration::from_secs(600), true)?
+                        .to_string(),
+                )
+            };
+            Ok((admin_token, admin_password, agent_token))
+        })
+        .await??;
 
     let shutdown = CancellationToken::new();
     let agent = opts.agent.then(|| {
@@ -87,6 +114,12 @@ pub async fn run(opts: Options) -> Result<()> {
     let data_dir = std::fs::canonicalize(&opts.data_dir).unwrap_or(opts.data_dir.clone());
     println!("Vigil is running.");
     println!("  Console:      http://{http}/");
+    match &admin_password {
+        Some(p) => println!("  Log in as:    admin / {p}"),
+        None => println!(
+            "  Log in as:    admin (its password is yours: `vigil-collector user passwd admin`)"
+        ),
+    }
     println!("  Metrics:      http://{http}/metrics");
     println!(
         "  API (admin):  curl -H 'Authorization: Bearer {admin_token}' http://{http}/api/v1/agents"

@@ -873,3 +873,177 @@ async fn failed_logins_are_rate_limited_and_counted() {
     assert_eq!(value("success"), Some(0), "{text}");
     server.stop().await;
 }
+
+/// Opens an incident as the engine would, through the lifecycle (rows, timeline).
+fn open_incident(
+    c: &rusqlite::Connection,
+    key: &str,
+    title: &str,
+    impact: crate::incidents::rule::Level,
+    urgency: crate::incidents::rule::Level,
+    at: i64,
+) -> i64 {
+    use crate::incidents::lifecycle::Lifecycle;
+    use crate::incidents::records::{Opened, Opening, Origin};
+    let labels = std::collections::BTreeMap::new();
+    let o = Opening {
+        dedup_key: key,
+        rule: "check-down",
+        origin: Origin::Rule,
+        agent_id: None,
+        ci_id: None,
+        ci_type: "check",
+        ci_key: key,
+        title,
+        impact,
+        urgency,
+        metric: Some("check_up"),
+        op: Some("<"),
+        threshold: Some(1.0),
+        value: Some(0.0),
+        peak: Some(0.0),
+        first_breach_ms: at,
+        at_ms: at,
+        labels: &labels,
+        flapping: false,
+        suppression: None,
+        probable_cause_id: None,
+    };
+    match Lifecycle::new(c, &[], at)
+        .open(&o, 0, None)
+        .expect("open")
+        .0
+    {
+        Opened::New { id, .. } => id,
+        other => panic!("not opened: {other:?}"),
+    }
+}
+
+/// Logs `user` in with JSON; returns the cookie and the CSRF token.
+async fn log_in(s: &Server, user: &str) -> (String, String) {
+    let (status, head, body) = s
+        .raw(
+            "POST /login HTTP/1.1\r\nContent-Type: application/json",
+            &format!(r#"{{"user":"{user}","password":"{PASSWORD}"}}"#),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    let csrf = serde_json::from_str::<serde_json::Value>(&body).expect("json")["csrf"]
+        .as_str()
+        .expect("csrf")
+        .to_owned();
+    (set_cookie(&head).expect("cookie"), csrf)
+}
+
+/// The board: only for a session (else to the login form), most urgent first, filters from
+/// the URL, markup escaped, the P1/P2 count in the title, action controls for operators and
+/// none for viewers, and the rows alone for the live poll.
+#[tokio::test]
+async fn the_board_lists_active_incidents_most_urgent_first() {
+    use crate::incidents::rule::Level;
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let db = Db::open(tmp.path()).expect("open");
+    db.create_user("olga", Role::Operator, PASSWORD, 1_000)
+        .expect("operator");
+    db.create_user("vic", Role::Viewer, PASSWORD, 1_000)
+        .expect("viewer");
+    let now = now_ms();
+    let low = open_incident(
+        db.conn(),
+        "disk",
+        "disk slow",
+        Level::Low,
+        Level::Low,
+        now - 60_000,
+    );
+    let p1 = open_incident(
+        db.conn(),
+        "app",
+        "app <script>alert(1)</script> down",
+        Level::High,
+        Level::High,
+        now - 3_600_000,
+    );
+    let _ = (low, p1);
+    drop(db);
+    let server = Server::start(tmp.path()).await;
+    let s = &server;
+
+    let (status, head, _) = s.raw("GET / HTTP/1.1", "").await;
+    assert_eq!(status, 303);
+    assert!(head.contains("location: /login"), "{head}");
+
+    let (cookie, _) = log_in(s, "olga").await;
+    let get = |path: &str, cookie: &str, extra: &str| {
+        let head = format!("GET {path} HTTP/1.1\r\nCookie: vigil_session={cookie}{extra}");
+        async move { s.raw(&head, "").await }
+    };
+    let (status, head, page) = get("/", &cookie, "").await;
+    assert_eq!(status, 200, "{page}");
+    assert!(head.contains("content-security-policy:"), "{head}");
+    assert!(
+        page.contains("<title>(1) Incidents · Vigil</title>"),
+        "{page}"
+    );
+    assert!(!page.contains("<script>alert(1)"), "escaped: {page}");
+    assert!(
+        page.contains("app &#60;script&#62;alert(1)&#60;/script&#62; down")
+            || page.contains("app &lt;script&gt;alert(1)&lt;/script&gt; down"),
+        "{page}"
+    );
+    let (a, b) = (
+        page.find("data-id=\"2\"").expect("the P1 row"),
+        page.find("data-id=\"1\"").expect("the P5 row"),
+    );
+    assert!(a < b, "most urgent first");
+    assert!(
+        page.contains("value=\"acknowledge\""),
+        "an operator can act"
+    );
+    assert!(page.contains("name=\"_csrf\""), "logout carries the token");
+
+    // Filters come from the URL and go back into the form and the live URL.
+    let (_, _, page) = get("/?q=disk&priority=p5", &cookie, "").await;
+    assert!(
+        page.contains("data-id=\"1\"") && !page.contains("data-id=\"2\""),
+        "{page}"
+    );
+    assert!(page.contains("value=\"disk\""), "{page}");
+    assert!(
+        page.contains("data-live=\"/?state=active&#38;priority=P5&#38;q=disk\""),
+        "{page}"
+    );
+    // Nonsense in the URL falls back to the defaults instead of failing the page.
+    let (status, _, _) = get("/?state=bogus&priority=P9&page=999999", &cookie, "").await;
+    assert_eq!(status, 200);
+
+    // The live poll gets the rows alone, with the counts in headers.
+    let (status, head, rows) = get("/", &cookie, "\r\nX-Vigil-Fragment: rows").await;
+    assert_eq!(status, 200);
+    assert!(
+        head.contains("x-vigil-hot: 1") && head.contains("x-vigil-total: 2"),
+        "{head}"
+    );
+    assert!(
+        rows.trim_start().starts_with("<tr") && !rows.contains("<html"),
+        "{rows}"
+    );
+
+    // A viewer sees the same incidents and no action control.
+    let (vcookie, _) = log_in(s, "vic").await;
+    let (_, _, page) = get("/", &vcookie, "").await;
+    assert!(page.contains("data-id=\"2\""), "{page}");
+    assert!(
+        !page.contains("value=\"acknowledge\"") && !page.contains("type=\"checkbox\""),
+        "{page}"
+    );
+
+    // The assets are embedded.
+    let (status, head, css) = s.raw("GET /assets/console.css HTTP/1.1", "").await;
+    assert_eq!(status, 200);
+    assert!(
+        head.contains("content-type: text/css") && css.contains("prefers-color-scheme"),
+        "{head}"
+    );
+    server.stop().await;
+}

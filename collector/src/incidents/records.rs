@@ -468,6 +468,11 @@ pub struct Filter {
     pub since_ms: Option<i64>,
     /// `Some(false)`: only notifying incidents; `Some(true)`: only suppressed ones.
     pub suppressed: Option<bool>,
+    /// Words that must all appear (case-insensitively) in the title, rule, CI key or host name.
+    pub text: Option<String>,
+    /// Most urgent first (priority, then oldest), as the console's board shows them; else
+    /// newest first.
+    pub by_priority: bool,
     pub limit: u32,
     pub offset: u32,
 }
@@ -514,6 +519,18 @@ pub fn list(conn: &Connection, f: &Filter) -> rusqlite::Result<(Vec<Incident>, u
         Some(false) => clauses.push("i.suppressed IS NULL".into()),
         None => {}
     }
+    // At most 8 words, each a LIKE pattern with its wildcards escaped.
+    for word in f.text.iter().flat_map(|t| t.split_whitespace()).take(8) {
+        let escaped = word
+            .replace('\\', "\\\\")
+            .replace('%', "\\%")
+            .replace('_', "\\_");
+        let p = arg(format!("%{escaped}%").into(), &mut args);
+        clauses.push(format!(
+            "(i.title LIKE {p} ESCAPE '\\' OR i.rule LIKE {p} ESCAPE '\\' \
+             OR i.ci_key LIKE {p} ESCAPE '\\' OR a.hostname LIKE {p} ESCAPE '\\')"
+        ));
+    }
     let filter = if clauses.is_empty() {
         String::new()
     } else {
@@ -528,7 +545,12 @@ pub fn list(conn: &Connection, f: &Filter) -> rusqlite::Result<(Vec<Incident>, u
     let off = arg(i64::from(f.offset).into(), &mut args);
     let items = conn
         .prepare(&format!(
-            "SELECT {COLUMNS} {FROM} {filter} ORDER BY i.id DESC LIMIT {lim} OFFSET {off}"
+            "SELECT {COLUMNS} {FROM} {filter} ORDER BY {order} LIMIT {lim} OFFSET {off}",
+            order = if f.by_priority {
+                "i.priority ASC, i.started_ms ASC, i.id ASC"
+            } else {
+                "i.id DESC"
+            }
         ))?
         .query_map(rusqlite::params_from_iter(args.iter()), incident_row)?
         .collect::<rusqlite::Result<Vec<_>>>()?;

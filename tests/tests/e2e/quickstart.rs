@@ -148,10 +148,20 @@ fn quickstart_command_runs_the_main_job() {
         field(&banner, "API (admin):").contains(token.trim()),
         "{banner:?}"
     );
-    // The console URL it prints answers (a page, not a 404).
-    let (status, page) = http_get(&field(&banner, "Console:"), None);
+    // The console URL it prints leads to the login form, and the admin it prints logs in
+    // (the password is the one kept in the data dir) and sees the incident board.
+    let console = field(&banner, "Console:");
+    let (status, page) = http_get(&console, None);
     assert_eq!(status, 200, "{page}");
-    assert!(page.contains("/metrics"), "{page}");
+    assert!(page.contains("name=\"password\""), "{page}");
+    let password = std::fs::read_to_string(data.join("admin-password")).expect("password file");
+    assert_eq!(
+        field(&banner, "Log in as:"),
+        format!("admin / {}", password.trim()),
+        "{banner:?}"
+    );
+    let board = console_page(&console, "admin", password.trim());
+    assert!(board.contains("<h1>Incidents</h1>"), "{board}");
 
     // The local agent enrolled by itself and its host metrics arrive.
     let text = wait_until(Duration::from_secs(30), "local host metrics", || {
@@ -218,4 +228,41 @@ fn quickstart_command_runs_the_main_job() {
         "log:\n{}",
         proc.logs()
     );
+}
+
+/// Logs in at `console` (its `/login`) and returns the page `console` shows with the session.
+fn console_page(console: &str, user: &str, password: &str) -> String {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    rt.block_on(async {
+        let client = http_client_builder()
+            .timeout(Duration::from_secs(10))
+            .build()
+            .expect("client");
+        let login = client
+            .post(format!("{}login", console))
+            .json(&serde_json::json!({ "user": user, "password": password }))
+            .send()
+            .await
+            .expect("login");
+        assert_eq!(login.status().as_u16(), 200);
+        let cookie = login
+            .headers()
+            .get("set-cookie")
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.split(';').next())
+            .unwrap_or("")
+            .to_owned();
+        client
+            .get(console)
+            .header("cookie", cookie)
+            .send()
+            .await
+            .expect("page")
+            .text()
+            .await
+            .unwrap_or_default()
+    })
 }
