@@ -86,6 +86,7 @@ use vigil_collector::sla::metrics::{
 };
 use vigil_collector::sla::{self, Sla, Span};
 use vigil_collector::{admin, app, config, store};
+use vigil_runtime::clock::thread_cpu;
 
 const MIN: i64 = 60_000;
 const HOUR: i64 = 60 * MIN;
@@ -250,24 +251,6 @@ impl Rng {
 }
 
 // --- CPU accounting ----------------------------------------------------------------------------
-
-/// CPU time of the calling thread (clock_gettime(CLOCK_THREAD_CPUTIME_ID)).
-#[allow(unsafe_code)]
-fn thread_cpu() -> Duration {
-    let mut ts = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: `ts` is a valid, writable timespec and the clock id is a Linux constant.
-    let rc = unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) };
-    if rc != 0 {
-        return Duration::ZERO;
-    }
-    Duration::new(
-        u64::try_from(ts.tv_sec).unwrap_or(0),
-        u32::try_from(ts.tv_nsec).unwrap_or(0),
-    )
-}
 
 fn ms(d: Duration) -> f64 {
     d.as_secs_f64() * 1e3

@@ -339,9 +339,9 @@ pub async fn start(config: &CollectorConfig) -> Result<Running> {
         let changed = incidents_changed.clone();
         tracker.spawn(async move {
             let _sentinel = sla_sentinel;
-            // One connection kept from one refresh to the next (opening one costs more than
-            // many a refresh's reads); opened again after an error.
-            let kept: Arc<std::sync::Mutex<Option<Db>>> = Arc::default();
+            // One connection kept from one refresh to the next (no pragmas and migration check
+            // each time; measured, that saves little); opened again after an error.
+            let mut kept: Option<Db> = None;
             let mut tick = tokio::time::interval(crate::sla::metrics::REFRESH_EVERY);
             let mut last = tokio::time::Instant::now();
             loop {
@@ -360,40 +360,40 @@ pub async fn start(config: &CollectorConfig) -> Result<Running> {
                 }
                 last = tokio::time::Instant::now();
                 let (dir, slas, m) = (sla_dir.clone(), slas.all(), sla_metrics.clone());
-                let kept = kept.clone();
+                let held = kept.take();
                 let res = tokio::task::spawn_blocking(move || {
                     if slas.is_empty() {
                         m.refresh_none();
-                        return Ok(Vec::new());
+                        return (held, Ok(Vec::new()));
                     }
                     let (cpu, wall) = (
                         vigil_runtime::clock::thread_cpu(),
                         std::time::Instant::now(),
                     );
-                    let mut kept = kept.lock().unwrap_or_else(|p| p.into_inner());
-                    let db = match kept.take() {
-                        Some(db) => db,
-                        None => Db::open(&dir)?,
+                    let db = match held.map_or_else(|| Db::open(&dir), Ok) {
+                        Ok(db) => db,
+                        Err(e) => return (None, Err(e)),
                     };
-                    let burns = m.refresh(db.conn(), &slas, now_ms());
-                    if burns.is_ok() {
-                        *kept = Some(db);
-                    }
+                    let burns = m
+                        .refresh(db.conn(), &slas, now_ms())
+                        .map_err(crate::store::StoreError::from);
                     m.record_cost(
                         vigil_runtime::clock::thread_cpu().saturating_sub(cpu),
                         wall.elapsed(),
                     );
-                    Ok::<_, crate::store::StoreError>(burns?)
+                    // After an error the next refresh opens a connection afresh.
+                    (burns.is_ok().then_some(db), burns)
                 })
                 .await;
                 match res {
-                    Ok(Ok(burns)) => {
+                    Ok((db, Ok(burns))) => {
+                        kept = db;
                         // The error-budget alerts are incidents: the engine decides them.
                         let _ = sla_engine
                             .send(crate::incidents::engine::Input::SlaBurn(burns))
                             .await;
                     }
-                    Ok(Err(e)) => tracing::warn!(error = %e, "SLA figures not refreshed"),
+                    Ok((_, Err(e))) => tracing::warn!(error = %e, "SLA figures not refreshed"),
                     Err(e) => tracing::warn!(error = %e, "SLA figures task failed"),
                 }
             }

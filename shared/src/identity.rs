@@ -363,8 +363,12 @@ pub fn hash_secret(secret: &str) -> String {
 /// Whether `secret` hashes to `stored_hash` (hex from [`hash_secret`]), compared in constant
 /// time.
 pub fn secret_matches(stored_hash: &str, secret: &str) -> bool {
-    let computed = hash_secret(secret);
-    let (a, b) = (computed.as_bytes(), stored_hash.as_bytes());
+    constant_time_eq(&hash_secret(secret), stored_hash)
+}
+
+/// Whether two strings are equal, in time that depends on their length only.
+pub fn constant_time_eq(a: &str, b: &str) -> bool {
+    let (a, b) = (a.as_bytes(), b.as_bytes());
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 

@@ -81,10 +81,10 @@ impl FromRequestParts<HttpState> for Auth {
         parts: &mut Parts,
         state: &HttpState,
     ) -> Result<Self, Self::Rejection> {
-        if parts.headers.get(header::AUTHORIZATION).is_none() {
-            if let Some(cookie) = super::session::session_cookie(&parts.headers) {
-                return from_session(parts, state, cookie.to_owned()).await;
-            }
+        if parts.headers.get(header::AUTHORIZATION).is_none()
+            && super::session::session_cookie(&parts.headers).is_some()
+        {
+            return from_session(parts, state).await;
         }
         let token = bearer(&parts.headers)?.to_owned();
         let found = state
@@ -106,11 +106,8 @@ impl FromRequestParts<HttpState> for Auth {
 
 /// A request made with a session cookie: the session must be live, and a state-changing one
 /// must carry its CSRF token in `X-CSRF-Token` (the API's bodies are JSON, so not a form field).
-async fn from_session(parts: &Parts, state: &HttpState, cookie: String) -> Result<Auth, ApiError> {
-    let policy = state.console.policy;
-    let session = state
-        .db
-        .run(move |db| db.authenticate_session(&cookie, policy, now_ms()))
+async fn from_session(parts: &Parts, state: &HttpState) -> Result<Auth, ApiError> {
+    let session = super::session::from_cookie(state, &parts.headers)
         .await?
         .ok_or(ApiError::Unauthorized("the session ended: log in again"))?;
     let actor = parts.extensions.get::<super::audit::Actor>();

@@ -72,19 +72,10 @@ impl Nav {
 
 /// The session of a page request, or the redirect to the login form.
 async fn session(state: &HttpState, headers: &HeaderMap) -> Result<Session, Response> {
-    let to_login = || Redirect::to("/login").into_response();
-    let Some(cookie) = super::session::session_cookie(headers).map(str::to_owned) else {
-        return Err(to_login());
-    };
-    let policy = state.console.policy;
-    match state
-        .db
-        .run(move |db| db.authenticate_session(&cookie, policy, now_ms()))
-        .await
-    {
+    match super::session::from_cookie(state, headers).await {
         Ok(Some(s)) => Ok(s),
-        Ok(None) => Err(to_login()),
-        Err(e) => Err(super::ApiError::from(e).into_response()),
+        Ok(None) => Err(Redirect::to("/login").into_response()),
+        Err(e) => Err(e.into_response()),
     }
 }
 

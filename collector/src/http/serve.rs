@@ -295,22 +295,18 @@ pub async fn serve_tls(
                 hyper::service::Service::call(&inner, req)
             });
         let metrics = metrics.clone();
-        match &tls {
-            None => {
-                let conn = graceful.watch(builder.serve_connection(TokioIo::new(stream), service));
-                tokio::spawn(async move {
-                    let _slot = slot;
-                    if let Err(e) = conn.await {
-                        note_connection_error(&e, peer, &metrics);
-                    }
-                });
-            }
-            Some(acceptor) => {
-                let (acceptor, builder) = (acceptor.clone(), builder.clone());
-                let watcher = graceful.watcher();
-                let handshake_timeout = limits.header_timeout;
-                tokio::spawn(async move {
-                    let _slot = slot;
+        // Counted by the graceful shutdown from here, whenever the task gets to serve.
+        let (acceptor, builder, watcher) = (tls.clone(), builder.clone(), graceful.watcher());
+        let handshake_timeout = limits.header_timeout;
+        tokio::spawn(async move {
+            let _slot = slot;
+            let served = match acceptor {
+                None => {
+                    watcher
+                        .watch(builder.serve_connection(TokioIo::new(stream), service))
+                        .await
+                }
+                Some(acceptor) => {
                     let tls = match tokio::time::timeout(handshake_timeout, acceptor.accept(stream))
                         .await
                     {
@@ -325,13 +321,15 @@ pub async fn serve_tls(
                             return;
                         }
                     };
-                    let conn = watcher.watch(builder.serve_connection(TokioIo::new(tls), service));
-                    if let Err(e) = conn.await {
-                        note_connection_error(&e, peer, &metrics);
-                    }
-                });
+                    watcher
+                        .watch(builder.serve_connection(TokioIo::new(tls), service))
+                        .await
+                }
+            };
+            if let Err(e) = served {
+                note_connection_error(&e, peer, &metrics);
             }
-        }
+        });
     }
     drop(listener);
     tokio::select! {

@@ -27,7 +27,7 @@ use serde::{Deserialize, Serialize};
 
 use super::audit::{Actor, Peer};
 use super::{now_ms, ApiError, Auth, HttpState};
-use crate::store::users::{LoginRefusal, SessionPolicy, MAX_PASSWORD, MAX_USER_NAME};
+use crate::store::users::{LoginRefusal, Session, SessionPolicy, MAX_PASSWORD, MAX_USER_NAME};
 
 /// The session cookie's name.
 pub const COOKIE: &str = "vigil_session";
@@ -202,15 +202,6 @@ pub fn session_cookie(headers: &HeaderMap) -> Option<&str> {
         })
 }
 
-/// Constant-time equality of two tokens.
-fn same(a: &str, b: &str) -> bool {
-    a.len() == b.len()
-        && a.bytes()
-            .zip(b.bytes())
-            .fold(0u8, |acc, (x, y)| acc | (x ^ y))
-            == 0
-}
-
 /// Whether a state-changing request made with a cookie may proceed: its `Origin`, if any, is
 /// the host it was sent to, and it carries the session's CSRF token (`X-CSRF-Token`, or `form`
 /// from the console's form field).
@@ -222,7 +213,7 @@ pub fn csrf_ok(headers: &HeaderMap, csrf: &str, form: Option<&str>) -> bool {
         .get(CSRF_HEADER)
         .and_then(|v| v.to_str().ok())
         .or(form);
-    sent.is_some_and(|t| same(t, csrf))
+    sent.is_some_and(|t| vigil_shared::identity::constant_time_eq(t, csrf))
 }
 
 /// Whether the request's `Origin`, if it has one, is the host it was sent to.
@@ -303,7 +294,7 @@ pub(super) async fn login(State(state): State<HttpState>, req: Request) -> Respo
     let body: Option<LoginBody> = if json {
         serde_json::from_slice(&bytes).ok()
     } else {
-        serde_urlencoded_form(&bytes)
+        login_form(&bytes)
     };
     let Some(body) = body.filter(|_| origin_ok) else {
         console.count(outcome::MALFORMED);
@@ -409,7 +400,7 @@ pub(super) async fn login(State(state): State<HttpState>, req: Request) -> Respo
 }
 
 /// `user=..&password=..` of a form body.
-fn serde_urlencoded_form(bytes: &[u8]) -> Option<LoginBody> {
+fn login_form(bytes: &[u8]) -> Option<LoginBody> {
     let (mut user, mut password) = (None, None);
     for (k, v) in form_urlencoded(bytes) {
         match k.as_str() {
@@ -461,7 +452,6 @@ pub(super) fn form_urlencoded(bytes: &[u8]) -> Vec<(String, String)> {
 /// `POST /logout`: ends the cookie's session (with its CSRF token, as every state-changing
 /// request made with a cookie) and clears the cookie.
 pub(super) async fn logout(State(state): State<HttpState>, req: Request) -> Response {
-    let console = state.console.clone();
     let headers = req.headers().clone();
     let actor = req.extensions().get::<Actor>().cloned();
     let bytes = axum::body::to_bytes(req.into_body(), MAX_LOGIN_BODY)
@@ -471,24 +461,17 @@ pub(super) async fn logout(State(state): State<HttpState>, req: Request) -> Resp
         .into_iter()
         .find(|(k, _)| k == "_csrf")
         .map(|(_, v)| v);
-    let Some(cookie) = session_cookie(&headers).map(str::to_owned) else {
-        return Redirect::to("/login").into_response();
-    };
-    let policy = console.policy;
-    let session = match state
-        .db
-        .run(move |db| db.authenticate_session(&cookie, policy, now_ms()))
-        .await
-    {
-        Ok(s) => s,
-        Err(e) => return ApiError::from(e).into_response(),
-    };
-    let Some(session) = session else {
+    let to_login = || {
         let mut res = Redirect::to("/login").into_response();
-        if let Ok(v) = HeaderValue::from_str(&console.cleared()) {
+        if let Ok(v) = HeaderValue::from_str(&state.console.cleared()) {
             res.headers_mut().insert(header::SET_COOKIE, v);
         }
-        return res;
+        res
+    };
+    let session = match from_cookie(&state, &headers).await {
+        Ok(Some(s)) => s,
+        Ok(None) => return to_login(),
+        Err(e) => return e.into_response(),
     };
     if let Some(a) = &actor {
         a.set_session(&session);
@@ -500,11 +483,23 @@ pub(super) async fn logout(State(state): State<HttpState>, req: Request) -> Resp
     if let Err(e) = state.db.run(move |db| db.end_session(&id, now_ms())).await {
         return ApiError::from(e).into_response();
     }
-    let mut res = Redirect::to("/login").into_response();
-    if let Ok(v) = HeaderValue::from_str(&console.cleared()) {
-        res.headers_mut().insert(header::SET_COOKIE, v);
-    }
-    res
+    to_login()
+}
+
+/// The live session a request's cookie names: `None` without a cookie, or when its session
+/// ended (logout, idle, maximum, password change, user disabled).
+pub(super) async fn from_cookie(
+    state: &HttpState,
+    headers: &HeaderMap,
+) -> Result<Option<Session>, ApiError> {
+    let Some(cookie) = session_cookie(headers).map(str::to_owned) else {
+        return Ok(None);
+    };
+    let policy = state.console.policy;
+    Ok(state
+        .db
+        .run(move |db| db.authenticate_session(&cookie, policy, now_ms()))
+        .await?)
 }
 
 /// `GET /api/v1/session`: who the caller is; for a session, its CSRF token (scripts of the

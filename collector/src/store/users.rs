@@ -416,7 +416,7 @@ impl Db {
         Ok(n > 0)
     }
 
-    /// Deletes sessions that ended or expired before `before_ms` (housekeeping).
+    /// Deletes the sessions that ended, or that `policy` has expired by `now_ms` (housekeeping).
     pub fn prune_sessions(&self, policy: SessionPolicy, now_ms: i64) -> Result<usize, StoreError> {
         let ms = |d: Duration| i64::try_from(d.as_millis()).unwrap_or(i64::MAX);
         Ok(self.conn.execute(

@@ -35,59 +35,37 @@ fn user(data_dir: &std::path::Path, args: &[&str], stdin: &str) -> (bool, String
 
 /// A JSON login: the status, the session cookie's value (if set) and the body.
 fn login(c: &Collector, name: &str, password: &str) -> (u16, Option<String>, String) {
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .expect("runtime");
-    rt.block_on(async {
-        let client = http_client_builder()
-            .timeout(std::time::Duration::from_secs(10))
-            .build()
-            .expect("client");
-        let resp = client
-            .post(format!("http://{}/login", c.http))
-            .json(&serde_json::json!({ "user": name, "password": password }))
-            .send()
-            .await
-            .expect("login");
-        let status = resp.status().as_u16();
-        let cookie = resp
-            .headers()
-            .get_all("set-cookie")
-            .iter()
-            .filter_map(|v| v.to_str().ok())
-            .find_map(|v| v.strip_prefix("vigil_session="))
-            .map(|v| v.split(';').next().unwrap_or("").to_owned())
-            .filter(|v| !v.is_empty());
-        (status, cookie, resp.text().await.unwrap_or_default())
-    })
+    let body = serde_json::json!({ "user": name, "password": password }).to_string();
+    let (status, cookies, body) = http_with(
+        "POST",
+        &format!("http://{}/login", c.http),
+        &[],
+        Some(&body),
+    );
+    let cookie = cookies
+        .iter()
+        .find_map(|v| v.strip_prefix("vigil_session="))
+        .map(|v| v.split(';').next().unwrap_or("").to_owned())
+        .filter(|v| !v.is_empty());
+    (status, cookie, body)
 }
 
 /// `GET /api/v1/session` with a cookie: the status.
 fn session_status(c: &Collector, cookie: &str) -> u16 {
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .expect("runtime");
-    rt.block_on(async {
-        let client = http_client_builder()
-            .timeout(std::time::Duration::from_secs(10))
-            .build()
-            .expect("client");
-        client
-            .get(format!("http://{}/api/v1/session", c.http))
-            .header("cookie", format!("vigil_session={cookie}"))
-            .send()
-            .await
-            .map(|r| r.status().as_u16())
-            .unwrap_or(0)
-    })
+    let cookie = format!("vigil_session={cookie}");
+    http_with(
+        "GET",
+        &format!("http://{}/api/v1/session", c.http),
+        &[("cookie", &cookie)],
+        None,
+    )
+    .0
 }
 
 #[test]
 fn users_made_on_the_command_line_log_in_and_lose_their_sessions_when_changed() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let c = spawn_collector(&dir.path().join("c"));
+    let mut c = spawn_collector(&dir.path().join("c"));
     let data = c.data_dir.clone();
     let pw = "operator password one";
 
@@ -120,6 +98,13 @@ fn users_made_on_the_command_line_log_in_and_lose_their_sessions_when_changed() 
     assert!(body.contains("\"role\":\"operator\""), "{body}");
     assert_eq!(session_status(&c, &cookie), 200);
     assert_eq!(login(&c, "olga", "operator password two").0, 401);
+
+    // A restart keeps the session: it lives in the store, not in the process.
+    let (quic, http) = (c.quic, c.http);
+    let status = c.proc.terminate(std::time::Duration::from_secs(20));
+    assert!(status.success(), "collector stopped uncleanly: {status}");
+    let c = spawn_collector_at(&data, quic, http);
+    assert_eq!(session_status(&c, &cookie), 200);
 
     // A new password ends the session; the old password no longer works, the new one does.
     let (ok, text) = user(

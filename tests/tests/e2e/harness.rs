@@ -429,6 +429,20 @@ pub fn http_client_builder() -> reqwest::ClientBuilder {
 /// A blocking HTTP request (the tests are synchronous; the runtime lives here): the status
 /// (0 when the request failed) and the body text. `body` is sent as JSON.
 pub fn http(method: &str, url: &str, bearer: Option<&str>, body: Option<&str>) -> (u16, String) {
+    let auth = bearer.map(|t| format!("Bearer {t}"));
+    let headers: Vec<(&str, &str)> = auth.iter().map(|a| ("authorization", a.as_str())).collect();
+    let (status, _, body) = http_with(method, url, &headers, body);
+    (status, body)
+}
+
+/// [`http`] with any request headers: the status, the response's `Set-Cookie` values and the
+/// body text.
+pub fn http_with(
+    method: &str,
+    url: &str,
+    headers: &[(&str, &str)],
+    body: Option<&str>,
+) -> (u16, Vec<String>, String) {
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -439,8 +453,8 @@ pub fn http(method: &str, url: &str, bearer: Option<&str>, body: Option<&str>) -
             .build()
             .expect("client");
         let mut req = client.request(method.parse().expect("method"), url);
-        if let Some(t) = bearer {
-            req = req.bearer_auth(t);
+        for (k, v) in headers {
+            req = req.header(*k, *v);
         }
         if let Some(b) = body {
             req = req
@@ -450,9 +464,15 @@ pub fn http(method: &str, url: &str, bearer: Option<&str>, body: Option<&str>) -
         match req.send().await {
             Ok(resp) => {
                 let status = resp.status().as_u16();
-                (status, resp.text().await.unwrap_or_default())
+                let cookies = resp
+                    .headers()
+                    .get_all("set-cookie")
+                    .iter()
+                    .filter_map(|v| v.to_str().ok().map(str::to_owned))
+                    .collect();
+                (status, cookies, resp.text().await.unwrap_or_default())
             }
-            Err(e) => (0, e.to_string()),
+            Err(e) => (0, Vec::new(), e.to_string()),
         }
     })
 }

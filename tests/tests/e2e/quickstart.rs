@@ -232,37 +232,13 @@ fn quickstart_command_runs_the_main_job() {
 
 /// Logs in at `console` (its `/login`) and returns the page `console` shows with the session.
 fn console_page(console: &str, user: &str, password: &str) -> String {
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .expect("runtime");
-    rt.block_on(async {
-        let client = http_client_builder()
-            .timeout(Duration::from_secs(10))
-            .build()
-            .expect("client");
-        let login = client
-            .post(format!("{}login", console))
-            .json(&serde_json::json!({ "user": user, "password": password }))
-            .send()
-            .await
-            .expect("login");
-        assert_eq!(login.status().as_u16(), 200);
-        let cookie = login
-            .headers()
-            .get("set-cookie")
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.split(';').next())
-            .unwrap_or("")
-            .to_owned();
-        client
-            .get(console)
-            .header("cookie", cookie)
-            .send()
-            .await
-            .expect("page")
-            .text()
-            .await
-            .unwrap_or_default()
-    })
+    let body = serde_json::json!({ "user": user, "password": password }).to_string();
+    let (status, cookies, _) = http_with("POST", &format!("{console}login"), &[], Some(&body));
+    assert_eq!(status, 200);
+    let cookie = cookies
+        .first()
+        .and_then(|v| v.split(';').next())
+        .unwrap_or("")
+        .to_owned();
+    http_with("GET", console, &[("cookie", &cookie)], None).2
 }
