@@ -359,4 +359,4 @@ async fn list_tokens(
 }
 
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;

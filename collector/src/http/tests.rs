@@ -9,7 +9,7 @@ use tokio::sync::oneshot;
 use super::*;
 use crate::store::{Db, NewAgent};
 
-struct Server {
+pub(crate) struct Server {
     addr: std::net::SocketAddr,
     supervisor: crate::supervise::Supervisor,
     stop: Option<oneshot::Sender<()>>,
@@ -17,12 +17,12 @@ struct Server {
 }
 
 impl Server {
-    async fn start(data_dir: &Path) -> Server {
+    pub(crate) async fn start(data_dir: &Path) -> Server {
         Server::start_with(data_dir, |_| {}).await
     }
 
     /// With `setup` applied to the state first.
-    async fn start_with(data_dir: &Path, setup: impl FnOnce(&mut HttpState)) -> Server {
+    pub(crate) async fn start_with(data_dir: &Path, setup: impl FnOnce(&mut HttpState)) -> Server {
         let supervisor = crate::supervise::Supervisor::new();
         let metrics_text: Arc<dyn Fn() -> String + Send + Sync> =
             Arc::new(|| "# TYPE vigil_agents_connected gauge\nvigil_agents_connected 2\n".into());
@@ -46,11 +46,16 @@ impl Server {
     }
 
     /// `(status, content-type, body)`.
-    async fn get(&self, path: &str, token: Option<&str>) -> (u16, String, String) {
+    pub(crate) async fn get(&self, path: &str, token: Option<&str>) -> (u16, String, String) {
         self.request("GET", path, token).await
     }
 
-    async fn request(&self, method: &str, path: &str, auth: Option<&str>) -> (u16, String, String) {
+    pub(crate) async fn request(
+        &self,
+        method: &str,
+        path: &str,
+        auth: Option<&str>,
+    ) -> (u16, String, String) {
         let auth = auth
             .map(|a| format!("\r\nAuthorization: {a}"))
             .unwrap_or_default();
@@ -64,7 +69,7 @@ impl Server {
         (status, content_type, body)
     }
 
-    async fn stop(mut self) {
+    pub(crate) async fn stop(mut self) {
         if let Some(stop) = self.stop.take() {
             let _ = stop.send(());
         }
@@ -76,12 +81,12 @@ impl Server {
     }
 }
 
-fn bearer(token: &str) -> String {
+pub(crate) fn bearer(token: &str) -> String {
     format!("Bearer {token}")
 }
 
 /// Asserts a JSON API error: status, `code`, and that `error` is a string.
-fn check_error(got: (u16, String, String), status: u16, code: &str) {
+pub(crate) fn check_error(got: (u16, String, String), status: u16, code: &str) {
     let (s, ct, body) = got;
     assert_eq!(s, status, "{body}");
     assert!(ct.starts_with("application/json"), "{ct}");
@@ -558,7 +563,7 @@ async fn state_changing_requests_are_audited() {
 impl Server {
     /// Sends `head` (request line and headers, without the blank line) and `body`; returns
     /// `(status, headers with their names in lower case, body)`.
-    async fn raw(&self, head: &str, body: &str) -> (u16, String, String) {
+    pub(crate) async fn raw(&self, head: &str, body: &str) -> (u16, String, String) {
         let mut stream = tokio::net::TcpStream::connect(self.addr)
             .await
             .expect("connect");
@@ -594,14 +599,46 @@ impl Server {
     }
 }
 
+impl Server {
+    /// `GET path` with a session cookie (as `log_in` returned it): `(status, head, body)`.
+    pub(crate) async fn page(&self, path: &str, cookie: &str) -> (u16, String, String) {
+        self.raw(
+            &format!("GET {path} HTTP/1.1\r\nCookie: vigil_session={cookie}"),
+            "",
+        )
+        .await
+    }
+
+    /// A JSON request with a session cookie and its CSRF token: `(status, body)`.
+    pub(crate) async fn act(
+        &self,
+        method: &str,
+        path: &str,
+        cookie: &str,
+        csrf: &str,
+        body: &str,
+    ) -> (u16, String) {
+        let (status, _, body) = self
+            .raw(
+                &format!(
+                    "{method} {path} HTTP/1.1\r\nCookie: vigil_session={cookie}\r\n\
+                     X-CSRF-Token: {csrf}\r\nOrigin: http://test\r\nContent-Type: application/json"
+                ),
+                body,
+            )
+            .await;
+        (status, body)
+    }
+}
+
 /// The `vigil_session` value a response set.
-fn set_cookie(head: &str) -> Option<String> {
+pub(crate) fn set_cookie(head: &str) -> Option<String> {
     head.lines()
         .find_map(|l| l.strip_prefix("set-cookie: vigil_session="))
         .map(|v| v.split(';').next().unwrap_or("").to_owned())
 }
 
-const PASSWORD: &str = "a long enough password";
+pub(crate) const PASSWORD: &str = "a long enough password";
 
 /// The console's sessions, end to end over the router: a form login sets a cookie with the
 /// right attributes, the cookie reads the API as its user's role, a state-changing request
@@ -859,7 +896,7 @@ async fn failed_logins_are_rate_limited_and_counted() {
 }
 
 /// Opens an incident as the engine would, through the lifecycle (rows, timeline).
-fn open_incident(
+pub(crate) fn open_incident(
     c: &rusqlite::Connection,
     key: &str,
     title: &str,
@@ -904,7 +941,7 @@ fn open_incident(
 }
 
 /// Logs `user` in with JSON; returns the cookie and the CSRF token.
-async fn log_in(s: &Server, user: &str) -> (String, String) {
+pub(crate) async fn log_in(s: &Server, user: &str) -> (String, String) {
     let (status, head, body) = s
         .raw(
             "POST /login HTTP/1.1\r\nContent-Type: application/json",
@@ -1014,13 +1051,25 @@ async fn the_board_lists_active_incidents_most_urgent_first() {
     );
 
     // A viewer sees the same incidents and no action control.
-    let (vcookie, _) = log_in(s, "vic").await;
-    let (_, _, page) = get("/", &vcookie, "").await;
+    let (vcookie, vcsrf) = log_in(s, "vic").await;
+    let (_, _, page) = s.page("/", &vcookie).await;
     assert!(page.contains("data-id=\"2\""), "{page}");
     assert!(
         !page.contains("value=\"acknowledge\"") && !page.contains("type=\"checkbox\""),
         "{page}"
     );
+
+    // Not even with the CSRF token can a viewer act.
+    let (status, body) = s
+        .act(
+            "POST",
+            "/api/v1/incidents/2/acknowledge",
+            &vcookie,
+            &vcsrf,
+            "{}",
+        )
+        .await;
+    assert_eq!(status, 403, "{body}");
 
     // The assets are embedded.
     let (status, head, css) = s.raw("GET /assets/console.css HTTP/1.1", "").await;
