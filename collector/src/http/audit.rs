@@ -50,10 +50,18 @@ impl Actor {
     }
 
     pub(super) fn set_session(&self, s: &crate::store::users::Session) {
-        *self.0.lock().unwrap_or_else(|p| p.into_inner()) = Who {
-            token_id: Some(s.id.clone()),
-            role: Some(s.role),
-            user: Some(s.user.clone()),
+        // A session opened with a pasted API token is that token's doing.
+        *self.0.lock().unwrap_or_else(|p| p.into_inner()) = match &s.token_id {
+            Some(t) => Who {
+                token_id: Some(t.clone()),
+                role: Some(s.role),
+                user: None,
+            },
+            None => Who {
+                token_id: Some(s.id.clone()),
+                role: Some(s.role),
+                user: Some(s.user.clone()),
+            },
         };
     }
 

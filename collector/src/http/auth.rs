@@ -118,10 +118,15 @@ async fn from_session(parts: &Parts, state: &HttpState) -> Result<Auth, ApiError
     if changes && !super::session::csrf_ok(&parts.headers, &session.csrf, None) {
         return Err(ApiError::Csrf);
     }
+    // A session opened with a pasted API token acts as that token, not as a user.
+    let (token_id, user) = match session.token_id {
+        Some(t) => (t, None),
+        None => (session.id, Some(session.user)),
+    };
     Ok(Auth {
-        token_id: session.id,
+        token_id,
         role: session.role,
-        user: Some(session.user),
+        user,
         csrf: Some(session.csrf),
     })
 }

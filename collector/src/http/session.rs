@@ -230,10 +230,29 @@ fn same_origin(headers: &HeaderMap) -> bool {
     host.is_some() && origin_host == host
 }
 
-#[derive(Debug, Deserialize)]
+/// A login: a user and password, or a pasted API token (`vgl_…`).
+#[derive(Debug, Default, Deserialize)]
 struct LoginBody {
+    #[serde(default)]
     user: String,
+    #[serde(default)]
     password: String,
+    #[serde(default)]
+    token: Option<String>,
+}
+
+impl LoginBody {
+    /// The token of a token login (the form's empty field is none).
+    fn token(&self) -> Option<&str> {
+        self.token
+            .as_deref()
+            .map(str::trim)
+            .filter(|t| !t.is_empty())
+    }
+
+    fn complete(self) -> Option<LoginBody> {
+        (self.token().is_some() || !self.user.trim().is_empty()).then_some(self)
+    }
 }
 
 /// `GET /login`: the form (the console's pages come with their own look later).
@@ -249,9 +268,16 @@ pub(super) async fn login_page() -> Response {
             "<p><label for=\"password\">Password</label> ",
             "<input id=\"password\" name=\"password\" type=\"password\" ",
             "autocomplete=\"current-password\" required maxlength=\"{}\"></p>\n",
-            "<p><button type=\"submit\">Log in</button></p>\n</form>\n</main>\n</body></html>\n"
+            "<p><button type=\"submit\">Log in</button></p>\n</form>\n",
+            "<h2>Or with an API token</h2>\n",
+            "<form method=\"post\" action=\"/login\">\n",
+            "<p><label for=\"token\">API token</label> ",
+            "<input id=\"token\" name=\"token\" type=\"password\" autocomplete=\"off\" ",
+            "required maxlength=\"{}\" placeholder=\"vgl_…\"></p>\n",
+            "<p><button type=\"submit\">Log in with the token</button></p>\n</form>\n",
+            "</main>\n</body></html>\n"
         ),
-        MAX_USER_NAME, MAX_PASSWORD
+        MAX_USER_NAME, MAX_PASSWORD, MAX_PASSWORD
     );
     (
         [
@@ -292,7 +318,9 @@ pub(super) async fn login(State(state): State<HttpState>, req: Request) -> Respo
         }
     };
     let body: Option<LoginBody> = if json {
-        serde_json::from_slice(&bytes).ok()
+        serde_json::from_slice::<LoginBody>(&bytes)
+            .ok()
+            .and_then(LoginBody::complete)
     } else {
         login_form(&bytes)
     };
@@ -303,9 +331,15 @@ pub(super) async fn login(State(state): State<HttpState>, req: Request) -> Respo
         )
         .into_response();
     };
-    let user = body.user.trim().to_owned();
+    let token = body.token().map(str::to_owned);
+    // A token login has no user to limit (its secret cannot be guessed); its address is.
+    let user = if token.is_some() {
+        String::new()
+    } else {
+        body.user.trim().to_owned()
+    };
     if let Some(a) = &actor {
-        if user.len() <= MAX_USER_NAME {
+        if token.is_none() && user.len() <= MAX_USER_NAME {
             a.set_user(&user, None);
         }
     }
@@ -315,8 +349,10 @@ pub(super) async fn login(State(state): State<HttpState>, req: Request) -> Respo
     let blocked = {
         let users = console.users.lock().unwrap_or_else(|p| p.into_inner());
         let addresses = console.addresses.lock().unwrap_or_else(|p| p.into_inner());
-        users
-            .blocked(&user, console.limits.per_user, window_ms, now)
+        let by_user = token.is_none();
+        by_user
+            .then(|| users.blocked(&user, console.limits.per_user, window_ms, now))
+            .flatten()
             .map(|left| (outcome::LIMITED_USER, left))
             .or_else(|| {
                 addresses
@@ -339,11 +375,21 @@ pub(super) async fn login(State(state): State<HttpState>, req: Request) -> Respo
     let remote = address.map(|a| a.to_string());
     let checked = state
         .db
-        .run(move |db| match db.check_password(&name, &password)? {
-            Ok(role) => db
-                .create_session(&name, role, remote.as_deref(), now_ms())
-                .map(Ok),
-            Err(refusal) => Ok(Err(refusal)),
+        .run(move |db| {
+            if let Some(token) = token {
+                return match db.authenticate_api_token(&token, now_ms())? {
+                    Some((id, role)) => db
+                        .create_token_session(&id, role, remote.as_deref(), now_ms())
+                        .map(Ok),
+                    None => Ok(Err(LoginRefusal::BadCredentials)),
+                };
+            }
+            match db.check_password(&name, &password)? {
+                Ok(role) => db
+                    .create_session(&name, role, remote.as_deref(), now_ms())
+                    .map(Ok),
+                Err(refusal) => Ok(Err(refusal)),
+            }
         })
         .await;
     match checked {
@@ -353,18 +399,22 @@ pub(super) async fn login(State(state): State<HttpState>, req: Request) -> Respo
                 LoginRefusal::BadCredentials => outcome::BAD_CREDENTIALS,
                 LoginRefusal::Disabled => outcome::DISABLED,
             });
-            console
-                .users
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .fail(&user, window_ms, now);
+            if !user.is_empty() {
+                console
+                    .users
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .fail(&user, window_ms, now);
+            }
             console
                 .addresses
                 .lock()
                 .unwrap_or_else(|p| p.into_inner())
                 .fail(&address_key, window_ms, now);
             // The same words whatever the reason.
-            let err = ApiError::Unauthorized("unknown user, wrong password or disabled user");
+            let err = ApiError::Unauthorized(
+                "unknown user, wrong password, disabled user, or an unknown or revoked token",
+            );
             if json {
                 err.into_response()
             } else {
@@ -376,7 +426,11 @@ pub(super) async fn login(State(state): State<HttpState>, req: Request) -> Respo
         Ok(Ok((session, cookie))) => {
             console.count(outcome::SUCCESS);
             if let Some(a) = &actor {
-                a.set_user(&session.user, Some(session.role));
+                if session.token_id.is_some() {
+                    a.set_session(&session);
+                } else {
+                    a.set_user(&session.user, Some(session.role));
+                }
             }
             let set = console.cookie(&cookie);
             let mut res = if json {
@@ -399,20 +453,18 @@ pub(super) async fn login(State(state): State<HttpState>, req: Request) -> Respo
     }
 }
 
-/// `user=..&password=..` of a form body.
+/// `user=..&password=..` (or `token=..`) of a form body.
 fn login_form(bytes: &[u8]) -> Option<LoginBody> {
-    let (mut user, mut password) = (None, None);
+    let mut body = LoginBody::default();
     for (k, v) in form_urlencoded(bytes) {
         match k.as_str() {
-            "user" => user = Some(v),
-            "password" => password = Some(v),
+            "user" => body.user = v,
+            "password" => body.password = v,
+            "token" => body.token = Some(v),
             _ => {}
         }
     }
-    Some(LoginBody {
-        user: user?,
-        password: password?,
-    })
+    body.complete()
 }
 
 /// The pairs of an `application/x-www-form-urlencoded` body (`+` is a space, `%XX` a byte).

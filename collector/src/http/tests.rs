@@ -1080,3 +1080,97 @@ async fn the_board_lists_active_incidents_most_urgent_first() {
     );
     server.stop().await;
 }
+
+/// A pasted API token opens a session with the token's role: its requests are the token's in
+/// the audit log (no user), a wrong token is a counted failure, and revoking the token ends
+/// the session at once.
+#[tokio::test]
+async fn a_pasted_api_token_opens_a_session_that_lasts_while_the_token_does() {
+    use crate::incidents::rule::Level;
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let db = Db::open(tmp.path()).expect("open");
+    let (tid, token) = db
+        .create_api_token(Role::Operator, "night-shift", 1_000)
+        .expect("token");
+    let (_, admin) = db.create_api_token(Role::Admin, "a", 1_000).expect("admin");
+    let id = open_incident(
+        db.conn(),
+        "k",
+        "disk full",
+        Level::High,
+        Level::High,
+        now_ms(),
+    );
+    let registry = prometheus::Registry::new();
+    let console = Arc::new(
+        session::Console::new(
+            Some(&registry),
+            Default::default(),
+            Default::default(),
+            false,
+        )
+        .expect("console"),
+    );
+    let server = Server::start_with(tmp.path(), |st| st.console = console).await;
+    let s = &server;
+    let form = "POST /login HTTP/1.1\r\nContent-Type: application/x-www-form-urlencoded";
+
+    let (status, _, page) = s.raw("GET /login HTTP/1.1", "").await;
+    assert_eq!(status, 200);
+    assert!(page.contains("name=\"token\""), "{page}");
+    let (status, head, _) = s.raw(form, "token=vgl_nope_nope").await;
+    assert_eq!(status, 401);
+    assert!(set_cookie(&head).is_none(), "{head}");
+
+    let (status, head, _) = s.raw(form, &format!("token={token}")).await;
+    assert_eq!(status, 303, "{head}");
+    let cookie = set_cookie(&head).expect("cookie");
+    let (status, _, page) = s.page("/", &cookie).await;
+    assert_eq!(status, 200);
+    assert!(page.contains("token night-shift"), "{page}");
+    let csrf = page
+        .split("name=\"csrf-token\" content=\"")
+        .nth(1)
+        .and_then(|r| r.split('"').next())
+        .expect("csrf meta")
+        .to_owned();
+    let (status, body) = s
+        .act(
+            "POST",
+            &format!("/api/v1/incidents/{id}/acknowledge"),
+            &cookie,
+            &csrf,
+            "{}",
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+
+    let (_, _, audit) = s.get("/api/v1/audit", Some(&bearer(&admin))).await;
+    let rows: serde_json::Value = serde_json::from_str(&audit).expect("json");
+    let ack = rows
+        .as_array()
+        .expect("rows")
+        .iter()
+        .find(|r| {
+            r["path"]
+                .as_str()
+                .is_some_and(|p| p.ends_with("/acknowledge"))
+        })
+        .expect("the acknowledgement is audited");
+    assert_eq!(ack["token_id"], tid.as_str(), "{ack}");
+    assert!(ack["user"].is_null(), "{ack}");
+    let metrics = prometheus::TextEncoder::new()
+        .encode_to_string(&registry.gather())
+        .expect("encode");
+    for counted in ["{outcome=\"bad_credentials\"} 1", "{outcome=\"success\"} 1"] {
+        assert!(
+            metrics.contains(&format!("vigil_http_logins_total{counted}")),
+            "{metrics}"
+        );
+    }
+
+    db.revoke_api_token(&tid, now_ms()).expect("revoke");
+    let (status, head, _) = s.page("/", &cookie).await;
+    assert_eq!(status, 303, "{head}");
+    server.stop().await;
+}

@@ -388,6 +388,30 @@ const MIGRATION_STEPS: &[M<'static>] = &[
     CREATE INDEX sessions_user ON sessions(user_name);
     ALTER TABLE audit_log ADD COLUMN user_name TEXT;",
     ),
+    // A console session belongs to a user (a password login) or to an API token (a pasted
+    // token): exactly one of the two.
+    M::up(
+        "CREATE TABLE sessions_new (
+        id           TEXT PRIMARY KEY,
+        secret_hash  TEXT NOT NULL,
+        user_name    TEXT REFERENCES users(name),
+        token_id     TEXT REFERENCES api_tokens(id),
+        csrf         TEXT NOT NULL,
+        created_ms   INTEGER NOT NULL,
+        last_seen_ms INTEGER NOT NULL,
+        remote       TEXT,
+        ended_ms     INTEGER,
+        CHECK ((user_name IS NULL) <> (token_id IS NULL))
+    ) STRICT;
+    INSERT INTO sessions_new (id, secret_hash, user_name, csrf, created_ms, last_seen_ms, remote,
+                              ended_ms)
+        SELECT id, secret_hash, user_name, csrf, created_ms, last_seen_ms, remote, ended_ms
+        FROM sessions;
+    DROP TABLE sessions;
+    ALTER TABLE sessions_new RENAME TO sessions;
+    CREATE INDEX sessions_user ON sessions(user_name);
+    CREATE INDEX sessions_token ON sessions(token_id);",
+    ),
 ];
 
 /// The migrations applied by every [`Db::open`] and [`Writer::spawn`].

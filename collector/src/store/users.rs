@@ -98,13 +98,23 @@ pub enum LoginRefusal {
     Disabled,
 }
 
+/// Whose a session is.
+#[derive(Clone, Copy)]
+enum Owner<'a> {
+    User(&'a str),
+    Token(&'a str),
+}
+
 /// A live session, as a request made with its cookie sees it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Session {
     pub id: String,
+    /// Who it is, to show: the user's name, or for a pasted API token `token <name>`.
     pub user: String,
     pub role: Role,
     pub csrf: String,
+    /// The API token a session was opened with (a pasted token), instead of a user.
+    pub token_id: Option<String>,
 }
 
 fn valid_name(name: &str) -> bool {
@@ -318,34 +328,74 @@ impl Db {
         remote: Option<&str>,
         now_ms: i64,
     ) -> Result<(Session, String), StoreError> {
+        self.open_session(Owner::User(user), role, remote, now_ms)
+    }
+
+    /// Opens a session for the API token `token_id` (a token pasted into the login form, just
+    /// authenticated): it lasts while the token is not revoked, with the token's role.
+    pub fn create_token_session(
+        &self,
+        token_id: &str,
+        role: Role,
+        remote: Option<&str>,
+        now_ms: i64,
+    ) -> Result<(Session, String), StoreError> {
+        self.open_session(Owner::Token(token_id), role, remote, now_ms)
+    }
+
+    fn open_session(
+        &self,
+        owner: Owner<'_>,
+        role: Role,
+        remote: Option<&str>,
+        now_ms: i64,
+    ) -> Result<(Session, String), StoreError> {
         let id = hex::encode(rand::random::<[u8; SESSION_ID_BYTES]>());
         let secret = identity::random_secret(SESSION_SECRET_LEN);
         let csrf = identity::random_secret(CSRF_LEN);
+        let (user, token) = match owner {
+            Owner::User(u) => (Some(u), None),
+            Owner::Token(t) => (None, Some(t)),
+        };
         let tx = self.conn.unchecked_transaction()?;
         tx.execute(
-            "INSERT INTO sessions (id, secret_hash, user_name, csrf, created_ms, last_seen_ms,
-                                   remote)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?5, ?6)",
+            "INSERT INTO sessions (id, secret_hash, user_name, token_id, csrf, created_ms,
+                                   last_seen_ms, remote)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?6, ?7)",
             params![
                 id,
                 identity::hash_secret(&secret),
                 user,
+                token,
                 csrf,
                 now_ms,
                 remote
             ],
         )?;
-        tx.execute(
-            "UPDATE users SET last_login_ms = ?2 WHERE name = ?1",
-            params![user, now_ms],
-        )?;
+        let shown = match owner {
+            Owner::User(u) => {
+                tx.execute(
+                    "UPDATE users SET last_login_ms = ?2 WHERE name = ?1",
+                    params![u, now_ms],
+                )?;
+                u.to_owned()
+            }
+            Owner::Token(t) => {
+                let name: String =
+                    tx.query_row("SELECT name FROM api_tokens WHERE id = ?1", [t], |r| {
+                        r.get(0)
+                    })?;
+                format!("token {name}")
+            }
+        };
         tx.commit()?;
         let cookie = format!("{SESSION_PREFIX}{id}_{secret}");
         let session = Session {
             id,
-            user: user.to_owned(),
+            user: shown,
             role,
             csrf,
+            token_id: token.map(str::to_owned),
         };
         Ok((session, cookie))
     }
@@ -365,8 +415,12 @@ impl Db {
             .conn
             .prepare_cached(
                 "SELECT s.secret_hash, s.csrf, s.created_ms, s.last_seen_ms, s.ended_ms,
-                        u.name, u.role, u.disabled_ms
-                 FROM sessions s JOIN users u ON u.name = s.user_name WHERE s.id = ?1",
+                        COALESCE(u.name, 'token ' || t.name), COALESCE(u.role, t.role),
+                        COALESCE(u.disabled_ms, t.revoked_at_ms), s.token_id
+                 FROM sessions s
+                 LEFT JOIN users u ON u.name = s.user_name
+                 LEFT JOIN api_tokens t ON t.id = s.token_id
+                 WHERE s.id = ?1",
             )?
             .query_row([id], |r| {
                 Ok((
@@ -375,13 +429,16 @@ impl Db {
                     r.get::<_, i64>(2)?,
                     r.get::<_, i64>(3)?,
                     r.get::<_, Option<i64>>(4)?,
-                    r.get::<_, String>(5)?,
-                    r.get::<_, String>(6)?,
+                    r.get::<_, Option<String>>(5)?,
+                    r.get::<_, Option<String>>(6)?,
                     r.get::<_, Option<i64>>(7)?,
+                    r.get::<_, Option<String>>(8)?,
                 ))
             })
             .optional()?;
-        let Some((hash, csrf, created, last_seen, ended, user, role, disabled)) = row else {
+        let Some((hash, csrf, created, last_seen, ended, Some(user), Some(role), disabled, token)) =
+            row
+        else {
             return Ok(None);
         };
         let ms = |d: Duration| i64::try_from(d.as_millis()).unwrap_or(i64::MAX);
@@ -404,6 +461,7 @@ impl Db {
             user,
             role: parse_role(role)?,
             csrf,
+            token_id: token,
         }))
     }
 
