@@ -42,6 +42,11 @@
 # them (library call and HTTP endpoint, median of 11 runs); the CPU of refreshing 100 SLAs for
 # /metrics, alone and while 1,000 simulated agents stream, and the collector's CPU with and
 # without the 100 SLAs (medians of alternated runs).
+#
+#   bench/run.sh --console [--runs N]    # only the console benchmark, ~1 minute after the build
+#
+# runs collector/examples/console_bench.rs: every console page with 10,000 CIs and 10,000
+# incidents (1,000 active) in the store, median request time on loopback against the 50 ms budget.
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -55,6 +60,14 @@ if [[ "${1:-}" == "--incidents" ]]; then
     cd "$ROOT"
     cargo build --release --quiet -p vigil-collector --example incident_bench
     exec ${PRIO[@]+"${PRIO[@]}"} cargo run --release --quiet -p vigil-collector --example incident_bench -- "$@"
+fi
+
+if [[ "${1:-}" == "--console" ]]; then
+    shift
+    echo "bench: building --release (example console_bench)" >&2
+    cd "$ROOT"
+    cargo build --release --quiet -p vigil-collector --example console_bench
+    exec cargo run --release --quiet -p vigil-collector --example console_bench -- "$@"
 fi
 
 if [[ "${1:-}" == "--sla" ]]; then
